@@ -1,0 +1,1 @@
+"""Analysis of the KL loop: stability, identification, tuning, plots."""

@@ -1,0 +1,29 @@
+"""klcontrol: control of the KL divergence of β-VAEs.
+
+The loop: a set point C(t), a measurement filter, a β controller and a plant
+(a real VAE in :mod:`vae_plant` or the first-order model here).  See
+``DESIGN.md`` for the indexing conventions.
+"""
+from .controllers import (
+    CapacityRamp,
+    Controller,
+    FixedBeta,
+    IncrementalPI,
+    PositionalPI,
+    beta_from_norm,
+    beta_norm,
+)
+from .filters import ExponentialAverage, Filter, MovingAverage
+from .plant import ExpGain, FirstOrderPlant, Gain
+from .setpoints import Constant, LinearRamp, Sequence, SetPoint, StepRamp
+from .simulate import Trace, response_metrics, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Controller", "FixedBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "beta_norm", "beta_from_norm",
+    "Filter", "MovingAverage", "ExponentialAverage",
+    "Gain", "ExpGain", "FirstOrderPlant",
+    "SetPoint", "Constant", "LinearRamp", "StepRamp", "Sequence",
+    "Trace", "simulate", "response_metrics",
+]

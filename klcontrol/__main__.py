@@ -1,0 +1,5 @@
+"""``python -m klcontrol``: same as the ``klcontrol`` command."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,582 @@
+"""β controllers: one object drives one loop or many (arrays of gains).
+
+Protocol, modelled on ``torch.optim.lr_scheduler``::
+
+    beta = controller.step(kl)      # consume one KL measurement, return the next β
+    controller.beta                 # current β
+    sd = controller.state_dict(); controller.load_state_dict(sd)
+
+``step`` accepts a Python float, a NumPy array (one measurement per loop) or a
+torch tensor.  Floats and arrays are checked: a NaN or infinite KL raises
+``ValueError`` and leaves the state unchanged.  Tensors are never inspected on
+the host: a non-finite KL masks the update (state unchanged, via
+``torch.where``) and raises a device-side flag that :meth:`Controller.check`
+turns into the same ``ValueError`` when the caller chooses to synchronise.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from . import laws
+from .backend import NUMPY, is_torch, ops_for
+from .filters import Filter, as_filter
+from .setpoints import SetPoint, as_setpoint
+
+__all__ = [
+    "Controller",
+    "FixedBeta",
+    "CapacityRamp",
+    "PositionalPI",
+    "IncrementalPI",
+    "beta_norm",
+    "beta_from_norm",
+]
+
+
+def beta_norm(beta, latent_dim: int, input_dim: int):
+    """Higgins et al.'s normalised weight ``β_norm = β·M/N``.
+
+    Parameters
+    ----------
+    beta : float or array
+        Unnormalised β.
+    latent_dim : int
+        Number of latents ``M``.
+    input_dim : int
+        Number of input pixels ``N`` (64·64 = 4096 for dSprites).
+
+    Returns
+    -------
+    float or array
+    """
+    _check_dims(latent_dim, input_dim)
+    return beta * latent_dim / input_dim
+
+
+def beta_from_norm(beta_normalised, latent_dim: int, input_dim: int):
+    """Inverse of :func:`beta_norm`: ``β = β_norm·N/M``."""
+    _check_dims(latent_dim, input_dim)
+    return beta_normalised * input_dim / latent_dim
+
+
+def _check_dims(latent_dim, input_dim):
+    if int(latent_dim) < 1 or int(input_dim) < 1:
+        raise ValueError(f"latent_dim and input_dim must be ≥ 1, got {latent_dim}, {input_dim}")
+
+
+def _param(name, value, allow_inf=False):
+    try:
+        arr = np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a 1-D array of numbers, got {value!r}") from None
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array (one value per loop), got shape {arr.shape}")
+    bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
+    if np.any(bad):
+        raise ValueError(f"{name} must be {'a number (not NaN)' if allow_inf else 'finite'}, got {value!r}")
+    return arr
+
+
+class Controller:
+    """Base class of β controllers.
+
+    Subclasses declare their parameters and implement ``_initial`` and
+    ``_law``; validation, filtering, backends, masking and state handling live
+    here once.
+
+    Parameters
+    ----------
+    setpoint : float, array, SetPoint, callable or None
+        Target KL ``C(t)`` (nats) as a function of the step.
+    filter : Filter, int or None
+        Measurement filter (an int is a moving-average window).
+    y0 : float
+        Measurement assumed before the first step (fills the filter window).
+    """
+
+    kind = "controller"
+
+    def __init__(self, setpoint=None, filter=None, y0: float = 0.0, **params):
+        self.setpoint: SetPoint | None = None if setpoint is None else as_setpoint(setpoint)
+        self.filter: Filter = as_filter(filter)
+        y0 = float(y0)
+        if not math.isfinite(y0):
+            raise ValueError(f"y0 must be finite, got {y0!r}")
+        self.y0 = y0
+        self._params = params
+        sizes = {a.shape[0] for a in params.values() if a.ndim == 1}
+        if len(sizes) > 1:
+            raise ValueError(f"array parameters must have the same length, got lengths {sorted(sizes)}")
+        self.shape = (sizes.pop(),) if sizes else ()
+        if "beta_min" in params and np.any(params["beta_min"] > params["beta_max"]):
+            raise ValueError(f"beta_min must be ≤ beta_max, got {params['beta_min']} > {params['beta_max']}")
+        self._t = 0
+        self._bad = None
+        self._state = self._initial_state(y0)
+
+    # -- subclass hooks -----------------------------------------------------------
+    def _initial(self, y0, c0) -> dict:
+        """Law state before the first step; must contain ``beta``."""
+        return {"beta": self._broadcast(0.0)}
+
+    def _law(self, state: dict, m, c, p: dict, ops) -> dict:
+        """New law state (with ``beta``) from the filtered measurement ``m``."""
+        return dict(state)
+
+    # -- helpers --------------------------------------------------------------------
+    def _broadcast(self, v):
+        return np.broadcast_to(np.asarray(v, dtype=float), self.shape).copy() if self.shape else np.asarray(
+            v, dtype=float
+        )
+
+    def _initial_state(self, y0):
+        c0 = self.setpoint(0) if self.setpoint is not None else math.nan
+        y = self._broadcast(y0)
+        st = {k: self._broadcast(v) for k, v in self._initial(y, c0).items()}
+        st["filter"] = tuple(self._broadcast(v) for v in self.filter.initial_state(y))
+        return st
+
+    def _setpoint_now(self):
+        return self.setpoint(self._t) if self.setpoint is not None else math.nan
+
+    @property
+    def steps_taken(self) -> int:
+        """Number of measurements consumed so far."""
+        return self._t
+
+    @property
+    def beta(self):
+        """Current β (float for a single loop, array or tensor otherwise)."""
+        b = self._state["beta"]
+        if is_torch(b):
+            return b
+        return float(b) if np.ndim(b) == 0 else b.copy()
+
+    @property
+    def gains(self) -> dict:
+        """The controller's parameters (copies)."""
+        return {k: v.copy() for k, v in self._params.items()}
+
+    @property
+    def bad_measurement(self):
+        """Device flag (torch) set when a non-finite KL was masked; ``None`` before any tensor step."""
+        return self._bad
+
+    def check(self):
+        """Synchronise and raise ``ValueError`` if a non-finite tensor KL was masked.
+
+        Call this when flushing a trace, not every step: it waits for the device.
+        The flag is cleared afterwards.
+        """
+        if self._bad is not None and bool(self._bad):
+            self._bad.zero_()
+            raise ValueError(
+                "a KL measurement was NaN or infinite; the controller skipped that update "
+                "(its state is the last good one)"
+            )
+
+    def prime(self, y0: float):
+        """Set the measurement history before step 0 (e.g. the initial model's KL).
+
+        Raises
+        ------
+        ValueError
+            If the controller has already consumed measurements.
+        """
+        if self._t:
+            raise ValueError("prime() is only allowed before the first step()")
+        y0 = float(y0)
+        if not math.isfinite(y0):
+            raise ValueError(f"y0 must be finite, got {y0!r}")
+        self.y0 = y0
+        self._state = self._initial_state(y0)
+
+    def reset(self):
+        """Return to the state before the first step."""
+        self._t = 0
+        self._bad = None
+        self._state = self._initial_state(self.y0)
+
+    # -- stepping -------------------------------------------------------------------
+    def step(self, kl):
+        """Consume one KL measurement and return the next β.
+
+        Parameters
+        ----------
+        kl : float, array of shape () or (n,), or torch tensor
+            The KL measured after the last update (nats).
+
+        Returns
+        -------
+        float, ndarray or tensor
+            β for the next update.
+
+        Raises
+        ------
+        ValueError
+            If a float/array KL is NaN, infinite or of the wrong shape; the
+            controller state is unchanged.
+        """
+        if is_torch(kl):
+            return self._step_torch(kl)
+        try:
+            y = np.asarray(kl, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"KL measurement must be a number or array, got {kl!r}") from None
+        self._check_shape(y.shape)
+        if not np.all(np.isfinite(y)):
+            bad = np.flatnonzero(~np.isfinite(y)).tolist() if y.ndim else []
+            where = f" at loop indices {bad[:10]}" if bad else ""
+            raise ValueError(f"KL measurement is NaN or infinite{where} ({kl!r}); controller state unchanged")
+        state = self._state
+        if any(is_torch(v) for v in self._flat(state)):
+            raise ValueError("this controller runs on torch tensors; pass the KL as a tensor")
+        m, fstate = self.filter.apply(state["filter"], y, NUMPY)
+        new = self._law(state, m, self._setpoint_now(), self._params, NUMPY)
+        shape = np.broadcast_shapes(self.shape, y.shape)
+        new = {k: np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for k, v in new.items()}
+        new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
+        self._state = new
+        self._t += 1
+        return self.beta
+
+    def _check_shape(self, shape):
+        if len(shape) > 1:
+            raise ValueError(f"KL measurement must be a scalar or 1-D (one per loop), got shape {shape}")
+        try:
+            out = np.broadcast_shapes(self.shape, shape, np.shape(self._state["beta"]))
+        except ValueError:
+            raise ValueError(
+                f"KL measurement of shape {shape} does not match the controller's {len(np.atleast_1d(self._state['beta']))} loops"
+            ) from None
+        return out
+
+    @staticmethod
+    def _flat(state):
+        for k, v in state.items():
+            if k == "filter":
+                yield from v
+            else:
+                yield v
+
+    def _step_torch(self, kl):
+        import torch
+
+        ops = ops_for(kl)
+        if not torch.is_floating_point(kl):
+            kl = kl.to(torch.get_default_dtype())
+        self._check_shape(tuple(kl.shape))
+        self._to_torch(kl.device, kl.dtype, tuple(kl.shape))
+        p = self._torch_params
+        state = self._state
+        ok = torch.isfinite(kl).all()
+        safe = torch.where(torch.isfinite(kl), kl, torch.zeros_like(kl))
+        m, fstate = self.filter.apply(state["filter"], safe, ops)
+        c = self._setpoint_now()
+        new = self._law(state, m, c, p, ops)
+        for k, v in new.items():
+            state[k].copy_(torch.where(ok, v, state[k]))
+        for old, v in zip(state["filter"], fstate):
+            old.copy_(torch.where(ok, v, old))
+        self._bad.logical_or_(~ok)
+        self._t += 1
+        return state["beta"].clone()
+
+    def _to_torch(self, device, dtype, kl_shape):
+        import torch
+
+        st = self._state
+        if is_torch(st["beta"]) and st["beta"].device == device:
+            return
+        shape = torch.broadcast_shapes(self.shape, kl_shape, tuple(np.shape(st["beta"])))
+
+        def conv(v):
+            if is_torch(v):
+                return v.to(device=device, dtype=dtype).expand(shape).clone()
+            return torch.as_tensor(np.broadcast_to(v, shape).copy(), dtype=dtype, device=device)
+
+        self._state = {k: (tuple(conv(x) for x in v) if k == "filter" else conv(v)) for k, v in st.items()}
+        self._torch_params = {
+            k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in self._params.items()
+        }
+        if self._bad is None or self._bad.device != device:
+            self._bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    # -- persistence ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """State for checkpoints: step count, law and filter state, parameters.
+
+        NumPy state is stored as plain lists/floats (safe for JSON and for
+        ``torch.load(weights_only=True)``); torch state as cloned tensors.
+        """
+
+        def enc(v):
+            return v.detach().clone() if is_torch(v) else np.asarray(v).tolist()
+
+        return {
+            "kind": self.kind,
+            "t": self._t,
+            "y0": self.y0,
+            "state": {k: ([enc(x) for x in v] if k == "filter" else enc(v)) for k, v in self._state.items()},
+            "params": {k: v.tolist() for k, v in self._params.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore a state from :meth:`state_dict`; validates before changing anything.
+
+        Raises
+        ------
+        ValueError
+            If the dict is for another kind of controller, or its shapes or
+            filter length do not match this controller.
+        """
+        sd = state_dict
+        if not isinstance(sd, dict) or sd.get("kind") != self.kind:
+            raise ValueError(f"state dict is for {sd.get('kind') if isinstance(sd, dict) else sd!r}, not {self.kind}")
+        cur = self._state
+        state = sd["state"]
+        if set(state) != set(cur):
+            raise ValueError(f"state dict has entries {sorted(state)}, expected {sorted(cur)}")
+        if len(state["filter"]) != len(cur["filter"]):
+            raise ValueError(
+                f"state dict has a filter history of {len(state['filter'])} samples, this controller's filter needs {len(cur['filter'])}"
+            )
+        params = {k: _param(k, v, allow_inf=True) for k, v in sd["params"].items()}
+        if set(params) != set(self._params) or any(params[k].shape != self._params[k].shape for k in params):
+            raise ValueError("state dict parameters do not match this controller's parameters or shapes")
+
+        def dec(v):
+            return v.clone() if is_torch(v) else np.asarray(v, dtype=float)
+
+        new = {k: (tuple(dec(x) for x in v) if k == "filter" else dec(v)) for k, v in state.items()}
+        self._params = params
+        self._torch_params = None
+        self._state = new
+        self._t = int(sd["t"])
+        self.y0 = float(sd.get("y0", self.y0))
+        b = new["beta"]
+        if is_torch(b):
+            import torch
+
+            self._torch_params = {
+                k: torch.as_tensor(v, dtype=b.dtype, device=b.device) for k, v in self._params.items()
+            }
+            self._bad = torch.zeros((), dtype=torch.bool, device=b.device)
+
+    def copy(self) -> "Controller":
+        """An independent deep copy (same parameters and state)."""
+        return copy.deepcopy(self)
+
+    def __repr__(self):
+        ps = ", ".join(f"{k}={v.tolist()!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({ps}, setpoint={self.setpoint!r}, filter={self.filter!r})"
+
+
+class FixedBeta(Controller):
+    """A constant β (β-VAE_H): ignores the measurement.
+
+    Parameters
+    ----------
+    beta : float or array
+        The weight (Higgins et al. dSprites: β = 4).
+    """
+
+    kind = "fixed"
+
+    def __init__(self, beta, setpoint=None, filter=None, y0: float = 0.0):
+        super().__init__(setpoint, filter, y0, beta=_param("beta", beta))
+
+    @classmethod
+    def from_norm(cls, beta_normalised, latent_dim: int, input_dim: int, **kw) -> "FixedBeta":
+        """Build from Higgins' normalised ``β_norm`` (see :func:`beta_norm`)."""
+        return cls(beta_from_norm(beta_normalised, latent_dim, input_dim), **kw)
+
+    def _initial(self, y0, c0):
+        return {"beta": self._params["beta"]}
+
+    def _law(self, state, m, c, p, ops):
+        return {"beta": laws.fixed_beta(p["beta"] + 0 * m, m, c, ops)}
+
+
+class CapacityRamp(Controller):
+    """Burgess et al.'s capacity objective ``γ|KL − C(t)|`` as the relay ``β = γ·sign(KL − C)``.
+
+    Parameters
+    ----------
+    gamma : float or array
+        Relay amplitude (dSprites: 1000).
+    setpoint : SetPoint or float
+        Capacity schedule (dSprites: ``LinearRamp(0, 25, 100_000)``).
+    beta_min, beta_max : float or array
+        Optional clamps on β (default: none).
+    """
+
+    kind = "capacity"
+
+    def __init__(self, gamma, setpoint, beta_min=-math.inf, beta_max=math.inf, filter=None, y0: float = 0.0):
+        if setpoint is None:
+            raise ValueError("CapacityRamp needs a setpoint (the capacity schedule C(t))")
+        super().__init__(
+            setpoint,
+            filter,
+            y0,
+            gamma=_param("gamma", gamma),
+            beta_min=_param("beta_min", beta_min, allow_inf=True),
+            beta_max=_param("beta_max", beta_max, allow_inf=True),
+        )
+
+    @classmethod
+    def burgess_dsprites(cls, **kw) -> "CapacityRamp":
+        """The paper's dSprites setting: γ = 1000, C from 0 to 25 nats over 100 000 steps."""
+        from .setpoints import LinearRamp
+
+        return cls(1000.0, LinearRamp(0.0, 25.0, 100_000), **kw)
+
+    def _beta(self, m, c, p, ops):
+        return ops.clip(laws.capacity_relay(m, c, p["gamma"], ops), p["beta_min"], p["beta_max"])
+
+    def _initial(self, y0, c0):
+        return {"beta": self._beta(y0, c0, self._params, NUMPY)}
+
+    def _law(self, state, m, c, p, ops):
+        return {"beta": self._beta(m, c, p, ops)}
+
+
+class PositionalPI(Controller):
+    """ControlVAE's positional PI: ``β = Kp·σ(m − C) − Ki·Σ(C − m) + β_min``.
+
+    The integral is frozen while β saturates (conditional integration).
+
+    Parameters
+    ----------
+    kp, ki : float or array
+        Gains (positive ``ki`` is negative feedback).
+    setpoint : SetPoint or float
+        Target KL.
+    beta_min, beta_max : float or array
+        Clamps (``beta_min`` is also the offset of the law).
+    beta0 : float, optional
+        β before the first measurement; default: the law at ``y0`` with a zero integral.
+    filter : Filter or int, optional
+        Measurement filter.
+    y0 : float
+        Measurement assumed before step 0.
+    """
+
+    kind = "positional_pi"
+
+    def __init__(self, kp, ki, setpoint, beta_min=0.0, beta_max=math.inf, beta0=None, filter=None, y0: float = 0.0):
+        if setpoint is None:
+            raise ValueError("PositionalPI needs a setpoint")
+        self._beta0 = None if beta0 is None else _param("beta0", beta0)
+        super().__init__(
+            setpoint,
+            filter,
+            y0,
+            kp=_param("kp", kp),
+            ki=_param("ki", ki),
+            beta_min=_param("beta_min", beta_min),
+            beta_max=_param("beta_max", beta_max, allow_inf=True),
+        )
+
+    def _initial(self, y0, c0):
+        p = self._params
+        if self._beta0 is not None:
+            beta = NUMPY.clip(self._beta0, p["beta_min"], p["beta_max"])
+        else:
+            beta, _ = laws.positional_pi(0.0, y0, c0, p["kp"], 0.0 * p["ki"], p["beta_min"], p["beta_max"], NUMPY)
+        return {"beta": beta, "integral": 0.0}
+
+    def _law(self, state, m, c, p, ops):
+        beta, integral = laws.positional_pi(
+            state["integral"], m, c, p["kp"], p["ki"], p["beta_min"], p["beta_max"], ops
+        )
+        return {"beta": beta, "integral": integral}
+
+
+class IncrementalPI(Controller):
+    """DynamicVAE's incremental PI (Eq. 10, feedback sign as in the official code).
+
+    ``β(t+1) = clip(β(t) + Kp[σ(m(t) − C) − σ(m(t−1) − C)] − Ki·(C − m(t)), β_min, β_max)``.
+
+    Parameters
+    ----------
+    kp, ki : float or array
+        Gains (paper: 0.01, 0.005; positive ``ki`` is negative feedback).
+    setpoint : SetPoint or float
+        Target KL (paper: :meth:`StepRamp.dynamicvae_dsprites`).
+    beta0 : float or array
+        Initial β (paper dSprites: 150).
+    beta_min, beta_max : float or array
+        Clamps.
+    anti_windup : {"clamp", "official"}
+        ``"clamp"`` (default) keeps the clamped β as state; ``"official"``
+        reproduces the official code: unclamped state, I-term frozen while that
+        state is below ``beta_min`` (use ``beta_min=0.1``), previous error
+        initialised to 0, only the output clamped.
+    filter : Filter or int, optional
+        Measurement filter (paper: window 5).
+    y0 : float
+        Measurement assumed before step 0.
+    """
+
+    kind = "incremental_pi"
+
+    def __init__(
+        self,
+        kp,
+        ki,
+        setpoint,
+        beta0=1.0,
+        beta_min=0.0,
+        beta_max=math.inf,
+        anti_windup: str = "clamp",
+        filter=None,
+        y0: float = 0.0,
+    ):
+        if setpoint is None:
+            raise ValueError("IncrementalPI needs a setpoint")
+        if anti_windup not in laws.ANTI_WINDUP_MODES:
+            raise ValueError(f"anti_windup must be one of {laws.ANTI_WINDUP_MODES}, got {anti_windup!r}")
+        self.anti_windup = anti_windup
+        super().__init__(
+            setpoint,
+            filter,
+            y0,
+            kp=_param("kp", kp),
+            ki=_param("ki", ki),
+            beta0=_param("beta0", beta0),
+            beta_min=_param("beta_min", beta_min, allow_inf=True),
+            beta_max=_param("beta_max", beta_max, allow_inf=True),
+        )
+
+    @classmethod
+    def dynamicvae_dsprites(cls, official: bool = False, **kw) -> "IncrementalPI":
+        """The paper's dSprites setting: Kp 0.01, Ki 0.005, β0 150, window 5, step-ramp to 20 nats.
+
+        ``official=True`` uses the official implementation's saturation (β_min 0.1).
+        """
+        from .setpoints import StepRamp
+
+        args = dict(kp=0.01, ki=0.005, setpoint=StepRamp.dynamicvae_dsprites(), beta0=150.0, filter=5)
+        if official:
+            args.update(beta_min=0.1, anti_windup="official")
+        args.update(kw)
+        return cls(**args)
+
+    def _initial(self, y0, c0):
+        p = self._params
+        p_prev = 0.5 if self.anti_windup == "official" else NUMPY.sigmoid(y0 - c0)
+        beta = NUMPY.clip(p["beta0"], p["beta_min"], p["beta_max"])
+        state_beta = p["beta0"] if self.anti_windup == "official" else beta
+        return {"beta": beta, "integrator": state_beta, "p_prev": p_prev}
+
+    def _law(self, state, m, c, p, ops):
+        beta, (integ, p_now) = laws.incremental_pi(
+            (state["integrator"], state["p_prev"]), m, c, p["kp"], p["ki"], p["beta_min"], p["beta_max"],
+            ops, mode=self.anti_windup,
+        )
+        return {"beta": beta, "integrator": integ, "p_prev": p_now}

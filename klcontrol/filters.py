@@ -1,0 +1,120 @@
+"""Measurement filters for the KL feedback: moving average and EMA.
+
+A filter is a small stateless description; its state lives in the controller
+that uses it, so one filter object can serve many controllers and the state is
+saved with the controller.  Both filters are linear and start from ``y0``
+(default 0, like the official code, whose window starts from zeros).
+"""
+from __future__ import annotations
+
+import math
+
+from . import laws
+from .backend import NUMPY, Ops
+
+__all__ = ["Filter", "MovingAverage", "ExponentialAverage", "as_filter"]
+
+
+class Filter:
+    """Base class of measurement filters."""
+
+    #: Length of the FIR window (1 for "no filter"); ``None`` if not FIR.
+    window: int | None = 1
+
+    def initial_state(self, y0):
+        """Filter state as if every sample before t = 0 had been ``y0``."""
+        return ()
+
+    def apply(self, state, y, ops: Ops = NUMPY):
+        """Consume raw sample ``y``; return ``(m, new_state)``."""
+        return y, state
+
+    def filter_series(self, ys, y0=0.0):
+        """Filter a whole series (time first) with NumPy; returns an array like ``ys``."""
+        import numpy as np
+
+        ys = np.asarray(ys, dtype=float)
+        state = self.initial_state(np.zeros(ys.shape[1:]) + y0)
+        out = np.empty_like(ys)
+        for t in range(ys.shape[0]):
+            out[t], state = self.apply(state, ys[t])
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-able description."""
+        return {"kind": "none"}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class MovingAverage(Filter):
+    """Equal-weight moving average of the last ``window`` KL samples.
+
+    Parameters
+    ----------
+    window : int
+        Number of samples averaged, ``T ≥ 1``; ``1`` is no filtering.
+    """
+
+    def __init__(self, window: int = 1):
+        if isinstance(window, bool) or not isinstance(window, (int,)) and not float(window).is_integer():
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        window = int(window)
+        if window < 1:
+            raise ValueError(f"window must be ≥ 1, got {window}")
+        self.window = window
+
+    def initial_state(self, y0):
+        return tuple(y0 for _ in range(self.window - 1))
+
+    def apply(self, state, y, ops: Ops = NUMPY):
+        return laws.moving_average(state, y, ops)
+
+    def to_dict(self) -> dict:
+        return {"kind": "moving_average", "window": self.window}
+
+    def __repr__(self):
+        return f"MovingAverage(window={self.window})"
+
+
+class ExponentialAverage(Filter):
+    """Exponential moving average ``m = α·y + (1 − α)·m_prev``.
+
+    Parameters
+    ----------
+    alpha : float
+        Weight of the newest sample, in (0, 1]; ``1`` is no filtering.
+    """
+
+    window = None
+
+    def __init__(self, alpha: float):
+        alpha = float(alpha)
+        if not (math.isfinite(alpha) and 0 < alpha <= 1):
+            raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        self.alpha = alpha
+
+    def initial_state(self, y0):
+        return (y0,)
+
+    def apply(self, state, y, ops: Ops = NUMPY):
+        m, new = laws.exponential_average(state[0], y, self.alpha, ops)
+        return m, (new,)
+
+    def to_dict(self) -> dict:
+        return {"kind": "exponential_average", "alpha": self.alpha}
+
+    def __repr__(self):
+        return f"ExponentialAverage(alpha={self.alpha})"
+
+
+def as_filter(f) -> Filter:
+    """Coerce ``None`` (no filter), an int window or a :class:`Filter`."""
+    if f is None:
+        return MovingAverage(1)
+    if isinstance(f, Filter):
+        return f
+    if isinstance(f, (int, float)) and not isinstance(f, bool):
+        return MovingAverage(f)
+    raise ValueError(f"filter must be None, a window size or a Filter, got {f!r}")

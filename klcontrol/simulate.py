@@ -1,0 +1,218 @@
+"""Closed-loop simulation of a controller on a plant model, vectorised over gain sets.
+
+Indexing (DESIGN.md): ``beta[t]`` is β(t), the weight of update t; ``state[t]``
+is y(t), the KL after update t; ``kl[t]`` is the KL as measured (``y(t)`` plus
+optional measurement noise); ``setpoint[t]`` is C(t), used by the controller
+when it computes β(t+1) from ``m(t)``, the filtered measurement of
+``kl[t − delay]`` (``kl[−1] = y0``).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .controllers import Controller
+from .plant import FirstOrderPlant
+
+__all__ = ["Trace", "simulate", "response_metrics"]
+
+
+@dataclass
+class Trace:
+    """A closed-loop trace; arrays are time first: shape ``(steps,)`` or ``(steps, n)``.
+
+    Attributes
+    ----------
+    step, beta, kl, setpoint : ndarray
+        Step index, β(t), measured KL after update t, set point C(t).
+    state : ndarray
+        Noise-free plant output y(t) (equals ``kl`` without noise).
+    meta : dict
+        Free-form provenance.
+    """
+
+    step: np.ndarray
+    beta: np.ndarray
+    kl: np.ndarray
+    setpoint: np.ndarray
+    state: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.state is None:
+            self.state = self.kl
+
+    def __len__(self):
+        return len(self.step)
+
+    @property
+    def n_loops(self) -> int:
+        """Number of loops in the trace (1 for a scalar trace)."""
+        return 1 if self.beta.ndim == 1 else self.beta.shape[1]
+
+    def loop(self, i: int) -> "Trace":
+        """The trace of loop ``i`` alone (1-D arrays)."""
+        if self.beta.ndim == 1:
+            if i != 0:
+                raise IndexError("a scalar trace has only loop 0")
+            return self
+        col = lambda a: a if a.ndim == 1 else a[:, i]  # noqa: E731
+        return Trace(self.step, col(self.beta), col(self.kl), col(self.setpoint), col(self.state), dict(self.meta))
+
+    def to_csv(self, path, loop: int | None = None):
+        """Write ``step,beta,kl,setpoint`` (one loop; default loop 0) as CSV."""
+        tr = self.loop(loop or 0)
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "beta", "kl", "setpoint"])
+            for row in zip(tr.step, tr.beta, tr.kl, tr.setpoint):
+                w.writerow([int(row[0])] + [repr(float(v)) for v in row[1:]])
+
+    def metrics(self, tol: float = 0.02) -> dict:
+        """:func:`response_metrics` of this trace."""
+        return response_metrics(self, tol=tol)
+
+
+def response_metrics(trace: Trace, tol: float = 0.02) -> dict:
+    """Tracking figures of a trace, per loop.
+
+    Parameters
+    ----------
+    trace : Trace
+        Uses the noise-free ``state`` against ``setpoint``.
+    tol : float
+        Settling band, relative to the final set point.
+
+    Returns
+    -------
+    dict
+        ``final_kl``, ``final_setpoint``, ``overshoot`` (nats: largest excess of
+        y over C(t) after y first reaches C), ``overshoot_rel`` (over the final
+        set point), ``settling_step`` (first step after which
+        ``|y − C| ≤ tol·C_final`` holds to the end; ``None`` if never),
+        ``tracking_rmse``; floats for one loop, lists for many.
+    """
+    y = np.asarray(trace.state, dtype=float)
+    c = np.asarray(trace.setpoint, dtype=float)
+    if y.ndim == 1:
+        y, c = y[:, None], c[:, None]
+    c = np.broadcast_to(c, y.shape)
+    err = y - c
+    n = y.shape[1]
+    out = {k: [] for k in ("final_kl", "final_setpoint", "overshoot", "overshoot_rel", "settling_step", "tracking_rmse")}
+    for i in range(n):
+        e, ci = err[:, i], c[:, i]
+        reached = np.flatnonzero(e >= 0)
+        ov = float(max(0.0, e[reached[0]:].max())) if len(reached) else 0.0
+        band = tol * max(abs(ci[-1]), 1e-12)
+        outside = np.flatnonzero(np.abs(e) > band)
+        if len(outside) == 0:
+            settle = 0
+        elif outside[-1] == len(e) - 1:
+            settle = None
+        else:
+            settle = int(trace.step[outside[-1] + 1])
+        out["final_kl"].append(float(y[-1, i]))
+        out["final_setpoint"].append(float(ci[-1]))
+        out["overshoot"].append(ov)
+        out["overshoot_rel"].append(ov / max(abs(ci[-1]), 1e-12))
+        out["settling_step"].append(settle)
+        out["tracking_rmse"].append(float(np.sqrt(np.mean(e**2))))
+    if trace.beta.ndim == 1:
+        return {k: v[0] for k, v in out.items()}
+    return out
+
+
+def simulate(
+    controller: Controller,
+    plant: FirstOrderPlant,
+    steps: int,
+    delay: int = 0,
+    y0: float = 0.0,
+    noise_std: float = 0.0,
+    noise_rel: float = 0.0,
+    seed: int | None = None,
+    progress: bool = False,
+) -> Trace:
+    """Run the closed loop for ``steps`` updates.
+
+    The controller is copied (the caller's object is not advanced); if it has
+    not stepped yet, its measurement history is primed with ``y0``.
+
+    Parameters
+    ----------
+    controller : Controller
+        Any klcontrol controller; arrays of gains of shape ``(n,)`` give ``n``
+        loops simulated at once.
+    plant : FirstOrderPlant
+        The plant (its ``a`` may also be an array of shape ``(n,)``).
+    steps : int
+        Number of updates, ≥ 1.
+    delay : {0, 1}
+        0: the loop as trained (β(t+1) from y(t)); 1: the paper's Eq. 15.
+    y0 : float
+        KL before the first update.
+    noise_std, noise_rel : float
+        Measurement noise: Gaussian with standard deviation
+        ``noise_std + noise_rel·|y|`` added to each measured KL.
+    seed : int, optional
+        Seed of the noise generator.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    Trace
+    """
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    if delay not in (0, 1):
+        raise ValueError(f"delay must be 0 or 1, got {delay!r}")
+    y0 = float(y0)
+    for name, v in (("y0", y0), ("noise_std", noise_std), ("noise_rel", noise_rel)):
+        if not math.isfinite(float(v)) or (name != "y0" and v < 0):
+            raise ValueError(f"{name} must be finite{'' if name == 'y0' else ' and ≥ 0'}, got {v!r}")
+    if not isinstance(controller, Controller):
+        raise ValueError(f"controller must be a klcontrol Controller, got {type(controller).__name__}")
+    if not isinstance(plant, FirstOrderPlant):
+        raise ValueError(f"plant must be a FirstOrderPlant, got {type(plant).__name__}")
+    ctrl = controller.copy()
+    if ctrl.steps_taken == 0:
+        ctrl.prime(y0)
+    shape = np.broadcast_shapes(ctrl.shape, np.shape(plant.a))
+    rng = np.random.default_rng(seed) if (noise_std or noise_rel) else None
+
+    betas = np.empty((steps,) + shape)
+    kls = np.empty((steps,) + shape)
+    states = np.empty((steps,) + shape)
+    cs = np.empty((steps,) + shape)
+    y = np.full(shape, y0)
+    meas_prev = np.full(shape, y0)
+    beta = np.broadcast_to(np.asarray(ctrl.beta, dtype=float), shape)
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="simulate", unit="step", mininterval=0.5)
+    for t in it:
+        y = plant.step(y, beta)
+        meas = y
+        if rng is not None:
+            meas = y + rng.standard_normal(shape) * (noise_std + noise_rel * np.abs(y))
+        betas[t], states[t], kls[t] = beta, y, meas
+        cs[t] = ctrl.setpoint(t) if ctrl.setpoint is not None else np.nan
+        m_in = meas if delay == 0 else meas_prev
+        meas_prev = meas
+        beta = np.broadcast_to(np.asarray(ctrl.step(m_in), dtype=float), shape)
+    return Trace(
+        step=np.arange(steps),
+        beta=betas,
+        kl=kls,
+        setpoint=cs,
+        state=states,
+        meta={"delay": delay, "y0": y0, "controller": repr(controller), "plant": repr(plant)},
+    )

@@ -1,0 +1,1 @@
+"""The real plant: a PyTorch β-VAE on dSprites, its trainer and metrics."""
