@@ -136,9 +136,10 @@ def incremental_pi(state, m, c, kp, ki, beta_min, beta_max, ops: Ops = NUMPY, mo
     beta, (new_state_beta, p)
     """
     beta, p_prev = state
-    p = ops.sigmoid(m - c)
+    dm = m - c
+    p = ops.sigmoid(dm)
     d_p = kp * (p - p_prev)
-    d_i = -ki * (c - m)
+    d_i = ki * dm  # = −Ki·(C − m), exactly, with one operation fewer
     if mode == "clamp":
         new = ops.clip(beta + d_p + d_i, beta_min, beta_max)
         return new, (new, p)

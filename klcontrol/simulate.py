@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backend import NUMPY, is_torch
 from .controllers import Controller
 from .plant import FirstOrderPlant
 
@@ -27,7 +28,9 @@ class Trace:
     Attributes
     ----------
     step, beta, kl, setpoint : ndarray
-        Step index, β(t), measured KL after update t, set point C(t).
+        Step index, β(t), measured KL after update t, set point C(t).  For
+        many loops sharing one schedule, ``setpoint`` is a read-only
+        broadcast view of one column.
     state : ndarray
         Noise-free plant output y(t) (equals ``kl`` without noise).
     meta : dict
@@ -126,6 +129,32 @@ def response_metrics(trace: Trace, tol: float = 0.02) -> dict:
     return out
 
 
+def _full(v, shape):
+    return np.array(np.broadcast_to(np.asarray(v, dtype=float), shape))
+
+
+def _setpoints(ctrl, steps, shape):
+    """C(t) for every step of the run, shape ``(steps,) + shape`` (NaN without a set point).
+
+    A set point shared by all loops is returned as a read-only broadcast view of
+    one column rather than ``n`` copies of it.
+    """
+    full = (steps,) + shape
+    if ctrl.setpoint is None:
+        return np.broadcast_to(np.nan, full)
+    t0 = ctrl.steps_taken
+    t = np.arange(t0, t0 + steps).reshape((steps,) + (1,) * len(shape))
+    try:
+        c = np.asarray(ctrl.setpoint(t), dtype=float)
+        return c if c.shape == full else np.broadcast_to(c, full)
+    except (TypeError, ValueError):
+        # A user callable that only takes one integer step.
+        out = np.empty(full)
+        for i in range(steps):
+            out[i] = ctrl.setpoint(t0 + i)
+        return out
+
+
 def simulate(
     controller: Controller,
     plant: FirstOrderPlant,
@@ -186,13 +215,26 @@ def simulate(
     shape = np.broadcast_shapes(ctrl.shape, np.shape(plant.a))
     rng = np.random.default_rng(seed) if (noise_std or noise_rel) else None
 
+    # Arrays of (steps, n) floats are large (160 MB for 20 000 × 1000), and first
+    # writes into fresh pages cost as much as the loop's arithmetic: without
+    # noise the measured KL *is* the state, so one array serves both.
     betas = np.empty((steps,) + shape)
     kls = np.empty((steps,) + shape)
-    states = np.empty((steps,) + shape)
-    cs = np.empty((steps,) + shape)
+    states = kls if rng is None else np.empty((steps,) + shape)
+    cs = _setpoints(ctrl, steps, shape)
+    # The loop calls the controller's filter and law directly (the same code
+    # Controller.step runs) instead of Controller.step: the per-step
+    # validation and state copies there cost more than the arithmetic itself.
+    # Non-finite plant outputs are caught once, after the loop.
+    state = ctrl._state
+    if any(is_torch(v) for v in ctrl._flat(state)):
+        raise ValueError("simulate() runs on NumPy; this controller holds torch state (load a NumPy state dict)")
+    state = {k: (tuple(_full(x, shape) for x in v) if k == "filter" else _full(v, shape)) for k, v in state.items()}
+    params, law, filt = ctrl._params, ctrl._law, ctrl.filter
     y = np.full(shape, y0)
     meas_prev = np.full(shape, y0)
-    beta = np.broadcast_to(np.asarray(ctrl.beta, dtype=float), shape)
+    beta = state["beta"]
+    t0 = ctrl.steps_taken
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -204,10 +246,19 @@ def simulate(
         if rng is not None:
             meas = y + rng.standard_normal(shape) * (noise_std + noise_rel * np.abs(y))
         betas[t], states[t], kls[t] = beta, y, meas
-        cs[t] = ctrl.setpoint(t) if ctrl.setpoint is not None else np.nan
         m_in = meas if delay == 0 else meas_prev
         meas_prev = meas
-        beta = np.broadcast_to(np.asarray(ctrl.step(m_in), dtype=float), shape)
+        m, fstate = filt.apply(state["filter"], m_in, NUMPY)
+        state = law(state, m, cs[t], params, NUMPY)
+        state["filter"] = fstate
+        beta = state["beta"]
+    # y(t) non-finite keeps y(t+1) non-finite, so the last state tells whether
+    # any step went bad (the measured KL adds finite noise to y).
+    if not (np.all(np.isfinite(y)) and (rng is None or np.all(np.isfinite(kls)))):
+        t_bad = int(np.argmax((~np.isfinite(kls)).reshape(steps, -1).any(axis=1)))
+        raise ValueError(
+            f"the plant output became NaN or infinite at step {t0 + t_bad}; check the plant and the clamps"
+        )
     return Trace(
         step=np.arange(steps),
         beta=betas,
