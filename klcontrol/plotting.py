@@ -15,7 +15,7 @@ def _pyplot():
     return plt
 
 
-def plot_trace(trace, path=None, title=None, max_loops: int = 20):
+def plot_trace(trace, path=None, title=None, max_loops: int = 20, labels=None):
     """β(t) and KL(t) against the set point, one row each.
 
     Parameters
@@ -28,6 +28,8 @@ def plot_trace(trace, path=None, title=None, max_loops: int = 20):
         Figure title.
     max_loops : int
         Most loops drawn.
+    labels : list of str, optional
+        One legend label per loop.
 
     Returns
     -------
@@ -39,9 +41,20 @@ def plot_trace(trace, path=None, title=None, max_loops: int = 20):
     kl = np.asarray(trace.kl)
     if beta.ndim == 2:
         beta, kl = beta[:, :max_loops], kl[:, :max_loops]
-    ax_b.plot(trace.step, beta, lw=1)
+    state = np.asarray(trace.state)
+    if state.ndim == 2:
+        state = state[:, :max_loops]
+    lines = ax_b.plot(trace.step, beta, lw=1)
+    if labels is not None:
+        for ln, lab in zip(lines, labels):
+            ln.set_label(lab)
+        ax_b.legend(loc="upper right")
     ax_b.set_ylabel("β(t)")
-    ax_k.plot(trace.step, kl, lw=0.8, alpha=0.8, label="KL y(t)")
+    noisy = not np.array_equal(kl, state)
+    if noisy:
+        ax_k.plot(trace.step, kl, lw=0.5, alpha=0.25, color="0.6")
+    ax_k.set_prop_cycle(None)
+    ax_k.plot(trace.step, state, lw=1.0, label="KL y(t)" if labels is None else None)
     sp = np.asarray(trace.setpoint)
     if sp.ndim == 2:
         sp = sp[:, 0]

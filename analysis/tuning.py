@@ -1,0 +1,358 @@
+"""Gain design: Kp, Ki from a (fitted) plant that are robustly stable, fast and quiet.
+
+The linearised loop around the equilibrium ``m = C`` (the sigmoid's slope is
+1/4 there; incremental and positional PI share it) is, in z-transforms::
+
+    plant        P(z) = b·z / (z − r),          r = 1/(1+a),  b = a·g′/(1+a)
+    controller   K(z) = ((Kp/4 + Ki)·z − Kp/4) / (z·(z − 1))
+    filter       F(z) = (1 + z⁻¹ + … + z^{1−T}) / T,   delay D(z) = z^{−d}
+
+with the measurement ``m = D·F·(y + n)`` and ``β = K·m``.  The noise gain is
+the H2 norm of ``n → β`` (the standard deviation of β per unit of white KL
+measurement noise, in steady state); stability and the worst-case decay rate
+come from :mod:`analysis.stability` (exact, over the whole g′ interval).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain", "gain_figures", "tune", "PAPER_GAINS"]
+
+#: The DynamicVAE paper's hand-picked gains.
+PAPER_GAINS = (0.01, 0.005)
+
+
+def _check_plant(a, gprime):
+    a = float(a)
+    if not (math.isfinite(a) and a > 0):
+        raise ValueError(f"plant rate a must be finite and > 0, got {a!r}")
+    lo, hi = (gprime, gprime) if np.ndim(gprime) == 0 else tuple(gprime)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"g′ range must be finite, got {gprime!r}")
+    if lo > hi:
+        raise ValueError(f"g′ range is empty: min {lo} > max {hi}")
+    if hi >= 0:
+        raise ValueError(f"g′ must be < 0 (g decreasing in β) over the whole range, got [{lo}, {hi}]")
+    return a, lo, hi
+
+
+def loop_transfer_functions(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> dict:
+    """python-control transfer functions (dt = 1) of the linearised loop.
+
+    Parameters
+    ----------
+    kp, ki : float
+        Gains.
+    a, gprime : float
+        Plant rate and slope ``g′(β*)`` at the operating point.
+    window : int
+        Moving-average window T.
+    delay : {0, 1}
+        Measurement delay d.
+
+    Returns
+    -------
+    dict
+        ``noise_to_beta`` (n → β), ``setpoint_to_kl`` (C → y) and ``loop``
+        (the open loop ``K·D·F·P``; the characteristic equation is ``1 − loop = 0``).
+    """
+    import control
+
+    window, delay = int(window), int(delay)
+    if window < 1 or delay not in (0, 1):
+        raise ValueError(f"need window ≥ 1 and delay in (0, 1), got {window}, {delay}")
+    r = 1.0 / (1.0 + a)
+    b = a * gprime / (1.0 + a)
+    z = control.tf([1, 0], [1], 1)
+    P = b * z / (z - r)
+    K = ((kp / 4 + ki) * z - kp / 4) / (z * (z - 1))
+    F = sum(z ** (-k) for k in range(window)) / window if window > 1 else control.tf(1, 1, dt=1)
+    D = z ** (-delay) if delay else control.tf(1, 1, dt=1)
+    forward = K * D * F
+    return {
+        "noise_to_beta": control.minreal(control.feedback(forward, P, sign=+1), verbose=False),
+        "setpoint_to_kl": control.minreal(control.feedback(-P * K, D * F, sign=+1), verbose=False),
+        "loop": forward * P,
+    }
+
+
+def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> float:
+    """H2 norm of KL-measurement-noise → β for the linearised loop (``inf`` if unstable).
+
+    Returns
+    -------
+    float
+        ``sqrt(Σ h_k²)`` of the impulse response ``h`` of ``n → β``.
+    """
+    import control
+    from scipy.linalg import solve_discrete_lyapunov
+
+    sys = control.ss(loop_transfer_functions(kp, ki, a, gprime, window, delay)["noise_to_beta"])
+    A, B, C, Dm = (np.asarray(m, dtype=float) for m in (sys.A, sys.B, sys.C, sys.D))
+    if A.size and np.max(np.abs(np.linalg.eigvals(A))) >= 1:
+        return math.inf
+    W = solve_discrete_lyapunov(A, B @ B.T) if A.size else np.zeros((0, 0))
+    return float(np.sqrt((C @ W @ C.T + Dm @ Dm.T)[0, 0]))
+
+
+def _linear_overshoot(kp, ki, a, gprime, window, delay, horizon):
+    import control
+
+    tf = loop_transfer_functions(kp, ki, a, gprime, window, delay)["setpoint_to_kl"]
+    _, y = control.step_response(tf, T=np.arange(int(horizon)))
+    return float(max(0.0, np.max(np.asarray(y).ravel()) - 1.0))
+
+
+@dataclass
+class GainFigures:
+    """Predicted figures of a gain pair on a plant, worst case over the g′ range.
+
+    Attributes
+    ----------
+    kp, ki : float
+        The gains.
+    robust : bool
+        Stable for every g′ in the range (exact, :func:`analysis.stability.robust_stability`).
+    worst_spectral_radius : float
+        Largest pole modulus over the range.
+    settling_steps : float
+        Steps for the slowest mode to decay to 2 %: ``ln 0.02 / ln ρ``.
+    overshoot : float
+        Largest overshoot of the linear unit step response of C → KL (fraction).
+    noise_gain : float
+        Largest H2 gain from KL measurement noise to β.
+    gain_margin : float
+        Factor by which (Kp, Ki) can be scaled together and stay stable.
+    """
+
+    kp: float
+    ki: float
+    robust: bool
+    worst_spectral_radius: float
+    settling_steps: float
+    overshoot: float
+    noise_gain: float
+    gain_margin: float
+
+    def to_dict(self) -> dict:
+        """Plain dict."""
+        return asdict(self)
+
+
+def _settling(rho, tol=0.02):
+    if not rho < 1:
+        return math.inf
+    return math.log(tol) / math.log(rho) if rho > 0 else 1.0
+
+
+def _gprime_grid(lo, hi, n):
+    return np.array([lo]) if lo == hi else np.linspace(lo, hi, n)
+
+
+def gain_figures(kp, ki, a, gprime, window: int = 1, delay: int = 0, controller: str = "incremental",
+                 n_gprime: int = 9) -> GainFigures:
+    """Predicted figures of ``(kp, ki)`` on a plant with g′ in a range.
+
+    Parameters
+    ----------
+    kp, ki : float
+        Gains.
+    a : float
+        Plant rate, > 0.
+    gprime : float or (float, float)
+        Slope, or the interval ``(g′min, g′max)`` the schedule visits.
+    window, delay : int
+        Filter window and measurement delay.
+    controller : {"incremental", "positional"}
+        Controller whose linearisation is analysed (both coincide).
+    n_gprime : int
+        g′ samples for the noise gain and overshoot (the spectral radius and
+        the stability verdict are exact over the interval).
+
+    Returns
+    -------
+    GainFigures
+    """
+    from . import stability
+
+    a, lo, hi = _check_plant(a, gprime)
+    rv = stability.robust_stability(kp, ki, a, lo, hi, window=window, delay=delay, controller=controller)
+    gs = _gprime_grid(lo, hi, n_gprime)
+    rho = float(np.max(stability.spectral_radius(np.full(gs.shape, kp), np.full(gs.shape, ki), a, gs,
+                                                 window=window, delay=delay, controller=controller)))
+    rho = max(rho, float(rv.worst_spectral_radius))
+    settle = _settling(rho)
+    if rv.stable:
+        horizon = min(max(4 * settle, 100), 400_000)
+        ng = max(noise_gain(kp, ki, a, g, window, delay) for g in gs)
+        ov = max(_linear_overshoot(kp, ki, a, g, window, delay, horizon) for g in gs[[0, -1]])
+    else:
+        ng, ov = math.inf, math.inf
+    return GainFigures(float(kp), float(ki), bool(rv.stable), rho, settle, ov, ng, float(rv.gain_margin))
+
+
+@dataclass
+class TuneResult:
+    """Recommended gains with their predicted figures and those of reference gains.
+
+    Attributes
+    ----------
+    kp, ki : float
+        Recommended gains.
+    figures : GainFigures
+        Their predicted figures.
+    references : dict
+        Name → :class:`GainFigures` of the gains compared against (the paper's by default).
+    a, gprime_range, window, delay, objective : ...
+        The problem solved.
+    """
+
+    kp: float
+    ki: float
+    figures: GainFigures
+    references: dict = field(default_factory=dict)
+    a: float = 0.0
+    gprime_range: tuple = (0.0, 0.0)
+    window: int = 1
+    delay: int = 0
+    objective: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-able dict."""
+        return {
+            "kp": self.kp, "ki": self.ki, "figures": self.figures.to_dict(),
+            "references": {k: v.to_dict() for k, v in self.references.items()},
+            "a": self.a, "gprime_range": list(self.gprime_range), "window": self.window, "delay": self.delay,
+            "objective": self.objective,
+        }
+
+    def table(self) -> str:
+        """A plain-text side-by-side table of the tuned and reference gains."""
+        rows = [("tuned", self.figures)] + list(self.references.items())
+        head = f"{'gains':>10} {'Kp':>10} {'Ki':>10} {'robust':>7} {'ρ worst':>10} {'settle(2%)':>11} {'overshoot':>10} {'noise→β':>9}"
+        lines = [head]
+        for name, f in rows:
+            lines.append(
+                f"{name:>10} {f.kp:10.4g} {f.ki:10.4g} {str(f.robust):>7} {f.worst_spectral_radius:10.6f} "
+                f"{f.settling_steps:11.0f} {100 * f.overshoot:9.2f}% {f.noise_gain:9.4g}"
+            )
+        return "\n".join(lines)
+
+
+def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, controller: str = "incremental",
+         settling: float | None = None, max_overshoot: float = 0.05, max_noise_gain: float | None = None,
+         compare: dict | None = None, grid: int = 41, n_gprime: int = 9) -> TuneResult:
+    """Choose Kp, Ki for a plant: robustly stable over the g′ range, fast and quiet.
+
+    Objective: without ``settling``, minimise the worst-case spectral radius
+    (fastest decay) subject to overshoot ≤ ``max_overshoot`` and noise gain ≤
+    ``max_noise_gain`` (default: the paper's gains' noise gain, so the result is
+    no noisier than the paper); with ``settling=N``, minimise the noise gain
+    subject to a worst-case 2 % settling time ≤ N steps and the overshoot bound.
+
+    Parameters
+    ----------
+    plant : FirstOrderPlant or fit result, optional
+        Convenience form: ``a`` from the plant and the g′ range from its
+        ``gprime_range`` (fit results) or from g′ over ``beta_range`` attributes.
+    a : float
+        Plant rate (low-level form).
+    gprime : float or (float, float)
+        g′ at the operating point, or the interval the schedule visits.
+    window, delay : int
+        Filter window T and measurement delay d.
+    controller : {"incremental", "positional"}
+        Controller type (same linearisation).
+    settling : float, optional
+        Target worst-case 2 % settling time in steps.
+    max_overshoot : float
+        Largest allowed linear step overshoot (fraction).
+    max_noise_gain : float, optional
+        Largest allowed H2 noise gain.
+    compare : dict, optional
+        Name → (Kp, Ki) of gains to report side by side (default: the paper's).
+    grid : int
+        Points per axis of the log-spaced search grid.
+    n_gprime : int
+        g′ samples used in the search.
+
+    Returns
+    -------
+    TuneResult
+
+    Raises
+    ------
+    ValueError
+        For a plant with a ≤ 0, an empty or non-negative g′ range, or targets
+        no gains on the grid can meet (the message says which constraint binds).
+    """
+    from . import stability
+
+    if plant is not None:
+        a = getattr(plant, "a", a)
+        if gprime is None:
+            if hasattr(plant, "gprime_range") and not callable(plant.gprime_range):
+                gprime = plant.gprime_range
+            elif hasattr(plant, "gprime_range"):
+                gprime = plant.gprime_range()
+            else:
+                raise ValueError("give gprime=(g′min, g′max) for a plant without a fitted g′ range")
+    if a is None or gprime is None:
+        raise ValueError("tune needs a plant (or fit), or both a= and gprime=")
+    a, lo, hi = _check_plant(a, gprime)
+    if settling is not None and not settling > 0:
+        raise ValueError(f"settling must be > 0 steps, got {settling!r}")
+    compare = {"paper": PAPER_GAINS} if compare is None else dict(compare)
+    refs = {name: gain_figures(kp, ki, a, (lo, hi), window, delay, controller, n_gprime)
+            for name, (kp, ki) in compare.items()}
+    if max_noise_gain is None:
+        finite = [f.noise_gain for f in refs.values() if math.isfinite(f.noise_gain)]
+        max_noise_gain = max(finite) if finite else math.inf
+
+    gs = _gprime_grid(lo, hi, n_gprime)
+    # Log grid reaching well beyond the paper's gains in both directions; the loop gain scales with a·|g′|.
+    scale = 1.0 / (a * abs(hi) + 1e-300)
+    kps = np.geomspace(1e-6, 4.0 * scale, grid)
+    kis = np.geomspace(1e-8, 2.0 * scale, grid)
+    KP, KI = np.meshgrid(kps, kis, indexing="ij")
+    rho = np.zeros(KP.shape)
+    for g in gs:
+        rho = np.maximum(rho, stability.spectral_radius(KP, KI, a, np.full(KP.shape, g), window=window,
+                                                        delay=delay, controller=controller))
+    order = np.argsort(rho, axis=None)
+    best, why = None, "no gain pair on the grid is stable over the whole g′ range"
+    tried = 0
+    for idx in order:
+        if not rho.flat[idx] < 1 or tried >= 400:
+            break
+        kp, ki = float(KP.flat[idx]), float(KI.flat[idx])
+        settle = _settling(float(rho.flat[idx]))
+        if settling is not None and settle > settling:
+            why = f"no stable gains settle within {settling} steps on this plant (fastest: {settle:.0f})"
+            break
+        tried += 1
+        ov = max(_linear_overshoot(kp, ki, a, g, window, delay, min(max(4 * settle, 100), 400_000)) for g in gs[[0, -1]])
+        if ov > max_overshoot:
+            why = f"overshoot bound {max_overshoot} not met by the fastest candidates"
+            continue
+        ng = max(noise_gain(kp, ki, a, g, window, delay) for g in gs)
+        if settling is None:
+            if ng <= max_noise_gain:
+                best = (kp, ki)
+                break
+            why = f"noise-gain bound {max_noise_gain:.4g} not met by the fastest candidates"
+        elif best is None or ng < best[2]:
+            best = (kp, ki, ng)
+    if best is None:
+        raise ValueError(f"infeasible targets: {why}")
+    kp, ki = best[0], best[1]
+    fig = gain_figures(kp, ki, a, (lo, hi), window, delay, controller, n_gprime)
+    if not fig.robust:
+        raise ValueError("the best grid candidate failed the exact robust check; refine the grid")
+    objective = (f"min noise gain s.t. settling ≤ {settling} steps, overshoot ≤ {max_overshoot}" if settling
+                 else f"min worst-case spectral radius s.t. noise gain ≤ {max_noise_gain:.4g}, overshoot ≤ {max_overshoot}")
+    return TuneResult(kp, ki, fig, refs, a, (lo, hi), int(window), int(delay), objective)

@@ -1,0 +1,95 @@
+"""Gain design: robust stability, beating the paper's gains, predictions vs simulation, bad input."""
+import math
+
+import control
+import numpy as np
+import pytest
+
+from analysis.tuning import PAPER_GAINS, gain_figures, loop_transfer_functions, noise_gain, tune
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, simulate
+
+
+def _poles_rho(kp, ki, a, g, window, delay):
+    # Independent of analysis.stability: the poles of python-control's closed loop.
+    return float(np.max(np.abs(control.poles(loop_transfer_functions(kp, ki, a, g, window, delay)["noise_to_beta"]))))
+
+
+@pytest.fixture(scope="module")
+def dsprites_tuned():
+    return tune(a=1 / 2500, gprime=(-3.2, -0.5), window=5, delay=0)
+
+
+def test_tuned_gains_are_robustly_stable_and_beat_the_paper(dsprites_tuned):
+    r = dsprites_tuned
+    dense = np.linspace(-3.2, -0.5, 60)
+    rhos = [_poles_rho(r.kp, r.ki, 1 / 2500, g, 5, 0) for g in dense]
+    assert max(rhos) < 1
+    paper = [_poles_rho(*PAPER_GAINS, 1 / 2500, g, 5, 0) for g in dense]
+    assert max(rhos) < max(paper)
+    assert r.figures.robust and r.figures.worst_spectral_radius < r.references["paper"].worst_spectral_radius
+    assert r.figures.noise_gain <= r.references["paper"].noise_gain * (1 + 1e-9)
+    assert r.figures.overshoot <= 0.05
+
+
+def test_noise_gain_matches_simulated_beta_noise():
+    # A fast loop so that a long run averages many correlation times.
+    a, A, k, C, kp, ki, sd = 0.02, 26.38, 0.0476, 10.0, 2.0, 0.2, 0.02
+    plant = FirstOrderPlant(a, ExpGain(A, k))
+    bstar = float(plant.g.inverse(C))
+    g = float(plant.g.derivative(bstar))
+    pred = noise_gain(kp, ki, a, g, 3, 0) * sd
+    tr = simulate(IncrementalPI(kp, ki, C, beta0=bstar, beta_min=-1e6, filter=3), plant, 120_000, y0=C,
+                  noise_std=sd, seed=3)
+    measured = tr.beta[5000:].std()
+    assert measured == pytest.approx(pred, rel=0.08)
+
+
+def test_predicted_decay_and_overshoot_match_nonlinear_simulation():
+    a, A, k, C, kp, ki = 0.02, 26.38, 0.0476, 10.0, 2.0, 0.05
+    plant = FirstOrderPlant(a, ExpGain(A, k))
+    bstar = float(plant.g.inverse(C))
+    g = float(plant.g.derivative(bstar))
+    fig = gain_figures(kp, ki, a, g, window=1, delay=0)
+    # Small set-point step (1 %) from equilibrium: nearly linear.
+    tr = simulate(IncrementalPI(kp, ki, C * 1.01, beta0=bstar, beta_min=-1e6), plant, 20_000, y0=C)
+    err = (tr.state - C * 1.01) / (C * 0.01)
+    over = max(0.0, err.max())
+    assert over == pytest.approx(fig.overshoot, abs=0.02)
+    settled = np.flatnonzero(np.abs(err) > 0.02)
+    settle_sim = settled[-1] + 1 if len(settled) else 0
+    # The 2 % envelope bound of the slowest mode is an upper estimate of the actual settling time.
+    assert settle_sim <= fig.settling_steps * 1.1
+    assert settle_sim >= fig.settling_steps * 0.3
+
+
+def test_paper_figures_are_reported_for_comparison(dsprites_tuned):
+    r = dsprites_tuned
+    assert set(r.references) == {"paper"}
+    assert r.references["paper"].kp == 0.01 and r.references["paper"].ki == 0.005
+    assert "paper" in r.table() and "tuned" in r.table()
+
+
+def test_settling_target_minimises_noise():
+    r = tune(a=0.01, gprime=(-1.5, -1.0), window=1, settling=3000)
+    assert r.figures.settling_steps <= 3000
+    assert r.figures.robust
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(a=0.0, gprime=(-1, -0.5)), "a must be"),
+        (dict(a=-1.0, gprime=(-1, -0.5)), "a must be"),
+        (dict(a=0.01, gprime=(-0.5, -1.0)), "empty"),
+        (dict(a=0.01, gprime=(-1.0, 0.5)), "g′ must be < 0"),
+        (dict(a=0.01, gprime=(-1.0, -0.5), settling=1), "infeasible"),
+        (dict(a=0.01), "needs"),
+    ],
+)
+def test_bad_input_names_the_problem(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        tune(**kw)
+
+
+def test_unstable_gains_have_infinite_noise_gain():
+    assert math.isinf(noise_gain(1e4, 1e4, 0.01, -1.0))
