@@ -1,0 +1,316 @@
+"""dSprites: rendered procedurally on the official factor grid, or loaded from the official ``.npz``.
+
+Factor grid and index order (as in the official file)::
+
+    color        1   {white}
+    shape        3   {square, ellipse, heart}
+    scale        6   linspace(0.5, 1, 6)
+    orientation 40   linspace(0, 2π, 40)
+    posX        32   linspace(0, 1, 32)
+    posY        32   linspace(0, 1, 32)
+
+    index = classes · (737280, 245760, 40960, 1024, 32, 1)
+
+Procedural rendering (``DSprites()``): a binary 64×64 image, a pixel is on when
+its centre lies inside the sprite.  At scale 1 the square's side is 20 px, the
+ellipse's semi-axes are 6 and 11 px, the heart (the curve
+``(x² + y² − 1)³ = x²y³``) spans about 20×22 px; ``scale`` multiplies lengths,
+``orientation`` rotates counter-clockwise on screen, the centre moves from
+pixel 12.8 to 51.2 as ``posX`` (rightwards) or ``posY`` (downwards) goes from 0
+to 1.  The mean pixel value over the set is about 0.044 (official: ≈ 0.043).
+These sizes are matched to the official set by eye and by that mean, not
+copied from its generator; use the official file for numbers comparable to
+papers.
+
+Rendering is a handful of vectorised tensor operations per batch, so a
+procedural ``DSprites`` starts instantly and renders a batch of 128 in
+milliseconds on a CPU.  On CUDA (``ds.to("cuda")``) the whole set is rendered
+once on the device (well under a second) and kept there bit-packed (377 MB);
+batches are then gathered and unpacked on the device.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["DSprites", "FACTOR_NAMES", "FACTOR_SIZES", "SHAPES"]
+
+FACTOR_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
+FACTOR_SIZES = (1, 3, 6, 40, 32, 32)
+SHAPES = ("square", "ellipse", "heart")
+
+_N = int(np.prod(FACTOR_SIZES))
+_STRIDES = tuple(int(np.prod(FACTOR_SIZES[i + 1 :])) for i in range(6))  # (737280, 245760, 40960, 1024, 32, 1)
+_SIZE = 64
+_HALF = 10.0  # half the side of the scale-1 square, px
+_POS_LO, _POS_SPAN = 0.2 * _SIZE, 0.6 * _SIZE
+_ELLIPSE_AXES = (0.6, 1.1)  # semi-axes in units of _HALF
+_HEART_SCALE, _HEART_SHIFT = 0.9, 0.119  # fits the heart curve into about [-1, 1]²
+
+
+def _grid_values():
+    return (
+        np.array([1.0]),
+        np.array([1.0, 2.0, 3.0]),
+        np.linspace(0.5, 1.0, 6),
+        np.linspace(0.0, 2 * math.pi, 40),
+        np.linspace(0.0, 1.0, 32),
+        np.linspace(0.0, 1.0, 32),
+    )
+
+
+def render(classes: torch.Tensor) -> torch.Tensor:
+    """Render sprites from factor classes.
+
+    Parameters
+    ----------
+    classes : LongTensor ``(B, 6)``
+        Factor classes in the official order (see module docstring).
+
+    Returns
+    -------
+    Tensor ``(B, 1, 64, 64)``, float32 in {0, 1}, on the device of ``classes``.
+    """
+    dev = classes.device
+    c = classes.to(torch.float32)
+    shape = classes[:, 1]
+    scale = 0.5 + 0.1 * c[:, 2]
+    theta = c[:, 3] * (2 * math.pi / 39)
+    cx = _POS_LO + _POS_SPAN * c[:, 4] / 31
+    cy = _POS_LO + _POS_SPAN * c[:, 5] / 31
+    px = torch.arange(_SIZE, device=dev, dtype=torch.float32) + 0.5
+    h = (_HALF * scale)[:, None, None]
+    dx = (px[None, None, :] - cx[:, None, None]) / h  # (B, 1, 64), screen x to the right
+    dy = (cy[:, None, None] - px[None, :, None]) / h  # (B, 64, 1), y up so rotation is counter-clockwise
+    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    img = torch.empty((classes.shape[0], _SIZE, _SIZE), dtype=torch.float32, device=dev)
+    # Each shape is tested only on its own images (a third of the work of testing all three).
+    for k, inside in enumerate((_square, _ellipse, _heart)):
+        sel = (shape == k).nonzero().squeeze(1)
+        if len(sel):
+            dxs, dys, c, s = dx[sel], dy[sel], cos[sel], sin[sel]
+            x = c * dxs + s * dys  # sprite frame: rotate the pixel grid back by θ
+            y = c * dys - s * dxs
+            img[sel] = inside(x, y).to(torch.float32)
+    return img.unsqueeze(1)
+
+
+def _square(x, y):
+    return torch.maximum(x.abs(), y.abs()) <= 1.0
+
+
+def _ellipse(x, y):
+    ea, eb = _ELLIPSE_AXES
+    return (x * (1 / ea)).square() + (y * (1 / eb)).square() <= 1.0
+
+
+def _heart(x, y):
+    hx = x * (1 / _HEART_SCALE)
+    hy = y * (1 / _HEART_SCALE) + _HEART_SHIFT
+    hx2 = hx.square()
+    r = hx2 + hy.square() - 1.0
+    return r * r * r <= hx2 * hy * hy * hy
+
+
+def _pack(img: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, 64, 64)`` binary → ``(B, 512)`` uint8, most significant bit first."""
+    bits = img.reshape(img.shape[0], -1, 8).to(torch.uint8)
+    w = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=img.device)
+    return (bits * w).sum(-1, dtype=torch.uint8)
+
+
+def _unpack(packed: torch.Tensor) -> torch.Tensor:
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(packed.shape[0], 1, _SIZE, _SIZE).to(torch.float32)
+
+
+class DSprites:
+    """The dSprites set: procedural (``path=None``) or the official ``.npz``.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The official ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz`` (or any
+        file with its keys ``imgs``, ``latents_classes``, ``latents_values``
+        and ``metadata`` holding ``latents_sizes``).  ``None``: render.
+    device : str or torch.device
+        Where images are produced.  On CUDA the whole set is kept on the device.
+
+    Attributes
+    ----------
+    factor_sizes : tuple of int
+        ``(1, 3, 6, 40, 32, 32)`` for dSprites.
+    factor_names : tuple of str
+    factor_values : list of ndarray
+        The value of each class of each factor.
+
+    Examples
+    --------
+    >>> ds = DSprites()
+    >>> img, classes = ds[87040]   # a square, as in the official file
+    >>> x, idx = ds.sample(128, torch.Generator().manual_seed(0))
+    """
+
+    factor_names = FACTOR_NAMES
+
+    def __init__(self, path=None, device="cpu"):
+        self.path = None if path is None else os.fspath(path)
+        self.device = torch.device(device)
+        self._packed = None
+        if self.path is None:
+            self.factor_sizes = FACTOR_SIZES
+            self.factor_values = list(_grid_values())
+            self._n = _N
+            self._classes = None
+            self._imgs = None
+        else:
+            self._load_npz(self.path)
+        if self.device.type != "cpu":
+            self._to_device()
+
+    # -- loading ----------------------------------------------------------------------
+    def _load_npz(self, path):
+        if not os.path.isfile(path):
+            raise ValueError(f"dSprites file not found: {path}")
+        try:
+            f = np.load(path, allow_pickle=True, encoding="latin1")
+            keys = set(f.files)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+            raise ValueError(f"cannot read {path} as a dSprites .npz: {exc}") from None
+        missing = {"imgs", "latents_classes", "latents_values", "metadata"} - keys
+        if missing:
+            raise ValueError(f"{path} lacks the dSprites keys {sorted(missing)}")
+        try:
+            meta = f["metadata"][()]
+            sizes = tuple(int(s) for s in np.asarray(meta["latents_sizes"]).ravel())
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: metadata has no readable 'latents_sizes' ({exc})") from None
+        imgs = np.asarray(f["imgs"])
+        classes = np.asarray(f["latents_classes"]).astype(np.int64)
+        values = np.asarray(f["latents_values"], dtype=np.float64)
+        n = imgs.shape[0]
+        if imgs.ndim != 3 or imgs.shape[1:] != (_SIZE, _SIZE):
+            raise ValueError(f"{path}: imgs must have shape (N, 64, 64), got {imgs.shape}")
+        if classes.shape != (n, len(sizes)) or values.shape != (n, len(sizes)):
+            raise ValueError(
+                f"{path}: latents_classes {classes.shape} and latents_values {values.shape} must be (N={n}, {len(sizes)})"
+            )
+        if n and (classes.min() < 0 or np.any(classes.max(0) >= np.array(sizes))):
+            raise ValueError(f"{path}: latents_classes out of range for latents_sizes {sizes}")
+        if n and imgs.max() > 1:
+            raise ValueError(f"{path}: imgs must be binary (0/1), found a value {imgs.max()}")
+        self.factor_sizes = sizes
+        self.factor_values = []
+        for k, size in enumerate(sizes):
+            vals = np.full(size, np.nan)
+            vals[classes[:, k]] = values[:, k]
+            self.factor_values.append(vals)
+        self._n = n
+        self._imgs = torch.from_numpy(np.ascontiguousarray(imgs, dtype=np.uint8))
+        self._classes = torch.from_numpy(classes)
+
+    def _to_device(self):
+        dev = self.device
+        if self._imgs is not None:
+            flat = self._imgs.reshape(self._n, -1).numpy()
+            self._packed = torch.from_numpy(np.packbits(flat, axis=1)).to(dev)
+            self._imgs = None
+            self._classes = self._classes.to(dev)
+            return
+        chunk = 32768
+        packed = torch.empty((_N, _SIZE * _SIZE // 8), dtype=torch.uint8, device=dev)
+        for start in range(0, _N, chunk):
+            idx = torch.arange(start, min(start + chunk, _N), device=dev)
+            packed[start : start + len(idx)] = _pack(render(self._classes_of(idx)))
+        self._packed = packed
+
+    def to(self, device) -> "DSprites":
+        """This set on ``device`` (a new object unless already there)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if self.path is not None:
+            return DSprites(self.path, device)
+        return DSprites(None, device)
+
+    # -- access -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def _classes_of(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._classes is not None:
+            return self._classes[idx]
+        strides = torch.tensor(_STRIDES, device=idx.device)
+        sizes = torch.tensor(FACTOR_SIZES, device=idx.device)
+        return (idx[:, None] // strides) % sizes
+
+    def _as_index(self, indices) -> torch.Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device).reshape(-1)
+        return idx
+
+    def classes(self, indices) -> torch.Tensor:
+        """Factor classes ``(B, 6)`` (int64) of the given indices."""
+        return self._classes_of(self._as_index(indices))
+
+    def index_of(self, classes) -> torch.Tensor:
+        """Dataset indices of factor classes ``(B, 6)`` (procedural set only: the official order)."""
+        c = torch.as_tensor(classes, dtype=torch.long, device=self.device).reshape(-1, len(self.factor_sizes))
+        return (c * torch.tensor(_STRIDES, device=self.device)).sum(1)
+
+    def images(self, indices) -> torch.Tensor:
+        """Images ``(B, 1, 64, 64)`` float32 in {0, 1} on the set's device.
+
+        ``indices`` should already live on that device (no host round trip).
+        """
+        idx = self._as_index(indices)
+        if self._packed is not None:
+            return _unpack(self._packed[idx])
+        if self._imgs is not None:
+            return self._imgs[idx.cpu()].unsqueeze(1).to(self.device, torch.float32)
+        return render(self._classes_of(idx))
+
+    def __getitem__(self, i):
+        if isinstance(i, torch.Tensor):
+            i = int(i)
+        if not isinstance(i, (int, np.integer)) or isinstance(i, bool):
+            raise TypeError(f"dSprites index must be an int, got {type(i).__name__}")
+        i = int(i)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"index {i} out of range for {self._n} images")
+        return self.images([i])[0], self.classes([i])[0]
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None):
+        """Draw a batch uniformly with replacement, on the device, without host sync.
+
+        Parameters
+        ----------
+        batch_size : int
+        generator : torch.Generator, optional
+            A generator on the set's device (its state is part of checkpoints).
+
+        Returns
+        -------
+        images ``(B, 1, 64, 64)``, indices ``(B,)``
+        """
+        idx = torch.randint(0, self._n, (int(batch_size),), generator=generator, device=self.device)
+        return self.images(idx), idx
+
+    def batches(self, batch_size: int = 1024, indices=None):
+        """Iterate over the set (or ``indices``) in order: yields ``(images, classes)``.
+
+        For computing encoder means over the whole set (disentanglement metrics).
+        """
+        idx_all = torch.arange(self._n, device=self.device) if indices is None else self._as_index(indices)
+        for start in range(0, len(idx_all), int(batch_size)):
+            idx = idx_all[start : start + int(batch_size)]
+            yield self.images(idx), self._classes_of(idx)
+
+    def __repr__(self):
+        src = "procedural" if self.path is None else repr(self.path)
+        return f"DSprites({src}, n={self._n}, device={self.device})"
