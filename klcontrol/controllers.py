@@ -277,10 +277,15 @@ class Controller:
         m, fstate = self.filter.apply(state["filter"], safe, ops)
         c = self._setpoint_now()
         new = self._law(state, m, c, p, ops)
-        for k, v in new.items():
-            state[k].copy_(torch.where(ok, v, state[k]))
-        for old, v in zip(state["filter"], fstate):
-            old.copy_(torch.where(ok, v, old))
+        # Build every masked value before the first in-place copy: the filter
+        # history shifts by one (new[i+1] is old[i]), so copying as we go would
+        # overwrite old[i] before it is moved.
+        masked = {k: torch.where(ok, v, state[k]) for k, v in new.items()}
+        masked_f = [torch.where(ok, v, old) for old, v in zip(state["filter"], fstate)]
+        for k, v in masked.items():
+            state[k].copy_(v)
+        for old, v in zip(state["filter"], masked_f):
+            old.copy_(v)
         self._bad.logical_or_(~ok)
         self._t += 1
         return state["beta"].clone()

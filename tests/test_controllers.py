@@ -1,0 +1,486 @@
+"""Controllers: clamps, persistence, vectorisation, PI equivalence, official mode, torch, bad input."""
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from klcontrol import (
+    CapacityRamp,
+    ExponentialAverage,
+    FixedBeta,
+    IncrementalPI,
+    LinearRamp,
+    MovingAverage,
+    PositionalPI,
+    beta_from_norm,
+    beta_norm,
+)
+
+KINDS = ("incremental", "official", "positional", "capacity", "fixed")
+N = 3  # loops of an array controller
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build(cfg, index=None):
+    """A fresh controller from a plain config; ``index`` picks one loop of array gains."""
+    cfg = dict(cfg)
+    kind = cfg.pop("kind")
+    filt = cfg.pop("filter")
+    if index is not None:
+        cfg = {k: (v[index] if isinstance(v, list) else v) for k, v in cfg.items()}
+    filt = None if filt is None else (MovingAverage(filt[1]) if filt[0] == "ma" else ExponentialAverage(filt[1]))
+    if kind in ("incremental", "official"):
+        return IncrementalPI(cfg["kp"], cfg["ki"], cfg["c"], beta0=cfg["beta0"], beta_min=cfg["bmin"],
+                             beta_max=cfg["bmax"], anti_windup="official" if kind == "official" else "clamp",
+                             filter=filt, y0=cfg["y0"])
+    if kind == "positional":
+        return PositionalPI(cfg["kp"], cfg["ki"], cfg["c"], beta_min=cfg["bmin"], beta_max=cfg["bmax"], filter=filt,
+                            y0=cfg["y0"])
+    if kind == "capacity":
+        return CapacityRamp(cfg["kp"], LinearRamp(0.0, cfg["c"], 10), beta_min=cfg["bmin"], beta_max=cfg["bmax"],
+                            filter=filt, y0=cfg["y0"])
+    return FixedBeta(cfg["beta0"], filter=filt, y0=cfg["y0"])
+
+
+def gain(lo, hi, n):
+    v = st.floats(lo, hi)
+    return v if n is None else st.lists(v, min_size=n, max_size=n)
+
+
+@st.composite
+def configs(draw, kinds=KINDS, arrays=(None, N)):
+    n = draw(st.sampled_from(arrays))
+    kind = draw(st.sampled_from(kinds))
+    bmin = draw(gain(-5.0, 5.0, n))
+    width = draw(st.one_of(st.just(math.inf), st.floats(0.0, 200.0)))
+    bmax = [b + width for b in bmin] if n else bmin + width
+    filt = draw(st.sampled_from([None, ("ma", 1), ("ma", 2), ("ma", 5), ("ema", 0.3), ("ema", 1.0)]))
+    return dict(kind=kind, kp=draw(gain(0.0, 2.0, n)), ki=draw(gain(-0.5, 1.0, n)), c=draw(st.floats(0.0, 50.0)),
+                beta0=draw(gain(-10.0, 300.0, n)), bmin=bmin, bmax=bmax, filter=filt,
+                y0=draw(st.floats(0.0, 30.0)), n=n)
+
+
+def kl_seqs(n, min_size=1, max_size=30):
+    item = st.floats(-1e4, 1e4) if n is None else st.lists(st.floats(-1e4, 1e4), min_size=n, max_size=n)
+    return st.lists(item, min_size=min_size, max_size=max_size)
+
+
+def cfg_and_kls(**kw):
+    return configs(**kw).flatmap(lambda c: st.tuples(st.just(c), kl_seqs(c["n"])))
+
+
+def clean(cfg):
+    return {k: v for k, v in cfg.items() if k != "n"}
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@given(cfg_and_kls())
+def test_beta_finite_and_inside_clamps(args):
+    cfg, kls = args
+    ctrl = build(clean(cfg))
+    lo, hi = np.asarray(cfg["bmin"]), np.asarray(cfg["bmax"])
+    for kl in kls:
+        beta = np.asarray(ctrl.step(np.asarray(kl) if cfg["n"] else kl))
+        assert np.all(np.isfinite(beta))
+        if cfg["kind"] == "fixed":
+            assert np.array_equal(beta, np.broadcast_to(cfg["beta0"], beta.shape))
+        else:
+            assert np.all(beta >= lo) and np.all(beta <= hi), (beta, lo, hi)
+        assert np.array_equal(beta, np.asarray(ctrl.beta))
+
+
+@given(cfg_and_kls(), st.integers(0, 30), st.booleans())
+def test_state_dict_round_trip_numpy_json(args, split, through_json):
+    cfg, kls = args
+    split = min(split, len(kls))
+    a = build(clean(cfg))
+    for kl in kls[:split]:
+        a.step(np.asarray(kl))
+    sd = a.state_dict()
+    if through_json:
+        sd = json.loads(json.dumps(sd))
+    b = build(clean(cfg))
+    b.load_state_dict(sd)
+    assert b.steps_taken == a.steps_taken
+    for kl in kls[split:]:
+        assert np.array_equal(np.asarray(a.step(np.asarray(kl))), np.asarray(b.step(np.asarray(kl))))
+
+
+@given(cfg_and_kls(arrays=(None,)), st.integers(1, 30), st.sampled_from([torch.float32, torch.float64]))
+def test_state_dict_round_trip_torch(args, split, dtype):
+    cfg, kls = args
+    split = min(split, len(kls))
+    a = build(clean(cfg))
+    for kl in kls[:split]:
+        a.step(torch.tensor(kl, dtype=dtype))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert torch.is_tensor(sd["state"]["beta"])
+    b = build(clean(cfg))
+    b.load_state_dict(sd)
+    for kl in kls[split:]:
+        ba, bb = a.step(torch.tensor(kl, dtype=dtype)), b.step(torch.tensor(kl, dtype=dtype))
+        assert torch.is_tensor(ba) and ba.dtype == dtype
+        assert torch.equal(ba, bb)
+
+
+def test_numpy_state_dict_loads_with_torch_weights_only():
+    a = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=100.0, filter=3)
+    for kl in ([1.0, 2.0], [3.0, 4.0]):
+        a.step(np.array(kl))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=100.0, filter=3)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    assert np.array_equal(a.step(np.array([5.0, 6.0])), b.step(np.array([5.0, 6.0])))
+
+
+@given(cfg_and_kls(arrays=(N,)))
+def test_vectorised_equals_loop_of_scalars(args):
+    cfg, kls = args
+    vec = build(clean(cfg))
+    singles = [build(clean(cfg), index=i) for i in range(N)]
+    for kl in kls:
+        bv = vec.step(np.asarray(kl))
+        assert bv.shape == (N,)
+        bs = [s.step(kl[i]) for i, s in enumerate(singles)]
+        np.testing.assert_allclose(bv, bs, rtol=1e-12, atol=1e-12)
+
+
+@given(
+    kp=st.floats(0.0, 0.05),
+    ki=st.floats(1e-4, 0.01),
+    c=st.floats(1.0, 30.0),
+    y0=st.floats(0.0, 30.0),
+    beta0=st.floats(30.0, 200.0),
+    window=st.integers(1, 5),
+    deviations=st.lists(st.floats(-5.0, 5.0), min_size=1, max_size=60),
+)
+def test_positional_and_incremental_pi_coincide_away_from_clamps(kp, ki, c, y0, beta0, window, deviations):
+    # Positional:  β_P(t) = Kp·σ(m(t) − C) − Ki·I(t) + β_min,  I(t) = I(t−1) + (C − m(t)).
+    # Its difference β_P(t) − β_P(t−1) = Kp[σ(m(t) − C) − σ(m(t−1) − C)] − Ki(C − m(t)) is exactly the
+    # incremental update.  So with σ(m(−1) − C) = σ(y0 − C) in both and the positional integral offset
+    # I(−1) chosen so that Kp·σ(y0 − C) − Ki·I(−1) + β_min = β0 = β_I(0), the sequences are equal while
+    # no clamp is active (up to float rounding; the positional form recomputes from the sum).
+    bmin, bmax = 0.0, 1e6
+    inc = IncrementalPI(kp, ki, c, beta0=beta0, beta_min=bmin, beta_max=bmax, filter=window, y0=y0)
+    pos = PositionalPI(kp, ki, c, beta_min=bmin, beta_max=bmax, filter=window, y0=y0)
+    sd = pos.state_dict()
+    p0 = 1 / (1 + math.exp(-(y0 - c)))
+    sd["state"]["integral"] = (kp * p0 + bmin - beta0) / ki
+    sd["state"]["beta"] = beta0
+    pos.load_state_dict(sd)
+    for d in deviations:
+        bi, bp = inc.step(c + d), pos.step(c + d)
+        assert bmin < bi < bmax  # unsaturated by construction: |Δβ| ≤ Kp + 5·Ki per step
+        assert bi == pytest.approx(bp, rel=1e-10, abs=1e-9)
+
+
+def test_positional_and_incremental_pi_differ_under_saturation():
+    # A KL held far below the set point drives both to the lower clamp.  The incremental state is the
+    # clamped β, so it sits exactly on β_min; the positional PI freezes its integral as soon as a step would
+    # push the unclamped β past β_min, so it stops a little above it (by less than Ki·e).  Neither winds up:
+    # once the error reverses both rise on the very next step, and since both then follow the same
+    # increments, they stay apart by exactly the positional offset at the clamp.
+    kp, ki, c, beta0, y0 = 0.5, 0.01, 10.0, 1.234, 0.0
+    inc = IncrementalPI(kp, ki, c, beta0=beta0, beta_min=0.0, y0=y0)
+    pos = PositionalPI(kp, ki, c, beta_min=0.0, y0=y0)
+    sd = pos.state_dict()  # same initial state as in the coincidence test above
+    sd["state"].update(integral=(kp / (1 + math.exp(c - y0)) - beta0) / ki, beta=beta0)
+    pos.load_state_dict(sd)
+    low, high = [y0] * 200, [12.0] * 5
+    bi = [inc.step(m) for m in low + high]
+    bp = [pos.step(m) for m in low + high]
+    n_free = int(beta0 / (ki * c))  # steps before the clamp: they coincide there
+    np.testing.assert_allclose(bi[:n_free], bp[:n_free], rtol=1e-10)
+    assert bi[199] == 0.0
+    offset = bp[199]
+    assert 0.0 < offset <= ki * c
+    assert all(b > a for a, b in zip(bi[199:], bi[200:])) and all(b > a for a, b in zip(bp[199:], bp[200:]))
+    np.testing.assert_allclose(np.subtract(bp[200:], bi[200:]), offset, rtol=1e-9)
+    # Without anti-windup the integral would have grown by 200·e = 2000 and β would stay at the clamp.
+    assert abs(pos.state_dict()["state"]["integral"]) < 100
+
+
+# ----------------------------------------------------------------------------- official DynamicVAE code
+
+
+class OfficialPI:
+    """Transcription of the official DynamicVAE PI update (Ki_code = −Ki)."""
+
+    def __init__(self, kp, ki, beta0, w_min=0.1):
+        self.kp, self.ki_code, self.w_min = kp, -ki, w_min
+        self.W_k1, self.e_k1 = beta0, 0.0
+
+    def pid(self, exp_kl, kl):
+        error_k = exp_kl - kl
+        dP = self.kp * (1.0 / (1.0 + math.exp(error_k)) - 1.0 / (1.0 + math.exp(self.e_k1)))
+        dI = self.ki_code * error_k
+        if self.W_k1 < self.w_min:
+            dI = 0
+        Wk = self.W_k1 + dP + dI
+        self.W_k1 = Wk
+        self.e_k1 = error_k
+        return max(Wk, self.w_min)
+
+
+@given(
+    kp=st.floats(0.0, 0.05),
+    ki=st.floats(0.0, 0.05),
+    beta0=st.floats(0.0, 200.0),
+    kls=st.lists(st.floats(0.0, 60.0), min_size=1, max_size=80),
+)
+def test_official_mode_matches_official_code(kp, ki, beta0, kls):
+    off = OfficialPI(kp, ki, beta0)
+    ours = IncrementalPI(kp, ki, 20.0, beta0=beta0, beta_min=0.1, anti_windup="official")
+    # The official first P-difference uses e_k1 = 0, i.e. σ(0) = 0.5 as "previous" value.
+    assert ours.state_dict()["state"]["p_prev"] == 0.5
+    for kl in kls:
+        assert ours.step(kl) == pytest.approx(off.pid(20.0, kl), rel=1e-12, abs=1e-12)
+
+
+def test_official_mode_reaches_below_beta_min_state():
+    # Long stretches below the set point drive the official (unclamped) state below β_min, where the I-term
+    # freezes; the transcription must agree there too.
+    off = OfficialPI(0.01, 0.005, 1.0)
+    ours = IncrementalPI(0.01, 0.005, 20.0, beta0=1.0, beta_min=0.1, anti_windup="official")
+    kls = [5.0] * 300 + [25.0] * 300 + [19.0] * 100
+    got = [ours.step(k) for k in kls]
+    ref = [off.pid(20.0, k) for k in kls]
+    assert min(got) == 0.1 and off.W_k1 < 0.1 or min(got) == 0.1
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_paper_presets():
+    c = IncrementalPI.dynamicvae_dsprites()
+    assert c.gains["kp"] == 0.01 and c.gains["ki"] == 0.005 and c.beta == 150.0 and c.filter.window == 5
+    o = IncrementalPI.dynamicvae_dsprites(official=True)
+    assert o.anti_windup == "official" and o.gains["beta_min"] == 0.1
+    b = CapacityRamp.burgess_dsprites()
+    assert b.gains["gamma"] == 1000.0 and b.setpoint(100_000) == 25.0 and b.setpoint(50_000) == 12.5
+
+
+def test_beta_norm_helpers():
+    assert beta_norm(4.0, 10, 4096) == pytest.approx(40 / 4096)
+    assert beta_from_norm(beta_norm(4.0, 10, 4096), 10, 4096) == pytest.approx(4.0)
+    assert FixedBeta.from_norm(beta_norm(4.0, 10, 4096), 10, 4096).beta == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="latent_dim"):
+        beta_norm(1.0, 0, 4096)
+
+
+# ----------------------------------------------------------------------------- capacity relay in torch
+
+
+def test_capacity_relay_gradients_equal_capacity_objective():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    x = torch.randn(8, 6, dtype=torch.float32)
+    gamma = 1000.0
+    for c in (0.0, 0.3, 5.0):  # KL above and below the capacity
+        ctrl = CapacityRamp(gamma, c)
+
+        def kl_of():
+            mu = model(x)
+            return 0.5 * (mu**2).sum(dim=1).mean()
+
+        model.zero_grad()
+        (gamma * (kl_of() - c).abs()).backward()
+        g_obj = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        kl = kl_of()
+        beta = ctrl.step(kl.detach())
+        assert torch.is_tensor(beta) and beta.item() == gamma * math.copysign(1.0, kl.item() - c)
+        (beta * kl).backward()
+        for a, b in zip(g_obj, (p.grad for p in model.parameters())):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- torch paths
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Make every host-synchronising tensor conversion raise."""
+
+    def boom(*a, **k):
+        raise AssertionError("host sync in a per-step path")
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_steps_without_host_sync(kind, dtype, request):
+    cfg = dict(kind=kind, kp=[0.01, 0.02], ki=[0.005, 0.001], c=20.0, beta0=[100.0, 50.0], bmin=[0.1, 0.0],
+               bmax=[math.inf, 80.0], filter=("ma", 3), y0=1.0)
+    ref = build(cfg)
+    ctrl = build(cfg)
+    kls = [[5.0, 30.0], [25.0, 10.0], [19.0, 21.0]]
+    request.getfixturevalue("no_host_sync")
+    outs = [ctrl.step(torch.tensor(k, dtype=dtype)) for k in kls]
+    for out in outs:
+        assert torch.is_tensor(out) and out.dtype == dtype and out.shape == (2,)
+    assert torch.is_tensor(ctrl.beta)
+    assert all(torch.is_tensor(v) for k, v in ctrl._state.items() if k != "filter")
+
+
+@given(cfg_and_kls())
+def test_torch_float64_equals_numpy(args):
+    cfg, kls = args
+    a, b = build(clean(cfg)), build(clean(cfg))
+    for kl in kls:
+        bn = a.step(np.asarray(kl))
+        bt = b.step(torch.tensor(kl, dtype=torch.float64))
+        np.testing.assert_allclose(bt.detach().numpy(), bn, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_matches_numpy(dtype):
+    a = IncrementalPI(0.01, 0.005, 20.0, beta0=100.0, filter=5)
+    b = IncrementalPI(0.01, 0.005, 20.0, beta0=100.0, filter=5)
+    for k in np.linspace(0, 40, 50):
+        bn, bt = a.step(k), b.step(torch.tensor(k, dtype=dtype))
+        assert float(bt) == pytest.approx(bn, rel=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_torch_nonfinite_kl_masks_update_and_check_raises(bad):
+    ctrl = PositionalPI(0.01, 0.005, 20.0, filter=2)
+    ctrl.step(torch.tensor(3.0))
+    before = {k: (v.clone() if torch.is_tensor(v) else tuple(x.clone() for x in v)) for k, v in ctrl._state.items()}
+    ctrl.check()  # nothing bad yet
+    beta = ctrl.step(torch.tensor(bad))
+    assert torch.isfinite(beta)
+    for k, v in ctrl._state.items():
+        if k == "filter":
+            assert all(torch.equal(x, y) for x, y in zip(v, before[k]))
+        else:
+            assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ctrl.check()
+    ctrl.check()  # flag cleared
+    ctrl.step(torch.tensor(4.0))
+
+
+def test_torch_nan_in_one_loop_masks_the_step():
+    ctrl = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=100.0)
+    ctrl.step(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    b = ctrl.beta.clone()
+    ctrl.step(torch.tensor([math.nan, 2.0], dtype=torch.float64))
+    assert torch.equal(ctrl.beta, b)
+    with pytest.raises(ValueError):
+        ctrl.check()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _snapshot(ctrl):
+    return json.dumps(ctrl.state_dict())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("kind", KINDS)
+def test_nonfinite_kl_raises_and_keeps_state(kind, bad):
+    cfg = dict(kind=kind, kp=0.01, ki=0.005, c=20.0, beta0=10.0, bmin=0.0, bmax=math.inf, filter=("ma", 3), y0=0.0)
+    ctrl = build(cfg)
+    ctrl.step(3.0)
+    snap = _snapshot(ctrl)
+    with pytest.raises(ValueError, match="KL measurement is NaN or infinite"):
+        ctrl.step(bad)
+    assert _snapshot(ctrl) == snap
+    vec = build({**cfg, "kp": [0.01, 0.02]})
+    vec.step(np.array([1.0, 2.0]))
+    snap = _snapshot(vec)
+    with pytest.raises(ValueError, match=r"loop indices \[1\]"):
+        vec.step(np.array([1.0, bad]))
+    assert _snapshot(vec) == snap
+
+
+def test_must_hold_positional_nan():
+    ctrl = PositionalPI(kp=0.01, ki=0.005, setpoint=20.0, beta_min=0.0)
+    snap, beta = _snapshot(ctrl), ctrl.beta
+    with pytest.raises(ValueError, match="NaN"):
+        ctrl.step(float("nan"))
+    assert _snapshot(ctrl) == snap and ctrl.beta == beta and ctrl.steps_taken == 0
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, beta_min=2.0, beta_max=1.0), "beta_min"),
+        (lambda: PositionalPI(0.01, 0.005, 20.0, beta_min=2.0, beta_max=1.0), "beta_min"),
+        (lambda: CapacityRamp(1.0, 5.0, beta_min=2.0, beta_max=1.0), "beta_min"),
+        (lambda: IncrementalPI(math.nan, 0.005, 20.0), "kp"),
+        (lambda: IncrementalPI(0.01, math.inf, 20.0), "ki"),
+        (lambda: PositionalPI(0.01, [0.1, math.nan], 20.0), "ki"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, beta0=math.inf), "beta0"),
+        (lambda: CapacityRamp(math.nan, 5.0), "gamma"),
+        (lambda: FixedBeta(math.inf), "beta"),
+        (lambda: IncrementalPI(np.ones((2, 2)), 0.005, 20.0), "kp"),
+        (lambda: PositionalPI(0.01, np.ones((3, 1)), 20.0), "ki"),
+        (lambda: IncrementalPI([0.01, 0.02], [0.1, 0.2, 0.3], 20.0), "same length"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, anti_windup="bogus"), "anti_windup"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, filter=0), "window"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, filter=2.5), "window"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, filter="x"), "filter"),
+        (lambda: IncrementalPI(0.01, 0.005, 20.0, y0=math.nan), "y0"),
+        (lambda: IncrementalPI(0.01, 0.005, math.nan), "set point"),
+        (lambda: IncrementalPI(0.01, 0.005, None), "setpoint"),
+        (lambda: PositionalPI(0.01, 0.005, 20.0, beta_min=math.nan), "beta_min"),
+    ],
+)
+def test_bad_parameters_raise_naming_them(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_kl_of_wrong_shape_raises_and_keeps_state():
+    ctrl = IncrementalPI([0.01, 0.02, 0.03], 0.005, 20.0)
+    snap = _snapshot(ctrl)
+    for bad in (np.ones(2), np.ones((3, 1)), "abc", torch.ones(2)):
+        with pytest.raises(ValueError, match="KL measurement"):
+            ctrl.step(bad)
+        assert _snapshot(ctrl) == snap
+
+
+def test_load_state_dict_validates_before_changing():
+    a = IncrementalPI(0.01, 0.005, 20.0, filter=3)
+    a.step(1.0)
+    snap = _snapshot(a)
+    bad = [
+        PositionalPI(0.01, 0.005, 20.0, filter=3).state_dict(),
+        IncrementalPI(0.01, 0.005, 20.0, filter=4).state_dict(),
+        IncrementalPI([0.01, 0.02], 0.005, 20.0, filter=3).state_dict(),
+        "not a dict",
+    ]
+    for sd in bad:
+        with pytest.raises(ValueError):
+            a.load_state_dict(sd)
+        assert _snapshot(a) == snap
+
+
+def test_prime_and_reset():
+    a = IncrementalPI(0.01, 0.005, 20.0, beta0=50.0, filter=3)
+    a.prime(10.0)
+    first = a.step(10.0)
+    a.step(12.0)
+    with pytest.raises(ValueError, match="prime"):
+        a.prime(5.0)
+    a.reset()
+    assert a.steps_taken == 0 and a.beta == 50.0
+    assert a.step(10.0) == first
+    with pytest.raises(ValueError, match="y0"):
+        IncrementalPI(0.01, 0.005, 20.0).prime(math.nan)
