@@ -1,0 +1,141 @@
+"""Named controllers and training schedules for the dSprites β-VAE.
+
+Controllers (``make_controller(name)``), with the reading of each paper:
+
+``fixed``
+    β-VAE_H (Higgins et al. 2017): constant β = 4.
+``capacity``
+    β-VAE_B (Burgess et al. 2018): ``γ|KL − C(t)|`` with γ = 1000 and C rising
+    linearly from 0 to 25 nats over 100 000 steps, run as the relay
+    ``β = γ·sign(KL − C)`` (β is negative while KL < C).
+``controlvae``
+    ControlVAE (Shao et al. 2020), as its official dSprites code: positional PI
+    ``β = Kp·σ(m − C) − Ki·Σ(C − m) + 1`` with Kp = 0.01, Ki = 0.001, β ≥ 1
+    (β_min = 1 is also the offset), no filter, set point 0.5 nats raised by
+    0.15 every 5000 steps (a pure step schedule) up to 18 nats.
+``dynamicvae``
+    DynamicVAE (paper, Appendix A): incremental PI (Eq. 10, feedback sign as
+    the official code) with Kp = 0.01, Ki = 0.005, β(0) = 150, moving average
+    T = 5, hybrid step-ramp set point 0.5 → 20 nats (+0.15 per 6000 steps, the
+    first 1000 of which ramp).  Clamped-state saturation (DESIGN.md).
+``dynamicvae-official``
+    Same, with the official implementation's saturation (unclamped state,
+    I-term frozen below β_min = 0.1) and its zero-filled KL window: this
+    preset does *not* prime the controller with the initial model's KL.
+``dynamicvae-p``
+    Ablation "DynamicVAE-P" (paper Sec. 4.2): "positional PI controller with no
+    initialization to a large β(0), instead of the incremental PI initialized
+    to a large β(0)".  Read as: the ControlVAE-form positional PI with
+    DynamicVAE's gains (Kp = 0.01, Ki = 0.005), its moving average (T = 5) and
+    its hybrid annealing, β_min = 0 (so β may fall below 1, like DynamicVAE),
+    β(0) given by the law (≈ Kp·σ(y0 − C), i.e. small).  The "P" names the
+    positional form, not a P-only controller: the paper calls it a PI.
+``dynamicvae-step``
+    Ablation "DynamicVAE-step": "solely adopts step function without ramp
+    function" — the same set point levels and 6000-step periods, each
+    increase applied as a jump (ramp of one step).
+``dynamicvae-t``
+    Ablation "DynamicVAE-t": "directly uses the output KL-divergence at time t
+    as a feedback ... without using moving average" — window T = 1.
+
+Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it),
+``cpu`` (a short real run on a CPU), ``paper`` (batch 128, the full ~800k-step
+DynamicVAE schedule).  All use Adam, lr 1e-4, betas (0.9, 0.999) as the
+official code (the paper text says β2 = 0.99).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from klcontrol.controllers import CapacityRamp, Controller, FixedBeta, IncrementalPI, PositionalPI
+from klcontrol.setpoints import StepRamp
+
+__all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "controlvae_setpoint"]
+
+
+def controlvae_setpoint() -> StepRamp:
+    """ControlVAE's dSprites set point: 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
+    return StepRamp(0.5, 18.0, 0.15, 5000, 1)
+
+
+def _dynamicvae_step() -> IncrementalPI:
+    sp = StepRamp.dynamicvae_dsprites()
+    return IncrementalPI.dynamicvae_dsprites(setpoint=StepRamp(sp.start, sp.stop, sp.step, sp.period, 1))
+
+
+def _dynamicvae_p() -> PositionalPI:
+    return PositionalPI(0.01, 0.005, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=5)
+
+
+#: Preset name → factory of a fresh controller.
+CONTROLLERS = {
+    "fixed": lambda: FixedBeta(4.0),
+    "capacity": CapacityRamp.burgess_dsprites,
+    "controlvae": lambda: PositionalPI(0.01, 0.001, controlvae_setpoint(), beta_min=1.0),
+    "dynamicvae": IncrementalPI.dynamicvae_dsprites,
+    "dynamicvae-official": lambda: IncrementalPI.dynamicvae_dsprites(official=True),
+    "dynamicvae-p": _dynamicvae_p,
+    "dynamicvae-step": _dynamicvae_step,
+    "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
+}
+
+_NO_PRIME = {"dynamicvae-official"}
+
+
+def make_controller(name: str) -> Controller:
+    """A fresh controller for a preset name.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of :data:`CONTROLLERS`.
+    """
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
+    return CONTROLLERS[name]()
+
+
+def primes(name: str) -> bool:
+    """Whether the trainer primes this preset's KL history with the initial model's KL."""
+    return name not in _NO_PRIME
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training schedule of a preset.
+
+    Attributes
+    ----------
+    batch_size, steps : int
+        Defaults for the run.
+    checkpoint_every : int
+        Steps between checkpoints (0: only at the end).
+    flush_every : int
+        Steps between host syncs that write the trace.
+    tensorboard_every : int
+        Stride of the TensorBoard scalars (the CSV has every step).
+    lr : float
+    adam_betas : tuple
+    """
+
+    batch_size: int
+    steps: int
+    checkpoint_every: int
+    flush_every: int
+    tensorboard_every: int = 1
+    lr: float = 1e-4
+    adam_betas: tuple = (0.9, 0.999)
+
+
+SCHEDULES = {
+    "tiny": Schedule(batch_size=8, steps=40, checkpoint_every=0, flush_every=10),
+    "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100),
+    "paper": Schedule(batch_size=128, steps=800_000, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
+}
+
+
+def schedule(name: str) -> Schedule:
+    """The schedule of a preset name; ``ValueError`` naming the choices if unknown."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]

@@ -1,0 +1,133 @@
+"""The training trace: rows collected on the device, written in blocks to CSV and TensorBoard.
+
+Row ``t`` (DESIGN.md indexing): ``beta`` = β(t), the weight of update t;
+``kl`` = y(t), the batch KL of the model after update t; ``recon`` and
+``kl_0 … kl_{L-1}`` from the same forward pass; ``setpoint`` = C(t), the set
+point the controller used when it turned y(t) into β(t+1).
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+__all__ = ["TraceLog", "read_trace_csv", "columns"]
+
+
+def columns(latent_dim: int) -> list[str]:
+    """CSV header: ``step, beta, kl, recon, setpoint, kl_0 … kl_{L-1}``."""
+    return ["step", "beta", "kl", "recon", "setpoint"] + [f"kl_{i}" for i in range(latent_dim)]
+
+
+def _fmt64(v) -> str:
+    return repr(float(v))
+
+
+def _fmt32(v) -> str:
+    # Shortest repr that round-trips the float32 the model computed.
+    return str(np.float32(v))
+
+
+class TraceLog:
+    """Appends trace rows to ``DIR/trace.csv`` and TensorBoard events in ``DIR/tb``.
+
+    Parameters
+    ----------
+    run_dir : str
+        Run directory.
+    latent_dim : int
+        Number of per-latent KL columns.
+    first_step : int
+        Step of the next row; on resume the CSV is cut to the rows before it
+        and TensorBoard events from it on are purged.
+    tensorboard_every : int
+        Stride of TensorBoard scalars.
+    """
+
+    def __init__(self, run_dir: str, latent_dim: int, first_step: int = 0, tensorboard_every: int = 1):
+        self.path = os.path.join(run_dir, "trace.csv")
+        self.header = columns(latent_dim)
+        self.latent_dim = latent_dim
+        self.tb_every = max(1, int(tensorboard_every))
+        self.next_step = int(first_step)
+        if first_step == 0:
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.header)
+        else:
+            self._truncate(first_step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=first_step or None)
+
+    def _truncate(self, keep: int):
+        if not os.path.isfile(self.path):
+            raise ValueError(f"cannot resume: {self.path} is missing")
+        with open(self.path, newline="") as fh:
+            lines = fh.readlines()
+        if not lines or lines[0].rstrip("\r\n").split(",") != self.header:
+            raise ValueError(f"cannot resume: {self.path} does not have the header {','.join(self.header)}")
+        if len(lines) - 1 < keep:
+            raise ValueError(
+                f"cannot resume: {self.path} has {len(lines) - 1} rows but the checkpoint needs the first {keep}"
+            )
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            fh.writelines(lines[: keep + 1])
+        os.replace(tmp, self.path)
+
+    def write(self, block: np.ndarray, setpoints: np.ndarray):
+        """Append rows for steps ``next_step …``.
+
+        Parameters
+        ----------
+        block : ndarray ``(n, 3 + L)``
+            Columns beta, kl, recon, kl_0 … kl_{L-1} (float64).
+        setpoints : ndarray ``(n,)``
+        """
+        n = len(block)
+        steps = range(self.next_step, self.next_step + n)
+        with open(self.path, "a", newline="") as fh:
+            w = csv.writer(fh)
+            for t, row, c in zip(steps, block, setpoints):
+                w.writerow([t, _fmt64(row[0]), _fmt32(row[1]), _fmt32(row[2]), _fmt64(c)] + [_fmt32(v) for v in row[3:]])
+        for t, row, c in zip(steps, block, setpoints):
+            if t % self.tb_every:
+                continue
+            self.writer.add_scalar("beta", row[0], t)
+            self.writer.add_scalar("kl", row[1], t)
+            self.writer.add_scalar("recon", row[2], t)
+            if np.isfinite(c):
+                self.writer.add_scalar("setpoint", c, t)
+            for i, v in enumerate(row[3:]):
+                self.writer.add_scalar(f"kl_latent/{i}", v, t)
+        self.writer.flush()
+        self.next_step += n
+
+    def close(self):
+        """Flush and close the TensorBoard writer."""
+        self.writer.close()
+
+
+def read_trace_csv(path) -> dict:
+    """Read a trainer ``trace.csv`` into arrays.
+
+    Returns
+    -------
+    dict
+        ``step`` (int), ``beta``, ``kl``, ``recon``, ``setpoint`` (float, shape
+        ``(T,)``) and ``kl_latent`` (shape ``(T, L)``).
+    """
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or rows[0][:5] != ["step", "beta", "kl", "recon", "setpoint"]:
+        raise ValueError(f"{path} is not a trainer trace (header {rows[0] if rows else 'missing'})")
+    data = np.array(rows[1:], dtype=float).reshape(len(rows) - 1, len(rows[0]))
+    return {
+        "step": data[:, 0].astype(int),
+        "beta": data[:, 1],
+        "kl": data[:, 2],
+        "recon": data[:, 3],
+        "setpoint": data[:, 4],
+        "kl_latent": data[:, 5:],
+    }
