@@ -1,0 +1,132 @@
+"""Figures of the stability analysis: the stable region in the (Kp, Ki) plane."""
+from __future__ import annotations
+
+import numpy as np
+
+from .stability_numeric import is_stable
+from .stability_paper import PAPER_GAINS, PRESETS, default_boxes, theorem_appendix, theorem_main
+
+__all__ = ["region_figure", "plot_region"]
+
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def _plant(preset, a, gprime):
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        return PRESETS[preset]
+    if a is None or gprime is None:
+        raise ValueError("give a preset or both a and gprime")
+    return float(a), float(gprime)
+
+
+def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="incremental", n=400, paper=True,
+                gains=PAPER_GAINS, legend=True):
+    """Draw the exact stable region(s) and the paper's claimed ones on one axes.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    a, gprime : float
+        Plant.
+    box : tuple
+        ``(kp_lo, kp_hi, ki_lo, ki_hi)``.
+    windows : sequence of int
+        Moving-average windows; the first is filled, the others outlined.
+    delay : {0, 1}
+        Loop delay.
+    controller : str
+        Controller (the region is the same for all inside the clamps).
+    n : int
+        Grid points per axis.
+    paper : bool
+        Outline the region Theorem 3.1 claims (main text Eq. 19 dashed,
+        appendix Eq. 29 dotted).
+    gains : tuple or None
+        ``(Kp, Ki)`` to mark (default: the paper's 0.01, 0.005).
+    legend : bool
+        Add a legend.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    kp_lo, kp_hi, ki_lo, ki_hi = box
+    KP, KI = np.meshgrid(np.linspace(kp_lo, kp_hi, n), np.linspace(ki_lo, ki_hi, n))
+    handles = []
+    for i, T in enumerate(windows):
+        st = is_stable(KP, KI, a, gprime, T, delay, controller).astype(float)
+        col = _COLORS[i % len(_COLORS)]
+        if i == 0:
+            ax.contourf(KP, KI, st, levels=[0.5, 1.5], colors=[col], alpha=0.3)
+            handles.append(Patch(color=col, alpha=0.3, label=f"exact, T={T}"))
+        if st.min() < 0.5 < st.max():
+            ax.contour(KP, KI, st, levels=[0.5], colors=[col], linewidths=1.5)
+        if i:
+            handles.append(Line2D([], [], color=col, lw=1.5, label=f"exact, T={T}"))
+    if paper:
+        for thm, ls, label in ((theorem_main, "--", "paper Eq. 19 (main)"), (theorem_appendix, ":", "paper Eq. 29 (appendix)")):
+            m = thm(KP, KI, a, gprime).astype(float)
+            if m.min() < 0.5 < m.max():
+                ax.contour(KP, KI, m, levels=[0.5], colors=["k"], linestyles=[ls], linewidths=1.5)
+            handles.append(Line2D([], [], color="k", ls=ls, label=label))
+    if gains is not None:
+        ax.plot(*gains, marker="*", color="crimson", ms=12, ls="none")
+        handles.append(Line2D([], [], marker="*", color="crimson", ms=10, ls="none",
+                              label=f"Kp={gains[0]:g}, Ki={gains[1]:g}"))
+    ax.set_xlim(kp_lo, kp_hi)
+    ax.set_ylim(ki_lo, ki_hi)
+    ax.set_xlabel("Kp")
+    ax.set_ylabel("Ki")
+    ax.set_title(f"delay {delay}")
+    if legend:
+        ax.legend(handles=handles, fontsize=7, loc="upper right")
+
+
+def region_figure(preset=None, a=None, gprime=None, box="near", windows=(1, 2, 5), delays=(0, 1),
+                  controller="incremental", n=400, paper=True, gains=PAPER_GAINS, path=None):
+    """Stable regions in the (Kp, Ki) plane, one panel per delay.
+
+    Parameters
+    ----------
+    preset : {"dsprites", "mnist"}, optional
+        The paper's plants (a = 1/2500, g′ = −3.2; a = 1/5000, g′ = −1.26).
+    a, gprime : float, optional
+        Plant, when no preset is given.
+    box : {"near", "wide"} or tuple
+        Named box of :func:`analysis.stability_paper.default_boxes` or
+        ``(kp_lo, kp_hi, ki_lo, ki_hi)``.
+    windows, delays : sequences
+        Windows drawn in each panel; one panel per delay.
+    controller, n, paper, gains
+        See :func:`plot_region`.
+    path : str, optional
+        Write a PNG there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    a, gprime = _plant(preset, a, gprime)
+    if isinstance(box, str):
+        boxes = default_boxes(a, gprime)
+        if box not in boxes:
+            raise ValueError(f"box must be one of {sorted(boxes)} or a 4-tuple, got {box!r}")
+        box = boxes[box]
+    if len(box) != 4 or not (box[0] < box[1] and box[2] < box[3]):
+        raise ValueError(f"box must be (kp_lo, kp_hi, ki_lo, ki_hi) with lo < hi, got {box!r}")
+    fig, axes = plt.subplots(1, len(delays), figsize=(5.2 * len(delays), 4.6), squeeze=False)
+    for ax, d in zip(axes[0], delays):
+        plot_region(ax, a, gprime, box, windows, d, controller, n, paper, gains)
+    name = f"{preset}: " if preset else ""
+    fig.suptitle(f"{name}stable (Kp, Ki) for a = {a:.3g}, g′ = {gprime:g} ({controller} PI)")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -1,0 +1,303 @@
+"""Symbolic linearisation of the executable KL loop.
+
+The closed-loop map is built by *calling* the controller laws of
+:mod:`klcontrol.laws` with sympy symbols (backend :data:`klcontrol.backend.SYMPY`),
+never by retyping a Jacobian.  The plant is the first-order model with ``g``
+linearised at the equilibrium::
+
+    y(t) = y(t−1)/(1+a) + a/(1+a)·(C + g′·(β(t) − β*)),     β* = g⁻¹(C), y* = C.
+
+State convention ("before update t")::
+
+    incremental PI:  x(t) = (y(t−1), β(t), σ(m(t−1) − C), h_1 … h_{T−1})
+    positional PI:   x(t) = (y(t−1), β(t), Σ(C − m) so far, h_1 … h_{T−1})
+
+where ``h`` are the previous inputs of the moving-average filter, newest first.
+Update ``t`` computes ``y(t)``, feeds ``y(t)`` (delay 0) or ``y(t−1)`` (delay 1)
+to the filter, and runs the law to get ``β(t+1)`` — exactly the order of
+:func:`klcontrol.simulate`.  The output of the linear system is ``y(t)``.
+
+Stability is decided on the characteristic polynomial ``p(λ)`` of the Jacobian
+(factors ``λ`` dropped: they are the zero eigenvalues of copied states), via the
+bilinear map ``λ = (1 + w)/(1 − w)`` (unit disc → left half plane) and the
+Routh–Hurwitz criterion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy as sp
+
+from klcontrol import laws
+from klcontrol.backend import SYMPY
+
+from .stability_config import CONTROLLERS, check_config
+
+__all__ = [
+    "CONTROLLERS",
+    "SYMBOLS",
+    "LoopMap",
+    "loop_map",
+    "jacobian",
+    "characteristic_polynomial",
+    "shifted_coefficients",
+    "bilinear_coefficients",
+    "hurwitz_conditions",
+    "conditions",
+    "check_config",
+]
+
+kp, ki, gp = sp.symbols("K_p K_i gprime", real=True)
+a = sp.Symbol("a", positive=True)
+lam, z, w = sp.symbols("lambda z w")
+#: Parameter symbols ``(K_p, K_i, a, g′)`` and the polynomial variables ``λ, z = λ − 1, w``.
+SYMBOLS = {"kp": kp, "ki": ki, "a": a, "gprime": gp, "lambda": lam, "z": z, "w": w}
+
+
+@dataclass(frozen=True)
+class LoopMap:
+    """One update of the closed loop as sympy expressions.
+
+    Attributes
+    ----------
+    state : tuple of Symbol
+        State ``x(t)`` (see the module docstring).
+    next_state : tuple of Expr
+        ``x(t+1)`` as expressions of the state, the set point ``setpoint`` and
+        the measurement noise ``noise``.
+    output : Expr
+        ``y(t)``.
+    equilibrium : dict
+        Substitution putting state, set point and noise at the equilibrium.
+    setpoint, noise : Symbol
+        Inputs: set point ``C(t)`` used by update ``t``; additive noise on the
+        measurement the filter consumes in update ``t``.
+    """
+
+    state: tuple
+    next_state: tuple
+    output: sp.Expr
+    equilibrium: dict
+    setpoint: sp.Symbol
+    noise: sp.Symbol
+
+
+@lru_cache(maxsize=None)
+def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -> LoopMap:
+    """Build the closed-loop update by running the controller's own law on symbols.
+
+    Parameters
+    ----------
+    window : int
+        Moving-average window ``T`` (1: no filter).
+    delay : {0, 1}
+        0: β(t+1) from y(t) (as trained); 1: from y(t−1) (paper Eq. 15).
+    controller : {"incremental", "incremental-official", "positional"}
+        Law and anti-windup mode; all linearise identically inside the clamps.
+
+    Returns
+    -------
+    LoopMap
+    """
+    window, delay, controller = check_config(window, delay, controller)
+    ystar, bstar, c, noise = sp.symbols("y_star beta_star C n", real=True)
+    y_prev, beta = sp.symbols("y_prev beta", real=True)
+    hist = tuple(sp.symbols(f"h_1:{window}", real=True)) if window > 1 else ()
+
+    y = y_prev / (1 + a) + a / (1 + a) * (ystar + gp * (beta - bstar))
+    m_in = (y if delay == 0 else y_prev) + noise
+    m, hist_new = laws.moving_average(hist, m_in, SYMPY)
+    eq = {y_prev: ystar, beta: bstar, c: ystar, noise: 0}
+    eq.update({h: ystar for h in hist})
+
+    if controller == "positional":
+        integral = sp.Symbol("I", real=True)
+        # A finite lower clamp is also the law's offset; keep it a positive margin
+        # below β* so the equilibrium is interior and the clamp branches resolve.
+        margin = sp.Symbol("margin", positive=True)
+        beta_min = bstar - margin
+        beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, beta_min, sp.oo, SYMPY)
+        state = (y_prev, beta, integral) + hist
+        nxt = (y, beta_new, integral_new) + tuple(hist_new)
+        # β* = Kp·σ(0) − Ki·I* + β_min at equilibrium.
+        eq[integral] = (kp / 2 - margin) / ki
+    else:
+        mode = "official" if controller == "incremental-official" else "clamp"
+        p_prev = sp.Symbol("p_prev", real=True)
+        beta_new, (integ_new, p_new) = laws.incremental_pi(
+            (beta, p_prev), m, c, kp, ki, -sp.oo, sp.oo, SYMPY, mode=mode
+        )
+        state = (y_prev, beta, p_prev) + hist
+        nxt = (y, integ_new, p_new) + tuple(hist_new)
+        eq[p_prev] = sp.Rational(1, 2)
+    return LoopMap(state, nxt, y, eq, c, noise)
+
+
+def _at_equilibrium(expr, lm: LoopMap):
+    out = sp.simplify(expr.subs(lm.equilibrium))
+    free = out.free_symbols - {kp, ki, a, gp}
+    if free:
+        raise RuntimeError(f"linearisation still depends on {free}: the equilibrium is not interior")
+    return out
+
+
+@lru_cache(maxsize=None)
+def _linear(window: int, delay: int, controller: str):
+    lm = loop_map(window, delay, controller)
+    f = sp.Matrix(lm.next_state)
+    x = sp.Matrix(lm.state)
+    A = f.jacobian(x).applyfunc(lambda e: _at_equilibrium(e, lm))
+    B = f.jacobian(sp.Matrix([lm.setpoint, lm.noise])).applyfunc(lambda e: _at_equilibrium(e, lm))
+    C = sp.Matrix([lm.output]).jacobian(x).applyfunc(lambda e: _at_equilibrium(e, lm))
+    return A, B, C
+
+
+def jacobian(window: int = 1, delay: int = 0, controller: str = "incremental", inputs: bool = False):
+    """Jacobian of the closed-loop update at the equilibrium.
+
+    Parameters
+    ----------
+    window, delay, controller
+        Loop configuration (see :func:`loop_map`).
+    inputs : bool
+        Also return the input matrix (columns: set point, measurement noise)
+        and the output row (``y(t)``).
+
+    Returns
+    -------
+    sympy.Matrix or (A, B, C)
+        In the symbols ``K_p, K_i, a, gprime`` of :data:`SYMBOLS`.
+    """
+    A, B, C = _linear(*check_config(window, delay, controller))
+    return (A, B, C) if inputs else A
+
+
+@lru_cache(maxsize=None)
+def _charpoly(window: int, delay: int, controller: str) -> sp.Poly:
+    A = _linear(window, delay, controller)[0]
+    p = A.charpoly(lam).as_expr()
+    num, den = sp.fraction(sp.together(sp.expand(p)))
+    poly = sp.Poly(sp.expand(num), lam)
+    # Drop λ^k factors (zero eigenvalues of states that only copy others).
+    while poly.degree() > 0 and poly.eval(0) == 0:
+        poly = sp.Poly(sp.cancel(poly.as_expr() / lam), lam)
+    lead = sp.factor(poly.LC())
+    # Normalise so the leading coefficient is a positive power of (1 + a).
+    scale = sp.simplify(lead / sp.Poly(lead, a).LC())
+    poly = sp.Poly(sp.expand(poly.as_expr() / sp.Poly(lead, a).LC()), lam)
+    if not (scale.is_positive or scale == 1):
+        raise RuntimeError(f"unexpected leading coefficient {lead}")
+    return poly
+
+
+def characteristic_polynomial(window: int = 1, delay: int = 0, controller: str = "incremental") -> sp.Poly:
+    """Characteristic polynomial ``p(λ)`` of the linearised loop, zero roots removed.
+
+    The polynomial is ``(1 + a)^k · det(λI − A) / λ^m``: a positive multiple,
+    polynomial in ``K_p, K_i, a, g′``, with the same nonzero roots.
+
+    Returns
+    -------
+    sympy.Poly
+        In ``λ`` (:data:`SYMBOLS` ``["lambda"]``).
+    """
+    return _charpoly(*check_config(window, delay, controller))
+
+
+@lru_cache(maxsize=None)
+def shifted_coefficients(window: int = 1, delay: int = 0, controller: str = "incremental") -> tuple:
+    """Coefficients of ``p(1 + z)`` in ``z = λ − 1``, highest power first.
+
+    The roots of the slow KL loop crowd near λ = 1; in ``z`` the coefficients
+    are small products of the parameters computed without cancellation, so the
+    roots keep their relative accuracy.
+    """
+    p = characteristic_polynomial(window, delay, controller)
+    q = sp.Poly(sp.expand(p.as_expr().subs(lam, 1 + z)), z)
+    return tuple(sp.factor(cf) for cf in q.all_coeffs())
+
+
+@lru_cache(maxsize=None)
+def bilinear_coefficients(window: int = 1, delay: int = 0, controller: str = "incremental") -> tuple:
+    """Coefficients of ``q(w) = (1 − w)^n · p((1 + w)/(1 − w))``, highest power first.
+
+    ``|λ| < 1`` exactly when ``Re w < 0``, so ``p`` is Schur stable iff ``q`` is
+    Hurwitz stable.  This is the map of the DynamicVAE paper (its Eq. 23 with
+    ``ξ = w``).
+    """
+    p = characteristic_polynomial(window, delay, controller)
+    n = p.degree()
+    expr = sum(cf * (1 + w) ** k * (1 - w) ** (n - k) for (k,), cf in p.terms())
+    q = sp.Poly(sp.expand(expr), w)
+    coeffs = q.all_coeffs()
+    coeffs = [0] * (n + 1 - len(coeffs)) + coeffs
+    return tuple(sp.factor(cf) for cf in coeffs)
+
+
+def hurwitz_conditions(coeffs) -> list:
+    """Liénard–Chipart conditions for ``Σ c_k w^k`` (highest first) to be Hurwitz.
+
+    All coefficients positive and the Hurwitz determinants ``Δ_{n−1}, Δ_{n−3}, …``
+    positive; this is equivalent to Routh–Hurwitz and needs fewer determinants.
+
+    Returns
+    -------
+    list of sympy expressions ``e`` meaning ``e > 0``.
+    """
+    c = list(coeffs)
+    n = len(c) - 1
+    conds = list(c)
+
+    def coef(k):  # coefficient of w^(n-k): c[k] in highest-first order
+        return c[k] if 0 <= k <= n else 0
+
+    def hurwitz_det(order):
+        H = sp.Matrix(order, order, lambda i, j: coef(2 * j - i + 1))
+        return H.det(method="berkowitz")
+
+    for order in range(n - 1, 0, -2):
+        conds.append(sp.factor(sp.expand(hurwitz_det(order))))
+    return conds
+
+
+def _readable(expr):
+    """Drop factors that are positive under ``a > 0`` so the relation reads simply."""
+    expr = sp.factor(expr)
+    keep = sp.Integer(1)
+    for f, e in sp.factor_list(expr)[1]:
+        if f.is_positive:
+            continue
+        keep *= f**e
+    sign = sp.sign(sp.factor_list(expr)[0])
+    return sp.expand(sign * keep) if keep.is_Add else sign * keep
+
+
+@lru_cache(maxsize=None)
+def conditions(window: int = 1, delay: int = 1, controller: str = "incremental") -> tuple:
+    """Exact stability conditions in ``K_p, K_i, a, g′`` (all must hold).
+
+    Bilinear map of the characteristic polynomial, then the Liénard–Chipart form
+    of Routh–Hurwitz.  Positive factors (powers of ``a`` and ``1 + a``) are
+    divided out and redundant relations dropped, so for ``T = 1`` the result is
+    short enough to read.
+
+    Returns
+    -------
+    tuple of sympy relations (``StrictGreaterThan`` / ``StrictLessThan``)
+    """
+    coeffs = bilinear_coefficients(window, delay, controller)
+    out = []
+    seen = set()
+    for e in hurwitz_conditions(coeffs):
+        r = _readable(e)
+        if r == 0:
+            raise RuntimeError("a Routh–Hurwitz condition vanishes identically")
+        if r.is_positive:
+            continue
+        key = sp.srepr(sp.expand(r))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(sp.StrictGreaterThan(r, 0))
+    return tuple(out)
