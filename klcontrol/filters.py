@@ -58,7 +58,11 @@ class MovingAverage(Filter):
     """
 
     def __init__(self, window: int = 1):
-        if isinstance(window, bool) or not isinstance(window, (int,)) and not float(window).is_integer():
+        try:
+            integral = not isinstance(window, bool) and (isinstance(window, int) or float(window).is_integer())
+        except (TypeError, ValueError):
+            integral = False
+        if not integral:
             raise ValueError(f"window must be a positive integer, got {window!r}")
         window = int(window)
         if window < 1:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .backend import ops_for
+from .backend import is_torch, ops_for
 
 __all__ = ["SetPoint", "Constant", "LinearRamp", "StepRamp", "Sequence", "as_setpoint"]
 
@@ -39,6 +39,10 @@ class SetPoint:
         raise TypeError("SetPoint subclasses must define value(t)")
 
     def __call__(self, t):
+        if is_torch(t) and not t.is_floating_point():
+            # Integer step tensors: divisions would give the default (float32)
+            # dtype and clamps to ±inf cannot be cast to int.
+            t = t.double()
         return _out(self.value(t), t)
 
     def __add__(self, other):
@@ -153,8 +157,11 @@ class StepRamp(SetPoint):
     @property
     def total_steps(self) -> int:
         """First step at which the final level ``stop`` is reached."""
-        n = math.ceil((self.stop - self.start) / self.step - 1e-12)
-        return (n - 1) * self.period + self.ramp if n > 0 else 0
+        q = (self.stop - self.start) / self.step
+        n = math.ceil(q - 1e-12)  # the period whose ramp reaches stop (period k ramps to start + k·step)
+        if n <= 0:
+            return 0
+        return n * self.period + math.ceil(self.ramp * (q - (n - 1)) - 1e-9)
 
     def value(self, t):
         ops = ops_for(t)
