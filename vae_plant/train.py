@@ -386,7 +386,7 @@ class Trainer:
         if good:
             self.log.write(block[:good], c[:good])
         if pbar is not None:
-            pbar.update(len(block))
+            pbar.update(self.step - pbar.n)
             if good:
                 pbar.set_postfix(beta=f"{block[good - 1, 0]:.4g}", kl=f"{block[good - 1, 1]:.4g}", refresh=False)
         if len(bad):

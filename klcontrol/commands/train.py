@@ -1,0 +1,93 @@
+"""``klcontrol train``: train the dSprites β-VAE with a β controller (the real plant)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
+PRESETS = ("tiny", "cpu", "paper")
+CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-official",
+                    "dynamicvae-p", "dynamicvae-step", "dynamicvae-t")
+
+
+def register(sub) -> None:
+    """Register the ``train`` command."""
+    p = sub.add_parser(
+        "train",
+        help="train the dSprites β-VAE with a β controller; write trace.csv, TensorBoard events, checkpoints",
+        description="Train the DynamicVAE/ControlVAE β-VAE on dSprites (procedural, or the official .npz with "
+        "--data) with β set each step by a controller. Writes DIR/trace.csv (step, beta, kl, recon, setpoint, "
+        "kl_0..kl_9), TensorBoard events in DIR/tb, checkpoints in DIR/checkpoints and DIR/config.json. "
+        "--resume DIR continues a run up to --steps; the result is byte-identical to an uninterrupted run on a CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--preset", default=None, help=f"schedule: one of {', '.join(PRESETS)} (default tiny)")
+    p.add_argument("--controller", default=None,
+                   help=f"β controller: one of {', '.join(CONTROLLER_NAMES)} (default dynamicvae)")
+    p.add_argument("--steps", type=int, default=None, help="number of updates (default: the preset's)")
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation, batches and noise (default 0)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (new)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR up to --steps")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                   help="steps between checkpoints (0: only at the end; default: the preset's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B", help="default: the preset's")
+    p.add_argument("--data", default=None, metavar="NPZ", help="official dSprites .npz (default: procedural)")
+    g = p.add_argument_group("speed options (off by default; see benchmarks/train_speed.py)")
+    g.add_argument("--compile", choices=("off", "default", "reduce-overhead", "max-autotune"), default=None,
+                   help="torch.compile the forward/loss; reduce-overhead uses CUDA graphs")
+    g.add_argument("--amp", action="store_const", const=True, default=None, help="bf16 autocast")
+    g.add_argument("--channels-last", action="store_const", const=True, default=None, help="channels-last memory format")
+    g.add_argument("--fused-adam", action="store_const", const=True, default=None, help="fused Adam")
+    g.add_argument("--flush-every", type=int, default=None, metavar="N", help="steps between trace flushes")
+    g.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Execute ``klcontrol train``."""
+    from ..cli import print_json
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.controller is not None and args.controller not in CONTROLLER_NAMES:
+        raise ValueError(f"unknown controller {args.controller!r}; choose one of {', '.join(CONTROLLER_NAMES)}")
+    if args.resume is None and args.out is None:
+        raise ValueError("give --out DIR for a new run or --resume DIR to continue one")
+    if args.resume is not None and args.out is not None and _norm(args.out) != _norm(args.resume):
+        raise ValueError(f"--out {args.out} and --resume {args.resume} name different directories; "
+                         "a resumed run continues in its own directory")
+    import torch
+
+    from vae_plant.train import train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    res = train(
+        args.resume or args.out, preset=args.preset, controller=args.controller, steps=args.steps, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, checkpoint_every=args.checkpoint_every,
+        flush_every=args.flush_every, data=args.data, compile=args.compile, amp=args.amp,
+        channels_last=args.channels_last, fused_adam=args.fused_adam, resume=args.resume is not None,
+        progress=not (args.no_progress or args.json), command=" ".join(["klcontrol"] + sys.argv[1:]),
+    )
+    t = res.trace
+    summary = dict(run_dir=res.run_dir, steps=res.step, final_beta=float(t["beta"][-1]), final_kl=float(t["kl"][-1]),
+                   final_recon=float(t["recon"][-1]), final_setpoint=float(t["setpoint"][-1]),
+                   controller=res.config["settings"]["controller"], preset=res.config["settings"]["preset"])
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['controller']} ({summary['preset']}): {res.step} steps; final β {summary['final_beta']:.4g}, "
+              f"KL {summary['final_kl']:.4g} (set point {summary['final_setpoint']:.4g}), recon {summary['final_recon']:.4g}")
+        print(f"trace: {res.run_dir}/trace.csv, TensorBoard: {res.run_dir}/tb, checkpoints: {res.run_dir}/checkpoints")
+    return 0
+
+
+def _norm(p):
+    import os
+
+    return os.path.realpath(p)
