@@ -1,0 +1,82 @@
+"""``klcontrol simulate``: CSV trace, --json figures, PNG, bad arguments."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, simulate
+from klcontrol.cli import main
+
+
+def test_module_entry_point_writes_csv_and_json(tmp_path):
+    out = tmp_path / "trace.csv"
+    r = subprocess.run(
+        [sys.executable, "-m", "klcontrol", "simulate", "--steps", "3000", "--setpoint", "20", "--beta0", "100",
+         "--window", "5", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(r.stdout)
+    assert {"final_kl", "overshoot", "settling_step"} <= set(figures)
+    with open(out) as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["step", "beta", "kl", "setpoint"] and len(rows) == 3001
+    # Same run through the API.
+    tr = simulate(IncrementalPI(0.01, 0.005, 20.0, beta0=100.0, filter=5),
+                  FirstOrderPlant(1 / 5000, ExpGain(26.38, 0.0476)), 3000)
+    data = np.array(rows[1:], dtype=float)
+    np.testing.assert_array_equal(data[:, 1], tr.beta)
+    np.testing.assert_array_equal(data[:, 2], tr.kl)
+    assert figures["final_kl"] == pytest.approx(tr.kl[-1])
+
+
+@pytest.mark.parametrize("controller", ["incremental", "incremental-official", "positional", "capacity", "fixed"])
+def test_every_controller_and_schedule(tmp_path, capsys, controller):
+    out = tmp_path / "t.csv"
+    rc = main(["simulate", "--controller", controller, "--steps", "200", "--step-ramp", "0.5", "20", "0.15", "50",
+               "10", "--delay", "1", "--a", "0.01", "--out", str(out), "--json"])
+    assert rc == 0
+    figs = json.loads(capsys.readouterr().out)
+    assert figs["trace"] == str(out) and np.isfinite(figs["final_kl"])
+    rows = out.read_text().splitlines()
+    assert len(rows) == 201 and float(rows[-1].split(",")[3]) == pytest.approx(0.5 + 0.15 * 3)  # step 199: period 3, ramp done
+
+
+def test_text_output_and_plot(tmp_path, capsys):
+    png = tmp_path / "fig.png"
+    rc = main(["simulate", "--steps", "500", "--ramp", "0", "10", "300", "--noise", "0.05", "--out",
+               str(tmp_path / "t.csv"), "--plot", str(png)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "final KL" in text and "overshoot" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--window", "0"], "window"),
+        (["--a", "-1"], "a must be"),
+        (["--k", "0"], "k must be"),
+        (["--steps", "0"], "steps"),
+        (["--setpoint", "5", "--ramp", "0", "1", "10"], "only one"),
+        (["--beta-min", "5", "--beta-max", "1"], "beta_min"),
+        (["--kp", "nan"], "kp"),
+        (["--noise", "-1"], "noise_rel"),
+    ],
+)
+def test_bad_arguments_exit_1_with_message(tmp_path, capsys, args, message):
+    rc = main(["simulate", "--steps", "100", "--out", str(tmp_path / "t.csv"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("klcontrol simulate: error:") and message in err
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_usage_errors_from_argparse(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--delay", "2"])
+    assert exc.value.code == 2 and "delay" in capsys.readouterr().err
