@@ -1,0 +1,211 @@
+"""Tests of vae_plant.train and `klcontrol train`: time indexing, controllers in the loop, exact resume, bad input."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from klcontrol.cli import main
+from klcontrol.commands.train import CONTROLLER_NAMES, PRESETS
+from klcontrol.controllers import FixedBeta, IncrementalPI
+from klcontrol.setpoints import StepRamp
+from vae_plant import presets
+from vae_plant.train import Trainer, load_run, train
+from vae_plant.trace_log import read_trace_csv
+
+ARGS = ["train", "--preset", "tiny", "--controller", "dynamicvae", "--seed", "3", "--checkpoint-every", "20",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A: 40 steps in one go; B: stopped at 20, then resumed to 40 (the must-hold check)."""
+    root = tmp_path_factory.mktemp("runs")
+    a, b = str(root / "A"), str(root / "B")
+    assert main(ARGS + ["--steps", "40", "--out", a]) == 0
+    assert main(ARGS + ["--steps", "20", "--out", b]) == 0
+    with open(os.path.join(b, "trace.csv"), "rb") as fh:
+        b20 = fh.read()
+    assert main(ARGS + ["--steps", "40", "--resume", b]) == 0
+    return a, b, b20
+
+
+def test_resume_is_byte_identical(runs):
+    a, b, b20 = runs
+    with open(os.path.join(a, "trace.csv"), "rb") as fa, open(os.path.join(b, "trace.csv"), "rb") as fb:
+        ta, tb = fa.read(), fb.read()
+    assert ta == tb
+    lines = ta.decode().splitlines()
+    assert lines[0] == "step,beta,kl,recon,setpoint," + ",".join(f"kl_{i}" for i in range(10))
+    assert len(lines) == 41 and lines[-1].startswith("39,")
+    assert b20.decode().splitlines()[:20] == lines[:20]  # rows 0..18 unchanged, row 19 from the same state
+
+
+def test_trace_follows_the_controller_law(runs):
+    """β(t+1) = controller.step(y(t)) with the history primed by the initial model's KL."""
+    a = runs[0]
+    tr = read_trace_csv(os.path.join(a, "trace.csv"))
+    with open(os.path.join(a, "config.json")) as fh:
+        cfg = json.load(fh)
+    ctrl = IncrementalPI.dynamicvae_dsprites()
+    ctrl.prime(cfg["initial_kl"])
+    assert tr["beta"][0] == 150.0
+    expected = [ctrl.beta] + [ctrl.step(y) for y in tr["kl"][:-1]]
+    # torch and NumPy sigmoids differ in the last bits; the integrator accumulates that
+    np.testing.assert_allclose(tr["beta"], expected, rtol=1e-10)
+    assert len(np.unique(tr["beta"])) == 40  # β really moves every step
+    np.testing.assert_array_equal(tr["setpoint"], StepRamp.dynamicvae_dsprites()(np.arange(40)))
+    np.testing.assert_allclose(tr["kl_latent"].sum(1), tr["kl"], rtol=1e-5)
+    assert np.all(tr["recon"] > 0) and np.all(tr["kl"] >= 0)
+
+
+def test_checkpoint_is_weights_only_and_complete(runs):
+    a = runs[0]
+    state = torch.load(os.path.join(a, "checkpoints", "step_00000040.pt"), weights_only=True)
+    assert state["step"] == 40
+    assert {"model", "optimizer", "controller", "setpoint", "rng", "config"} <= set(state)
+    assert set(state["rng"]) >= {"torch", "cuda", "numpy", "python", "generators"}
+    assert set(state["rng"]["generators"]) == {"data", "noise"}
+    assert state["controller"]["kind"] == "incremental_pi" and state["controller"]["t"] == 39
+    assert state["setpoint"]["description"]["kind"] == "StepRamp"
+    assert os.listdir(os.path.join(a, "tb"))
+    cfg = json.load(open(os.path.join(a, "config.json")))
+    assert {"torch", "git_commit", "command", "device_name"} <= set(cfg["provenance"])
+    assert cfg["settings"]["seed"] == 3 and cfg["settings"]["device"] == "cpu"
+
+
+def test_load_run_gives_trace_and_model(runs):
+    res = load_run(runs[0])
+    assert res.step == 40 and len(res.trace["beta"]) == 40
+    mu, classes = res.encode(indices_dataset(), batch_size=4)
+    assert mu.shape == (6, 10) and classes.shape == (6, 6)
+    assert res.to_trace().kl.shape == (40,)
+
+
+def indices_dataset():
+    from vae_plant.data import DSprites
+
+    class Few(DSprites):
+        def batches(self, batch_size=1024, indices=None):
+            return super().batches(batch_size, indices=[0, 1, 2, 87040, 332800, 578560])
+
+    return Few()
+
+
+def test_capacity_relay_gives_negative_beta(tmp_path):
+    res = train(tmp_path / "cap", controller="capacity", steps=6, batch_size=4, progress=False)
+    t = res.trace
+    assert np.all(np.abs(t["beta"]) == 1000.0)
+    # β(t+1) = γ·sign(y(t) − C(t)); C ramps from 0, so early KLs are above it
+    np.testing.assert_array_equal(t["beta"][1:], 1000.0 * np.sign(t["kl"][:-1] - t["setpoint"][:-1]))
+
+
+def test_custom_controller_object_and_negative_relay(tmp_path):
+    ctrl = FixedBeta(-0.5)
+    res = train(tmp_path / "neg", controller=ctrl, steps=3, batch_size=2, progress=False)
+    assert np.all(res.trace["beta"] == -0.5) and np.all(np.isnan(res.trace["setpoint"]))
+    assert ctrl.steps_taken == 0  # the caller's object is not advanced
+    res = train(tmp_path / "neg", controller=FixedBeta(-0.5), steps=4, resume=True, progress=False)
+    assert len(res.trace["beta"]) == 4
+    with pytest.raises(ValueError, match="custom controller"):
+        train(tmp_path / "neg", steps=5, resume=True, progress=False)
+
+
+def test_speed_options_run_on_cpu(tmp_path):
+    res = train(tmp_path / "fast", controller="fixed", steps=3, batch_size=2, channels_last=True, fused_adam=True,
+                amp=True, progress=False)
+    assert np.all(np.isfinite(res.trace["kl"])) and res.config["settings"]["amp"] is True
+
+
+def test_nan_kl_stops_with_clear_error_and_keeps_good_state(tmp_path):
+    out = str(tmp_path / "nan")
+    tr = Trainer(out, controller="dynamicvae", steps=16, batch_size=2, checkpoint_every=5, flush_every=5,
+                 progress=False)
+    tr.run(until=10)
+    with torch.no_grad():
+        for p in tr.model.parameters():
+            p.fill_(float("nan"))
+    # row 9 is y(9), the KL of the model after update 9, measured by the forward pass of update 10
+    with pytest.raises(ValueError, match=r"NaN or infinite at step 9 .*checkpoints/step_00000010\.pt"):
+        tr.run()
+    tr.close()
+    t = read_trace_csv(os.path.join(out, "trace.csv"))
+    assert list(t["step"]) == list(range(9)) and np.all(np.isfinite(t["kl"]))
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step_00000005.pt", "step_00000010.pt"]
+    good = torch.load(os.path.join(out, "checkpoints", "step_00000010.pt"), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_bad_input_cli(runs, tmp_path, capsys):
+    b = runs[1]
+    before = open(os.path.join(b, "trace.csv"), "rb").read()
+    cases = [
+        (["train", "--preset", "huge", "--out", str(tmp_path / "x")], "unknown preset 'huge'"),
+        (["train", "--controller", "pid9", "--out", str(tmp_path / "x")], "unknown controller 'pid9'"),
+        (["train", "--resume", b, "--steps", "50", "--seed", "4"], "different settings: seed=4"),
+        (["train", "--resume", b, "--steps", "50", "--batch-size", "16"], "different settings: batch_size=16"),
+        (["train", "--resume", b, "--steps", "10"], "already at step 40"),
+        (["train", "--out", b, "--steps", "50"], "already holds a run"),
+        (["train", "--resume", str(tmp_path / "none"), "--steps", "50"], "holds no run"),
+        (["train", "--steps", "5"], "--out DIR"),
+        (["train", "--out", str(tmp_path / "y"), "--resume", b], "different directories"),
+        (["train", "--out", str(tmp_path / "z"), "--steps", "0"], "steps must be a positive integer"),
+    ]
+    for argv, msg in cases:
+        assert main(argv + ["--no-progress"]) == 1, argv
+        assert msg in capsys.readouterr().err, argv
+    assert open(os.path.join(b, "trace.csv"), "rb").read() == before
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "z")
+
+
+def test_missing_and_corrupt_checkpoints(runs, tmp_path, capsys):
+    c = str(tmp_path / "C")
+    shutil.copytree(runs[1], c)
+    os.remove(os.path.join(c, "checkpoints", "step_00000040.pt"))
+    with open(os.path.join(c, "checkpoints", "step_00000020.pt"), "r+b") as fh:
+        fh.truncate(1000)
+    before = open(os.path.join(c, "trace.csv"), "rb").read()
+    assert main(["train", "--resume", c, "--steps", "50", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "step_00000020.pt is corrupt" in err
+    os.remove(os.path.join(c, "checkpoints", "step_00000020.pt"))
+    assert main(["train", "--resume", c, "--steps", "50", "--no-progress"]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert open(os.path.join(c, "trace.csv"), "rb").read() == before
+
+
+def test_presets_and_cli_names_agree():
+    assert set(CONTROLLER_NAMES) == set(presets.CONTROLLERS)
+    assert set(PRESETS) == set(presets.SCHEDULES)
+    assert presets.SCHEDULES["paper"].batch_size == 128
+    assert presets.SCHEDULES["paper"].adam_betas == (0.9, 0.999) and presets.SCHEDULES["paper"].lr == 1e-4
+
+
+def test_controller_presets_match_the_papers():
+    c = {name: presets.make_controller(name) for name in presets.CONTROLLERS}
+    assert c["fixed"].beta == 4.0
+    assert c["capacity"].gains["gamma"] == 1000.0 and c["capacity"].setpoint(100_000) == 25.0
+    g = c["controlvae"].gains
+    assert (g["kp"], g["ki"], g["beta_min"]) == (0.01, 0.001, 1.0)
+    assert c["controlvae"].setpoint(4999) == 0.5 and c["controlvae"].setpoint(10**7) == 18.0
+    for name in ("dynamicvae", "dynamicvae-official", "dynamicvae-step", "dynamicvae-t"):
+        g = c[name].gains
+        assert (g["kp"], g["ki"], g["beta0"]) == (0.01, 0.005, 150.0)
+    assert c["dynamicvae"].filter.window == 5 and c["dynamicvae-t"].filter.window == 1
+    assert c["dynamicvae-official"].anti_windup == "official" and not presets.primes("dynamicvae-official")
+    # step: same levels as the ramp schedule at period ends, but a jump instead of a 1000-step ramp
+    ramp, step = c["dynamicvae"].setpoint, c["dynamicvae-step"].setpoint
+    assert step(6001) == pytest.approx(0.65) and ramp(6001) < 0.501
+    assert step(5999 + 6000 * 10) == pytest.approx(ramp(5999 + 6000 * 10))
+    assert type(c["dynamicvae-p"]).__name__ == "PositionalPI" and c["dynamicvae-p"].filter.window == 5
+    assert c["dynamicvae-p"].beta < 0.01  # no large β(0)
