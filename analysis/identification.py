@@ -468,8 +468,8 @@ def rise_time_a(trace: Trace, tail: float = 0.1) -> float | None:
     """The paper's estimate ``a = 1/t*``, ``t*`` the step where the KL first reaches 63.2 % of its rise.
 
     Only for open-loop traces (constant β).  The final value is the mean of
-    the last ``tail`` fraction of the trace, the initial value the first
-    (smoothed) sample; the KL is smoothed by a centred moving average of
+    the last ``tail`` fraction of the trace, the initial value the median of
+    the first five samples; the KL is smoothed by a centred moving average of
     ``n/100`` rows before the crossing is sought.
 
     Parameters
@@ -491,7 +491,7 @@ def rise_time_a(trace: Trace, tail: float = 0.1) -> float | None:
         return None
     w = max(1, len(kl) // 100)
     sm = np.convolve(kl, np.ones(w) / w, mode="valid")
-    y0 = float(sm[0])
+    y0 = float(np.median(kl[:5]))  # not sm[0]: the moving average would already include part of the rise
     c0 = float(np.mean(kl[-max(1, int(tail * len(kl))):]))
     noise = float(np.std(kl[-max(2, int(tail * len(kl))):]))
     if abs(c0 - y0) <= 2 * noise / math.sqrt(w):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +196,9 @@ def _read_jsonl(p: Path, required, setpoint):
 def _read_tensorboard(p: Path, required, setpoint):
     from tbparse import SummaryReader
 
-    df = SummaryReader(str(p), pivot=False, event_types={"scalars"}).scalars
+    with warnings.catch_warnings():  # tbparse's own pandas deprecation warnings are not the user's concern
+        warnings.simplefilter("ignore")
+        df = SummaryReader(str(p), pivot=False, event_types={"scalars"}).scalars
     if df is None or len(df) == 0:
         raise ValueError(f"{p}: no scalar events in the TensorBoard log")
     tags = sorted(df["tag"].unique())
@@ -212,7 +215,7 @@ def _read_tensorboard(p: Path, required, setpoint):
         if len(bad):
             raise ValueError(f"{p}: steps of tag {tag!r} do not strictly increase at "
                              f"{_quote([f'step {s[i + 1]} after {s[i]}' for i in bad])} "
-                             "(a resumed run logged twice? keep one copy)")
+                             "(a resumed run logged some steps twice? keep one copy)")
     if not np.array_equal(series[kl_name][0], steps):
         only_b = np.setdiff1d(steps, series[kl_name][0])
         only_k = np.setdiff1d(series[kl_name][0], steps)
