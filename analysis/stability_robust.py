@@ -167,7 +167,7 @@ def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
             continue
         if out and abs(out[-1].gprime - g) <= 1e-9 * (1 + abs(g)) and abs(out[-1].angle - ang) < 1e-6:
             continue
-        out.append(Crossing(float(g), float(ang)))
+        out.append(Crossing(float(g) + 0.0, float(ang)))  # + 0.0 turns -0.0 into 0.0
     return tuple(out)
 
 

@@ -134,8 +134,46 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
     return LoopMap(state, nxt, y, eq, c, noise)
 
 
+def _interior(expr, eq):
+    """Replace clamps and branches by the branch active at the equilibrium.
+
+    The equilibrium is interior (strict inequalities), so the active branch is
+    constant in a neighbourhood and the Jacobian is that branch's Jacobian.
+    """
+
+    def holds(cond):
+        v = sp.simplify(cond.subs(eq))
+        if v not in (sp.true, sp.false):
+            raise RuntimeError(f"cannot decide {cond} at the equilibrium")
+        return v is sp.true
+
+    def pick(node):
+        if isinstance(node, sp.Piecewise):
+            for e, c in node.args:
+                if c is sp.true or holds(c):
+                    return e
+        if isinstance(node, (sp.Max, sp.Min)):
+            vals = [sp.simplify(arg.subs(eq)) for arg in node.args]
+            best = 0
+            for i in range(1, len(vals)):
+                diff = sp.simplify(vals[i] - vals[best])
+                if diff.is_zero or diff.is_positive is None:
+                    raise RuntimeError(f"clamp {node} is active at the equilibrium")
+                if diff.is_positive == isinstance(node, sp.Max):
+                    best = i
+            return node.args[best]
+        return node
+
+    kinds = (sp.Piecewise, sp.Max, sp.Min)
+    while expr.has(*kinds):
+        expr = expr.replace(lambda n: isinstance(n, kinds), pick)
+    return expr
+
+
 def _at_equilibrium(expr, lm: LoopMap):
-    out = sp.simplify(expr.subs(lm.equilibrium))
+    out = expr.subs(lm.equilibrium)
+    out = out.replace(sp.exp, lambda x: sp.exp(sp.cancel(x)))  # the sigmoid's argument is 0 there
+    out = sp.factor(sp.cancel(out))
     free = out.free_symbols - {kp, ki, a, gp}
     if free:
         raise RuntimeError(f"linearisation still depends on {free}: the equilibrium is not interior")
@@ -145,7 +183,7 @@ def _at_equilibrium(expr, lm: LoopMap):
 @lru_cache(maxsize=None)
 def _linear(window: int, delay: int, controller: str):
     lm = loop_map(window, delay, controller)
-    f = sp.Matrix(lm.next_state)
+    f = sp.Matrix([_interior(e, lm.equilibrium) for e in lm.next_state])
     x = sp.Matrix(lm.state)
     A = f.jacobian(x).applyfunc(lambda e: _at_equilibrium(e, lm))
     B = f.jacobian(sp.Matrix([lm.setpoint, lm.noise])).applyfunc(lambda e: _at_equilibrium(e, lm))

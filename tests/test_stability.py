@@ -1,0 +1,241 @@
+"""Stability analysis against independent computations.
+
+The reference Jacobian here is built by finite differences of the *running*
+controller objects and plant (state dicts, one ``step`` each), so it shares
+nothing with the symbolic derivation except the laws themselves.
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis import stability_numeric as sn
+from analysis.stability import (
+    characteristic_polynomial,
+    conditions,
+    eigenvalues,
+    is_stable,
+    jacobian,
+    spectral_radius,
+)
+from analysis.stability_codegen import _shipped, coefficient_functions, source_hash
+from klcontrol import FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+
+C0, BSTAR = 10.0, 5.0
+
+
+def _controller(kp, ki, window, controller):
+    if controller == "positional":
+        # β_min is also the law's offset; start the integral at its equilibrium value.
+        bmin = BSTAR - 10.0
+        c = PositionalPI(kp, ki, C0, beta_min=bmin, filter=window, y0=C0)
+        sd = c.state_dict()
+        sd["state"]["integral"] = (kp / 2 + bmin - BSTAR) / ki
+        sd["state"]["beta"] = BSTAR
+        c.load_state_dict(sd)
+        return c
+    mode = "official" if controller == "incremental-official" else "clamp"
+    return IncrementalPI(kp, ki, C0, beta0=BSTAR, beta_min=-np.inf, beta_max=np.inf, anti_windup=mode,
+                         filter=window, y0=C0)
+
+
+def numeric_jacobian(kp, ki, a, gp, window, delay, controller="incremental", h=1e-5):
+    """Finite-difference Jacobian of one update of the real controller + linear-g plant."""
+    plant = FirstOrderPlant(a, lambda b: C0 + gp * (np.asarray(b) - BSTAR))
+    ctrl = _controller(kp, ki, window, controller)
+    sd0 = ctrl.state_dict()
+    keys = [k for k in sd0["state"] if k != "filter"]
+
+    def pack(y_prev, meas_prev, sd):
+        st_ = sd["state"]
+        return np.array([y_prev, meas_prev] + [float(np.asarray(st_[k])) for k in keys]
+                        + [float(np.asarray(v)) for v in st_["filter"]])
+
+    def step(x):
+        sd = {**sd0, "state": dict(sd0["state"])}
+        for i, k in enumerate(keys):
+            sd["state"][k] = x[2 + i]
+        sd["state"]["filter"] = list(x[2 + len(keys):])
+        ctrl.load_state_dict(sd)
+        y = plant.step(x[0], ctrl.beta)
+        ctrl.step(y if delay == 0 else x[1])
+        return pack(y, y, ctrl.state_dict())
+
+    x0 = pack(C0, C0, sd0)
+    np.testing.assert_allclose(step(x0), x0, atol=1e-9)  # it is the equilibrium
+    J = np.empty((len(x0), len(x0)))
+    for j in range(len(x0)):
+        e = np.zeros(len(x0))
+        e[j] = h * max(1.0, abs(x0[j]))  # relative step: the positional integral can be large
+        J[:, j] = (step(x0 + e) - step(x0 - e)) / (2 * e[j])
+    return J
+
+
+def _true_rho(*args, **kw):
+    return np.max(np.abs(np.linalg.eigvals(numeric_jacobian(*args, **kw))))
+
+
+params = st.tuples(
+    st.floats(-1.0, 3.0), st.floats(-0.5, 1.5), st.floats(0.02, 1.5), st.floats(-4.0, -0.1),
+    st.integers(1, 8), st.integers(0, 1), st.sampled_from(["incremental", "incremental-official", "positional"]),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(params)
+def test_spectral_radius_and_verdict_match_finite_difference_jacobian(p):
+    kp, ki, a, gp, T, d, ctrl = p
+    if ctrl == "positional" and abs(ki) < 1e-3:
+        ki = 0.1  # the positional integral's equilibrium needs ki ≠ 0
+    rho = _true_rho(kp, ki, a, gp, T, d, ctrl)
+    assert abs(spectral_radius(kp, ki, a, gp, T, d, ctrl) - rho) < 1e-6
+    if abs(rho - 1) > 1e-6:
+        assert is_stable(kp, ki, a, gp, T, d, ctrl) == (rho < 1)
+
+
+@pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (5, 0), (5, 1)])
+def test_paper_scale_plants(T, d):
+    for a, gp in ((1 / 2500, -3.2), (1 / 5000, -1.26)):
+        for kp, ki in ((0.01, 0.005), (0.3, 0.2), (2.0, 0.5)):
+            rho = _true_rho(kp, ki, a, gp, T, d)
+            assert abs(spectral_radius(kp, ki, a, gp, T, d) - rho) < 1e-6
+            assert is_stable(kp, ki, a, gp, T, d) == (rho < 1)
+
+
+def test_nonzero_eigenvalues_are_the_polynomial_roots():
+    J = numeric_jacobian(0.7, 0.3, 0.3, -1.5, 3, 1)
+    ev = np.linalg.eigvals(J)
+    ours = eigenvalues(0.7, 0.3, 0.3, -1.5, 3, 1)
+    for lam in ours:
+        assert np.min(np.abs(ev - lam)) < 1e-6
+    assert np.sum(np.abs(ev) > 1e-6) == len(ours)
+
+
+def test_vectorised_matches_scalar_and_random_eigvals():
+    rng = np.random.default_rng(3)
+    n = 2000
+    kp, ki = rng.uniform(-1, 3, n), rng.uniform(-0.5, 2, n)
+    a, gp = 10 ** rng.uniform(-4, 0, n), rng.uniform(-4, -0.1, n)
+    for T, d in ((1, 0), (1, 1), (2, 0), (4, 1), (8, 1)):
+        rho = spectral_radius(kp, ki, a, gp, T, d)
+        # companion eigenvalues of the λ-polynomial (lambdified from sympy) as a second root finder
+        import sympy as sp
+
+        from analysis.stability_symbolic import SYMBOLS
+
+        poly = characteristic_polynomial(T, d)
+        f = sp.lambdify([SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")], poly.all_coeffs())
+        for i in range(0, n, 97):
+            cs = np.array([float(c) for c in f(kp[i], ki[i], a[i], gp[i])])
+            assert abs(np.max(np.abs(np.roots(cs))) - rho[i]) < 1e-6
+        stable = is_stable(kp, ki, a, gp, T, d)
+        far = np.abs(rho - 1) > 1e-9
+        assert np.array_equal(stable[far], rho[far] < 1)
+        assert is_stable(kp[5], ki[5], a[5], gp[5], T, d) == stable[5]
+
+
+def test_controllers_and_modes_share_the_linearisation():
+    for T, d in ((1, 0), (1, 1), (3, 1)):
+        ref = characteristic_polynomial(T, d, "incremental").as_expr()
+        for c in ("incremental-official", "positional"):
+            assert (characteristic_polynomial(T, d, c).as_expr() - ref).expand() == 0
+
+
+def test_jacobian_is_built_from_the_laws():
+    A = jacobian(1, 1)
+    assert A.shape == (3, 3)
+    num = numeric_jacobian(0.4, 0.2, 0.1, -2.0, 1, 1)
+    # numeric state: (y_prev, meas_prev, beta, integrator, p_prev); symbolic: (y_prev, beta, p_prev)
+    import sympy as sp
+
+    from analysis.stability_symbolic import SYMBOLS
+
+    An = np.array(A.subs({SYMBOLS["kp"]: 0.4, SYMBOLS["ki"]: 0.2, SYMBOLS["a"]: 0.1, SYMBOLS["gprime"]: -2.0}),
+                  dtype=float)
+    assert sorted(np.round(np.abs(np.linalg.eigvals(An)), 8))[-1] == pytest.approx(
+        np.max(np.abs(np.linalg.eigvals(num))), abs=1e-7)
+    assert isinstance(A, sp.Matrix)
+
+
+def test_conditions_t1_readable_and_exact():
+    rel = conditions(1, 1)
+    assert len(rel) == 5
+    assert all(len(str(r)) < 90 for r in rel)
+    import sympy as sp
+
+    from analysis.stability_symbolic import SYMBOLS
+
+    syms = [SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")]
+    f = sp.lambdify(syms, sp.And(*rel), "numpy")
+    rng = np.random.default_rng(0)
+    kp, ki, a, gp = rng.uniform(-2, 3, 5000), rng.uniform(-0.5, 2, 5000), rng.uniform(0.01, 1, 5000), rng.uniform(-4, 1, 5000)
+    assert np.array_equal(np.asarray(f(kp, ki, a, gp), dtype=bool), is_stable(kp, ki, a, gp, 1, 1))
+    assert len(conditions(1, 0)) == 3
+
+
+def test_gain_scaling_equals_gprime_scaling():
+    rng = np.random.default_rng(1)
+    kp, ki, a, gp, s = rng.uniform(-1, 2, 50), rng.uniform(0, 1, 50), rng.uniform(0.01, 1, 50), rng.uniform(-3, -0.1, 50), rng.uniform(0.1, 10, 50)
+    for T, d in ((1, 1), (4, 0)):
+        np.testing.assert_allclose(sn.bilinear_coeffs(s * kp, s * ki, a, gp, T, d),
+                                   sn.bilinear_coeffs(kp, ki, a, s * gp, T, d), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_simulation_decays_iff_stable():
+    rng = np.random.default_rng(7)
+    n = 1000
+    scale = 10 ** rng.uniform(-1, 1.2, n)  # the delay-0 region reaches far larger gains
+    kp, ki = rng.uniform(-0.3, 1, n) * scale, rng.uniform(0.01, 0.5, n) * scale
+    a, gp = 0.3, rng.uniform(-3, -0.3, n)
+    for T, d in ((1, 0), (1, 1), (3, 1)):
+        rho = spectral_radius(kp, ki, a, gp, T, d)
+        keep = (np.abs(rho - 1) > 0.03) & (rho < 1.3)
+        k = keep.nonzero()[0][:150]
+        plant = FirstOrderPlant(a, lambda b, g=gp[k]: C0 + g * (np.asarray(b) - BSTAR))
+        ctrl = IncrementalPI(kp[k], ki[k], C0, beta0=BSTAR, beta_min=-np.inf, beta_max=np.inf, filter=T)
+        dev0 = 1e-8
+        tr = simulate(ctrl, plant, 800, delay=d, y0=C0 + dev0)
+        dev = np.max(np.abs(tr.state[-50:] - C0), axis=0)
+        decays = dev < dev0
+        assert np.array_equal(decays, is_stable(kp[k], ki[k], a, gp[k], T, d)), (T, d)
+        assert 0 < decays.sum() < len(k)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="a must be > 0"):
+        is_stable(0.1, 0.1, 0.0, -1.0)
+    with pytest.raises(ValueError, match="window"):
+        spectral_radius(0.1, 0.1, 0.1, -1.0, window=0)
+    with pytest.raises(ValueError, match="delay"):
+        is_stable(0.1, 0.1, 0.1, -1.0, delay=2)
+    with pytest.raises(ValueError, match="controller"):
+        is_stable(0.1, 0.1, 0.1, -1.0, controller="pid")
+    with pytest.raises(ValueError, match="finite"):
+        is_stable(np.nan, 0.1, 0.1, -1.0)
+    with pytest.raises(ValueError, match="broadcast"):
+        is_stable(np.ones(3), np.ones(4), 0.1, -1.0)
+
+
+def test_shipped_code_is_current_and_fresh_process_skips_sympy():
+    assert _shipped() is not None and _shipped().SOURCE_HASH == source_hash()
+    code = ("import sys; from analysis.stability import is_stable, spectral_radius;"
+            "import numpy as np; is_stable(np.ones(3), 0.1, 0.01, -1.0, window=8, delay=1);"
+            "spectral_radius(0.1, 0.1, 0.01, -1.0, window=5); assert 'sympy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unshipped_window_is_generated_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLCONTROL_CACHE", str(tmp_path))
+    coefficient_functions.cache_clear()
+    try:
+        r = spectral_radius(0.5, 0.2, 0.2, -1.0, window=9, delay=0)
+        files = list((tmp_path / "stability").glob("*.py"))
+        assert len(files) == 1
+        assert abs(r - _true_rho(0.5, 0.2, 0.2, -1.0, 9, 0)) < 1e-6
+        coefficient_functions.cache_clear()
+        assert spectral_radius(0.5, 0.2, 0.2, -1.0, window=9, delay=0) == r  # loaded from the cache file
+    finally:
+        coefficient_functions.cache_clear()

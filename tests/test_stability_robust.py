@@ -1,0 +1,124 @@
+"""Robust verdicts over g′ intervals, margins, and python-control interop."""
+import math
+
+import control
+import numpy as np
+import pytest
+
+from analysis.stability import (
+    RobustStability,
+    crossings,
+    eigenvalues,
+    is_stable,
+    robust_stability,
+    spectral_radius,
+    to_statespace,
+    to_transfer_function,
+)
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+
+
+def _grid_verdict(kp, ki, a, g1, g2, T, d, n=4001):
+    return bool(np.all(spectral_radius(kp, ki, a, np.linspace(g1, g2, n), T, d) < 1))
+
+
+def test_robust_verdict_matches_dense_grid():
+    rng = np.random.default_rng(11)
+    both = [0, 0]
+    for _ in range(40):
+        T, d = int(rng.integers(1, 6)), int(rng.integers(0, 2))
+        kp, ki, a = rng.uniform(-0.5, 2), rng.uniform(0.01, 1), rng.uniform(0.05, 1)
+        g1, g2 = sorted(rng.uniform(-6, -0.05, 2))
+        r = robust_stability(kp, ki, a, g1, g2, T, d)
+        assert isinstance(r, RobustStability)
+        assert r.stable == _grid_verdict(kp, ki, a, g1, g2, T, d)
+        both[r.stable] += 1
+        grid_worst = np.max(spectral_radius(kp, ki, a, np.linspace(g1, g2, 2001), T, d))
+        assert r.worst_spectral_radius >= grid_worst - 1e-12
+        assert r.worst_spectral_radius == pytest.approx(grid_worst, abs=1e-4)
+    assert min(both) > 3
+
+
+def test_crossings_lie_on_the_unit_circle_and_flip_the_verdict():
+    for T, d in ((1, 1), (5, 0), (3, 1)):
+        cr = [c for c in crossings(0.5, 0.3, 0.2, T, d) if c.gprime != 0]
+        assert cr
+        for c in cr:
+            lam = eigenvalues(0.5, 0.3, 0.2, c.gprime, T, d)
+            assert np.min(np.abs(np.abs(lam) - 1)) < 1e-7
+            assert np.min(np.abs(np.angle(lam[np.argmin(np.abs(np.abs(lam) - 1))])) - c.angle) < 1e-5
+            e = 1e-6 * abs(c.gprime)
+            assert is_stable(0.5, 0.3, 0.2, c.gprime - e, T, d) != is_stable(0.5, 0.3, 0.2, c.gprime + e, T, d)
+
+
+def test_interval_with_an_interior_crossing_is_unstable_although_one_end_is_stable():
+    r = robust_stability(0.01, 0.005, 1 / 2500, -1.0, -500.0, delay=1)
+    assert not r.stable and r.gain_margin == 0.0
+    lo, hi = r.stable_gprime_range
+    assert lo == pytest.approx(-399.68, abs=0.01) and hi == 0.0
+    assert is_stable(0.01, 0.005, 1 / 2500, -1.0, delay=1)
+
+
+def test_gain_margin_is_the_scaling_limit():
+    for T, d in ((1, 1), (5, 1), (2, 0)):
+        r = robust_stability(0.01, 0.005, 1 / 2500, -3.2, -1.0, T, d)
+        assert r.stable and r.gain_margin > 1
+        s = r.gain_margin
+        assert _grid_verdict(0.01 * s * 0.999, 0.005 * s * 0.999, 1 / 2500, -3.2, -1.0, T, d, 201)
+        assert not _grid_verdict(0.01 * s * 1.001, 0.005 * s * 1.001, 1 / 2500, -3.2, -1.0, T, d, 201)
+    assert robust_stability(0.01, 0.005, 1 / 2500, -3.2, delay=1).gain_margin == pytest.approx(124.9, abs=0.05)
+
+
+def test_unstable_gains_report_the_stable_scaling_range():
+    r = robust_stability(2.0, 1.0, 1 / 2500, -3.2, -1.0, delay=1)
+    assert not r.stable and r.gain_margin == 0.0
+    lo, hi = r.gain_range
+    assert hi < 1
+    assert robust_stability(2.0 * hi * 0.99, 1.0 * hi * 0.99, 1 / 2500, -3.2, -1.0, delay=1).stable
+
+
+def test_to_dict_and_bad_input():
+    d = robust_stability(0.1, 0.05, 0.01, -2.0).to_dict()
+    assert isinstance(d["crossings"], list) and isinstance(d["stable"], bool)
+    with pytest.raises(ValueError, match="finite"):
+        robust_stability(0.1, math.nan, 0.01, -2.0)
+    with pytest.raises(ValueError, match="a must be"):
+        robust_stability(0.1, 0.1, -0.01, -2.0)
+
+
+@pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (4, 0), (3, 1)])
+@pytest.mark.parametrize("controller", ["incremental", "positional"])
+def test_python_control_poles_equal_ours(T, d, controller):
+    sys_ = to_statespace(0.8, 0.4, 0.1, -1.5, T, d, controller)
+    assert sys_.dt == 1
+    poles = sys_.poles()
+    ours = eigenvalues(0.8, 0.4, 0.1, -1.5, T, d, controller)
+    nz = poles[np.abs(poles) > 1e-7]
+    assert len(nz) == len(ours)
+    for p in ours:
+        assert np.min(np.abs(nz - p)) < 1e-7
+    tf = to_transfer_function(0.8, 0.4, 0.1, -1.5, T, d, controller, input="noise")
+    assert isinstance(tf, control.TransferFunction)
+    assert max(abs(tf.poles())) == pytest.approx(spectral_radius(0.8, 0.4, 0.1, -1.5, T, d), abs=1e-6)
+
+
+@pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (5, 0), (2, 1)])
+@pytest.mark.parametrize("controller", ["incremental", "positional"])
+def test_linear_step_response_matches_simulate_near_equilibrium(T, d, controller):
+    a, c0, k, A = 0.05, 10.0, 0.05, 30.0
+    g = ExpGain(A, k)
+    bstar = float(g.inverse(c0))
+    gp = float(g.derivative(bstar))
+    delta = -1e-4  # set point steps down at t = 1 (β rises, away from the positional clamp)
+    sp_fn = lambda t: c0 + delta * (t >= 1)  # noqa: E731
+    if controller == "positional":
+        ctrl = PositionalPI(0.6, 0.2, sp_fn, beta_min=bstar - 0.3, filter=T)  # I* = 0 at β*
+    else:
+        ctrl = IncrementalPI(0.6, 0.2, sp_fn, beta0=bstar, filter=T)
+    steps = 300
+    tr = simulate(ctrl, FirstOrderPlant(a, g), steps, delay=d, y0=c0)
+    u = delta * (np.arange(steps) >= 1)
+    lin = control.forced_response(to_statespace(0.6, 0.2, a, gp, T, d, controller), np.arange(steps), u)
+    dev = tr.state - c0
+    assert np.max(np.abs(dev)) > 0.5 * abs(delta)
+    np.testing.assert_allclose(lin.outputs, dev, atol=1e-3 * abs(delta))
