@@ -1,0 +1,152 @@
+"""Higgins et al. (2017) β-VAE disentanglement score, on precomputed codes of the full factor grid.
+
+One sample: pick a factor y, draw ``batch_size`` pairs of images that share factor y (all other
+factors independent), and average |μ(x₁) − μ(x₂)| over the pairs. A linear softmax classifier
+predicts y from that vector; the score is its held-out accuracy. Codes are looked up by dataset
+index (row-major over the factor grid, as in the official dSprites file), so no encoder runs here.
+
+The classifier is multinomial logistic regression (L-BFGS on the standardised features with a
+weak L2 penalty). Standardising makes the score invariant to a per-latent rescaling of the codes;
+Higgins et al. trained the same model with Adagrad "until convergence".
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+
+from vae_plant.metric_inputs import check_codes
+
+__all__ = ["beta_vae_score", "pair_features", "fit_softmax", "predict_softmax"]
+
+
+def _check_grid(codes, factor_sizes):
+    z = check_codes(codes, min_latents=1)
+    sizes = np.asarray([int(s) for s in factor_sizes], dtype=np.int64)
+    if sizes.size == 0 or np.any(sizes < 1):
+        raise ValueError(f"factor_sizes must be positive integers, got {list(factor_sizes)}")
+    if int(np.prod(sizes)) != z.shape[0]:
+        raise ValueError(f"codes has {z.shape[0]} rows but the factor grid {sizes.tolist()} has {int(np.prod(sizes))} points")
+    return z, sizes
+
+
+def pair_features(codes, factor_sizes, labels, batch_size: int, rng) -> np.ndarray:
+    """Mean |z₁ − z₂| over ``batch_size`` pairs sharing factor ``labels[i]``, for each i.
+
+    Parameters
+    ----------
+    codes : array_like, shape (prod(factor_sizes), d)
+        Encoder means of the full grid, row i = dataset index i.
+    factor_sizes : sequence of int
+        Grid shape.
+    labels : array_like of int, shape (M,)
+        Index of the factor kept fixed in each sample.
+    batch_size : int
+        Pairs per sample (L in Higgins et al.).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy.ndarray, shape (M, d)
+    """
+    z, sizes = _check_grid(codes, factor_sizes)
+    labels = np.asarray(labels, dtype=np.int64)
+    strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]])
+    shape = (labels.size, int(batch_size), sizes.size)
+    f1 = rng.integers(0, sizes, size=shape)
+    f2 = rng.integers(0, sizes, size=shape)
+    keep = np.arange(sizes.size)[None, None, :] == labels[:, None, None]
+    f2 = np.where(keep, f1, f2)
+    diff = np.abs(z[f1 @ strides] - z[f2 @ strides])
+    return diff.mean(axis=1)
+
+
+def fit_softmax(x, y, n_classes: int, l2: float = 1e-3):
+    """Multinomial logistic regression by L-BFGS (mean cross-entropy + ``l2``·|W|²/2).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (M, d)
+    y : numpy.ndarray of int, shape (M,)
+    n_classes : int
+    l2 : float
+        Ridge penalty on the weights (not the biases).
+
+    Returns
+    -------
+    numpy.ndarray, shape (d + 1, n_classes)
+        Weights with the bias as the last row.
+    """
+    m, d = x.shape
+    xb = np.hstack([x, np.ones((m, 1))])
+    onehot = np.eye(n_classes)[y]
+
+    def loss(w_flat):
+        w = w_flat.reshape(d + 1, n_classes)
+        logp = log_softmax(xb @ w, axis=1)
+        reg = 0.5 * l2 * np.sum(w[:-1] ** 2)
+        grad = xb.T @ (np.exp(logp) - onehot) / m
+        grad[:-1] += l2 * w[:-1]
+        return -np.sum(onehot * logp) / m + reg, grad.ravel()
+
+    res = minimize(loss, np.zeros((d + 1) * n_classes), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 1000, "gtol": 1e-8})
+    return res.x.reshape(d + 1, n_classes)
+
+
+def predict_softmax(weights, x) -> np.ndarray:
+    """Class predictions of ``fit_softmax`` weights for features ``x`` (M, d)."""
+    return np.argmax(x @ weights[:-1] + weights[-1], axis=1)
+
+
+def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int = 64,
+                   num_train: int = 10000, num_eval: int = 5000, seed: int = 0) -> float:
+    """Higgins et al.'s β-VAE metric: accuracy of a linear classifier of the fixed factor.
+
+    Parameters
+    ----------
+    codes : array_like, shape (prod(factor_sizes), d)
+        Encoder means of every point of the factor grid, row i = dataset index i (dSprites:
+        i = classes · [737280, 245760, 40960, 1024, 32, 1]).
+    factor_sizes : sequence of int
+        Grid shape, e.g. (1, 3, 6, 40, 32, 32) for dSprites.
+    fixed_factors : sequence of int, optional
+        Factors that can be the fixed one (labels). Default: every factor with more than one
+        value (disentanglement_lib). Higgins et al. on dSprites: (2, 3, 4, 5), i.e. scale,
+        orientation, posX, posY; shape then varies freely within pairs.
+    batch_size : int
+        Pairs averaged per sample (L; disentanglement_lib uses 64).
+    num_train, num_eval : int
+        Training and held-out samples (Higgins et al. evaluate on 5000).
+    seed : int
+        Seed of the pair sampling.
+
+    Returns
+    -------
+    float
+        Held-out accuracy in [0, 1]; chance is 1/len(fixed_factors).
+    """
+    z, sizes = _check_grid(codes, factor_sizes)
+    if fixed_factors is None:
+        fixed = np.flatnonzero(sizes > 1)
+    else:
+        fixed = np.asarray(fixed_factors, dtype=np.int64).reshape(-1)
+        if fixed.size and (fixed.min() < 0 or fixed.max() >= sizes.size):
+            raise ValueError(f"fixed_factors must index the {sizes.size} factors, got {fixed.tolist()}")
+    if fixed.size < 2:
+        raise ValueError("the β-VAE score needs at least two candidate fixed factors")
+    if min(batch_size, num_train, num_eval) < 1:
+        raise ValueError("batch_size, num_train and num_eval must be positive")
+    if num_train < 2 * fixed.size:
+        raise ValueError(f"num_train={num_train} is too few samples for {fixed.size} classes")
+    rng = np.random.default_rng(seed)
+    y_train = rng.integers(0, fixed.size, size=num_train)
+    y_eval = rng.integers(0, fixed.size, size=num_eval)
+    x_train = pair_features(z, sizes, fixed[y_train], batch_size, rng)
+    x_eval = pair_features(z, sizes, fixed[y_eval], batch_size, rng)
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    # A latent that never varies carries no information; dividing by 1 leaves it at zero.
+    std = np.where(std > 1e-12 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+    w = fit_softmax((x_train - mean) / std, y_train, fixed.size)
+    return float(np.mean(predict_softmax(w, (x_eval - mean) / std) == y_eval))
