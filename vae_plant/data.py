@@ -36,7 +36,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["DSprites", "FACTOR_NAMES", "FACTOR_SIZES", "SHAPES"]
+__all__ = ["DSprites", "render", "save_sample_grid", "FACTOR_NAMES", "FACTOR_SIZES", "SHAPES"]
 
 FACTOR_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
 FACTOR_SIZES = (1, 3, 6, 40, 32, 32)
@@ -314,3 +314,52 @@ class DSprites:
     def __repr__(self):
         src = "procedural" if self.path is None else repr(self.path)
         return f"DSprites({src}, n={self._n}, device={self.device})"
+
+
+def save_sample_grid(path, seed: int = 1) -> None:
+    """Write a PNG of procedural sprites: each factor swept alone, then random samples.
+
+    Rows: the three shapes at scales 1 and 0.5 and two hearts rotated; a
+    square through the six scales and an ellipse rotated; a heart through
+    posX, through posY and through orientations; three rows of random images.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output PNG.
+    seed : int
+        Seed of the random rows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = DSprites()
+
+    def at(shape, scale, orient, x, y):
+        return int(ds.index_of([[0, shape, scale, orient, x, y]])[0])
+
+    rand = torch.randint(0, len(ds), (24,), generator=torch.Generator().manual_seed(seed)).tolist()
+    grid = [
+        [at(s, 5, 0, 15, 15) for s in range(3)] + [at(s, 0, 0, 15, 15) for s in range(3)] + [at(2, 5, o, 15, 15) for o in (5, 10)],
+        [at(0, sc, 4, 15, 15) for sc in range(6)] + [at(1, 5, o, 15, 15) for o in (5, 10)],
+        [at(2, 5, 0, x, 15) for x in range(0, 32, 4)],
+        [at(2, 5, 0, 15, y) for y in range(0, 32, 4)],
+        [at(2, 5, o, 15, 15) for o in range(0, 40, 5)],
+        rand[0:8], rand[8:16], rand[16:24],
+    ]
+    labels = ["shapes (scale 1, 0.5)", "scale 0.5→1", "posX 0→1", "posY 0→1", "orientation 0→", "random", "random", "random"]
+    fig, axs = plt.subplots(len(grid), 8, figsize=(8, len(grid) * 1.05))
+    for i, row in enumerate(grid):
+        images = ds.images(row)
+        for j in range(8):
+            ax = axs[i, j]
+            ax.imshow(images[j, 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axs[i, 0].set_ylabel(labels[i], fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle("procedural dSprites (vae_plant.data.DSprites())", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""Training speed of the dSprites β-VAE, measured side by side in one run on one device.
+
+Prints steps/s of
+
+* ``eager-official``: a plain eager loop as the official ControlVAE/DynamicVAE
+  code trains (batch built on the host and copied to the device, ``kl.item()``
+  every step, the controller on Python floats);
+* ``ours``: :class:`vae_plant.train.Trainer` (batches drawn on the device, no
+  per-step host sync, trace flushed in blocks to CSV and TensorBoard), plain;
+* ``ours+<option>``: each speed option alone (compile, amp, channels_last,
+  fused_adam) and all together;
+* the cost of each controller preset: our loop's step rate with that
+  controller over its rate with ``fixed`` (goal ≥ 0.99).
+
+Usage::
+
+    python benchmarks/train_speed.py --device cpu --batch-size 8 --steps 20
+    python benchmarks/train_speed.py --device cuda --batch-size 128 --steps 2000   # goal ≥ 2000 steps/s on an H100
+
+Rates are medians over ``--rounds`` interleaved rounds (the machine may be shared).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from vae_plant.data import DSprites
+from vae_plant.model import BetaVAE, vae_losses
+from vae_plant.presets import CONTROLLERS, make_controller
+from vae_plant.train import Trainer
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def eager_official(device, batch, steps, warmup, controller="dynamicvae"):
+    """Steps/s of the official-style loop: host batches, ``.item()`` and a float controller every step."""
+    torch.manual_seed(0)
+    model = BetaVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    host = DSprites()  # images made on the host, as a DataLoader would
+    ctrl = make_controller(controller)
+    rng = np.random.default_rng(0)
+    beta = ctrl.beta
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        x = host.images(rng.integers(0, len(host), batch)).to(device)
+        recon, kl, _ = vae_losses(model, x)
+        beta = ctrl.step(kl.item())
+        loss = recon + beta * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return steps / (time.perf_counter() - t0)
+
+
+def ours(device, batch, steps, warmup, controller="dynamicvae", **options):
+    """Steps/s of the trainer's loop (trace flushes and writing included)."""
+    with tempfile.TemporaryDirectory() as d:
+        tr = Trainer(d + "/run", controller=controller, steps=warmup + steps + 1, batch_size=batch,
+                     device=str(device), checkpoint_every=0, flush_every=max(10, min(1000, steps // 2)),
+                     progress=False, **options)
+        tr.run(until=warmup)
+        _sync(device)
+        t0 = time.perf_counter()
+        tr.run(until=warmup + steps)
+        _sync(device)
+        rate = steps / (time.perf_counter() - t0)
+        tr.close()
+    return rate
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 on CUDA, 8 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 2000 CUDA, 20 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 200 CUDA, 3 CPU)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (default reduce-overhead on CUDA, default on CPU)")
+    p.add_argument("--skip-compile", action="store_true", help="do not measure torch.compile")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    batch = a.batch_size or (128 if cuda else 8)
+    steps = a.steps or (2000 if cuda else 20)
+    warmup = a.warmup or (200 if cuda else 3)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    mode = a.compile_mode or ("reduce-overhead" if cuda else "default")
+    variants = {
+        "eager-official": lambda: eager_official(device, batch, steps, warmup),
+        "ours": lambda: ours(device, batch, steps, warmup),
+        "ours+amp": lambda: ours(device, batch, steps, warmup, amp=True),
+        "ours+channels_last": lambda: ours(device, batch, steps, warmup, channels_last=True),
+        "ours+fused_adam": lambda: ours(device, batch, steps, warmup, fused_adam=True),
+    }
+    if not a.skip_compile:
+        variants[f"ours+compile({mode})"] = lambda: ours(device, batch, steps, warmup + 2, compile=mode)
+        variants["ours+all"] = lambda: ours(device, batch, steps, warmup + 2, compile=mode, amp=True,
+                                            channels_last=True, fused_adam=True)
+    for name in CONTROLLERS:
+        variants[f"controller:{name}"] = lambda name=name: ours(device, batch, steps, warmup, controller=name)
+    rates = {k: [] for k in variants}
+    for _ in range(a.rounds):
+        for k, f in variants.items():
+            rates[k].append(f())
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    fixed = med["controller:fixed"]
+    result = dict(
+        device=torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        torch=torch.__version__, batch_size=batch, timed_steps=steps, rounds=a.rounds,
+        steps_per_s={k: v for k, v in med.items() if not k.startswith("controller:")},
+        speedup_vs_eager={k: v / med["eager-official"] for k, v in med.items() if not k.startswith("controller:")},
+        controller_steps_per_s={k.split(":", 1)[1]: v for k, v in med.items() if k.startswith("controller:")},
+        controller_rate_vs_fixed={k.split(":", 1)[1]: v / fixed for k, v in med.items() if k.startswith("controller:")},
+    )
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"device {result['device']}, torch {result['torch']}, batch {batch}, {steps} timed steps, "
+          f"median of {a.rounds} rounds")
+    for k, v in result["steps_per_s"].items():
+        print(f"  {k:28s} {v:10.2f} steps/s   ×{result['speedup_vs_eager'][k]:.2f} vs eager-official")
+    print("controller cost (our loop, step rate relative to fixed β; goal ≥ 0.99):")
+    for k, v in result["controller_rate_vs_fixed"].items():
+        print(f"  {k:28s} {result['controller_steps_per_s'][k]:10.2f} steps/s   {v:.3f}")
+
+
+if __name__ == "__main__":
+    main()
