@@ -376,7 +376,10 @@ class _Problem:
                 step = step / 2
             else:
                 break
+            converged = c - c_new <= 1e-9 * c
             x, r, c = x_new, r_new, c_new
+            if converged:
+                break
         return x
 
     def solve(self, x0, kls=None, loss="linear", f_scale=1.0, max_nfev=None):
@@ -385,7 +388,8 @@ class _Problem:
         lo, hi = self.bounds()
         x0 = np.clip(x0, lo, hi)
         res = least_squares(lambda x: self.residuals(x, kls), x0, jac=self.jacobian, bounds=(lo, hi),
-                            method="trf", loss=loss, f_scale=f_scale, x_scale="jac", max_nfev=max_nfev)
+                            method="trf", loss=loss, f_scale=f_scale, x_scale="jac", max_nfev=max_nfev,
+                            tr_solver="lsmr")  # an SVD of the tall Jacobian per iteration costs more than the model
         return res
 
 
@@ -423,11 +427,11 @@ def _spline_init(problem: _Problem):
         rows, rhs = [], []
         for i, (s, BT, tk) in enumerate(zip(series, problem.prepared, take)):
             rho = (1 + a) ** (-s.stride)
-            cols = np.zeros((s.n, param.n + len(series)))
-            cols[:, :param.n] = lfilter([1 - rho], [1, -rho], BT, axis=0)
-            cols[:, param.n + i] = rho ** np.arange(1, s.n + 1)
-            w = (1.0 / s.scale)[:, None]
-            rows.append((cols * w)[tk])
+            idx = np.arange(s.n)[tk]
+            cols = np.zeros((len(idx), param.n + len(series)))
+            cols[:, :param.n] = lfilter([1 - rho], [1, -rho], BT, axis=0)[tk]
+            cols[:, param.n + i] = rho ** (idx + 1)
+            rows.append(cols / s.scale[tk, None])
             rhs.append((s.kl / s.scale)[tk])
         rows.append(np.hstack([param.P, np.zeros((len(param.P), len(series)))]))
         rhs.append(np.zeros(len(param.P)))
@@ -867,7 +871,7 @@ def _bootstrap(prob: _Problem, x, n_boot, seed, loss, f_scale, progress):
         kls = []
         for s, yh, r, L in zip(prob.series, fitted, resid, blocks):
             starts = rng.integers(0, s.n - L + 1, size=-(-s.n // L))
-            e = np.concatenate([r[i:i + L] for i in starts])[:s.n]
+            e = r[(starts[:, None] + np.arange(L)).ravel()[:s.n]]
             kls.append(yh + e * s.scale)
         loga, xg, _ = prob.split(prob.refine(x, kls, loss, f_scale))
         a_s.append(math.exp(loga))
