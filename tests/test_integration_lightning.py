@@ -264,3 +264,26 @@ def test_package_imports_without_lightning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "IMPORT-ERROR" in out.stdout and "klcontrol[lightning]" in out.stdout
+
+
+@pytest.mark.parametrize("sync_dist", [True, False])
+def test_the_kl_goes_through_the_rank_average_when_sync_dist(tmp_path, monkeypatch, sync_dist):
+    # all_reduce_mean itself is tested on two gloo processes in test_integration_ddp.py.
+    import klcontrol.integrations.lightning as integration
+
+    seen = []
+
+    def spy(kl):
+        seen.append(kl)
+        return kl * 0 + 7.0  # a stand-in "mean over ranks" the controller must receive
+
+    monkeypatch.setattr(integration, "all_reduce_mean", spy)
+    module = Recorder()
+    cb = KLControlCallback(make_controller(), sync_dist=sync_dist)
+    trainer(tmp_path, [cb], max_steps=5).fit(module, loader())
+    ref = make_controller()
+    fed = [torch.tensor(7.0)] * 5 if sync_dist else module.kls
+    for k in fed:
+        ref.step(k)
+    assert len(seen) == (5 if sync_dist else 0)
+    assert torch.equal(cb.controller.beta, ref.beta)
