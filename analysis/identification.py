@@ -36,7 +36,7 @@ from klcontrol.plant import gain_from_dict, register_gain
 
 from .trace_io import align_kl, read_trace
 
-__all__ = ["fit_plant", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
+__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
