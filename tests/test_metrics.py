@@ -1,0 +1,229 @@
+"""Disentanglement metrics: known answers on synthetic codes, invariances, cross-checks, bad input."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vae_plant.metrics import (
+    beta_vae_score,
+    discretize,
+    factor_grid,
+    mig,
+    mig_tcvae,
+    rmig,
+    sampled_mutual_info,
+    soft_binned_mutual_info,
+)
+
+SIZES = (1, 3, 4, 6, 5)  # a constant factor, like dSprites' colour, and four varying ones
+
+
+def _reference_mi(a, b):
+    """Σ p(x,y) log p(x,y)/(p(x)p(y)) by a double loop over value pairs (sklearn's definition)."""
+    n = len(a)
+    total = 0.0
+    for x in np.unique(a):
+        for y in np.unique(b):
+            pxy = np.sum((a == x) & (b == y)) / n
+            if pxy > 0:
+                total += pxy * math.log(pxy / (np.mean(a == x) * np.mean(b == y)))
+    return total
+
+
+def _reference_mig(codes, factors, num_bins=20):
+    """disentanglement_lib's MIG written out with loops (constant factors skipped)."""
+    d, k = codes.shape[1], factors.shape[1]
+    labels = np.empty(codes.shape, dtype=int)
+    for j in range(d):
+        labels[:, j] = np.digitize(codes[:, j], np.histogram(codes[:, j], num_bins)[1][:-1])
+    gaps = []
+    for f in range(k):
+        h = _reference_mi(factors[:, f], factors[:, f])
+        if h == 0:
+            continue
+        m = sorted((_reference_mi(factors[:, f], labels[:, j]) for j in range(d)), reverse=True)
+        gaps.append((m[0] - m[1]) / h)
+    return float(np.mean(gaps))
+
+
+def _disentangled(sizes=SIZES, noise=0.05, extra=2, seed=0):
+    """Means of a perfectly disentangled encoder: one latent per varying factor, plus noise latents."""
+    rng = np.random.default_rng(seed)
+    f = factor_grid(sizes)
+    varying = [k for k, s in enumerate(sizes) if s > 1]
+    cols = [(f[:, k] / (sizes[k] - 1) * 2 - 1) * 1.5 + noise * rng.normal(size=len(f)) for k in varying]
+    cols += [0.01 * rng.normal(size=len(f)) for _ in range(extra)]
+    mu = np.stack(cols, axis=1)
+    logvar = np.full(mu.shape, 2 * math.log(0.08))
+    logvar[:, len(varying):] = 2 * math.log(0.99)
+    return mu, logvar, f
+
+
+# --- mig -----------------------------------------------------------------------------------------
+
+def test_mig_matches_loop_reference_to_1e9():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        n = int(rng.integers(30, 400))
+        factors = rng.integers(0, rng.integers(2, 7, size=3), size=(n, 3))
+        codes = factors @ rng.normal(size=(3, 4)) + rng.normal(size=(n, 4)) * rng.uniform(0.1, 2)
+        assert abs(mig(codes, factors) - _reference_mig(codes, factors)) < 1e-9
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 40))
+def test_mig_matches_reference_property(seed, num_bins):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(10, 120))
+    factors = rng.integers(0, 4, size=(n, 2))
+    factors[:2, :] = [[0, 0], [1, 1]]  # both factors vary
+    codes = np.round(rng.normal(size=(n, 3)), int(rng.integers(0, 3)))  # ties and constant-ish columns
+    assert abs(mig(codes, factors, num_bins) - _reference_mig(codes, factors, num_bins)) < 1e-9
+
+
+def test_discretize_is_histogram_digitize():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(200, 3))
+    z[:, 2] = 4.0  # constant column: np.histogram widens the range by ±0.5
+    lab = discretize(z, 7)
+    for j in range(3):
+        np.testing.assert_array_equal(lab[:, j], np.digitize(z[:, j], np.histogram(z[:, j], 7)[1][:-1]))
+    assert lab[:, 0].max() == 7 and lab[:, 0].min() == 1
+
+
+def test_mig_known_answers_and_invariances():
+    mu, _, f = _disentangled()
+    score, per = mig(mu, f, per_factor=True)
+    assert score > 0.7
+    assert np.isnan(per[0]) and np.all(per[1:] > 0.6)  # constant factor skipped
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(mu.shape[1])
+    scale = rng.uniform(0.1, 10, size=mu.shape[1]) * rng.choice([-1, 1], size=mu.shape[1])
+    # Equal-width bins on each column's range: invariant to permutation, positive or negative scaling.
+    assert mig(mu[:, perm], f) == pytest.approx(score, abs=1e-12)
+    assert mig(mu * scale + 3.0, f) == pytest.approx(score, abs=1e-9)
+    shuffled = mu[rng.permutation(len(mu))]
+    assert mig(shuffled, f) < 0.03
+
+
+def test_mig_entangled_codes_score_low():
+    mu, _, f = _disentangled(extra=0)
+    rot = np.linalg.qr(np.random.default_rng(2).normal(size=(mu.shape[1],) * 2))[0]
+    assert mig(mu @ rot, f) < 0.5 * mig(mu, f)
+
+
+# --- rmig and mig_tcvae ------------------------------------------------------------------------
+
+def test_rmig_and_tcvae_known_answers():
+    mu, lv, f = _disentangled()
+    r, r_per = rmig(mu, lv, f, per_factor=True)
+    t, t_per = mig_tcvae(mu, lv, f, per_factor=True)
+    assert np.isnan(r_per[0]) and np.isnan(t_per[0])
+    assert r > 0.6 and t > 0.6
+    rng = np.random.default_rng(4)
+    order = rng.permutation(len(mu))
+    assert rmig(mu[order], lv[order], f) < 0.03
+    assert mig_tcvae(mu[order], lv[order], f) < 0.03
+
+
+def test_posterior_metrics_invariant_to_latent_permutation():
+    mu, lv, f = _disentangled(seed=5)
+    perm = np.random.default_rng(5).permutation(mu.shape[1])
+    assert rmig(mu[:, perm], lv[:, perm], f) == pytest.approx(rmig(mu, lv, f), abs=1e-12)
+    assert mig_tcvae(mu[:, perm], lv[:, perm], f) == pytest.approx(mig_tcvae(mu, lv, f), abs=1e-12)
+
+
+def test_tcvae_invariant_to_latent_scaling_rmig_not():
+    mu, lv, f = _disentangled(seed=6)
+    c = np.array([3.0, 0.5, 2.0, 1.0, 1.0, 0.2])
+    scaled_lv = lv + 2 * np.log(c)
+    # Continuous MI is invariant to z → c·z; the fine bins follow each latent's σ.
+    assert mig_tcvae(mu * c, scaled_lv, f) == pytest.approx(mig_tcvae(mu, lv, f), abs=3e-3)
+    # RMIG's bins are fixed on [-4, 4]: a latent shrunk 100× fits in one or two bins and loses its MI.
+    small = np.ones(mu.shape[1])
+    small[2] = 0.01
+    _, per = rmig(mu, lv, f, per_factor=True)
+    _, per_small = rmig(mu * small, lv + 2 * np.log(small), f, per_factor=True)
+    assert per_small[3] < per[3] - 0.3
+
+
+def test_binned_mi_agrees_with_chen_sampled_estimator():
+    mu, lv, f = _disentangled(sizes=(3, 4, 40), noise=0.1, extra=1, seed=7)
+    binned = soft_binned_mutual_info(mu, lv, f)
+    sampled = sampled_mutual_info(mu, lv, f, n_samples=1000, seed=0)
+    # Chen's estimator has Monte Carlo noise of a few 1e-2 nats here (the 40 conditional entropies
+    # use 12 images each); the binned one is its deterministic limit. Misreading log σ² as log σ
+    # would move the diagonal by more than 0.3 nats.
+    np.testing.assert_allclose(sampled, binned, atol=0.08)
+    assert mig_tcvae(mu, lv, f, method="sampled", n_samples=1000) == pytest.approx(mig_tcvae(mu, lv, f), abs=0.04)
+
+
+def test_sampled_estimator_is_seeded():
+    mu, lv, f = _disentangled(sizes=(2, 3), extra=1, seed=8)
+    a = sampled_mutual_info(mu, lv, f, n_samples=50, seed=3)
+    np.testing.assert_array_equal(a, sampled_mutual_info(mu, lv, f, n_samples=50, seed=3))
+    assert not np.array_equal(a, sampled_mutual_info(mu, lv, f, n_samples=50, seed=4))
+
+
+def test_binned_mi_of_a_single_gaussian_latent_matches_closed_form():
+    # z | v ~ N(v, s²) with v uniform on {0, 1}: I(z; v) = H(mixture) − H(N(0, s²)), by quadrature.
+    s = 0.7
+    v = np.repeat([0, 1], 500)
+    mu = np.stack([v.astype(float), np.zeros(v.size)], axis=1)
+    lv = np.full(mu.shape, 2 * math.log(s))
+    grid = np.linspace(-8, 9, 200_001)
+    dens = 0.5 * (np.exp(-0.5 * (grid / s) ** 2) + np.exp(-0.5 * ((grid - 1) / s) ** 2)) / (s * math.sqrt(2 * math.pi))
+    h_mix = -np.sum(dens * np.log(dens)) * (grid[1] - grid[0])
+    exact = h_mix - 0.5 * math.log(2 * math.pi * math.e * s * s)
+    mi = soft_binned_mutual_info(mu, lv, v, resolution=4)
+    assert mi[0, 0] == pytest.approx(exact, abs=1e-3)
+    assert mi[1, 0] == pytest.approx(0.0, abs=1e-12)
+
+
+# --- beta_vae_score ------------------------------------------------------------------------------
+
+def test_beta_vae_score_known_answers():
+    mu, _, f = _disentangled(seed=9)
+    kw = dict(num_train=1500, num_eval=800, batch_size=32)
+    assert beta_vae_score(mu, SIZES, **kw) > 0.98
+    rng = np.random.default_rng(9)
+    assert beta_vae_score(mu[rng.permutation(len(mu))], SIZES, **kw) < 0.45  # chance is 0.25
+    # Invariant to latent permutation and per-latent scaling (features are standardised).
+    perm = rng.permutation(mu.shape[1])
+    scale = rng.uniform(0.1, 10, size=mu.shape[1])
+    base = beta_vae_score(mu, SIZES, seed=1, **kw)
+    assert beta_vae_score(mu[:, perm] * scale[perm], SIZES, seed=1, **kw) == pytest.approx(base, abs=0.01)
+
+
+def test_beta_vae_score_fixed_factor_subset():
+    mu, _, f = _disentangled(seed=10)
+    assert beta_vae_score(mu, SIZES, fixed_factors=(2, 3, 4), num_train=600, num_eval=300) > 0.98
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: mig(np.zeros(10), np.zeros((10, 1))), "shape"),
+        (lambda: mig(np.zeros((10, 1)), np.zeros((10, 1))), "at least 2 latent"),
+        (lambda: mig(np.zeros((1, 3)), np.zeros((1, 1))), "at least 2 samples"),
+        (lambda: mig(np.full((10, 3), np.nan), np.arange(10)), "NaN"),
+        (lambda: mig(np.zeros((10, 3)), np.arange(9)), "rows"),
+        (lambda: mig(np.random.rand(10, 3), np.zeros((10, 2))), "constant"),
+        (lambda: mig(np.random.rand(10, 3), np.arange(10), num_bins=0), "num_bins"),
+        (lambda: rmig(np.zeros((10, 3)), np.zeros((10, 2)), np.arange(10)), "logvars"),
+        (lambda: rmig(np.zeros((10, 3)), np.full((10, 3), np.inf), np.arange(10)), "logvars"),
+        (lambda: rmig(np.zeros((10, 3)), np.zeros((10, 3)), np.arange(10), num_bins=1), "num_bins"),
+        (lambda: mig_tcvae(np.zeros((10, 3)), np.zeros((10, 3)), np.arange(10), method="exact"), "method"),
+        (lambda: mig_tcvae(np.zeros((10, 3)), np.zeros((10, 3)), np.array([0.0] * 9 + [np.nan])), "NaN"),
+        (lambda: beta_vae_score(np.zeros((12, 3)), (2, 5)), "grid"),
+        (lambda: beta_vae_score(np.zeros((10, 3)), (1, 10)), "two candidate"),
+        (lambda: beta_vae_score(np.zeros((10, 3)), (2, 5), fixed_factors=(0, 7)), "index"),
+        (lambda: beta_vae_score(np.zeros((10, 3)), (2, 5), num_train=3), "too few"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
