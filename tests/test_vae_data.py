@@ -164,3 +164,15 @@ def test_npz_loader_bad_files(tmp_path):
     _write_npz(tmp_path / "range.npz", np.zeros((2, 64, 64), np.uint8), c + 3, c.astype(float), SIZES)
     with pytest.raises(ValueError, match="out of range"):
         DSprites(path=tmp_path / "range.npz")
+
+
+def test_bit_packing_round_trip(ds):
+    """The CUDA path keeps the set bit-packed; packing and unpacking must be lossless."""
+    from vae_plant.data import _pack, _unpack
+
+    x = ds.images(torch.arange(0, 737280, 9973))
+    packed = _pack(x)
+    assert packed.shape == (len(x), 512) and packed.dtype == torch.uint8
+    assert torch.equal(_unpack(packed), x)
+    flat = x.reshape(len(x), -1).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(packed.numpy(), np.packbits(flat, axis=1))  # same layout as the .npz path
