@@ -152,7 +152,7 @@ class Controller:
         """Current β (float for a single loop, array or tensor otherwise)."""
         b = self._state["beta"]
         if is_torch(b):
-            return b
+            return b.clone()  # the state tensor is updated in place by the next step
         return float(b) if np.ndim(b) == 0 else b.copy()
 
     @property
@@ -266,6 +266,7 @@ class Controller:
         import torch
 
         ops = ops_for(kl)
+        kl = kl.detach()  # the controller state must never join the autograd graph
         if not torch.is_floating_point(kl):
             kl = kl.to(torch.get_default_dtype())
         self._check_shape(tuple(kl.shape))
