@@ -34,6 +34,10 @@ def discretize(codes, num_bins: int = 20) -> np.ndarray:
     z = check_codes(codes, min_latents=1)
     if int(num_bins) != num_bins or num_bins < 1:
         raise ValueError(f"num_bins must be a positive integer, got {num_bins}")
+    raw = np.asarray(codes)
+    if np.issubdtype(raw.dtype, np.floating):
+        # np.histogram computes float32 edges for float32 codes; keep the dtype to match bins exactly.
+        z = raw
     out = np.empty(z.shape, dtype=np.int64)
     for j in range(z.shape[1]):
         # Same edges as np.histogram (including its ±0.5 widening for a constant column).
@@ -142,7 +146,7 @@ def mig(codes, factors, num_bins: int = 20, per_factor: bool = False):
     active = entropy > 0
     if not active.any():
         raise ValueError("every factor is constant: MIG is undefined")
-    mi = discrete_mutual_info(discretize(z, num_bins), fac)
+    mi = discrete_mutual_info(discretize(codes, num_bins), fac)
     top2 = -np.sort(-mi, axis=0)[:2]
     gaps = np.full(fac.shape[1], np.nan)
     gaps[active] = (top2[0, active] - top2[1, active]) / entropy[active]
