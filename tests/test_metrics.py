@@ -82,6 +82,15 @@ def test_mig_matches_reference_property(seed, num_bins):
     assert abs(mig(codes, factors, num_bins) - _reference_mig(codes, factors, num_bins)) < 1e-9
 
 
+def test_mig_float32_and_integer_codes_bin_like_np_histogram():
+    rng = np.random.default_rng(11)
+    factors = rng.integers(0, 5, size=(400, 2))
+    codes = (factors @ rng.normal(size=(2, 3)) + rng.normal(size=(400, 3))).astype(np.float32)
+    assert abs(mig(codes, factors) - _reference_mig(codes, factors)) < 1e-9
+    ints = np.round(codes * 3).astype(np.int64)
+    assert abs(mig(ints, factors) - _reference_mig(ints, factors)) < 1e-9
+
+
 def test_discretize_is_histogram_digitize():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(200, 3))
