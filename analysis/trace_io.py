@@ -126,6 +126,8 @@ def _detect(p: Path, fmt):
             return "tensorboard", p
         raise ValueError(f"{p} is a directory with no {' or '.join(TRACE_FILES)} and no TensorBoard event files")
     name = p.name.lower()
+    if name.endswith(".gz"):  # gzip-compressed CSV/JSONL logs read transparently
+        name = name[:-3]
     if "tfevents" in name:
         return "tensorboard", p
     if name.endswith(".csv"):
@@ -136,11 +138,19 @@ def _detect(p: Path, fmt):
                      "pass format='csv', 'jsonl' or 'tensorboard'")
 
 
+def _open_text(p: Path):
+    if p.name.lower().endswith(".gz"):
+        import gzip
+
+        return gzip.open(p, "rt", newline="")
+    return open(p, newline="")
+
+
 # -- readers: each returns {column: list of floats} and a label per row for messages -----------------------
 
 
 def _read_csv(p: Path, required, setpoint):
-    with open(p, newline="") as fh:
+    with _open_text(p) as fh:
         reader = csv.reader(fh)
         rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
     if not rows:
@@ -167,7 +177,7 @@ def _read_jsonl(p: Path, required, setpoint):
     cols = {c: [] for c in list(required) + [setpoint]}
     labels = []
     seen_keys: set = set()
-    with open(p) as fh:
+    with _open_text(p) as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -177,3 +177,17 @@ def test_bad_values_and_formats(tmp_path):
         read_trace(tmp_path / "d")
     with pytest.raises(ValueError, match="kl_lag must be 0 or 1"):
         read_trace(tmp_path / "x.txt", format="csv", kl_lag=2)
+
+
+def test_gzip_csv_is_read_like_plain_csv(tmp_path):
+    import gzip
+
+    from analysis.trace_io import read_trace
+
+    text = "step,beta,kl\n0,4.0,1.5\n1,4.0,1.75\n2,4.0,2.0\n"
+    plain, packed = tmp_path / "t.csv", tmp_path / "t.csv.gz"
+    plain.write_text(text)
+    with gzip.open(packed, "wt") as fh:
+        fh.write(text)
+    a, b = read_trace(plain), read_trace(packed)
+    assert list(b.kl) == list(a.kl) == [1.5, 1.75, 2.0]
