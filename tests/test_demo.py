@@ -10,7 +10,7 @@ def test_demo_writes_report_summary_and_figures(tmp_path):
     assert main(["demo", "--out", str(out), "--steps", "20", "--json"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     pngs = [f for f in os.listdir(out) if f.endswith(".png")]
-    assert len(pngs) >= 4
+    assert len(pngs) >= 5 and "traversals.png" in pngs
     assert summary["vae_run"]["steps"] == 20
     assert summary["paper_gains"]["robust"]["stable"] is True
     assert summary["tuned"]["figures"]["robust"] is True
