@@ -1,6 +1,7 @@
-"""Test settings: a small, deadline-free hypothesis profile keeps the suite fast on shared CI machines."""
+"""Test settings: a small, deadline-free hypothesis profile and one torch thread keep the suite fast on shared CI machines."""
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -8,3 +9,14 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread():
+    # Tiny models on a shared 2-core machine: extra intra-op threads only contend.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

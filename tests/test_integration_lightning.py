@@ -21,14 +21,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
 BATCHES = 4  # per epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared machine: extra intra-op threads only contend.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_controller():
     return IncrementalPI(kp=0.5, ki=0.1, setpoint=0.5, beta0=1.5, filter=3)

@@ -27,14 +27,6 @@ def run_block(name):
     return ns
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared machine: extra intra-op threads only contend.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_every_python_block_of_the_page_is_tested():
     tagged, untagged = python_blocks()

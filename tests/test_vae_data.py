@@ -12,13 +12,6 @@ from vae_plant.data import DSprites, render
 SIZES = (1, 3, 6, 40, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def ds():

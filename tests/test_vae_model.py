@@ -11,13 +11,6 @@ from torch import nn
 from vae_plant.model import BetaVAE, bernoulli_recon, gaussian_kl, vae_losses
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_shapes():
     torch.manual_seed(0)

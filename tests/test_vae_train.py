@@ -19,13 +19,6 @@ ARGS = ["train", "--preset", "tiny", "--controller", "dynamicvae", "--seed", "3"
         "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
