@@ -1,9 +1,6 @@
 """``klcontrol tune``: recommend Kp, Ki for a fitted plant and compare with the paper's gains."""
 from __future__ import annotations
 
-import json
-
-
 def register(sub) -> None:
     """Register the ``tune`` command."""
     p = sub.add_parser(
@@ -16,6 +13,8 @@ def register(sub) -> None:
     src.add_argument("--fit", default=None, help="fit.json written by `klcontrol fit --out`")
     src.add_argument("--a", type=float, default=None, help="plant rate a")
     src.add_argument("--gprime", type=float, nargs="+", default=None, metavar="G", help="g′, or g′min g′max")
+    src.add_argument("--beta-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="with --fit: β range the schedule visits (default: the β range of the fitted traces)")
     p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
     p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="measurement delay d (default 0)")
     p.add_argument("--settling", type=float, default=None, help="target worst-case 2 %% settling time (steps)")
@@ -29,15 +28,11 @@ def register(sub) -> None:
 
 def _plant_from_args(args):
     if args.fit:
-        from ..plant import FirstOrderPlant
+        from analysis.identification import PlantFit
 
-        with open(args.fit) as fh:
-            d = json.load(fh)
-        plant = FirstOrderPlant.from_dict(d.get("plant", d))
-        rng = d.get("gprime_range")
-        if rng is None:
-            raise ValueError(f"{args.fit} has no gprime_range; pass --gprime g′min g′max")
-        return plant, plant.a, tuple(rng)
+        fit = PlantFit.load(args.fit)
+        lo, hi = args.beta_range or fit.beta_range
+        return fit, fit.a, tuple(fit.gprime_range(lo, hi))
     if args.a is None or args.gprime is None:
         raise ValueError("give --fit fit.json, or --a and --gprime")
     if len(args.gprime) not in (1, 2):
