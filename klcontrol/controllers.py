@@ -67,6 +67,9 @@ def _check_dims(latent_dim, input_dim):
         raise ValueError(f"latent_dim and input_dim must be ≥ 1, got {latent_dim}, {input_dim}")
 
 
+_KEEP = object()
+
+
 def _param(name, value, allow_inf=False):
     try:
         arr = np.array(value, dtype=float)
@@ -375,6 +378,52 @@ class Controller:
     def copy(self) -> "Controller":
         """An independent deep copy (same parameters and state)."""
         return copy.deepcopy(self)
+
+    def replace(self, *, setpoint=_KEEP, **params) -> "Controller":
+        """A fresh controller like this one, with some parameters or the set point changed.
+
+        Parameters
+        ----------
+        setpoint : SetPoint, float or callable, optional
+            New target schedule (default: keep this one).
+        **params
+            New values of parameters this controller has (e.g. ``kp``, ``ki``,
+            ``beta0``); shapes must match the current ones.
+
+        Returns
+        -------
+        Controller
+            A copy in its initial state (nothing is carried over from steps taken).
+
+        Raises
+        ------
+        ValueError
+            For a parameter this controller does not have, a value of another
+            shape or a non-finite gain, or ``beta_min > beta_max``.
+        """
+        unknown = sorted(set(params) - set(self._params))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameter {', '.join(unknown)}; "
+                             f"it has {', '.join(self._params)}")
+        new_params = dict(self._params)
+        for k, v in params.items():
+            arr = _param(k, v, allow_inf=k in ("beta_min", "beta_max"))
+            if arr.shape != self._params[k].shape:
+                raise ValueError(f"{k} must have shape {self._params[k].shape} like the current value, got {arr.shape}")
+            new_params[k] = arr
+        if "beta_min" in new_params and np.any(new_params["beta_min"] > new_params["beta_max"]):
+            raise ValueError(f"beta_min must be ≤ beta_max, got {new_params['beta_min']} > {new_params['beta_max']}")
+        if setpoint is not _KEEP and setpoint is None and self.setpoint is not None:
+            raise ValueError(f"{type(self).__name__} needs a setpoint")
+        new = copy.deepcopy(self)
+        new._params = new_params
+        if setpoint is not _KEEP:
+            new.setpoint = None if setpoint is None else as_setpoint(setpoint)
+        new._t = 0
+        new._bad = None
+        new._torch_params = None
+        new._state = new._initial_state(new.y0)
+        return new
 
     def __repr__(self):
         ps = ", ".join(f"{k}={v.tolist()!r}" for k, v in self._params.items())

@@ -59,6 +59,17 @@ class SetPoint:
         """The same schedule started ``steps`` later (held at its t=0 value before)."""
         return _Shifted(self, int(steps))
 
+    def compressed(self, factor: float) -> "SetPoint":
+        """The same schedule run ``factor`` times faster: ``C'(t) = C(factor·t)``.
+
+        Used to fit a paper's annealing into a shorter training budget
+        (``factor`` = paper steps / budget steps); ``factor`` must be > 0.
+        """
+        f = _finite("compression factor", factor)
+        if np.ndim(f) or f <= 0:
+            raise ValueError(f"compression factor must be a positive number, got {factor!r}")
+        return _Compressed(self, float(f))
+
     def to_dict(self) -> dict:
         """JSON-able description (for traces' provenance)."""
         return {"kind": type(self).__name__}
@@ -237,6 +248,20 @@ class _Shifted(SetPoint):
 
     def value(self, t):
         return self.sp.value(ops_for(t).clip(t - self.steps, 0, _INF))
+
+
+class _Compressed(SetPoint):
+    def __init__(self, sp, factor):
+        self.sp, self.factor = sp, factor
+
+    def value(self, t):
+        return self.sp.value(t * self.factor)
+
+    def to_dict(self):
+        return {"kind": "Compressed", "factor": self.factor, "of": self.sp.to_dict()}
+
+    def __repr__(self):
+        return f"{self.sp!r}.compressed({self.factor!r})"
 
 
 def as_setpoint(sp) -> SetPoint:

@@ -22,12 +22,28 @@ __all__ = ["beta_vae_score", "pair_features", "fit_softmax", "predict_softmax"]
 
 def _check_grid(codes, factor_sizes):
     z = check_codes(codes, min_latents=1)
-    sizes = np.asarray([int(s) for s in factor_sizes], dtype=np.int64)
-    if sizes.size == 0 or np.any(sizes < 1):
-        raise ValueError(f"factor_sizes must be positive integers, got {list(factor_sizes)}")
+    sizes = _sizes(factor_sizes)
     if int(np.prod(sizes)) != z.shape[0]:
         raise ValueError(f"codes has {z.shape[0]} rows but the factor grid {sizes.tolist()} has {int(np.prod(sizes))} points")
     return z, sizes
+
+
+def _sizes(factor_sizes):
+    sizes = np.asarray([int(s) for s in factor_sizes], dtype=np.int64)
+    if sizes.size == 0 or np.any(sizes < 1):
+        raise ValueError(f"factor_sizes must be positive integers, got {list(factor_sizes)}")
+    return sizes
+
+
+def _pair_indices(sizes, labels, batch_size: int, rng):
+    """Dataset indices of ``batch_size`` pairs sharing factor ``labels[i]``: two ``(M, batch_size)`` arrays."""
+    strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]])
+    shape = (labels.size, int(batch_size), sizes.size)
+    f1 = rng.integers(0, sizes, size=shape)
+    f2 = rng.integers(0, sizes, size=shape)
+    keep = np.arange(sizes.size)[None, None, :] == labels[:, None, None]
+    f2 = np.where(keep, f1, f2)
+    return f1 @ strides, f2 @ strides
 
 
 def pair_features(codes, factor_sizes, labels, batch_size: int, rng) -> np.ndarray:
@@ -50,15 +66,17 @@ def pair_features(codes, factor_sizes, labels, batch_size: int, rng) -> np.ndarr
     numpy.ndarray, shape (M, d)
     """
     z, sizes = _check_grid(codes, factor_sizes)
-    labels = np.asarray(labels, dtype=np.int64)
-    strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]])
-    shape = (labels.size, int(batch_size), sizes.size)
-    f1 = rng.integers(0, sizes, size=shape)
-    f2 = rng.integers(0, sizes, size=shape)
-    keep = np.arange(sizes.size)[None, None, :] == labels[:, None, None]
-    f2 = np.where(keep, f1, f2)
-    diff = np.abs(z[f1 @ strides] - z[f2 @ strides])
-    return diff.mean(axis=1)
+    i1, i2 = _pair_indices(sizes, np.asarray(labels, dtype=np.int64), batch_size, rng)
+    return np.abs(z[i1] - z[i2]).mean(axis=1)
+
+
+def _lazy_codes(encode, indices):
+    """Encode each needed dataset index once; a lookup from indices to codes."""
+    uniq = np.unique(np.concatenate([i.ravel() for i in indices]))
+    z = check_codes(np.asarray(encode(uniq)), min_latents=1)
+    if z.shape[0] != uniq.size:
+        raise ValueError(f"encode returned {z.shape[0]} codes for {uniq.size} indices")
+    return lambda idx: z[np.searchsorted(uniq, idx)]
 
 
 def fit_softmax(x, y, n_classes: int, l2: float = 1e-3):
@@ -105,9 +123,11 @@ def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int =
 
     Parameters
     ----------
-    codes : array_like, shape (prod(factor_sizes), d)
+    codes : array_like, shape (prod(factor_sizes), d), or callable
         Encoder means of every point of the factor grid, row i = dataset index i (dSprites:
-        i = classes · [737280, 245760, 40960, 1024, 32, 1]).
+        i = classes · [737280, 245760, 40960, 1024, 32, 1]); or ``encode(indices) -> (n, d)``,
+        called once with the sorted unique indices the sampled pairs need (cheaper than the
+        whole grid when ``(num_train + num_eval)·batch_size`` is small).
     factor_sizes : sequence of int
         Grid shape, e.g. (1, 3, 6, 40, 32, 32) for dSprites.
     fixed_factors : sequence of int, optional
@@ -126,7 +146,10 @@ def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int =
     float
         Held-out accuracy in [0, 1]; chance is 1/len(fixed_factors).
     """
-    z, sizes = _check_grid(codes, factor_sizes)
+    if callable(codes):
+        sizes = _sizes(factor_sizes)
+    else:
+        z, sizes = _check_grid(codes, factor_sizes)
     if fixed_factors is None:
         fixed = np.flatnonzero(sizes > 1)
     else:
@@ -142,8 +165,11 @@ def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int =
     rng = np.random.default_rng(seed)
     y_train = rng.integers(0, fixed.size, size=num_train)
     y_eval = rng.integers(0, fixed.size, size=num_eval)
-    x_train = pair_features(z, sizes, fixed[y_train], batch_size, rng)
-    x_eval = pair_features(z, sizes, fixed[y_eval], batch_size, rng)
+    pairs_train = _pair_indices(sizes, fixed[y_train], batch_size, rng)
+    pairs_eval = _pair_indices(sizes, fixed[y_eval], batch_size, rng)
+    look = _lazy_codes(codes, pairs_train + pairs_eval) if callable(codes) else (lambda idx: z[idx])
+    x_train = np.abs(look(pairs_train[0]) - look(pairs_train[1])).mean(axis=1)
+    x_eval = np.abs(look(pairs_eval[0]) - look(pairs_eval[1])).mean(axis=1)
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     # A latent that never varies carries no information; dividing by 1 leaves it at zero.

@@ -173,9 +173,10 @@ class Trainer:
     def __init__(self, out, preset=None, controller=None, steps=None, seed=None, batch_size=None,
                  device=None, checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None,
                  compile=None, amp=None, channels_last=None, fused_adam=None, hidden_fc=None,
-                 resume=False, progress=True, command=None):
+                 resume=False, progress=True, command=None, prime=None):
         self.out = os.fspath(out)
         self.progress = progress
+        self._prime_arg = prime
         given = dict(preset=preset, steps=steps, seed=seed, batch_size=batch_size, device=device,
                      checkpoint_every=checkpoint_every, flush_every=flush_every,
                      tensorboard_every=tensorboard_every, data=None if data is None else os.fspath(data),
@@ -219,6 +220,8 @@ class Trainer:
         else:
             ctrl = make_controller(s["controller"])
             prime = primes(s["controller"])
+        if self._prime_arg is not None:
+            prime = bool(self._prime_arg)
         if ctrl.shape != ():
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
         return ctrl, prime
@@ -466,7 +469,7 @@ class Trainer:
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
           checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None, compile=None, amp=None,
           channels_last=None, fused_adam=None, hidden_fc=None, resume=False, progress=True,
-          command=None) -> RunResult:
+          command=None, prime=None) -> RunResult:
     """Train a β-VAE on dSprites with a β controller; write trace, TensorBoard events and checkpoints.
 
     Parameters
@@ -503,6 +506,9 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         tqdm progress bar (steps/s, β, KL).
     command : str, optional
         Command line recorded in ``config.json`` (default ``sys.argv``).
+    prime : bool, optional
+        Whether to prime the controller's KL history with the initial model's
+        KL (default: yes, except for the ``dynamicvae-official`` preset).
 
     Returns
     -------
@@ -520,7 +526,7 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
                  device=device, checkpoint_every=checkpoint_every, flush_every=flush_every,
                  tensorboard_every=tensorboard_every, data=data, compile=compile, amp=amp,
                  channels_last=channels_last, fused_adam=fused_adam, hidden_fc=hidden_fc, resume=resume,
-                 progress=progress, command=command)
+                 progress=progress, command=command, prime=prime)
     try:
         return tr.run()
     finally:
