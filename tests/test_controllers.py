@@ -487,3 +487,38 @@ def test_prime_and_reset():
     assert a.step(10.0) == first
     with pytest.raises(ValueError, match="y0"):
         IncrementalPI(0.01, 0.005, 20.0).prime(math.nan)
+
+
+@given(cfg_and_kls(kinds=("incremental", "official", "positional")), st.floats(0.0, 3.0), st.floats(-0.5, 1.0))
+def test_replace_equals_a_controller_built_with_the_new_gains(args, kp, ki):
+    cfg, kls = args
+    cfg = clean(cfg)
+    ctrl = build(cfg)
+    for y in kls[:3]:
+        ctrl.step(y)  # replace() starts fresh whatever was stepped before
+    shape = np.shape(cfg["kp"])
+    new_kp, new_ki = np.full(shape, kp).tolist(), np.full(shape, ki).tolist()
+    replaced = ctrl.replace(kp=new_kp, ki=new_ki)
+    direct = build({**cfg, "kp": new_kp, "ki": new_ki})
+    assert replaced.steps_taken == 0
+    for y in kls:
+        np.testing.assert_array_equal(replaced.step(y), direct.step(y))
+
+
+def test_replace_setpoint_and_bad_changes_leave_the_original_untouched():
+    ctrl = IncrementalPI.dynamicvae_dsprites()
+    before = ctrl.state_dict()
+    fast = ctrl.replace(setpoint=ctrl.setpoint.compressed(160.0))
+    assert fast.setpoint(100) == pytest.approx(ctrl.setpoint(16_000))
+    with pytest.raises(ValueError, match="has no parameter gamma; it has kp, ki"):
+        ctrl.replace(gamma=3.0)
+    with pytest.raises(ValueError, match="kp must have shape"):
+        ctrl.replace(kp=[0.1, 0.2])
+    with pytest.raises(ValueError, match="beta_min must be ≤ beta_max"):
+        ctrl.replace(beta_min=5.0, beta_max=1.0)
+    with pytest.raises(ValueError, match="ki must be finite"):
+        ctrl.replace(ki=math.nan)
+    with pytest.raises(ValueError, match="needs a setpoint"):
+        ctrl.replace(setpoint=None)
+    assert json.dumps(ctrl.state_dict()) == json.dumps(before)
+    assert FixedBeta(4.0).replace(beta=2.0).beta == 2.0

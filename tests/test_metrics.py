@@ -236,3 +236,26 @@ def test_beta_vae_score_fixed_factor_subset():
 def test_bad_input_raises_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_beta_vae_score_from_an_encoder_equals_the_grid_codes():
+    from vae_plant.metrics import beta_vae_score, factor_grid
+
+    sizes = (1, 3, 6, 10, 8, 8)
+    f = factor_grid(sizes).astype(float)
+    rng = np.random.default_rng(3)
+    codes = np.c_[f[:, 1:] + 1.5 * rng.normal(size=(len(f), 5)), rng.normal(size=(len(f), 2))]
+    kw = dict(batch_size=4, num_train=400, num_eval=200, seed=5)
+    calls = []
+
+    def encode(idx):
+        calls.append(np.asarray(idx).copy())
+        return codes[idx]
+
+    direct = beta_vae_score(codes, sizes, **kw)
+    lazy = beta_vae_score(encode, sizes, **kw)
+    assert lazy == direct and 0.3 < direct < 1.0  # noisy enough not to be trivially perfect
+    (idx,) = calls  # one call, sorted unique indices, far fewer than the grid
+    assert np.all(np.diff(idx) > 0) and idx.size < len(f)
+    with pytest.raises(ValueError, match="encode returned 3 codes"):
+        beta_vae_score(lambda i: codes[:3], sizes, **kw)

@@ -114,3 +114,22 @@ def test_as_setpoint_and_callable():
 def test_bad_parameters(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+@given(factor=st.integers(1, 500), t=st.integers(0, 10_000))
+def test_compressed_runs_the_schedule_faster(factor, t):
+    sp = StepRamp.dynamicvae_dsprites()
+    fast = sp.compressed(factor)
+    assert fast(t) == pytest.approx(official_schedule(t * factor, 0.5, 20.0, 0.15, 6000, 1000), abs=1e-9)
+    steps = np.arange(0, 50)
+    np.testing.assert_allclose(fast(steps), [fast(int(s)) for s in steps])
+    assert float(fast(torch.tensor(t))) == pytest.approx(fast(t))
+
+
+def test_compressed_describes_itself_and_rejects_bad_factors():
+    fast = LinearRamp(0.0, 25.0, 100_000).compressed(20)
+    assert fast(5000) == pytest.approx(25.0) and fast(2500) == pytest.approx(12.5)
+    assert fast.to_dict() == {"kind": "Compressed", "factor": 20.0, "of": LinearRamp(0.0, 25.0, 100_000).to_dict()}
+    for bad in (0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="compression factor"):
+            Constant(1.0).compressed(bad)

@@ -21,6 +21,16 @@ def register(sub) -> None:
     p.add_argument("--max-overshoot", type=float, default=0.05, help="largest linear step overshoot (default 0.05)")
     p.add_argument("--compare", type=float, nargs=2, default=(0.01, 0.005), metavar=("KP", "KI"),
                    help="reference gains (default: the paper's 0.01 0.005)")
+    sch = p.add_argument_group("schedule tuning (simulate the fitted plant over a whole run; needs --fit)")
+    sch.add_argument("--schedule-steps", type=int, default=None, metavar="N",
+                     help="choose the gains with the least simulated tracking error over DynamicVAE's step-ramp "
+                     "schedule run for N updates (compressed to N like `klcontrol compare`), from β0")
+    sch.add_argument("--no-compress", action="store_true", help="run the schedule at the paper's speed")
+    sch.add_argument("--beta0", type=float, default=150.0, help="initial β (default 150)")
+    sch.add_argument("--noise-std", type=float, default=0.5,
+                     help="KL measurement noise in nats (default 0.5: batch 16 on dSprites)")
+    sch.add_argument("--max-jitter", type=float, default=None, help="largest β jitter, std of Δβ (default none)")
+    sch.add_argument("--max-overshoot-nats", type=float, default=1.0, help="largest overshoot in nats (default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure of both simulated responses")
     p.set_defaults(func=run)
@@ -48,6 +58,8 @@ def run(args) -> int:
     from ..cli import print_json
 
     plant, a, g = _plant_from_args(args)
+    if args.schedule_steps is not None:
+        return _run_schedule(args, plant, g)
     r = tune(a=a, gprime=g, window=args.window, delay=args.delay, settling=args.settling,
              max_overshoot=args.max_overshoot, compare={"paper": tuple(args.compare)})
     if args.plot:
@@ -78,3 +90,39 @@ def _plot(r, plant, path):
     tr = simulate(ctrl, plant, 60_000, delay=r.delay, noise_rel=0.03, seed=0)
     plot_trace(tr, path, labels=["tuned", "paper"][: len(kp)],
                title=f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper (0.01, 0.005), 3 % KL noise")
+
+
+def _run_schedule(args, plant, g):
+    from analysis.schedule_tuning import tune_schedule
+
+    from ..cli import print_json
+    from ..setpoints import StepRamp
+
+    if plant is None:
+        raise ValueError("--schedule-steps simulates the fitted plant: give --fit fit.json")
+    if args.schedule_steps < 2:
+        raise ValueError(f"--schedule-steps must be ≥ 2, got {args.schedule_steps}")
+    sp = StepRamp.dynamicvae_dsprites()
+    if not args.no_compress:
+        sp = sp.compressed(800_000 / args.schedule_steps)
+    r = tune_schedule(plant, sp, args.schedule_steps, gprime=g, beta0=args.beta0, window=args.window,
+                      delay=args.delay, noise_std=args.noise_std, max_overshoot=args.max_overshoot_nats,
+                      max_jitter=args.max_jitter, compare={"paper": tuple(args.compare)})
+    if args.plot:
+        import numpy as np
+
+        from ..controllers import IncrementalPI
+        from ..plotting import plot_trace
+        from ..simulate import simulate
+
+        ctrl = IncrementalPI(np.array([r.kp, args.compare[0]]), np.array([r.ki, args.compare[1]]), sp,
+                             beta0=args.beta0, filter=args.window)
+        tr = simulate(ctrl, plant, args.schedule_steps, delay=args.delay, y0=0.5, noise_std=args.noise_std, seed=0)
+        plot_trace(tr, args.plot, labels=["tuned", "paper"],
+                   title=f"schedule-tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper, {args.noise_std:g}-nat KL noise")
+    if args.json:
+        print_json(r.to_dict())
+    else:
+        print(f"objective: {r.objective}")
+        print(r.table())
+    return 0
