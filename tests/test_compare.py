@@ -1,0 +1,105 @@
+"""`klcontrol compare`: methods × seeds on a budget, the table, reuse of finished runs."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from klcontrol import StepRamp
+from klcontrol.cli import main
+from vae_plant.compare import Method, aggregate, compare, parse_methods, tracking
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    return compare(out, ["fixed", "dynamicvae:kp=0.5,ki=0.01,label=fast"], budget="tiny", device="cpu",
+                   progress=False)
+
+
+def test_tiny_comparison_writes_every_run_the_table_and_the_figures(tiny):
+    assert [(r["label"], r["seed"]) for r in tiny.rows] == [("fixed", 0), ("fixed", 1), ("fast", 0), ("fast", 1)]
+    for name in ("compare.json", "table.md", "training.png", "tradeoff.png"):
+        assert os.path.getsize(os.path.join(tiny.out, name)) > 500
+    saved = json.load(open(os.path.join(tiny.out, "compare.json")))
+    assert saved["settings"]["compress"] == pytest.approx(800_000 / 40)
+    for r in tiny.rows:
+        assert 0 <= r["rmig"] <= 1 and 0 <= r["mig"] <= 1 and 0 <= r["beta_vae_score"] <= 1
+        assert set(r["rmig_per_factor"]) == {"shape", "scale", "orientation", "posX", "posY"}
+    fast = [r for r in tiny.rows if r["label"] == "fast"]
+    entry = tiny.table["fast"]
+    assert entry["rmig"][0] == pytest.approx(np.mean([r["rmig"] for r in fast]))
+    assert entry["recon"][1] == pytest.approx(np.std([r["recon"] for r in fast], ddof=1))
+    assert math.isnan(tiny.table["fixed"]["tracking_rmse"][0])  # no set point, no tracking figure
+    md = tiny.markdown()
+    assert "| β-VAE_H (β=4) |" in md and "| fast |" in md and "posX" in md
+
+
+def test_runs_follow_the_compressed_schedule_and_the_overridden_gains(tiny):
+    from vae_plant.train import load_run
+
+    run = load_run(os.path.join(tiny.out, "runs", "fast", "seed0"))
+    t = run.trace
+    np.testing.assert_allclose(t["setpoint"], StepRamp.dynamicvae_dsprites()(t["step"] * 20_000.0))
+    assert "kp=[0.5]" in run.config["settings"]["controller"] or "kp=0.5" in run.config["settings"]["controller"]
+
+
+def test_finished_runs_are_reused(tiny):
+    trace = os.path.join(tiny.out, "runs", "fixed", "seed0", "trace.csv")
+    before = os.stat(trace).st_mtime_ns
+    again = compare(tiny.out, ["fixed"], budget="tiny", seeds=1, device="cpu", progress=False)
+    assert os.stat(trace).st_mtime_ns == before
+    assert again.rows[0]["rmig"] == tiny.rows[0]["rmig"]
+
+
+def test_method_specs():
+    m = Method.parse("dynamicvae:kp=2.5,ki=1e-3,label=tuned")
+    assert (m.preset, m.overrides, m.label, m.display) == ("dynamicvae", {"kp": 2.5, "ki": 1e-3}, "tuned", "tuned")
+    assert Method.parse("capacity").display == "β-VAE_B (γ=1000)"
+    ctrl = m.controller(compress=10.0)
+    assert ctrl.gains["kp"] == 2.5 and ctrl.setpoint(600) == pytest.approx(StepRamp.dynamicvae_dsprites()(6000))
+    for spec, msg in [("nope", "unknown method"), ("dynamicvae:kp", "malformed"), ("dynamicvae:kp=x", "not a number"),
+                      ("fixed:kp=1", "has no parameter kp"), ("fixed:label=a/b", "cannot name a directory")]:
+        with pytest.raises(ValueError, match=msg):
+            Method.parse(spec)
+    with pytest.raises(ValueError, match="share the label"):
+        parse_methods(["fixed", "fixed"])
+    with pytest.raises(ValueError, match="no methods"):
+        parse_methods([])
+
+
+def test_tracking_figures_of_a_known_trace():
+    t = np.arange(400)
+    c = np.full(400, 5.0)
+    kl = np.where(t < 100, 5.0 * t / 100, 5.0) + np.where((t >= 200) & (t < 260), 1.0, 0.0)
+    beta = np.where(t % 2 == 0, 1.0, 1.5)
+    f = tracking({"step": t, "beta": beta, "kl": kl, "setpoint": c}, smooth=1)
+    assert f["overshoot"] == pytest.approx(1.0)
+    assert f["tracking_rmse"] == pytest.approx(np.sqrt(np.mean((kl - c) ** 2)))
+    assert f["beta_jitter"] == pytest.approx(0.5, rel=1e-4) and f["final_beta"] == 1.5
+    smooth = tracking({"step": t, "beta": beta, "kl": kl, "setpoint": c}, smooth=21)
+    assert smooth["overshoot"] == pytest.approx(1.0)  # a 60-step excess survives a 21-step average
+    none = tracking({"step": t, "beta": beta, "kl": kl, "setpoint": np.full(400, np.nan)})
+    assert math.isnan(none["tracking_rmse"]) and none["final_beta"] == 1.5
+
+
+def test_aggregate_of_one_seed_has_zero_spread():
+    row = {"label": "a", "display": "A", "seed": 0, "recon": 3.0, "kl": 1.0, "mig": 0.1, "mig_tcvae": 0.2, "rmig": 0.3,
+           "beta_vae_score": 0.5, "tracking_rmse": 1.0, "overshoot": 0.0, "beta_jitter": 0.1, "final_beta": 2.0,
+           "rmig_per_factor": {"posX": 0.4, "posY": 0.5, "shape": None, "scale": 0.1, "orientation": 0.0}}
+    e = aggregate([row])["a"]
+    assert e["rmig"] == (0.3, 0.0) and math.isnan(e["shape"][0]) and e["posY"] == (0.5, 0.0)
+
+
+def test_cli_runs_jobs_in_processes_and_rejects_bad_budgets(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compare", "--out", str(out), "--budget", "tiny", "--methods", "fixed", "capacity", "--seeds", "1",
+                 "--jobs", "2", "--no-beta-vae", "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert list(r["table"]) == ["fixed", "capacity"] and r["settings"]["jobs"] == 2
+    assert r["table"]["capacity"]["beta_vae_score"][0] is None or math.isnan(r["table"]["capacity"]["beta_vae_score"][0])
+    assert main(["compare", "--out", str(out), "--budget", "huge"]) == 1
+    assert "unknown budget" in capsys.readouterr().err
+    assert main(["compare", "--out", str(out), "--budget", "tiny", "--seeds", "0"]) == 1
+    assert "seeds must be a positive integer" in capsys.readouterr().err
