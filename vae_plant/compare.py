@@ -467,7 +467,8 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
     factor = PAPER_STEPS / steps if compress else 1.0
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    evaluation = {"n_images": int(n_images), "beta_vae": b.beta_vae if beta_vae else None}
+    # The estimator is part of the key so cached metrics are recomputed when it changes.
+    evaluation = {"n_images": int(n_images), "beta_vae": b.beta_vae if beta_vae else None, "rmig": "quantized"}
     command = command if command is not None else "vae_plant.compare.compare"
     jobs_list = [dict(method=asdict(m), budget=budget, seed=s, steps=int(steps), batch_size=int(batch_size), compress=factor,
                       device=device, threads=int(threads), out=out, evaluation=evaluation,
