@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -256,7 +257,13 @@ def _run_job(job: dict) -> dict:
     if done:
         res = load_run(run_dir, device=job["device"])
     else:
-        resume = os.path.isfile(os.path.join(run_dir, "config.json"))
+        try:
+            ckpt.latest(run_dir)
+            resume = True
+        except ValueError:
+            # Interrupted before its first checkpoint: nothing to continue from.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            resume = False
         res = train(run_dir, preset=job["budget"], controller=ctrl,
                     steps=job["steps"], seed=job["seed"], batch_size=job["batch_size"], device=job["device"],
                     checkpoint_every=job["checkpoint_every"], resume=resume, progress=False, prime=prime,
