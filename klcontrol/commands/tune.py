@@ -55,8 +55,6 @@ def run(args) -> int:
     """Execute ``klcontrol tune``."""
     from analysis.tuning import tune
 
-    from ..cli import print_json
-
     plant, a, g = _plant_from_args(args)
     if args.schedule_steps is not None:
         return _run_schedule(args, plant, g)
@@ -64,12 +62,7 @@ def run(args) -> int:
              max_overshoot=args.max_overshoot, compare={"paper": tuple(args.compare)})
     if args.plot:
         _plot(r, plant, args.plot)
-    if args.json:
-        print_json(r.to_dict())
-    else:
-        print(f"objective: {r.objective}")
-        print(r.table())
-    return 0
+    return _report(r, args.json)
 
 
 def _plot(r, plant, path):
@@ -95,7 +88,6 @@ def _plot(r, plant, path):
 def _run_schedule(args, plant, g):
     from analysis.schedule_tuning import tune_schedule
 
-    from ..cli import print_json
     from ..setpoints import StepRamp
 
     if plant is None:
@@ -120,7 +112,13 @@ def _run_schedule(args, plant, g):
         tr = simulate(ctrl, plant, args.schedule_steps, delay=args.delay, y0=0.5, noise_std=args.noise_std, seed=0)
         plot_trace(tr, args.plot, labels=["tuned", "paper"],
                    title=f"schedule-tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper, {args.noise_std:g}-nat KL noise")
-    if args.json:
+    return _report(r, args.json)
+
+
+def _report(r, as_json):
+    from ..cli import print_json
+
+    if as_json:
         print_json(r.to_dict())
     else:
         print(f"objective: {r.objective}")
