@@ -77,3 +77,16 @@ def test_latent_kl_and_runs_figures(tmp_path):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_runs_figure_smooths_and_keeps_one_setpoint_entry():
+    steps = np.arange(200)
+    relay = np.where(steps % 2 == 0, 1000.0, -1000.0)
+    runs = {name: {"step": steps, "beta": relay, "kl": np.full(200, 3.0), "setpoint": np.full(200, 3.0)}
+            for name in ("a", "b", "c")}
+    fig = plot_runs(runs, symlog=True, smooth=20)
+    beta_line = fig.axes[0].lines[0].get_ydata()
+    assert np.all(np.abs(beta_line[15:-15]) <= 50.0)  # the relay's mean is near 0, not ±1000
+    assert fig.axes[0].get_yscale() == "symlog"
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert sum("set point" in x for x in labels) == 1

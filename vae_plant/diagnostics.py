@@ -198,7 +198,17 @@ def _band(ax, t, values, color, label, lw=1.2):
         ax.fill_between(t, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color=color, alpha=0.2, lw=0)
 
 
-def plot_runs(runs: dict, *, beta_log: bool = False, path=None, title=None):
+def _moving_average(v, window):
+    if window <= 1 or v.shape[0] < 2:
+        return v
+    w = min(int(window), v.shape[0])
+    pad = [(w // 2, w - 1 - w // 2)] + [(0, 0)] * (v.ndim - 1)
+    c = np.cumsum(np.pad(v, pad, mode="edge"), axis=0)
+    c = np.concatenate([np.zeros((1,) + v.shape[1:]), c], axis=0)
+    return (c[w:] - c[:-w]) / w
+
+
+def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smooth: int = 1, path=None, title=None):
     """β(t), KL(t) with its set point, and reconstruction(t) of several runs on shared axes.
 
     Parameters
@@ -208,6 +218,11 @@ def plot_runs(runs: dict, *, beta_log: bool = False, path=None, title=None):
         each (T,) or (T, seeds). Several seeds draw the mean and a min–max band.
     beta_log : bool
         Logarithmic β axis (useful when β falls from ~100 to below 1).
+    symlog : bool
+        Symmetric-log β axis (linear within ±1): for runs whose β changes sign, such as the capacity relay.
+    smooth : int
+        Centred moving-average window applied to β, KL and reconstruction before plotting (1: raw).
+        The average of a relay's ±γ is its effective β.
     path : str, optional
     title : str, optional
 
@@ -229,7 +244,7 @@ def plot_runs(runs: dict, *, beta_log: bool = False, path=None, title=None):
                 v = np.asarray(run[key], dtype=np.float64)
                 if v.ndim not in (1, 2) or v.shape[0] != t.size:
                     raise ValueError(f"run {name!r}: {key} must have {t.size} rows like step, got shape {v.shape}")
-                series[key] = v
+                series[key] = v if key == "setpoint" else _moving_average(v, smooth)
         if not series:
             raise ValueError(f"run {name!r} has none of beta, kl, recon, setpoint")
         checked[name] = (t, series)
@@ -243,14 +258,18 @@ def plot_runs(runs: dict, *, beta_log: bool = False, path=None, title=None):
                 _band(ax, t, series[key], color, name)
         if "setpoint" in series:
             sp = series["setpoint"]
+            # One legend entry for all set points keeps the legend readable with many runs.
+            first = not any(line.get_linestyle() == "--" for line in axes[1].lines)
             axes[1].plot(t, sp if sp.ndim == 1 else sp[:, 0], "--", color=color, lw=1.0, alpha=0.8,
-                         label=f"{name} set point")
+                         label="set point (dashed, run's colour)" if first else None)
     for ax, (_, label) in zip(axes, _PANELS):
         ax.set_ylabel(label)
         if ax.lines:
             ax.legend(loc="best", fontsize=8)
     if beta_log:
         axes[0].set_yscale("log")
+    elif symlog:
+        axes[0].set_yscale("symlog", linthresh=1.0)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     return _finish(fig, path, title)
