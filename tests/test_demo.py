@@ -33,6 +33,9 @@ def test_demo_writes_report_summary_and_figures(tmp_path, monkeypatch):
     assert real["paper_gains"]["stable"] is True  # as README's `klcontrol check --fit data/traces/cpu/fit.json`
     assert real["tuned"]["figures"]["robust"] is True
     assert real["tuned"]["a"] == real["fit"]["a"]
+    st = real["schedule_tuned"]
+    assert st["figures"]["robust"] is True and st["figures"]["beta_jitter"] <= 0.2
+    assert st["figures"]["tracking_rmse"] < st["references"]["paper"]["tracking_rmse"]
     assert "Real β-VAE training traces" in report and "fit_real_traces.png" in report
 
     # Without the shipped traces (a wheel install) the demo says so instead of failing; running again into the
