@@ -103,3 +103,11 @@ def test_cli_runs_jobs_in_processes_and_rejects_bad_budgets(tmp_path, capsys):
     assert "unknown budget" in capsys.readouterr().err
     assert main(["compare", "--out", str(out), "--budget", "tiny", "--seeds", "0"]) == 1
     assert "seeds must be a positive integer" in capsys.readouterr().err
+
+
+def test_transcribed_paper_rows_average_to_their_rmig():
+    from vae_plant.compare import PAPER_TABLES, paper_table_markdown
+
+    for name, vals in PAPER_TABLES.items():
+        assert np.mean(vals[:5]) == pytest.approx(vals[5], abs=6e-4), name  # the papers round to 4 digits
+    assert paper_table_markdown().count("\n") == len(PAPER_TABLES) + 2
