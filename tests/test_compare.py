@@ -111,3 +111,9 @@ def test_transcribed_paper_rows_average_to_their_rmig():
     for name, vals in PAPER_TABLES.items():
         assert np.mean(vals[:5]) == pytest.approx(vals[5], abs=6e-4), name  # the papers round to 4 digits
     assert paper_table_markdown().count("\n") == len(PAPER_TABLES) + 2
+
+
+def test_a_label_reused_for_other_gains_is_refused(tiny):
+    with pytest.raises(ValueError, match="holds a run of another experiment.*label="):
+        compare(tiny.out, ["dynamicvae:kp=0.7,ki=0.01,label=fast"], budget="tiny", seeds=1, device="cpu",
+                progress=False)

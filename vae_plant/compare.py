@@ -231,6 +231,20 @@ def _run_dir(out, label, seed):
     return os.path.join(out, "runs", label, f"seed{seed}")
 
 
+def _check_reuse(run_dir, ctrl, job):
+    """Refuse to reuse a run directory that holds another experiment under the same label."""
+    cfg = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg):
+        return
+    with open(cfg) as fh:
+        stored = json.load(fh).get("settings", {})
+    wanted = {"controller": repr(ctrl), "batch_size": job["batch_size"], "seed": job["seed"]}
+    diff = [f"{k}: {stored.get(k)!r} there, {v!r} here" for k, v in wanted.items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"{run_dir} holds a run of another experiment ({'; '.join(diff)}); "
+                         "give the method another label=… or use another --out")
+
+
 def _run_job(job: dict) -> dict:
     """Train (or reuse) one run and evaluate it; executed in a worker process."""
     import torch
@@ -244,6 +258,8 @@ def _run_job(job: dict) -> dict:
         torch.set_num_threads(job["threads"])
     method = Method(**job["method"])
     run_dir = _run_dir(job["out"], method.label, job["seed"])
+    ctrl = method.controller(job["compress"])
+    _check_reuse(run_dir, ctrl, job)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(metrics_path):
         with open(metrics_path) as fh:
@@ -251,7 +267,6 @@ def _run_job(job: dict) -> dict:
         if row.get("steps") == job["steps"] and row.get("evaluation") == job["evaluation"]:
             return row
     t0 = time.perf_counter()
-    ctrl = method.controller(job["compress"])
     prime = primes(method.preset)
     done = os.path.isfile(ckpt.checkpoint_path(run_dir, job["steps"]))
     if done:
