@@ -416,8 +416,8 @@ def _figures(out, methods, rows):
         runs[m.display] = {"step": traces[0]["step"][:n],
                            **{k: np.stack([t[k][:n] for t in traces], axis=1)
                               for k in ("beta", "kl", "recon", "setpoint")}}
-    fig = plot_runs(runs, symlog=True, smooth=25,
-                    title="25-step means of β, KL and reconstruction; band: min–max over seeds")
+    fig = plot_runs(runs, symlog=True, smooth=50,
+                    title="50-step means of β, KL and reconstruction; band: min–max over seeds")
     paths = {"training": os.path.join(out, "training.png"), "tradeoff": os.path.join(out, "tradeoff.png")}
     fig.savefig(paths["training"], dpi=110)
     plt = _pyplot()

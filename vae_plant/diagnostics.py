@@ -28,6 +28,7 @@ def _pyplot():
 def _finish(fig, path, title):
     if title:
         fig.suptitle(title)
+        fig.tight_layout()  # again, now that the title takes room
     if path:
         fig.savefig(path, dpi=110)
         # Saved figures are released from pyplot (as klcontrol.plotting does); the object stays usable.
