@@ -20,3 +20,23 @@ def _torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fit_file(tmp_path, capsys):
+    """``make(plant, betas, steps)``: fit.json written by ``klcontrol fit`` from open-loop runs of a plant."""
+    from klcontrol import FixedBeta, simulate
+    from klcontrol.cli import main
+
+    def make(plant, betas, steps):
+        paths = []
+        for i, beta in enumerate(betas):
+            p = tmp_path / f"run{i}.csv"
+            simulate(FixedBeta(beta), plant, steps, noise_rel=0.05, seed=i).to_csv(p)
+            paths.append(str(p))
+        out = tmp_path / "fit.json"
+        assert main(["fit", *paths, "--n-boot", "10", "--out", str(out), "--json"]) == 0
+        capsys.readouterr()
+        return out
+
+    return make

@@ -7,7 +7,7 @@ import pytest
 
 from analysis import stability
 from analysis.schedule_tuning import schedule_figures, tune_schedule
-from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, IncrementalPI, StepRamp, simulate
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, StepRamp, simulate
 from klcontrol.cli import main
 from klcontrol.simulate import response_metrics
 
@@ -69,15 +69,8 @@ def test_bad_input_is_named():
         tune_schedule(PLANT, SCHEDULE, STEPS)
 
 
-def test_cli_schedule_tuning_from_a_fit_file(tmp_path, capsys):
-    paths = []
-    for i, beta in enumerate((3.0, 12.0)):
-        p = tmp_path / f"run{i}.csv"
-        simulate(FixedBeta(beta), PLANT, 2500, noise_rel=0.05, seed=i).to_csv(p)
-        paths.append(str(p))
-    fit_json = tmp_path / "fit.json"
-    assert main(["fit", *paths, "--n-boot", "10", "--out", str(fit_json), "--json"]) == 0
-    capsys.readouterr()
+def test_cli_schedule_tuning_from_a_fit_file(tmp_path, capsys, fit_file):
+    fit_json = fit_file(PLANT, (3.0, 12.0), 2500)
     png = tmp_path / "sched.png"
     assert main(["tune", "--fit", str(fit_json), "--window", "5", "--schedule-steps", "1500", "--beta0", "40",
                  "--max-jitter", "0.3", "--plot", str(png), "--json"]) == 0

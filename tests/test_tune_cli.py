@@ -1,20 +1,12 @@
 """`klcontrol tune` from a fit file written by `klcontrol fit`, and from a and a g′ range."""
 import json
 
-from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, simulate
+from klcontrol import ExpGain, FirstOrderPlant
 from klcontrol.cli import main
 
 
-def test_tune_reads_the_fit_file_that_fit_writes(tmp_path, capsys):
-    plant = FirstOrderPlant(1 / 500, ExpGain(26.0, 0.12))
-    paths = []
-    for i, beta in enumerate((5.0, 15.0)):
-        p = tmp_path / f"run{i}.csv"
-        simulate(FixedBeta(beta), plant, 3000, noise_rel=0.05, seed=i).to_csv(p)
-        paths.append(str(p))
-    fit_json = tmp_path / "fit.json"
-    assert main(["fit", *paths, "--n-boot", "10", "--out", str(fit_json), "--json"]) == 0
-    capsys.readouterr()
+def test_tune_reads_the_fit_file_that_fit_writes(tmp_path, capsys, fit_file):
+    fit_json = fit_file(FirstOrderPlant(1 / 500, ExpGain(26.0, 0.12)), (5.0, 15.0), 3000)
     png = tmp_path / "tune.png"
     assert main(["tune", "--fit", str(fit_json), "--window", "5", "--plot", str(png), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
