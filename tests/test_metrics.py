@@ -312,3 +312,14 @@ def test_rmig_equals_do_and_tran_quantised_estimator_written_out():
         rmig(np.clip(mu, -2, 2), 2 * np.log(wide), y, estimator="quantized"), abs=2e-3)
     with pytest.raises(ValueError, match="estimator"):
         rmig(mu, 2 * np.log(sigma), y, estimator="sampled")
+
+
+def test_mutual_information_survives_denormal_joint_masses():
+    from vae_plant.metrics_posterior import _mi_from_joint
+
+    joint = np.zeros((3, 3))
+    joint[0, 0] = joint[1, 1] = 0.5
+    tiny = joint.copy()
+    tiny[2, 2] = 1e-320  # its row and column totals are denormal too: their product underflows to 0
+    assert _mi_from_joint(joint) == pytest.approx(np.log(2))
+    assert _mi_from_joint(tiny) == pytest.approx(np.log(2))

@@ -96,8 +96,11 @@ def _mi_from_joint(joint: np.ndarray) -> float:
     p = joint / total
     pv = p.sum(axis=1, keepdims=True)
     pb = p.sum(axis=0, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p / (pv * pb)), 0.0)
+    # In logs: for denormal masses pv·pb underflows to 0 and p / (pv·pb) would be infinite.
+    nz = p > 0
+    rows, cols = np.nonzero(nz)
+    q = p[nz]
+    terms = q * (np.log(q) - np.log(pv[rows, 0]) - np.log(pb[0, cols]))
     return max(float(terms.sum()), 0.0)
 
 
