@@ -17,7 +17,7 @@ def register(sub) -> None:
         "OUT/tradeoff.png. A method is a controller preset with optional overrides: NAME[:key=value,...], "
         "e.g. dynamicvae:kp=2.77,ki=8.6e-4,label=tuned. Runs already finished in OUT are reused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="budgets: tiny (seconds; tests), cpu (batch 16, 5000 updates, 2 seeds: ~32 min on 2 cores with "
+        epilog="budgets: tiny (seconds; tests), cpu (batch 16, 5000 updates, 3 seeds: ~47 min on 2 cores with "
         "--jobs 2), paper (batch 128, 800k updates, 5 seeds: a GPU). Budgets shorter than the paper's compress "
         "every set-point schedule to fit (see `--no-compress`); gains and β(0) are the papers'.",
     )
