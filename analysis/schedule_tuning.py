@@ -139,9 +139,6 @@ def schedule_figures(kp, ki, plant, setpoint, steps: int, *, beta0: float = 150.
     kp, ki = np.broadcast_arrays(kp, ki)
     tr = simulate(_controller(kp.copy(), ki.copy(), setpoint, beta0, window), plant, int(steps), delay=delay,
                   y0=y0, noise_std=noise_std, seed=seed)
-    if tr.beta.ndim == 1:
-        tr.beta, tr.kl, tr.state = tr.beta[:, None], tr.kl[:, None], tr.state[:, None]
-        tr.setpoint = np.asarray(tr.setpoint).reshape(-1, 1)
     m = response_metrics(tr)
     jitter = np.std(np.diff(tr.beta, axis=0), axis=0)
     return [ScheduleFigures(float(kp[i]), float(ki[i]), float(m["tracking_rmse"][i]), float(m["overshoot"][i]),
