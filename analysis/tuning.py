@@ -25,6 +25,17 @@ __all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain",
 PAPER_GAINS = (0.01, 0.005)
 
 
+def _check_bound(name, v):
+    """A design bound: a number ≥ 0 (``inf`` = no bound); NaN would silently accept every candidate."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number ≥ 0, got {v!r}") from None
+    if not f >= 0:  # also NaN
+        raise ValueError(f"{name} must be a number ≥ 0 (inf: no bound), got {v!r}")
+    return f
+
+
 def _check_plant(a, gprime):
     a = float(a)
     if not (math.isfinite(a) and a > 0):
@@ -326,6 +337,9 @@ def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, co
     a, lo, hi = _check_plant(a, gprime)
     if settling is not None and not settling > 0:
         raise ValueError(f"settling must be > 0 steps, got {settling!r}")
+    max_overshoot = _check_bound("max_overshoot", max_overshoot)
+    if max_noise_gain is not None:
+        max_noise_gain = _check_bound("max_noise_gain", max_noise_gain)
     compare = {"paper": PAPER_GAINS} if compare is None else dict(compare)
     refs = {name: gain_figures(kp, ki, a, (lo, hi), window, delay, controller, n_gprime)
             for name, (kp, ki) in compare.items()}

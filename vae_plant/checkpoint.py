@@ -193,7 +193,11 @@ def load(path: str, map_location=None) -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure mode is "this file is damaged"
-        raise CheckpointError(path, f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})") from None
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        why = (f"it names the Python object {found.group(1)}, which weights-only loading refuses; nothing from "
+               "it was run" if found else f"{type(exc).__name__}: {' '.join(text.split()[:40])}")
+        raise CheckpointError(path, f"checkpoint {path} is corrupt or unreadable ({why})") from None
     needed = {"step", "config", "model", "optimizer", "controller", "rng"}
     if not isinstance(state, dict) or not needed <= set(state):
         have = set(state) if isinstance(state, dict) else set()

@@ -178,6 +178,8 @@ class DSprites:
     def _load_npz(self, path):
         if not os.path.isfile(path):
             raise ValueError(f"dSprites file not found: {path}")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"cannot read {path} as a dSprites .npz: it is not a zip archive (damaged or another format)")
         try:
             # Arrays never unpickle (allow_pickle=False); only the metadata goes through _read_metadata.
             f = np.load(path, allow_pickle=False)

@@ -42,6 +42,7 @@ class RunLock:
 
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, LOCK_NAME)
+        self._fh = None
         self._fh = open(self.path, "a+")
         try:
             self._lock()
@@ -83,4 +84,5 @@ class RunLock:
             self._fh = None
 
     def __del__(self):
-        self.release()
+        if getattr(self, "_fh", None) is not None:
+            self.release()

@@ -349,8 +349,9 @@ class Trainer:
             stored = self.config["settings"]
             if not isinstance(stored, dict) or "controller" not in stored or "steps" not in stored:
                 raise KeyError("settings")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"cannot resume: {cfg_path} is unreadable ({type(exc).__name__}: {exc})") from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"cannot resume: {cfg_path} is unreadable ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
         if given.get("device") is not None:
             given["device"] = resolve_device(given["device"])
         diffs = []
@@ -371,9 +372,10 @@ class Trainer:
             if given.get(k) is not None:
                 s[k] = given[k]
         try:
-            s = {**s, **{k: v for k, v in self._resolve(s).items() if k in _MAY_CHANGE}}
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"cannot resume: {cfg_path} has malformed settings ({type(exc).__name__}: {exc})") from None
+            # Every stored setting is checked again: a hand-edited config.json must not reach the training loop.
+            s = self._resolve(s)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot resume: {cfg_path} has invalid settings ({type(exc).__name__}: {exc})") from None
         if restart:
             self._restart_from_config(s, given, ctrl_obj, command)
             return
@@ -756,12 +758,23 @@ def load_run(run_dir, device="cpu", step: int | None = None) -> RunResult:
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{run_dir} holds no run (config.json missing)")
-    with open(cfg_path) as fh:
-        config = json.load(fh)
+    try:
+        with open(cfg_path, "rb") as fh:
+            config = json.loads(fh.read().decode("utf-8"))
+        settings = config["settings"]
+        latent_dim, hidden_fc = settings.get("latent_dim", LATENT_DIM), bool(settings.get("hidden_fc", False))
+        latent_dim = _positive_int("latent_dim", latent_dim)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{cfg_path} is not a run's config.json ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
     path = ckpt.latest(run_dir) if step is None else ckpt.checkpoint_path(run_dir, step)
     state = ckpt.load(path, map_location=device)
-    model = BetaVAE(config["settings"].get("latent_dim", LATENT_DIM), hidden_fc=config["settings"].get("hidden_fc", False))
-    model.load_state_dict(state["model"])
+    model = BetaVAE(latent_dim, hidden_fc=hidden_fc)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path} does not fit the model of {cfg_path} ("
+                         f"{' '.join(str(exc).split())[:300]})") from None
     trace = read_trace_csv(os.path.join(run_dir, "trace.csv"))
     return RunResult(run_dir, config, trace, model.to(device).eval(), int(state["step"]),
                      meta={"initial_kl": state.get("initial_kl"), "checkpoint": path})

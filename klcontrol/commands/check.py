@@ -29,35 +29,26 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol check``."""
-    import json
     import math
     from pathlib import Path
 
-    from analysis.identification import PlantFit
+    from analysis.identification import PlantFit, read_plant_json
     from analysis.stability import robust_stability
 
     from ..cli import print_json
-    from ..plant import FirstOrderPlant
 
     if args.window < 1:
         raise ValueError(f"--window must be ≥ 1, got {args.window}")
     if not (math.isfinite(args.kp) and math.isfinite(args.ki)):
         raise ValueError("--kp and --ki must be finite")
     path = Path(args.fit)
-    if not path.is_file():
-        raise ValueError(f"fit file not found: {path}")
-    try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg})") from None
-    if isinstance(d, dict) and "fit" in d:
-        plant = PlantFit.from_dict(d)
+    plant = read_plant_json(path)
+    if isinstance(plant, PlantFit):
         lo, hi = args.beta_range or plant.beta_range
         widen = not args.point
         g_lo, g_hi = plant.gprime_range(lo, hi, ci=widen)
         a_values = [plant.a] + ([v for v in plant.a_ci if math.isfinite(v)] if widen else [])
     else:
-        plant = FirstOrderPlant.from_dict(d)
         if args.beta_range is None:
             raise ValueError(f"{path} is a plant without a fit: give --beta-range LO HI")
         lo, hi = args.beta_range
@@ -74,7 +65,7 @@ def run(args) -> int:
     worst_a, worst = max(results, key=lambda ar: ar[1].worst_spectral_radius)
     out = {
         "stable": stable, "kp": args.kp, "ki": args.ki, **cfg,
-        "beta_range": [lo, hi], "gprime_range": [g_lo, g_hi], "widened_to_ci": not args.point and "fit" in d,
+        "beta_range": [lo, hi], "gprime_range": [g_lo, g_hi], "widened_to_ci": not args.point and isinstance(plant, PlantFit),
         "a_checked": [a for a, _ in results],
         "worst_spectral_radius": worst.worst_spectral_radius, "worst_gprime": worst.worst_gprime, "worst_a": worst_a,
         "gain_margin": min(r.gain_margin for _, r in results),
