@@ -437,9 +437,14 @@ def test_nonfinite_setpoint_callable_is_caught(bad):
     with pytest.raises(ValueError, match="set point"):
         ctrl.step(torch.tensor(1.0))
     assert torch.equal(ctrl.beta, beta) and ctrl.steps_taken == 2
-    # an array set point with one bad loop is refused as soon as it is evaluated (here: at construction)
-    with pytest.raises(ValueError, match="set point C\\(0\\)"):
-        IncrementalPI([0.01, 0.02], 0.005, lambda t: np.array([20.0, bad]), beta0=50.0)
+    # an array set point with one bad loop, and a set point that is NaN from the start: construction works,
+    # the first step refuses (NumPy, and torch before any change)
+    for sp in (lambda t: np.array([20.0, bad]), lambda t: bad):
+        for kl in (np.array([1.0, 1.0]), torch.tensor([1.0, 1.0], dtype=torch.float64)):
+            ctrl = IncrementalPI([0.01, 0.02], 0.005, sp, beta0=50.0)
+            with pytest.raises(ValueError, match=r"set point C\(0\) is NaN or infinite"):
+                ctrl.step(kl)
+            assert ctrl.steps_taken == 0 and np.array_equal(np.asarray(ctrl.beta), [50.0, 50.0])
     # a tensor set point is masked on the device (no sync) and reported by check()
     ctrl = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=50.0)
     ctrl.step(torch.tensor([1.0, 1.0], dtype=torch.float64))

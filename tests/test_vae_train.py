@@ -365,3 +365,20 @@ def test_read_only_out_is_a_clean_error(tmp_path, capsys):
     assert err.startswith("klcontrol train: error: /sys/kernel/.lock:") and "Traceback" not in err
     assert main(["train", "--out", "/sys/klcontrol-run", "--steps", "2", "--no-progress"]) == 1
     assert "/sys/klcontrol-run" in capsys.readouterr().err
+
+
+def test_mixed_trace_is_refused_by_readers(runs, tmp_path):
+    a = runs[0]
+    lines = _trace_bytes(a).decode().splitlines(True)
+    mixed = tmp_path / "trace.csv"
+    mixed.write_text("".join(lines[:11] + lines[1:20] + lines[11:]))  # steps 0–9, 0–18, 10–39: two runs in one file
+    with pytest.raises(ValueError, match=r"not 0, 1, 2, … in order \(line 12 has step 0, expected 10\)"):
+        read_trace_csv(mixed)
+
+
+def test_failed_new_run_leaves_no_directory(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    out = tmp_path / "never"
+    assert main(["train", "--data", str(bad), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
+    assert "not a zip archive" in capsys.readouterr().err and not out.exists()

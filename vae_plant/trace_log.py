@@ -155,6 +155,11 @@ def read_trace_csv(path) -> dict:
         data = np.array(rows[1:], dtype=float).reshape(len(rows) - 1, width)
     except ValueError as exc:
         raise ValueError(f"{path}: a row does not parse as numbers ({exc})") from None
+    steps = data[:, 0]
+    if not np.array_equal(steps, np.arange(len(steps))):
+        bad = int(np.flatnonzero(steps != np.arange(len(steps)))[0])
+        raise ValueError(f"{path}: the steps are not 0, 1, 2, … in order (line {bad + 2} has step {steps[bad]:g}, "
+                         f"expected {bad}); rows of two runs mixed, or an edited trace")
     return {
         "step": data[:, 0].astype(int),
         "beta": data[:, 1],

@@ -205,6 +205,7 @@ class Trainer:
         self._prime_arg = prime
         self._lock = None
         self._threads_before = None
+        self._created = not os.path.exists(self.out)
         self.log = None
         if threads is not None:
             threads = _positive_int("threads", threads)
@@ -230,6 +231,11 @@ class Trainer:
                 self._init_new(given, ctrl_obj, command, restart)
         except BaseException:
             self._release()
+            if self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
+                # A new run that failed before writing anything leaves no directory behind.
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.out, ".lock"))
+                    os.rmdir(self.out)
             raise
 
     # -- set-up -----------------------------------------------------------------------
