@@ -246,40 +246,22 @@ for _name, _data in [
     case(_name, "error", "fit_json")(_text(_name, _data))
 
 
-@case("fit_without_boot.json", "error", "fit_json")
-def _(d, base):
-    fit = json.loads(base["fit"].read_text())
-    del fit["fit"]["boot"]
-    p = d / "fit_without_boot.json"
-    p.write_text(json.dumps(fit))
-    return p
+def _fit_case(name, edit):
+    """A fit written by `klcontrol fit`, edited by ``edit(fit_dict)``."""
+    def build(d, base):
+        fit = json.loads(base["fit"].read_text())
+        edit(fit["fit"])
+        p = d / name
+        p.write_text(json.dumps(fit))
+        return p
+
+    case(name, "error", "fit_json")(build)
 
 
-@case("fit_boot_garbage.json", "error", "fit_json")
-def _(d, base):
-    fit = json.loads(base["fit"].read_text())
-    fit["fit"]["boot"]["g"] = [{"kind": "exp", "A": "x"}]
-    p = d / "fit_boot_garbage.json"
-    p.write_text(json.dumps(fit))
-    return p
-
-
-@case("fit_ci_strings.json", "error", "fit_json")
-def _(d, base):
-    fit = json.loads(base["fit"].read_text())
-    fit["fit"]["a_ci"] = ["a", "b"]
-    p = d / "fit_ci_strings.json"
-    p.write_text(json.dumps(fit))
-    return p
-
-
-@case("fit_beta_range_strings.json", "error", "fit_json")
-def _(d, base):
-    fit = json.loads(base["fit"].read_text())
-    fit["fit"]["beta_range"] = ["lo", "hi"]
-    p = d / "fit_beta_range_strings.json"
-    p.write_text(json.dumps(fit))
-    return p
+_fit_case("fit_without_boot.json", lambda f: f.pop("boot"))
+_fit_case("fit_boot_garbage.json", lambda f: f["boot"].update(g=[{"kind": "exp", "A": "x"}]))
+_fit_case("fit_ci_strings.json", lambda f: f.update(a_ci=["a", "b"]))
+_fit_case("fit_beta_range_strings.json", lambda f: f.update(beta_range=["lo", "hi"]))
 
 
 @case("good_fit.json", "ok", "fit_json")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["save", "load", "latest", "list_checkpoints", "latest_good", "capture_rng", "restore_rng",
-           "checkpoint_path", "CheckpointError", "FORMAT"]
+           "checkpoint_path", "non_finite", "CheckpointError", "FORMAT"]
 
 #: Format written by :func:`save` (1: no checksum file).
 FORMAT = 2
@@ -157,7 +157,8 @@ def _expected_digest(path: str) -> str | None:
     return digest
 
 
-def _non_finite(state) -> list[str]:
+def non_finite(state) -> list[str]:
+    """Names of the floating tensors of ``state["model"]`` and the optimizer state that hold NaN or infinity."""
     bad = [f"model.{k}" for k, v in state["model"].items()
            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     opt = state["optimizer"].get("state", {}) if isinstance(state["optimizer"], dict) else {}
@@ -209,7 +210,7 @@ def load(path: str, map_location=None) -> dict:
     if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict) or isinstance(
             state["step"], bool) or not isinstance(state["step"], int) or state["step"] < 0:
         raise CheckpointError(path, f"checkpoint {path} is not a vae_plant checkpoint (malformed entries)")
-    bad = _non_finite(state)
+    bad = non_finite(state)
     if bad:
         raise CheckpointError(path, f"checkpoint {path} holds NaN or infinite values ({', '.join(bad[:3])}"
                                     f"{' …' if len(bad) > 3 else ''}); it is not a good checkpoint")

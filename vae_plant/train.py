@@ -587,14 +587,6 @@ class Trainer:
 
     def _save(self):
         s = self.settings
-        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        bad += [f"optimizer state {k}" for st in self.opt.state.values() for k, v in st.items()
-                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            # The KL of these weights is only measured by the next forward pass: refuse to call them a checkpoint.
-            raise ValueError(f"the model became NaN or infinite before step {self.step} of {self.out} "
-                             f"({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); no checkpoint was written "
-                             f"for it, trace.csv keeps every good row and {self._good_checkpoint_note()}")
         state = dict(
             format=ckpt.FORMAT, step=self.step, config=s, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
             controller=self.ctrl.state_dict(),
@@ -602,6 +594,12 @@ class Trainer:
                           value=float(self.ctrl.setpoint(max(self.step - 1, 0))) if self.ctrl.setpoint is not None else None),
             rng=ckpt.capture_rng(self.generators), initial_kl=self.initial_kl, trace_rows=self.log.next_step,
         )
+        bad = ckpt.non_finite(state)
+        if bad:
+            # The KL of these weights is only measured by the next forward pass: refuse to call them a checkpoint.
+            raise ValueError(f"the model became NaN or infinite before step {self.step} of {self.out} "
+                             f"({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); no checkpoint was written "
+                             f"for it, trace.csv keeps every good row and {self._good_checkpoint_note()}")
         path = ckpt.checkpoint_path(self.out, self.step)
         try:
             ckpt.save(state, path)
