@@ -75,7 +75,7 @@ def test_register_gain():
             return cls(d["c"])
 
     p = FirstOrderPlant.from_dict(FirstOrderPlant(0.5, Linear(10.0)).to_dict())
-    assert p.step(0.0, 4.0) == pytest.approx(0.5 / 1.5 * 6.0)
+    assert p.step((0.0,), 4.0)[0] == pytest.approx(0.5 / 1.5 * 6.0)
 
 
 @pytest.mark.parametrize(
