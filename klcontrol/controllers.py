@@ -543,9 +543,10 @@ class CapacityRamp(Controller):
     @classmethod
     def burgess_dsprites(cls, **kw) -> "CapacityRamp":
         """The paper's dSprites setting: γ = 1000, C from 0 to 25 nats over 100 000 steps."""
+        from .papers import BURGESS_DSPRITES_CAPACITY, BURGESS_GAMMA
         from .setpoints import LinearRamp
 
-        return cls(1000.0, LinearRamp(0.0, 25.0, 100_000), **kw)
+        return cls(BURGESS_GAMMA, LinearRamp(*BURGESS_DSPRITES_CAPACITY), **kw)
 
     def _beta(self, m, c, p, ops):
         return ops.clip(laws.capacity_relay(m, c, p["gamma"], ops), p["beta_min"], p["beta_max"])
@@ -675,9 +676,12 @@ class IncrementalPI(Controller):
 
         ``official=True`` uses the official implementation's saturation (β_min 0.1).
         """
+        from .papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
         from .setpoints import StepRamp
 
-        args = dict(kp=0.01, ki=0.005, setpoint=StepRamp.dynamicvae_dsprites(), beta0=150.0, filter=5)
+        kp, ki = DYNAMICVAE_GAINS
+        args = dict(kp=kp, ki=ki, setpoint=StepRamp.dynamicvae_dsprites(), beta0=DYNAMICVAE_BETA0,
+                    filter=DYNAMICVAE_WINDOW)
         if official:
             args.update(beta_min=0.1, anti_windup="official")
         args.update(kw)

@@ -1,7 +1,7 @@
 """``klcontrol check``: robust stability of given PI gains on a fitted plant."""
 from __future__ import annotations
 
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
 
 
 def register(sub) -> None:
@@ -36,8 +36,8 @@ def run(args) -> int:
     from analysis.identification import PlantFit
     from analysis.stability import robust_stability
 
-    from ..cli import print_json
-    from ..plant import FirstOrderPlant
+    from klcontrol.cli import print_json
+    from klcontrol.plant import FirstOrderPlant
 
     if args.window < 1:
         raise ValueError(f"--window must be ≥ 1, got {args.window}")
