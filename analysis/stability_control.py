@@ -22,18 +22,29 @@ python-control convention), so ``control.stability_margins(L)`` gives the
 loop's margins: the gain margin is the factor by which ``(K_p, K_i)`` may be
 scaled together, the phase margin the extra lag at the crossover.
 
+A limitation of python-control 0.10 (``margins._z_filter``): for discrete
+systems it only looks for phase crossovers at angles ``0 ≤ θ < π``, so a
+crossover at the Nyquist angle ``θ = π`` (λ = −1: the loop as trained, delay 0,
+T = 1, loses stability that way) is missed, and the integrator's pole at
+``z = 1`` can produce a spurious crossover at ``ω = 0`` with a gain margin near
+0.  :func:`loop_margins` gives the margins exactly (crossings of the affine
+characteristic polynomial, verified by eigenvalues), ``θ = π`` included.
+
 The first-order matrices come from the symbolic Jacobian (lambdified once per
 configuration and cached in the process).
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 
 from .stability_config import check_config
 
-__all__ = ["INPUTS", "linear_matrices", "state_names", "to_statespace", "to_transfer_function", "open_loop"]
+__all__ = [
+    "INPUTS", "linear_matrices", "state_names", "to_statespace", "to_transfer_function", "open_loop", "loop_margins",
+]
 
 #: Input names of :func:`to_statespace`.
 INPUTS = ("setpoint", "noise")
@@ -225,21 +236,17 @@ def open_loop(kp, ki, a=None, gprime=None, window=1, delay=0, controller="increm
     """
     import control
 
-    from .stability_lti import controller_linearization, plant_matrices
+    from .stability_lti import controller_linearization
 
     kp, ki = _scalar("kp", kp), _scalar("ki", ki)
     if plant is None:
         if a is None or gprime is None:
             raise ValueError("give a and gprime (first-order plant) or plant= (any LTI plant)")
-        a, gprime = _scalar("a", a), _scalar("gprime", gprime)
-        if a <= 0:
+        if _scalar("a", a) <= 0:
             raise ValueError(f"a must be > 0, got {a}")
-        rho, b = 1 / (1 + a), a / (1 + a) * gprime
-        Ap, Bp, Cp, Dp = (np.array([[v]]) for v in (rho, b, rho, b))
-    else:
-        if a is not None or gprime is not None:
-            raise ValueError("give either a and gprime or plant=, not both")
-        Ap, Bp, Cp, Dp = plant_matrices(plant, setpoint)
+    elif a is not None or gprime is not None:
+        raise ValueError("give either a and gprime or plant=, not both")
+    Ap, Bp, Cp, Dp = _plant_of(a, gprime, plant, setpoint)
     lin = controller_linearization(window, delay, controller)
     Ak, Bk = lin.matrices(kp, ki)
     By = Bk[:, :1]
@@ -250,3 +257,70 @@ def open_loop(kp, ki, a=None, gprime=None, window=1, delay=0, controller="increm
     names = [f"plant_{i}" for i in range(n)] + list(lin.states)
     return control.ss(A, B, C, np.zeros((1, 1)), dt=1, inputs=["beta"], outputs=["beta_fb"], states=names,
                       name="open_loop")
+
+
+def _frequency_response(A, B, C, D, theta):
+    """``L(e^{iθ})`` for a SISO ``(A, B, C, D)``, batched over θ."""
+    z = np.exp(1j * np.asarray(theta, dtype=float))
+    n = A.shape[0]
+    M = z[:, None, None] * np.eye(n) - A
+    x = np.linalg.solve(M, np.broadcast_to(B.astype(complex), (len(z),) + B.shape))
+    return (C @ x)[:, 0, 0] + D[0, 0]
+
+
+def loop_margins(kp, ki, a=None, gprime=None, window=1, delay=0, controller="incremental", *, plant=None,
+                 setpoint=None):
+    """Gain and phase margins of the loop ``L(z)`` of :func:`open_loop`, exactly (``θ = π`` included).
+
+    Parameters are those of :func:`open_loop`.
+
+    Returns
+    -------
+    dict
+        ``stable`` (closed loop at the given gains); ``gain_margin``: the
+        largest factor ``s`` such that ``(s'·K_p, s'·K_i)`` is stable for all
+        ``s' ∈ [1, s)`` (``inf`` if unbounded, 0 if unstable);
+        ``gain_range``: the open stable range of factors containing 1 (or
+        nearest to it), as in :class:`analysis.stability_lti.RobustLTI`;
+        ``phase_crossover_angle``: ``arg λ`` of the eigenvalue on the unit
+        circle at ``s = gain_margin`` (π: λ = −1); ``phase_margin`` (degrees,
+        python-control's convention ``(∠L mod 360°) − 180°``, smallest over the
+        gain crossovers ``|L(e^{iθ})| = 1``; ``inf`` if none) and
+        ``gain_crossover_angle`` (θ there, radians per update).
+    """
+    from scipy.optimize import brentq
+
+    from .stability_lti import gain_crossings, robust_stability_lti
+
+    L = open_loop(kp, ki, a, gprime, window, delay, controller, plant=plant, setpoint=setpoint)
+    mats = _plant_of(a, gprime, plant, setpoint)
+    kp, ki = _scalar("kp", kp), _scalar("ki", ki)
+    r = robust_stability_lti(kp, ki, mats, window, delay, controller)
+    angle = None
+    if r.stable and math.isfinite(r.gain_margin):
+        cr = [ang for s, ang in gain_crossings(kp, ki, mats, window, delay, controller)
+              if abs(s - r.gain_margin) <= 1e-9 * r.gain_margin]
+        angle = cr[0] if cr else None
+    A, B, C, D = (np.asarray(m, dtype=float) for m in (L.A, L.B, L.C, L.D))
+    theta = np.unique(np.concatenate([np.logspace(-9, math.log10(math.pi), 6000), [math.pi]]))
+    logmag = np.log(np.abs(_frequency_response(A, B, C, D, theta)))
+    pm, wc = math.inf, None
+    for i in np.flatnonzero(np.sign(logmag[:-1]) * np.sign(logmag[1:]) < 0):
+        f = lambda th: float(np.log(np.abs(_frequency_response(A, B, C, D, [th])[0])))  # noqa: E731
+        th = brentq(f, theta[i], theta[i + 1], xtol=1e-14)
+        ph = float(np.remainder(np.degrees(np.angle(_frequency_response(A, B, C, D, [th])[0])), 360) - 180)
+        if abs(ph) < abs(pm):
+            pm, wc = ph, th
+    return {"stable": r.stable, "gain_margin": r.gain_margin, "gain_range": r.gain_range,
+            "phase_crossover_angle": angle, "phase_margin": pm, "gain_crossover_angle": wc}
+
+
+def _plant_of(a, gprime, plant, setpoint):
+    """The plant as ``(A, B, C, D)``: the first-order one from ``a, g′`` or any LTI plant."""
+    from .stability_lti import plant_matrices
+
+    if plant is not None:
+        return plant_matrices(plant, setpoint)
+    a, gprime = _scalar("a", a), _scalar("gprime", gprime)
+    rho, b = 1 / (1 + a), a / (1 + a) * gprime
+    return tuple(np.array([[v]]) for v in (rho, b, rho, b))

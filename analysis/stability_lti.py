@@ -54,6 +54,8 @@ __all__ = [
     "gain_crossings",
     "RobustLTI",
     "robust_stability_lti",
+    "operating_points",
+    "check_fit",
 ]
 
 
@@ -274,7 +276,7 @@ def plant_matrices(plant, setpoint=None):
     )
 
 
-def linearize_plants(plants, setpoints=None):
+def linearize_plants(plants, setpoints=None, draws=True):
     """Plant matrices for a set of plants and operating points.
 
     Parameters
@@ -284,11 +286,15 @@ def linearize_plants(plants, setpoints=None):
     setpoints : float or sequence of float, optional
         Operating points: every plant object is linearised at each of them.
         Linear plants (python-control, matrices) are taken as they are.
+    draws : bool
+        Also take the draws of plant objects that have
+        ``linearize_draws(setpoint) -> sequence of (A, B, C, D)`` (bootstrap
+        draws of a fit at that operating point; see :func:`operating_points`).
 
     Returns
     -------
     list of (label, (A, B, C, D))
-        ``label`` is ``"i"`` or ``"i@setpoint"``.
+        ``label`` is ``"i"``, ``"i@setpoint"`` or ``"i@setpoint#j"`` (draw ``j``).
     """
     if _is_lti(plants) or (isinstance(plants, tuple) and len(plants) == 4 and not _is_plantlike(plants[0])):
         plants = [plants]
@@ -296,15 +302,65 @@ def linearize_plants(plants, setpoints=None):
         plants = [plants]
     if len(plants) == 0:
         raise ValueError("plants is empty")
-    sps = None if setpoints is None else list(np.atleast_1d(np.asarray(setpoints, dtype=float)))
+    sps = None if setpoints is None else [float(c) for c in np.atleast_1d(np.asarray(setpoints, dtype=float))]
+    if sps is not None and (not sps or not all(math.isfinite(c) for c in sps)):
+        raise ValueError(f"setpoints must be finite numbers, got {setpoints!r}")
     out = []
     for i, p in enumerate(plants):
         linear = _is_lti(p) or isinstance(p, tuple)
         if linear or sps is None:
             out.append((str(i), plant_matrices(p)))
-        else:
-            out.extend((f"{i}@{c:g}", plant_matrices(p, c)) for c in sps)
+            continue
+        for c in sps:
+            out.append((f"{i}@{c:g}", plant_matrices(p, c)))
+            fn = getattr(p, "linearize_draws", None)
+            if draws and callable(fn):
+                for j, m in enumerate(fn(c)):
+                    if not (isinstance(m, tuple) and len(m) == 4):
+                        raise ValueError(f"{type(p).__name__}.linearize_draws({c:g}) must yield (A, B, C, D) tuples")
+                    out.append((f"{i}@{c:g}#{j}", _check_matrices(*m, f"{type(p).__name__} draw {j} at {c:g}")))
     return out
+
+
+def operating_points(fit, beta_range=None, n=9):
+    """Set points spanning a fit's operating range: ``g(β)`` on ``n`` β values.
+
+    Parameters
+    ----------
+    fit : object
+        Needs ``g`` (a :class:`klcontrol.Gain`: the static map).  The β range is
+        ``beta_range`` if given, else ``fit.beta_range``, else the span of
+        ``fit.g.betas`` (the settled operating points of a Hammerstein fit).
+    beta_range : (float, float), optional
+    n : int
+        Number of points (≥ 1).
+
+    Returns
+    -------
+    list of float
+        Distinct set points, increasing.
+
+    Raises
+    ------
+    ValueError
+        If the fit gives no static map or no β range.
+    """
+    g = getattr(fit, "g", None)
+    if g is None or not callable(g):
+        raise ValueError(f"{type(fit).__name__} has no static map g: give the set points explicitly")
+    rng = beta_range if beta_range is not None else getattr(fit, "beta_range", None)
+    if rng is None and getattr(g, "betas", None) is not None:
+        rng = (float(np.min(g.betas)), float(np.max(g.betas)))
+    if rng is None:
+        raise ValueError(f"{type(fit).__name__} has no β range: give the set points or a β range explicitly")
+    lo, hi = (float(v) for v in rng)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"β range must be finite with LO ≤ HI, got {rng!r}")
+    ys = np.asarray(g(np.linspace(lo, hi, max(int(n), 1))), dtype=float)
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size == 0:
+        raise ValueError(f"g has no positive KL over β ∈ [{lo:g}, {hi:g}]")
+    return sorted({float(y) for y in ys})
 
 
 def _is_plantlike(x):
@@ -530,7 +586,7 @@ class RobustLTI:
 
 
 def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremental", setpoints=None,
-                         margins=True):
+                         margins=True, draws=True):
     """Stability of one gain pair on every plant of a set (bootstrap draws, operating points), with margins.
 
     Parameters
@@ -545,6 +601,8 @@ def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremen
         Operating points at which plant objects are linearised (each plant at each).
     margins : bool
         Compute ``gain_margin`` / ``gain_range`` (one crossing search per plant).
+    draws : bool
+        Include the ``linearize_draws`` of plant objects (see :func:`linearize_plants`).
 
     Returns
     -------
@@ -553,7 +611,7 @@ def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremen
     cfg = check_config(window, delay, controller)
     kp, ki, _ = _gains(kp, ki, scalar=True)
     kp, ki = float(kp), float(ki)
-    items = linearize_plants(plants, setpoints)
+    items = linearize_plants(plants, setpoints, draws)
     labels = tuple(lbl for lbl, _ in items)
     rhos = tuple(spectral_radius(kp, ki, m, *cfg) for _, m in items)
     stable = all(r < 1 for r in rhos)
@@ -578,3 +636,50 @@ def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremen
             gain_margin = gain_range[1]
     return RobustLTI(bool(stable), len(items), int(sum(r < 1 for r in rhos)), float(rhos[worst]), labels[worst],
                      rhos, labels, float(gain_margin), gain_range)
+
+
+def check_fit(fit, kp, ki, window=1, delay=0, controller="incremental", setpoints=None, beta_range=None,
+              draws=True):
+    """Robust verdict of PI gains on any fit that gives its linearisations (``klcontrol check --fit``).
+
+    The fit protocol: ``fit.linearize(setpoint) -> (A, B, C, D)`` (the
+    small-signal β − β* → KL − y* at that operating point, ``dt = 1``);
+    optionally ``fit.linearize_draws(setpoint) -> sequence of (A, B, C, D)``
+    (bootstrap draws) and a static map ``fit.g`` with a β range for the
+    default operating points (:func:`operating_points`).
+
+    Parameters
+    ----------
+    fit : object
+        Follows the protocol above.
+    kp, ki : float
+        Gains.
+    window, delay, controller
+        Loop configuration.
+    setpoints : sequence of float, optional
+        Operating points; default :func:`operating_points` over ``beta_range``.
+    beta_range : (float, float), optional
+        β range for the default operating points.
+    draws : bool
+        Include the bootstrap draws.
+
+    Returns
+    -------
+    dict
+        JSON-able: ``stable``, ``setpoints``, ``n_plants``, ``n_stable``,
+        ``worst_spectral_radius``, ``worst_plant``, ``gain_margin``,
+        ``gain_range``, ``per_plant`` (label and spectral radius).
+    """
+    if not callable(getattr(fit, "linearize", None)):
+        raise ValueError(f"{type(fit).__name__} cannot give its linearisation: it needs linearize(setpoint)")
+    sps = list(setpoints) if setpoints is not None else operating_points(fit, beta_range)
+    r = robust_stability_lti(kp, ki, [fit], window, delay, controller, setpoints=sps, draws=draws)
+    return {
+        "stable": r.stable, "kp": float(kp), "ki": float(ki), "window": window, "delay": delay,
+        "controller": controller, "setpoints": [float(c) for c in sps], "draws_included": bool(
+            draws and callable(getattr(fit, "linearize_draws", None))),
+        "n_plants": r.n_plants, "n_stable": r.n_stable, "worst_spectral_radius": r.worst_spectral_radius,
+        "worst_plant": r.worst_plant, "gain_margin": r.gain_margin,
+        "gain_range": None if r.gain_range is None else list(r.gain_range),
+        "per_plant": [{"label": lbl, "spectral_radius": rho} for lbl, rho in zip(r.labels, r.spectral_radii)],
+    }

@@ -305,3 +305,35 @@ def test_controller_linearization_is_from_the_laws_and_cached():
     np.testing.assert_allclose(Bk[0], [0, -(0.2 + 0.3), (0.2 + 0.3) / 3])  # y(t) enters only through y_prev
     pos = sl.controller_linearization(2, 0, "positional")
     assert pos.states == ("beta", "integral", "h_1")
+
+
+class FitWithDraws(LinearizablePlant):
+    """A fit-like object: point estimate, bootstrap draws of ``a``, a static map and a β range."""
+
+    def __init__(self, a, g, draws_a, beta_range):
+        super().__init__(a, g)
+        self.g, self.beta_range = g, beta_range
+        self.draws = [LinearizablePlant(x, g) for x in draws_a]
+
+    def linearize_draws(self, setpoint):
+        """Each draw linearised at the set point."""
+        return [d.linearize(setpoint) for d in self.draws]
+
+
+def test_check_fit_covers_operating_points_and_draws():
+    g = ExpGain(30.0, 0.1)
+    fit = FitWithDraws(0.1, g, [0.05, 0.2], (2.0, 10.0))
+    sps = sl.operating_points(fit)
+    np.testing.assert_allclose([sps[0], sps[-1]], [g(10.0), g(2.0)])
+    assert len(sps) == 9
+    out = sl.check_fit(fit, 0.5, 0.2, window=2, delay=1)
+    assert out["n_plants"] == 27 and out["draws_included"]
+    ref = [sn.spectral_radius(0.5, 0.2, a, float(g.derivative(g.inverse(c))), 2, 1)
+           for c in sps for a in (0.1, 0.05, 0.2)]
+    assert out["worst_spectral_radius"] == pytest.approx(max(ref), abs=1e-12)
+    assert out["stable"] == (max(ref) < 1)
+    assert sl.check_fit(fit, 0.5, 0.2, setpoints=[5.0], draws=False)["n_plants"] == 1
+    with pytest.raises(ValueError, match="needs linearize"):
+        sl.check_fit(object(), 0.5, 0.2)
+    with pytest.raises(ValueError, match="no β range"):
+        sl.operating_points(type("F", (), {"g": g})())
