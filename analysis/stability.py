@@ -61,7 +61,7 @@ __all__ = [
 def _first_order(plant):
     from klcontrol.plant import FirstOrderPlant
 
-    return isinstance(plant, FirstOrderPlant) and not callable(getattr(plant, "linearize", None))
+    return isinstance(plant, FirstOrderPlant)
 
 
 def _route(name, kp, ki, a, gprime, window, delay, controller, plant, setpoint):

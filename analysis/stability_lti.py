@@ -9,8 +9,8 @@ where ``u(t)`` is the weight of update ``t`` and ``y(t)`` the KL after it:
 ``D ≠ 0`` is allowed (the paper's first-order plant has it: ``y(t)`` depends on
 ``β(t)``).  Accepted plants (see :func:`plant_matrices`): a python-control
 ``TransferFunction`` or ``StateSpace``; a tuple ``(A, B, C, D)``; any object
-with ``linearize(setpoint) -> (A, B, C, D)`` (the klcontrol plant protocol);
-a :class:`klcontrol.FirstOrderPlant` (linearised at the set point).
+with ``linearize(setpoint) -> (A, B, C, D)`` (the :class:`klcontrol.plant.Plant`
+protocol, e.g. a ``FirstOrderPlant`` or an identified fit).
 
 The controller-and-filter part is linearised on its own, from the executable
 laws of :mod:`klcontrol.laws` called on sympy symbols (as
@@ -211,8 +211,8 @@ def plant_matrices(plant, setpoint=None):
     plant : control.TransferFunction, control.StateSpace, tuple, or plant object
         * python-control system: discrete, ``dt`` 1 or ``True``, one input and one output;
         * ``(A, B, C, D)``: the matrices themselves;
-        * an object with ``linearize(setpoint) -> (A, B, C, D)``;
-        * a :class:`klcontrol.FirstOrderPlant`: linearised at ``β* = g⁻¹(setpoint)``.
+        * an object with ``linearize(setpoint) -> (A, B, C, D)`` (the
+          :class:`klcontrol.plant.Plant` protocol, e.g. a ``FirstOrderPlant``).
     setpoint : float, optional
         Operating point (KL set point); needed for plant objects, rejected for
         python-control systems and matrices (they are already linear).
@@ -252,24 +252,18 @@ def plant_matrices(plant, setpoint=None):
         if setpoint is not None:
             raise ValueError("(A, B, C, D) is already linear: setpoint applies to plant objects only")
         return _check_matrices(*plant, "plant (A, B, C, D)")
-    if isinstance(plant, FirstOrderPlant) or callable(getattr(plant, "linearize", None)):
+    if callable(getattr(plant, "linearize", None)):
         what = type(plant).__name__
         if setpoint is None:
             raise ValueError(f"{what} is nonlinear: give setpoint= (the KL operating point) to linearise it")
         if not (isinstance(setpoint, numbers.Real) and math.isfinite(setpoint)):
             raise ValueError(f"setpoint must be a finite number, got {setpoint!r}")
-        if callable(getattr(plant, "linearize", None)):
-            mats = plant.linearize(float(setpoint))
-            if not (isinstance(mats, tuple) and len(mats) == 4):
-                raise ValueError(f"{what}.linearize(setpoint) must return (A, B, C, D), got {type(mats).__name__}")
-            return _check_matrices(*mats, f"{what}.linearize({setpoint:g})")
-        if np.ndim(plant.a) != 0:
+        if isinstance(plant, FirstOrderPlant) and np.ndim(plant.a) != 0:
             raise ValueError(f"{what}: a must be a scalar here, got an array of shape {np.shape(plant.a)}")
-        a, gp = float(plant.a), float(plant.gprime_at(setpoint))
-        rho = 1 / (1 + a)
-        b = a / (1 + a) * gp
-        # State y(t−1): y(t) = ρ·y(t−1) + b·u(t) (feedthrough), x(t+1) = y(t).
-        return _check_matrices([[rho]], [[b]], [[rho]], [[b]], f"{what} at setpoint {setpoint:g}")
+        mats = plant.linearize(float(setpoint))
+        if not (isinstance(mats, tuple) and len(mats) == 4):
+            raise ValueError(f"{what}.linearize(setpoint) must return (A, B, C, D), got {type(mats).__name__}")
+        return _check_matrices(*mats, f"{what}.linearize({setpoint:g})")
     raise ValueError(
         f"plant must be a python-control TransferFunction/StateSpace, an (A, B, C, D) tuple, a FirstOrderPlant or "
         f"an object with linearize(setpoint); got {type(plant).__name__}"
@@ -364,10 +358,7 @@ def operating_points(fit, beta_range=None, n=9):
 
 
 def _is_plantlike(x):
-    from klcontrol.plant import FirstOrderPlant
-
-    return _is_lti(x) or isinstance(x, FirstOrderPlant) or callable(getattr(x, "linearize", None)) or (
-        isinstance(x, tuple) and len(x) == 4)
+    return _is_lti(x) or callable(getattr(x, "linearize", None)) or (isinstance(x, tuple) and len(x) == 4)
 
 
 # -- the closed loop ---------------------------------------------------------------------------------------

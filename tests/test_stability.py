@@ -60,7 +60,7 @@ def numeric_jacobian(kp, ki, a, gp, window, delay, controller="incremental", h=1
             sd["state"][k] = x[2 + i]
         sd["state"]["filter"] = list(x[2 + len(keys):])
         ctrl.load_state_dict(sd)
-        y = plant.step(x[0], ctrl.beta)
+        y, _ = plant.step((x[0],), ctrl.beta)
         ctrl.step(y if delay == 0 else x[1])
         return pack(y, y, ctrl.state_dict())
 
