@@ -136,4 +136,7 @@ def _check_lti(args, path, d) -> int:
           + f": {out['n_stable']} of {out['n_plants']} linearisations stable")
     print(f"  worst spectral radius {out['worst_spectral_radius']:.9f} ({out['worst_plant']}), "
           f"gain margin {out['gain_margin']:.4g}")
+    if not out["stable"] and out["gain_range"] is not None:
+        lo, hi = out["gain_range"]
+        print(f"  stable on every linearisation for gain factors s in ({lo:.4g}, {hi:.4g}): (s·Kp, s·Ki)")
     return 0
