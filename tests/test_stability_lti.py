@@ -10,6 +10,8 @@ import math
 import control
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis import stability_lti as sl
 from analysis import stability_numeric as sn
@@ -121,6 +123,38 @@ def test_random_plants_match_python_control_feedback(order):
             n_both[ref < 1] += 1
     assert worst < 1e-8, worst
     assert min(n_both) >= 10, n_both  # both verdicts are exercised
+
+
+plants = st.tuples(
+    st.lists(st.floats(-0.9, 0.98), min_size=0, max_size=3),  # real poles (order 0: a static gain)
+    st.floats(-3.0, -0.2),  # DC gain (more β, less KL)
+    st.booleans(),  # direct feedthrough
+    st.floats(-0.8, 0.8),  # a zero
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(plants, st.floats(-0.3, 1.5), st.floats(0.01, 0.6), st.integers(1, 8), st.integers(0, 1),
+       st.sampled_from(CONTROLLERS))
+def test_property_any_order_matches_python_control_feedback(plant, kp, ki, T, d, ctrl):
+    poles, dc, feedthrough, zero = plant
+    den = np.poly(poles) if poles else np.array([1.0])
+    n = len(poles)
+    if n and feedthrough:  # numerator of degree n: y(t) depends on β(t)
+        num = np.concatenate([[1.0, -zero], np.zeros(n - 1)])
+    elif n >= 2:
+        num = np.array([1.0, -zero])
+    else:
+        num = np.array([1.0])  # static gain, or strictly proper first order
+    num = num * dc / (np.polyval(num, 1.0) / np.polyval(den, 1.0))
+    P = control.tf(num, den, dt=1)
+    ref = independent_rho(P, kp, ki, T, d)
+    ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
+    # Repeated plant poles are ill-conditioned for both computations (error ~ √eps per multiplicity).
+    tol = 1e-8 if len(set(np.round(poles, 3))) == len(poles) else 1e-5
+    assert abs(ours - ref) < tol
+    if abs(ref - 1) > 1e-5:
+        assert is_stable(kp, ki, plant=P, window=T, delay=d, controller=ctrl) == (ref < 1)
 
 
 def _linear_plant_run(ctrl, P, steps, delay, ystar, bstar, setpoints):
