@@ -3,7 +3,7 @@
 * a first-order plant given as a TransferFunction / StateSpace / matrices against the generated exact path;
 * random 2nd- and 3rd-order plants against python-control's ``feedback`` of the plant and a controller
   transfer function written by hand from the equations (not from the laws);
-* the time indexing against the running controller objects on a linear plant.
+* the time indexing against :func:`klcontrol.simulate` of the controller objects on a linear plant.
 """
 import math
 
@@ -24,7 +24,8 @@ from analysis.stability import (
     robust_stability_lti,
     spectral_radius,
 )
-from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+from klcontrol.plant import Plant
 
 CONTROLLERS = ("incremental", "incremental-official", "positional")
 
@@ -157,24 +158,39 @@ def test_property_any_order_matches_python_control_feedback(plant, kp, ki, T, d,
         assert is_stable(kp, ki, plant=P, window=T, delay=d, controller=ctrl) == (ref < 1)
 
 
-def _linear_plant_run(ctrl, P, steps, delay, ystar, bstar, setpoints):
-    """Run a klcontrol controller object on the linear plant ``KL = y* + P(β − β*)``."""
-    A, B, C, D = plant_matrices(P)
-    x = np.zeros((A.shape[0], 1))
-    ys, meas_prev = [], ystar
-    for t in range(steps):
-        u = ctrl.beta - bstar
-        y = ystar + float((C @ x + D * u)[0, 0])
-        x = A @ x + B * u
-        ys.append(y)
-        ctrl.step(y if delay == 0 else meas_prev)
-        meas_prev = y
-    return np.array(ys) - ystar
+class LinearPlant(Plant):
+    """``KL = y* + P(q)(β − β*)`` as a klcontrol :class:`Plant`, so :func:`klcontrol.simulate` runs it."""
+
+    kind = "linear_test"
+
+    def __init__(self, P, y_star, beta_star):
+        self.mats, self.y_star, self.beta_star = plant_matrices(P), y_star, beta_star
+
+    def initial_state(self, y0, shape=()):
+        """At rest at the operating point (``y0`` must be ``y*``)."""
+        assert np.all(np.asarray(y0) == self.y_star)
+        return tuple(np.zeros(shape) for _ in range(self.mats[0].shape[0]))
+
+    def step(self, state, beta, ops=None):
+        """``y(t) = y* + C x + D u``, ``x ← A x + B u``, ``u = β(t) − β*``."""
+        A, B, C, D = self.mats
+        u = beta - self.beta_star
+        n = len(state)
+        y = self.y_star + sum(C[0, j] * state[j] for j in range(n)) + D[0, 0] * u
+        return y, tuple(sum(A[i, j] * state[j] for j in range(n)) + B[i, 0] * u for i in range(n))
+
+    def equilibrium(self, setpoint):
+        """The operating point."""
+        return self.beta_star, self.y_star
+
+    def linearize(self, setpoint):
+        """The matrices themselves."""
+        return self.mats
 
 
 @pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (4, 0), (3, 1)])
 @pytest.mark.parametrize("controller", ["incremental", "positional"])
-def test_time_indexing_matches_the_running_controller(T, d, controller):
+def test_time_indexing_matches_klcontrol_simulate(T, d, controller):
     from analysis.stability import to_statespace
 
     P = control.tf([-0.3, 0.12, 0.0], [1, -1.2, 0.45], dt=1)  # 2nd order with feedthrough
@@ -186,7 +202,8 @@ def test_time_indexing_matches_the_running_controller(T, d, controller):
     else:
         ctrl = IncrementalPI(kp, ki, sp_fn, beta0=bstar, filter=T, y0=ystar)
     steps = 150
-    dev = _linear_plant_run(ctrl, P, steps, d, ystar, bstar, sp_fn)
+    tr = simulate(ctrl, LinearPlant(P, ystar, bstar), steps, delay=d, y0=ystar)
+    dev = tr.state - ystar
     u = np.vstack([delta * (np.arange(steps) >= 1), np.zeros(steps)])
     lin = control.forced_response(to_statespace(kp, ki, plant=P, window=T, delay=d, controller=controller),
                                   np.arange(steps), u)
