@@ -549,7 +549,7 @@ class Controller:
             raise ValueError(f"state dict skipped must be between 0 and t={t}, got {skipped!r}")
         # Everything is valid: only now change the controller.
         new = {k: (tuple(dec[f"filter[{i}]"] for i in range(len(state["filter"]))) if k == "filter" else dec[k])
-               for k in state}
+               for k in cur}  # this controller's key order, whatever the dict's
         self._params = params
         self._torch_params = None
         self._state = new

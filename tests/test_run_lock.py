@@ -70,3 +70,24 @@ def test_two_trainers_on_one_out_do_not_mix(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--restart", "--steps", "6", "--no-progress"]) == 0
     rows = (out / "trace.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(t) for t in range(6)]  # one run, steps 0…5 once
+
+
+def test_two_new_trainers_started_together_give_one_clean_run(tmp_path):
+    out = tmp_path / "race"
+    args = ["-m", "klcontrol", "train", "--out", str(out), "--steps", "30", "--batch-size", "2", "--no-progress"]
+    procs = [subprocess.Popen([sys.executable, *args, "--seed", str(seed)], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    (winner, _), = [(i, err) for i, (rc, err) in enumerate(results) if rc == 0]
+    loser_err = results[1 - winner][1]
+    assert "Traceback" not in loser_err and len(loser_err.strip().splitlines()) == 1
+    assert f"{out} is in use by another trainer" in loser_err or "already holds a run" in loser_err
+    import json
+
+    seed = json.loads((out / "config.json").read_text())["settings"]["seed"]
+    assert seed == (1, 2)[winner]
+    ref = tmp_path / "ref"
+    assert main(["train", "--out", str(ref), "--steps", "30", "--batch-size", "2", "--no-progress",
+                 "--seed", str(seed)]) == 0
+    assert (out / "trace.csv").read_bytes() == (ref / "trace.csv").read_bytes()  # one run, not a mix

@@ -9,6 +9,7 @@ stay behind (it is the lock, not the lock's state).
 from __future__ import annotations
 
 import os
+import time
 
 try:  # POSIX
     import fcntl
@@ -47,8 +48,14 @@ class RunLock:
         try:
             self._lock()
         except OSError:
-            self._fh.seek(0)
-            holder = self._fh.read(32).strip() or "unknown"
+            holder = ""
+            for _ in range(20):  # the holder writes its pid just after locking: give it a moment
+                self._fh.seek(0)
+                holder = self._fh.read(32).strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "unknown"
             self._fh.close()
             self._fh = None
             raise ValueError(f"{run_dir} is in use by another trainer (pid {holder}); wait for it to finish "
