@@ -134,9 +134,9 @@ def _recover(run, capsys):
         lines = [ln for ln in err.splitlines() if ln.strip() and ": warning: " not in ln]
         assert len(lines) == 1 and lines[0].startswith("klcontrol train: error: ") and run in lines[0], err
         said.append(lines[0])
-        if "--restart" in lines[0] and "--from-step" not in lines[0]:
-            argv = ["train", "--restart", "--no-progress"] + (
-                ["--out", run, *ARGS] if "--out" in lines[0].split("--restart")[0][-200:] else ["--resume", run])
+        if m := re.search(r"(--out|--resume) (\S+) --restart", lines[0]):
+            # the advice names the flag: --resume DIR --restart (stored settings) or --out DIR --restart (these)
+            argv = ["train", m.group(1), m.group(2), "--restart"] + (ARGS if m.group(1) == "--out" else ["--no-progress"])
         elif m := re.search(r"--from-step (\d+)", lines[0]):
             argv = ["train", "--resume", run, "--from-step", m.group(1), "--no-progress"]
         else:
