@@ -10,7 +10,8 @@ Symbolic (imports sympy on first use)
 Numeric (generated code, no sympy; broadcast over NumPy arrays)
     :func:`is_stable`, :func:`spectral_radius`, :func:`eigenvalues`.
 Robust verdict over an interval of g′
-    :func:`robust_stability` → :class:`RobustStability`.
+    :func:`robust_stability` → :class:`RobustStability`; :func:`check_gains` on a fitted plant
+    (``klcontrol check``).
 python-control
     :func:`to_statespace`, :func:`to_transfer_function`.
 The DynamicVAE paper side by side
@@ -26,7 +27,14 @@ from __future__ import annotations
 from .stability_config import CONTROLLERS
 from .stability_control import to_statespace, to_transfer_function
 from .stability_numeric import eigenvalues, is_stable, spectral_radius
-from .stability_robust import Crossing, RobustStability, crossings, robust_stability, stable_gprime_intervals
+from .stability_robust import (
+    Crossing,
+    RobustStability,
+    check_gains,
+    crossings,
+    robust_stability,
+    stable_gprime_intervals,
+)
 
 __all__ = [
     "CONTROLLERS",
@@ -37,6 +45,7 @@ __all__ = [
     "spectral_radius",
     "eigenvalues",
     "robust_stability",
+    "check_gains",
     "RobustStability",
     "Crossing",
     "crossings",

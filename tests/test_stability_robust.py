@@ -122,3 +122,40 @@ def test_linear_step_response_matches_simulate_near_equilibrium(T, d, controller
     dev = tr.state - c0
     assert np.max(np.abs(dev)) > 0.5 * abs(delta)
     np.testing.assert_allclose(lin.outputs, dev, atol=1e-3 * abs(delta))
+
+
+def test_check_gains_on_a_fit_checks_a_and_both_ends_of_its_interval():
+    # The shipped fit of the real traces: the verdict is the conjunction of robust_stability at a and at both
+    # ends of its confidence interval, over the g′ band widened to the bootstrap band (as `klcontrol check`).
+    from pathlib import Path
+
+    from analysis.identification import PlantFit
+    from analysis.stability import check_gains
+
+    fit = PlantFit.load(Path(__file__).parents[1] / "data" / "traces" / "cpu" / "fit.json")
+    r = check_gains(0.01, 0.005, fit, (2.0, 16.0), window=5)
+    g_lo, g_hi = fit.gprime_range(2.0, 16.0, ci=True)
+    assert r["gprime_range"] == [g_lo, g_hi] and r["widened_to_ci"] is True
+    assert r["a_checked"] == [fit.a, *fit.a_ci]
+    each = [robust_stability(0.01, 0.005, a, g_lo, g_hi, window=5) for a in r["a_checked"]]
+    assert r["stable"] == all(e.stable for e in each)
+    assert r["gain_margin"] == min(e.gain_margin for e in each)
+    assert r["worst_spectral_radius"] == max(e.worst_spectral_radius for e in each)
+    point = check_gains(0.01, 0.005, fit, (2.0, 16.0), widen=False, window=5)
+    assert point["a_checked"] == [fit.a] and point["gprime_range"] == list(fit.gprime_range(2.0, 16.0))
+    # Gains far outside the stable region fail at every a.
+    assert check_gains(0.01, 50.0, fit, window=5)["stable"] is False
+
+
+def test_check_gains_on_a_plain_plant_needs_a_beta_range():
+    from analysis.stability import check_gains
+    from klcontrol.plant import ExpGain, FirstOrderPlant
+
+    plant = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
+    with pytest.raises(ValueError, match="β range"):
+        check_gains(0.01, 0.005, plant)
+    with pytest.raises(ValueError, match="LO ≤ HI"):
+        check_gains(0.01, 0.005, plant, (10.0, 5.0))
+    r = check_gains(0.01, 0.005, plant, (5.0, 30.0))
+    assert r["a_checked"] == [1 / 2500] and r["widened_to_ci"] is False
+    assert r["gprime_range"][0] == pytest.approx(-26.45 * 0.121 * np.exp(-0.121 * 5.0), rel=1e-9)

@@ -34,7 +34,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from analysis.identification import PlantFit
-    from analysis.stability import robust_stability
+    from analysis.stability import check_gains
 
     from ..cli import print_json
     from ..plant import FirstOrderPlant
@@ -50,36 +50,14 @@ def run(args) -> int:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc.msg})") from None
-    if isinstance(d, dict) and "fit" in d:
-        plant = PlantFit.from_dict(d)
-        lo, hi = args.beta_range or plant.beta_range
-        widen = not args.point
-        g_lo, g_hi = plant.gprime_range(lo, hi, ci=widen)
-        a_values = [plant.a] + ([v for v in plant.a_ci if math.isfinite(v)] if widen else [])
-    else:
-        plant = FirstOrderPlant.from_dict(d)
-        if args.beta_range is None:
-            raise ValueError(f"{path} is a plant without a fit: give --beta-range LO HI")
-        lo, hi = args.beta_range
-        import numpy as np
-
-        gp = np.asarray(plant.g.derivative(np.linspace(lo, hi, 513)), dtype=float)
-        g_lo, g_hi = float(gp.min()), float(gp.max())
-        a_values = [float(plant.a)]
-    if not hi >= lo:
-        raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
-    cfg = dict(window=args.window, delay=args.delay, controller=args.controller)
-    results = [(a, robust_stability(args.kp, args.ki, a, g_lo, g_hi, **cfg)) for a in a_values]
-    stable = all(r.stable for _, r in results)
-    worst_a, worst = max(results, key=lambda ar: ar[1].worst_spectral_radius)
-    out = {
-        "stable": stable, "kp": args.kp, "ki": args.ki, **cfg,
-        "beta_range": [lo, hi], "gprime_range": [g_lo, g_hi], "widened_to_ci": not args.point and "fit" in d,
-        "a_checked": [a for a, _ in results],
-        "worst_spectral_radius": worst.worst_spectral_radius, "worst_gprime": worst.worst_gprime, "worst_a": worst_a,
-        "gain_margin": min(r.gain_margin for _, r in results),
-        "per_a": [dict(a=a, **r.to_dict()) for a, r in results],
-    }
+    plant = PlantFit.from_dict(d) if isinstance(d, dict) and "fit" in d else FirstOrderPlant.from_dict(d)
+    if not isinstance(plant, PlantFit) and args.beta_range is None:
+        raise ValueError(f"{path} is a plant without a fit: give --beta-range LO HI")
+    if args.beta_range is not None and not args.beta_range[1] >= args.beta_range[0]:
+        raise ValueError(f"--beta-range needs LO ≤ HI, got {args.beta_range[0]}, {args.beta_range[1]}")
+    out = check_gains(args.kp, args.ki, plant, args.beta_range, widen=not args.point, window=args.window,
+                      delay=args.delay, controller=args.controller)
+    stable, (lo, hi), (g_lo, g_hi) = out["stable"], out["beta_range"], out["gprime_range"]
     if args.json:
         print_json(out)
         return 0
@@ -87,10 +65,10 @@ def run(args) -> int:
           f"T={args.window}, delay={args.delay}")
     print(f"over β ∈ [{lo:g}, {hi:g}]: g′ ∈ [{g_lo:.4g}, {g_hi:.4g}]"
           + (" (widened to the confidence band)" if out["widened_to_ci"] else ""))
-    for a, r in results:
-        verdict = "stable" if r.stable else "unstable"
-        print(f"  a = {a:.4g}: {verdict}, worst spectral radius {r.worst_spectral_radius:.9f} at g′ = "
-              f"{r.worst_gprime:.4g}, gain margin {r.gain_margin:.4g}")
-        if r.stable_gprime_range is not None:
-            print(f"    stable g′ range ({r.stable_gprime_range[0]:.4g}, {r.stable_gprime_range[1]:.4g})")
+    for r in out["per_a"]:
+        verdict = "stable" if r["stable"] else "unstable"
+        print(f"  a = {r['a']:.4g}: {verdict}, worst spectral radius {r['worst_spectral_radius']:.9f} at g′ = "
+              f"{r['worst_gprime']:.4g}, gain margin {r['gain_margin']:.4g}")
+        if r["stable_gprime_range"] is not None:
+            print(f"    stable g′ range ({r['stable_gprime_range'][0]:.4g}, {r['stable_gprime_range'][1]:.4g})")
     return 0
