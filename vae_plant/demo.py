@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_demo", "demo_controller", "default_traces_dir", "find_traces", "DEMO_STEPS", "DEMO_STOP", "DEMO_KI",
+__all__ = ["run_demo", "demo_controller", "traversals_figure", "comparison_sentence", "default_traces_dir", "find_traces", "DEMO_STEPS", "DEMO_STOP", "DEMO_KI",
            "DEMO_BETA0",
            "REAL_BETA_RANGE", "SCHEDULE_STEPS", "STEP_TEST"]
 
@@ -184,7 +184,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     plot_trace(vae["trace"], figures["vae_trace"],
                title=f"β-VAE on procedural dSprites, DynamicVAE's law ({steps} updates)")
     figures["traversals"] = str(out / "traversals.png")
-    travers = _traversals(vae["result"], figures["traversals"])
+    travers = traversals_figure(vae["result"], figures["traversals"])
 
     say("2/4 fitting the plant ...")
     # The paper's dSprites plant model (Appendix C.1), logged with 5 % minibatch noise: two open-loop runs and
@@ -193,6 +193,9 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     truth = FirstOrderPlant(pc["a"], ExpGain(pc["A"], pc["k"]))
     runs = [simulate(FixedBeta(b), truth, 12_000, y0=0.0, noise_rel=0.05, seed=i) for i, b in enumerate((15.0, 30.0))]
     runs.append(simulate(IncrementalPI.dynamicvae_dsprites(beta0=40.0), truth, 24_000, noise_rel=0.05, seed=7))
+    for tr, name in zip(runs, ("open loop, β = 15", "open loop, β = 30",
+                               "closed loop: DynamicVAE's PI from β = 40, paper schedule")):
+        tr.meta["source"] = name  # the panel titles of the fit figure
     fit = fit_plant(runs, n_boot=n_boot, seed=0)
     figures["fit"] = str(out / "fit.png")
     plot_fit(fit, figures["fit"], title="fit to the paper's dSprites plant model, 5 % KL noise")
@@ -253,8 +256,23 @@ def _train(out: Path, steps, seed, device, progress) -> dict:
     }}
 
 
-def _traversals(res, path) -> dict:
-    """Latent traversals around one sprite, rows ordered by the per-latent KL on 1024 fresh images."""
+def traversals_figure(res, path) -> dict:
+    """Latent traversals of a trained model around one sprite, rows ordered by per-latent KL.
+
+    Parameters
+    ----------
+    res : vae_plant.train.RunResult
+        The trained model (``res.model``).
+    path : str
+        Where to save the PNG.
+
+    Returns
+    -------
+    dict
+        ``order`` (latents, largest KL first), ``kl`` (per-latent KL on 1024 fresh procedural images,
+        in that order), ``row_change`` (mean |Δpixel| between the two ends of each row), ``values``
+        (the traversal's ends), ``active`` (latents above ``active_threshold_nats``).
+    """
     import torch
 
     from .data import DSprites
@@ -421,13 +439,7 @@ def _write_report(path, s, tuned, real):
         "",
         "![latent traversals](traversals.png)",
         "",
-        f"{tv['active']} of {len(tv['kl'])} latents carry more than {tv['active_threshold_nats']:g} nats "
-        f"(KL per latent, largest first: {', '.join(f'{k:.2f}' for k in tv['kl'])}). Moving one latent from "
-        f"{tv['values'][0]:g} to {tv['values'][1]:g} changes on average "
-        f"{', '.join(f'{100 * c:.1f}' for c in tv['row_change'])} % of a pixel's range, row by row: the top rows "
-        "move or resize the sprite, the rows with KL ≈ 0 leave it unchanged (the model does not use those "
-        "latents). The paper's schedule (β(0) = 150, Ki = 0.005, 20 nats over 780 000 updates) is far longer; "
-        "`klcontrol train --preset cpu` and `klcontrol compare` run it compressed.",
+        _traversal_text(tv),
         "",
         "## 2. Plant fits",
         "The demo's own run is short and uses a ten times higher learning rate than the papers, so it does not "
@@ -527,6 +539,23 @@ def _write_report(path, s, tuned, real):
         lines += ["The whole-run design needs the recorded traces (section 2b).", ""]
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
+
+
+def _traversal_text(tv) -> str:
+    """What the traversal figure shows, from its numbers."""
+    kl, change, thr = np.asarray(tv["kl"]), np.asarray(tv["row_change"]), tv["active_threshold_nats"]
+    active = kl > thr
+    text = (f"{tv['active']} of {kl.size} latents carry more than {thr:g} nats (KL per latent, largest first: "
+            f"{', '.join(f'{k:.2f}' for k in kl)}). ")
+    if active.any() and not active.all():
+        text += (f"Moving one of them from {tv['values'][0]:g} to {tv['values'][1]:g} changes the decoded image by "
+                 f"{100 * change[active].mean():.1f} % of the pixel range on average (mean |Δpixel| between the "
+                 f"two ends of its row), one of the others by {100 * change[~active].mean():.1f} %: a latent with "
+                 "KL ≈ 0 carries no information about the image, so the model ignores it. ")
+    elif not active.any():
+        text += "No latent is in use yet: train longer (the demo's default is 800 updates). "
+    return text + ("The paper's own schedule (β(0) = 150, Ki = 0.005, 20 nats over 780 000 updates at lr 1e-4) is "
+                   "far longer; `klcontrol compare --budget cpu` runs it compressed into 5000 updates.")
 
 
 def _real_fit_lines(real) -> list:
