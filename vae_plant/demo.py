@@ -159,14 +159,15 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     ValueError
         An explicit ``traces`` directory without traces (nothing is written then).
     """
-    from analysis.fit_plots import PAPER_CURVES, plot_fit
+    from analysis.fit_plots import plot_fit
     from analysis.identification import fit_plant
     from analysis.plots import region_figure
     from analysis.stability import check_gains
-    from analysis.tuning import PAPER_GAINS, tune
+    from analysis.tuning import tune
     from klcontrol.cli import _jsonable
     from klcontrol.controllers import FixedBeta, IncrementalPI
-    from klcontrol.plant import ExpGain, FirstOrderPlant
+    from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
+    from klcontrol.papers import PAPER_PLANTS
     from klcontrol.plotting import plot_trace
     from klcontrol.setpoints import Constant, StepRamp
     from klcontrol.simulate import simulate
@@ -189,8 +190,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     say("2/4 fitting the plant ...")
     # The paper's dSprites plant model (Appendix C.1), logged with 5 % minibatch noise: two open-loop runs and
     # one closed-loop run, standing in for long training logs.
-    pc = PAPER_CURVES["dSprites (paper)"]
-    truth = FirstOrderPlant(pc["a"], ExpGain(pc["A"], pc["k"]))
+    truth = PAPER_PLANTS["dsprites"].plant()
     runs = [simulate(FixedBeta(b), truth, 12_000, y0=0.0, noise_rel=0.05, seed=i) for i, b in enumerate((15.0, 30.0))]
     runs.append(simulate(IncrementalPI.dynamicvae_dsprites(beta0=40.0), truth, 24_000, noise_rel=0.05, seed=7))
     for tr, name in zip(runs, ("open loop, β = 15", "open loop, β = 30",
@@ -235,7 +235,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
 def _train(out: Path, steps, seed, device, progress) -> dict:
     import shutil
 
-    from analysis.tuning import PAPER_GAINS
+    from klcontrol.papers import DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
 
     from .train import train
 
@@ -249,7 +249,7 @@ def _train(out: Path, steps, seed, device, progress) -> dict:
     last = slice(-max(1, min(50, len(tr) // 5)), None)  # the batch KL is noisy: average the last updates
     return {"result": res, "trace": tr, "summary": {
         "steps": len(tr), "batch_size": res.config["settings"]["batch_size"], "lr": res.config["settings"]["lr"],
-        "controller": {"kp": PAPER_GAINS[0], "ki": DEMO_KI, "beta0": DEMO_BETA0, "window": 5,
+        "controller": {"kp": DYNAMICVAE_GAINS[0], "ki": DEMO_KI, "beta0": DEMO_BETA0, "window": DYNAMICVAE_WINDOW,
                        "setpoint_stop": DEMO_STOP},
         "final_beta": float(np.mean(tr.beta[last])), "final_kl": float(np.mean(tr.kl[last])),
         "final_setpoint": float(tr.setpoint[-1]), "final_recon": float(np.mean(res.trace["recon"][last])),
@@ -328,7 +328,8 @@ def _check_and_tune_real(real) -> None:
     """Robust stability of the paper's gains and tuned gains on the real-trace fit, as ``klcontrol check --fit``."""
     from analysis.schedule_tuning import tune_schedule
     from analysis.stability import check_gains
-    from analysis.tuning import PAPER_GAINS, tune
+    from analysis.tuning import tune
+    from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
     from klcontrol.setpoints import StepRamp
 
     fit = real["_fit"]
@@ -459,7 +460,8 @@ def _write_report(path, s, tuned, real):
     ]
     lines += _real_fit_lines(real) + [
         "",
-        "## 3. Stability of the paper's gains (Kp = 0.01, Ki = 0.005, window 5, delay 0)",
+        f"## 3. Stability of the paper's gains (Kp = {s['paper_gains']['kp']:g}, Ki = {s['paper_gains']['ki']:g}, "
+        "window 5, delay 0)",
         f"On the model fit, robustly stable over its g′ range: **{pg['stable']}**; worst spectral radius "
         f"{pg['worst_spectral_radius']:.6f}; gains may be scaled by up to {pg['gain_margin']:.3g}.",
         "",
@@ -554,8 +556,13 @@ def _traversal_text(tv) -> str:
                  "KL ≈ 0 carries no information about the image, so the model ignores it. ")
     elif not active.any():
         text += "No latent is in use yet: train longer (the demo's default is 800 updates). "
-    return text + ("The paper's own schedule (β(0) = 150, Ki = 0.005, 20 nats over 780 000 updates at lr 1e-4) is "
-                   "far longer; `klcontrol compare --budget cpu` runs it compressed into 5000 updates.")
+    from klcontrol import papers
+    from klcontrol.setpoints import StepRamp
+
+    return text + (f"The paper's own schedule (β(0) = {papers.DYNAMICVAE_BETA0:g}, Ki = {papers.DYNAMICVAE_GAINS[1]:g}, "
+                   f"{papers.DYNAMICVAE_DSPRITES_SETPOINT[1]:g} nats after "
+                   f"{StepRamp.dynamicvae_dsprites().total_steps:,} updates at lr 1e-4) is far longer; "
+                   f"`klcontrol compare --budget cpu` runs it compressed into {SCHEDULE_STEPS} updates.")
 
 
 def _real_fit_lines(real) -> list:

@@ -27,7 +27,7 @@ def run(args) -> int:
 
     from vae_plant.demo import DEMO_STEPS, comparison_sentence, run_demo
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     steps = DEMO_STEPS if args.steps is None else args.steps
     if steps < 1:
