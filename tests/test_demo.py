@@ -46,16 +46,19 @@ def test_demo_report_matches_its_numbers(tmp_path):
     pngs = {f for f in os.listdir(out) if f.endswith(".png")}
     assert {"vae_trace.png", "traversals.png", "fit.png", "fit_real_traces.png", "stability_region.png",
             "tuned_vs_paper.png"} <= pngs
-    assert all(not os.path.isabs(p) for p in summary["figures"].values())
+    assert set(summary["figures"].values()) == pngs  # named relative to the report
     assert summary["vae_run"]["steps"] == 150 and summary["vae_run"]["lr"] == 1e-3
 
-    # Traversals: rows ordered by KL, and the most informative latent changes the image far more than the
-    # least informative one (the picture the report describes).
+    # Traversals: rows ordered by KL, the most informative latent visibly changes the decoded image (its row's
+    # two ends differ by more than 1 % of the pixel range on average), and the report's numbers are these.
     tv = summary["traversals"]
-    assert tv["kl"] == sorted(tv["kl"], reverse=True)
-    assert tv["active"] >= 1 and tv["kl"][0] > 0.5
-    assert tv["row_change"][0] > 5 * tv["row_change"][-1]
+    assert tv["kl"] == sorted(tv["kl"], reverse=True) and sorted(tv["order"]) == list(range(10))
+    assert tv["active"] == sum(k > tv["active_threshold_nats"] for k in tv["kl"]) >= 1
+    assert tv["row_change"][0] > 0.01
     assert f"{tv['active']} of 10 latents carry more than" in report
+    active = np.array(tv["kl"]) > tv["active_threshold_nats"]
+    if 0 < active.sum() < 10:
+        assert f"by {100 * np.mean(np.array(tv['row_change'])[active]):.1f} % of the pixel range" in report
 
     assert summary["paper_gains"]["robust"]["stable"] is True
     assert summary["tuned"]["figures"]["robust"] is True
@@ -94,7 +97,7 @@ def test_demo_without_the_shipped_traces_says_so(tmp_path, monkeypatch):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Not fitted: no recorded traces" in report
     assert not (tmp_path / "out" / "fit_real_traces.png").exists()
-    assert s["figures"]["traversals"] == os.path.join("out", "traversals.png")
+    assert s["figures"]["traversals"] == "traversals.png"
     _check_step_test_claims(s, report)
 
 
@@ -122,6 +125,6 @@ def test_comparison_sentence_reads_the_numbers():
     st["comparison"] = demo._compare(st["tuned"], st["paper"])
     s = demo.comparison_sentence(st)
     assert s.startswith("The tuned gains are better than the paper's on settling time (10 vs 20 steps)")
-    assert "β noise (std of Δβ per step 0.2 vs never)" in s.split("; worse on")[0]
+    assert "β noise (0.2 vs never)" in s.split("; worse on")[0]
     assert re.search(r"worse on tracking RMSE \(0\.5 vs 0\.3 nats\)", s)
     assert "level on overshoot" in s

@@ -152,7 +152,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     Returns
     -------
     dict
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json`` (figure paths relative to ``out``).
 
     Raises
     ------
@@ -223,7 +223,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
         "paper_gains": {"kp": PAPER_GAINS[0], "ki": PAPER_GAINS[1], "robust": verdict},
         "tuned": tuned.to_dict(),
         "step_test": step_test,
-        "figures": {k: _shown(v) for k, v in figures.items()},
+        "figures": {k: os.path.relpath(v, out) for k, v in figures.items()},  # next to report.md
         "seconds": round(time.time() - t0, 1),
     }
     with open(out / "summary.json", "w") as fh:
