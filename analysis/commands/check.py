@@ -90,7 +90,7 @@ def _check_lti(args, path, d) -> int:
     from analysis import identification
     from analysis.stability_lti import check_fit
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     load_fit = getattr(identification, "load_fit", None)
     if load_fit is None:
