@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--traces", default=None,
                    help="directory of recorded traces (*.csv.gz, *.csv, *.jsonl) to fit besides the model plant "
                         "(default: data/traces/cpu under the current directory, as in a clone of the repository)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other jobs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -32,6 +34,12 @@ def run(args) -> int:
     steps = DEMO_STEPS if args.steps is None else args.steps
     if steps < 1:
         raise ValueError(f"--steps must be ≥ 1, got {steps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     s = run_demo(args.out, traces=args.traces, device=args.device, steps=steps, progress=not args.json)
     if args.json:
         print_json(s)
