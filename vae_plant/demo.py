@@ -553,7 +553,7 @@ def _traversal_text(tv) -> str:
         text += (f"Moving one of them from {tv['values'][0]:g} to {tv['values'][1]:g} changes the decoded image by "
                  f"{100 * change[active].mean():.1f} % of the pixel range on average (mean |Δpixel| between the "
                  f"two ends of its row), one of the others by {100 * change[~active].mean():.1f} %: a latent with "
-                 "KL ≈ 0 carries no information about the image, so the model ignores it. ")
+                 "little KL carries little information about the image, so moving it changes little. ")
     elif not active.any():
         text += "No latent is in use yet: train longer (the demo's default is 800 updates). "
     from klcontrol import papers
