@@ -15,8 +15,7 @@ or a plant object with ``linearize(setpoint)``; :mod:`analysis.stability_lti`)
     (closed-loop eigenvalues, batched over the gains);
     :func:`robust_stability_lti` over a set of plants and operating points.
 Robust verdict over an interval of g′
-    :func:`robust_stability` → :class:`RobustStability`; :func:`check_gains` on a fitted plant
-    (``klcontrol check``).
+    :func:`robust_stability` → :class:`RobustStability`.
 python-control
     :func:`to_statespace`, :func:`to_transfer_function`, :func:`open_loop`.
 The DynamicVAE paper side by side
@@ -34,14 +33,7 @@ from . import stability_numeric as _num
 from .stability_config import CONTROLLERS
 from .stability_control import open_loop, to_statespace, to_transfer_function
 from .stability_lti import RobustLTI, controller_linearization, plant_matrices, robust_stability_lti
-from .stability_robust import (
-    Crossing,
-    RobustStability,
-    check_gains,
-    crossings,
-    robust_stability,
-    stable_gprime_intervals,
-)
+from .stability_robust import Crossing, RobustStability, crossings, robust_stability, stable_gprime_intervals
 
 __all__ = [
     "CONTROLLERS",
@@ -52,7 +44,6 @@ __all__ = [
     "spectral_radius",
     "eigenvalues",
     "robust_stability",
-    "check_gains",
     "RobustStability",
     "Crossing",
     "crossings",

@@ -24,7 +24,7 @@ from .stability_codegen import coefficient_functions
 from .stability_config import check_config
 from .stability_numeric import eigenvalues, is_stable, spectral_radius
 
-__all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability", "check_gains"]
+__all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability"]
 
 
 @dataclass(frozen=True)
@@ -310,66 +310,3 @@ def robust_stability(kp, ki, a, gprime_min, gprime_max=None, window=1, delay=0, 
         gprime_max=gmax,
     )
 
-
-
-def check_gains(kp, ki, plant, beta_range=None, widen: bool = True, window=1, delay=0,
-                controller="incremental") -> dict:
-    """Robust stability of ``(kp, ki)`` on a plant over a β range, as ``klcontrol check`` reports it.
-
-    On a fit (:class:`analysis.identification.PlantFit`) the g′ interval over the β range is, with
-    ``widen``, widened to the bootstrap band of g′, and the loop is checked at the fitted ``a`` and at
-    both ends of its confidence interval: the first-order model of a real trace is only approximate.
-    On a plain plant (with a ``g.derivative``) the point values are checked.
-
-    Parameters
-    ----------
-    kp, ki : float
-        Gains.
-    plant : PlantFit or FirstOrderPlant
-        The plant.
-    beta_range : (float, float), optional
-        β interval to cover; default: the fit's β range (required for a plain plant).
-    widen : bool
-        On a fit, widen g′ to its bootstrap band and also check the ends of a's interval.
-    window, delay, controller
-        Loop configuration (see :func:`robust_stability`).
-
-    Returns
-    -------
-    dict
-        ``stable`` (at every a checked), the gains and loop configuration, ``beta_range``,
-        ``gprime_range``, ``widened_to_ci``, ``a_checked``, ``worst_spectral_radius`` with its
-        ``worst_gprime`` and ``worst_a``, the smallest ``gain_margin`` and ``per_a`` (one
-        :meth:`RobustStability.to_dict` per a, with ``a``).
-
-    Raises
-    ------
-    ValueError
-        A plain plant without ``beta_range``, or ``beta_range`` with LO > HI.
-    """
-    is_fit = hasattr(plant, "gprime_range") and hasattr(plant, "a_ci")
-    if beta_range is None:
-        if not is_fit:
-            raise ValueError("a plant without a fit needs a β range to check over")
-        beta_range = plant.beta_range
-    lo, hi = (float(v) for v in beta_range)
-    if not hi >= lo:
-        raise ValueError(f"the β range needs LO ≤ HI, got {lo}, {hi}")
-    if is_fit:
-        g_lo, g_hi = plant.gprime_range(lo, hi, ci=widen)
-        a_values = [float(plant.a)] + ([float(v) for v in plant.a_ci if math.isfinite(v)] if widen else [])
-    else:
-        gp = np.asarray(plant.g.derivative(np.linspace(lo, hi, 513)), dtype=float)
-        g_lo, g_hi = float(gp.min()), float(gp.max())
-        a_values = [float(plant.a)]
-    cfg = dict(window=window, delay=delay, controller=controller)
-    results = [(a, robust_stability(kp, ki, a, g_lo, g_hi, **cfg)) for a in a_values]
-    worst_a, worst = max(results, key=lambda ar: ar[1].worst_spectral_radius)
-    return {
-        "stable": all(r.stable for _, r in results), "kp": float(kp), "ki": float(ki), **cfg,
-        "beta_range": [lo, hi], "gprime_range": [g_lo, g_hi], "widened_to_ci": bool(widen and is_fit),
-        "a_checked": [a for a, _ in results],
-        "worst_spectral_radius": worst.worst_spectral_radius, "worst_gprime": worst.worst_gprime, "worst_a": worst_a,
-        "gain_margin": min(r.gain_margin for _, r in results),
-        "per_a": [dict(a=a, **r.to_dict()) for a, r in results],
-    }

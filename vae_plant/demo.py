@@ -10,7 +10,7 @@
    of the current directory, which a clone of the repository has; the demo's own
    run is too short and too fast to stand for the paper's plant);
 3. checks the paper's gains for robust stability over each fit's g′ range
-   (:func:`analysis.stability.check_gains`, as ``klcontrol check``);
+   (:func:`analysis.verdicts.check_first_order`, as ``klcontrol check``);
 4. suggests tuned gains for each fit and simulates them against the paper's on
    a set-point step of the model fit, the case the linear design is made for;
 5. writes ``report.md``, ``summary.json`` and PNG figures to ``out``.
@@ -162,7 +162,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     from analysis.fit_plots import plot_fit
     from analysis.identification import fit_plant
     from analysis.plots import region_figure
-    from analysis.stability import check_gains
+    from analysis.verdicts import check_first_order
     from analysis.tuning import tune
     from klcontrol.cli import _jsonable
     from klcontrol.controllers import FixedBeta, IncrementalPI
@@ -203,7 +203,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
 
     say("3/4 robust stability of the paper's gains over the fitted g′ range ...")
     model_range = (5.0, 30.0)
-    verdict = check_gains(*PAPER_GAINS, fit, model_range, widen=False, window=5, delay=0)
+    verdict = check_first_order(fit, *PAPER_GAINS, window=5, delay=0, beta_range=model_range, widen=False)
     g_lo, g_hi = verdict["gprime_range"]
     figures["stability"] = str(out / "stability_region.png")
     region_figure(a=fit.a, gprime=g_lo, box="near", windows=(1, 5), delays=(0, 1), n=200, path=figures["stability"])
@@ -327,7 +327,7 @@ def _fit_real_traces(d, files, out: Path, figures, n_boot) -> dict:
 def _check_and_tune_real(real) -> None:
     """Robust stability of the paper's gains and tuned gains on the real-trace fit, as ``klcontrol check --fit``."""
     from analysis.schedule_tuning import tune_schedule
-    from analysis.stability import check_gains
+    from analysis.verdicts import check_first_order
     from analysis.tuning import tune
     from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
     from klcontrol.setpoints import StepRamp
@@ -336,7 +336,7 @@ def _check_and_tune_real(real) -> None:
     lo, hi = max(REAL_BETA_RANGE[0], fit.beta_range[0]), min(REAL_BETA_RANGE[1], fit.beta_range[1])
     if not hi > lo:
         lo, hi = fit.beta_range
-    pg = check_gains(*PAPER_GAINS, fit, (lo, hi), widen=True, window=5, delay=0)
+    pg = check_first_order(fit, *PAPER_GAINS, window=5, delay=0, beta_range=(lo, hi), widen=True)
     real["beta_range_checked"], real["gprime_range_checked"] = pg["beta_range"], pg["gprime_range"]
     real["paper_gains"] = pg
     real["_tuned"] = tune(a=fit.a, gprime=tuple(pg["gprime_range"]), window=5, delay=0)
