@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
-PRESETS = ("tiny", "cpu", "paper")
-CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-official",
-                    "dynamicvae-p", "dynamicvae-step", "dynamicvae-t")
+from vae_plant.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
+
+PRESETS = tuple(SCHEDULES)
+CONTROLLER_NAMES = tuple(CONTROLLERS)
 
 
 def register(sub) -> None:
