@@ -70,17 +70,20 @@ def test_tensorboard_event_file_and_directory(tmp_path, trace):
         read_trace(event, kl="train/kl")
 
 
-def test_tensorboard_tags_at_different_steps(tmp_path):
+def test_tensorboard_tags_at_different_steps_are_merged_by_step(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     w = SummaryWriter(str(tmp_path))
     for s in range(10):
-        w.add_scalar("beta", 1.0, s)
+        if s % 3 == 0:
+            w.add_scalar("beta", float(s), s)
         if s % 2 == 0:
-            w.add_scalar("kl", 2.0, s)
+            w.add_scalar("kl", 100.0 + s, s)
     w.close()
-    with pytest.raises(ValueError, match=r"logged at different steps \(5 step\(s\) only in 'beta'"):
-        read_trace(tmp_path)
+    got = read_trace(tmp_path)
+    np.testing.assert_array_equal(got.step, [0, 2, 4, 6, 8])  # KL rows; β held from its last logged value
+    np.testing.assert_array_equal(got.beta, [0, 0, 3, 6, 6])
+    assert got.meta["beta_held_rows"] == 3 and got.meta["beta_rows_without_kl"] == 2
 
 
 def test_kl_lag_realigns(tmp_path, trace):
@@ -88,10 +91,17 @@ def test_kl_lag_realigns(tmp_path, trace):
     p = tmp_path / "fwd.csv"
     lagged = np.r_[0.0, trace.kl[:-1]]
     p.write_text("step,beta,kl\n" + "".join(f"{s},{float(b)!r},{float(k)!r}\n" for s, b, k in zip(trace.step, trace.beta, lagged)))
-    got = read_trace(p, kl_lag=1)
-    np.testing.assert_allclose(got.kl, trace.kl[:-1])
-    np.testing.assert_allclose(got.beta, trace.beta[:-1])
-    assert len(got) == len(trace) - 1 and got.meta["kl_lag"] == 1
+    got = read_trace(p, kl_lag=1)  # rows as logged, the convention in meta (the fit applies it per update)
+    np.testing.assert_allclose(got.kl, lagged)
+    assert len(got) == len(trace) and got.meta["kl_lag"] == 1 and got.meta["beta_lead"] == 0
+    aligned = align_kl(got, 1)
+    np.testing.assert_allclose(aligned.kl, trace.kl[:-1])
+    np.testing.assert_allclose(aligned.beta, trace.beta[:-1])
+    assert len(aligned) == len(trace) - 1 and aligned.meta["kl_lag"] == 0
+    sparse = read_trace(p, kl_lag=1)
+    sparse.step[:] = sparse.step * 2
+    with pytest.raises(ValueError, match="right only for one row per update"):
+        align_kl(sparse, 1)
 
 
 @given(st.integers(3, 40))
@@ -127,21 +137,25 @@ def test_empty_files(tmp_path):
 
 def test_missing_columns_name_what_exists(tmp_path):
     (tmp_path / "m.csv").write_text("step,weight,kl\n0,1,2\n")
-    with pytest.raises(ValueError, match=r"missing columns \['beta'\]; the file has \['step', 'weight', 'kl'\]"):
+    with pytest.raises(ValueError, match=r"missing columns \['beta'\]; the file has \['step', 'weight', 'kl'\] "
+                                         r"\(pass --beta-col NAME on the command line; step=, beta=, kl= in Python\)"):
         read_trace(tmp_path / "m.csv")
-    (tmp_path / "m.jsonl").write_text('{"step": 0, "beta": 1, "kl": 2}\n{"step": 1, "kl": 2}\n')
-    with pytest.raises(ValueError, match=r"line 2 lacks key\(s\) \['beta'\]"):
+    (tmp_path / "m.jsonl").write_text('{"_step": 0, "train/beta": 1, "kl": 2}\n{"_step": 1, "kl": 2}\n')
+    with pytest.raises(ValueError, match=r"missing key\(s\) in line 1 \['step'\].*pass --step-col _step"):
         read_trace(tmp_path / "m.jsonl")
+    with pytest.raises(ValueError, match=r"missing keys \['beta'\].*pass --beta-col train/beta"):
+        read_trace(tmp_path / "m.jsonl", step="_step")
 
 
 def test_nan_rows_are_named(tmp_path):
     p = tmp_path / "n.csv"
-    p.write_text("step,beta,kl\n0,1,2\n1,1,nan\n2,1,3\n3,,4\n4,1,inf\n")
+    p.write_text("step,beta,kl\n0,1,2\n1,1,nan\n2,1,3\n3,nan,4\n4,1,inf\n5,,5\n")
     with pytest.raises(ValueError, match=r"3 row\(s\) with NaN or infinite values: 'beta' at line 5; "
-                                         r"'kl' at line 3, line 6"):
+                                         r"'kl' at line 3, line 6 \(fix the log or pass --drop-nan; drop_nan=True"):
         read_trace(p)
     got = read_trace(p, drop_nan=True)
-    np.testing.assert_array_equal(got.step, [0, 2])
+    np.testing.assert_array_equal(got.step, [0, 2, 5])  # an empty cell is "not logged": β held, not NaN
+    np.testing.assert_array_equal(got.beta, [1, 1, 1])
     (tmp_path / "n.jsonl").write_text('{"step": 0, "beta": 1, "kl": 2}\n{"step": 1, "beta": 1, "kl": NaN}\n')
     with pytest.raises(ValueError, match="'kl' at line 2"):
         read_trace(tmp_path / "n.jsonl")
