@@ -799,6 +799,34 @@ class PlantFit(FirstOrderPlant):
             raise ValueError(f"{p}: not JSON ({exc.msg})") from None
         return cls.from_dict(d)
 
+    def design_problems(self, beta_lo=None, beta_hi=None) -> list:
+        """Why this fit should not be used to check or tune gains over ``[beta_lo, beta_hi]`` (empty: usable).
+
+        Parameters
+        ----------
+        beta_lo, beta_hi : float, optional
+            β interval of the design (default :attr:`beta_range`).
+
+        Returns
+        -------
+        list of str
+            The identifiability reasons, "unknown" for a fit file written
+            before identifiability was recorded, and a g′ (band) that reaches 0
+            over the interval.
+        """
+        out = []
+        if self.identifiability is None:
+            out.append("the fit file records no identifiability (written by an older klcontrol): refit it")
+        elif not self.identifiability["identifiable"]:
+            out += list(self.identifiability["reasons"]) or ["the fit is marked not identifiable"]
+        lo, hi = self.gprime_range(beta_lo, beta_hi, ci=True)
+        if hi >= 0:
+            b0 = self.beta_range[0] if beta_lo is None else beta_lo
+            b1 = self.beta_range[1] if beta_hi is None else beta_hi
+            out.append(f"g′ {'band ' if self.boot.gains else ''}reaches {hi:.3g} ≥ 0 over β ∈ [{b0:g}, {b1:g}]: "
+                       "the loop gain may vanish there, no gains are robustly stable")
+        return out
+
     @property
     def identifiable(self):
         """``True``/``False`` from :attr:`identifiability`; ``None`` when unknown (an old fit file)."""
@@ -1011,6 +1039,21 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
             if ratio > th["max_gprime_ci_ratio"]:
                 reasons["gprime"].append(f"the {100 * fit.level:.0f} % band of g′ spans a factor {ratio:.3g} at "
                                          f"some β (more than {th['max_gprime_ci_ratio']:g})")
+    if not intervals:  # no bootstrap: linearised intervals from the Jacobian (optimistic, but never silent)
+        lin = _linearised(prob, x, fit)
+        if lin is None:
+            reasons["a"].append("the Jacobian at the optimum is singular: the parameters are not determined")
+        else:
+            if lin["a_ratio"] > th["max_a_ci_ratio"]:
+                reasons["a"].append(f"linearised {100 * fit.level:.0f} % interval of a spans a factor "
+                                    f"{lin['a_ratio']:.3g} (more than {th['max_a_ci_ratio']:g}; no bootstrap run)")
+            if lin["gprime_hi"] >= 0:
+                reasons["gprime"].append(f"linearised {100 * fit.level:.0f} % band of g′ reaches "
+                                         f"{lin['gprime_hi']:.3g} ≥ 0 over the β range seen (no bootstrap run)")
+            elif lin["gprime_ratio"] > th["max_gprime_ci_ratio"]:
+                reasons["gprime"].append(f"linearised {100 * fit.level:.0f} % band of g′ spans a factor "
+                                         f"{lin['gprime_ratio']:.3g} at some β (more than "
+                                         f"{th['max_gprime_ci_ratio']:g}; no bootstrap run)")
     # how much g moves over the β range, against the noise of a mean over the rows
     b0, b1 = fit.beta_range
     g0, g1 = float(fit.g(b0)), float(fit.g(b1))
@@ -1038,6 +1081,48 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
                     "a_ci": list(fit.a_ci), "condition_number": cond, "g_change_over_beta_range": change,
                     "boot_replicates": n_ok, "boot_failures": int(fit.boot.failures)},
     }
+
+
+def _linearised(prob, x, fit):
+    """Delta-method intervals of ``a`` and ``g′`` from ``σ²(JᵀJ)⁻¹``, σ² inflated for correlated residuals.
+
+    Returns ``{"a_ratio", "gprime_hi", "gprime_ratio"}`` (hi/lo of the a
+    interval, the largest upper end of the g′ band, the largest hi/lo of the
+    g′ band over the β range), or ``None`` if ``JᵀJ`` is singular.
+    """
+    from scipy.stats import norm
+
+    rows = sum(s.n for s in prob.series)
+    r = _data_part(prob, prob.residuals(x))
+    J = prob.jacobian(x)[:rows]
+    dof = max(rows - prob.n_par, 1)
+    rho = float(np.corrcoef(r[:-1], r[1:])[0, 1]) if rows > 2 and np.std(r) > 0 else 0.0
+    rho = min(max(rho, 0.0), 0.99)
+    s2 = float(np.sum(r**2)) / dof * (1 + rho) / (1 - rho)
+    JtJ = J.T @ J
+    try:
+        cov = s2 * np.linalg.inv(JtJ)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) < 0):
+        return None
+    z = float(norm.ppf(0.5 + fit.level / 2))
+    se_loga = math.sqrt(cov[0, 0])
+    b = np.linspace(*fit.beta_range, 17)
+    _, xg, _ = prob.split(x)
+    gp0 = np.asarray(prob.param.gain(xg).derivative(b), dtype=float)
+    D = np.zeros((len(b), prob.ng))  # ∂g′(β)/∂x_gain by central differences
+    for j in range(prob.ng):
+        h = 1e-6 * max(1.0, abs(xg[j]))
+        e = np.zeros(prob.ng)
+        e[j] = h
+        D[:, j] = (np.asarray(prob.param.gain(xg + e).derivative(b)) -
+                   np.asarray(prob.param.gain(xg - e).derivative(b))) / (2 * h)
+    sl = slice(1, 1 + prob.ng)
+    se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", D, cov[sl, sl], D), 0.0))
+    lo, hi = gp0 - z * se, gp0 + z * se
+    ratio = float(np.max(lo / hi)) if np.all(hi < 0) else math.inf
+    return {"a_ratio": math.exp(2 * z * se_loga), "gprime_hi": float(np.max(hi)), "gprime_ratio": ratio}
 
 
 def _data_part(prob, r):

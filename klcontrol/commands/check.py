@@ -6,12 +6,17 @@ CONTROLLERS = ("incremental", "incremental-official", "positional")
 
 def register(sub) -> None:
     """Register the ``check`` command."""
+    from ..cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, exit_codes_epilog
+
     p = sub.add_parser(
         "check",
         help="robust stability verdict of PI gains on a fitted plant (klcontrol fit --out)",
         description="Check that (Kp, Ki) stabilise the linearised loop for every g′ the fitted g takes over the "
         "β range (by default the range seen in the traces, widened to the bootstrap band of g′) and for a at "
-        "its estimate and both ends of its confidence interval.",
+        "its estimate and both ends of its confidence interval. A fit that klcontrol fit marked not identifiable, "
+        "or whose g′ band reaches 0 over the β range, is refused (--allow-unidentified checks it anyway, the "
+        "verdict marked as qualified).",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_UNIDENTIFIED, EXIT_ERROR, 2),
     )
     p.add_argument("--fit", required=True, metavar="JSON", help="fit saved by `klcontrol fit --out`")
     p.add_argument("--kp", type=float, required=True, help="proportional gain")
@@ -23,6 +28,8 @@ def register(sub) -> None:
                    help="β range to cover (default: the range seen by the fit; needed for a plain plant JSON)")
     p.add_argument("--point", action="store_true",
                    help="use the point estimates only (no widening to the confidence band of g′ and a)")
+    p.add_argument("--allow-unidentified", action="store_true",
+                   help="check a fit that is not identifiable (or whose g′ band reaches 0) instead of refusing it")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(func=run)
 
@@ -36,7 +43,7 @@ def run(args) -> int:
     from analysis.identification import PlantFit
     from analysis.stability import robust_stability
 
-    from ..cli import print_json
+    from ..cli import EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, print_json
     from ..plant import FirstOrderPlant
 
     if args.window < 1:
@@ -50,9 +57,15 @@ def run(args) -> int:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not JSON ({exc.msg})") from None
+    problems = []
     if isinstance(d, dict) and "fit" in d:
         plant = PlantFit.from_dict(d)
         lo, hi = args.beta_range or plant.beta_range
+        if not hi >= lo:
+            raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
+        problems = plant.design_problems(lo, hi)
+        if problems and not args.allow_unidentified:
+            return _refuse(path, problems)
         widen = not args.point
         g_lo, g_hi = plant.gprime_range(lo, hi, ci=widen)
         a_values = [plant.a] + ([v for v in plant.a_ci if math.isfinite(v)] if widen else [])
@@ -80,9 +93,17 @@ def run(args) -> int:
         "gain_margin": min(r.gain_margin for _, r in results),
         "per_a": [dict(a=a, **r.to_dict()) for a, r in results],
     }
+    out["identifiable"] = not problems
+    out["qualified"] = problems
+    rc = EXIT_OK if stable else EXIT_UNSTABLE
     if args.json:
         print_json(out)
-        return 0
+        return rc
+    if problems:
+        print("QUALIFIED (--allow-unidentified): the fit does not identify the plant, so this verdict rests on "
+              "numbers the data do not support:")
+        for r in problems:
+            print(f"  - {r}")
     print(f"{'STABLE' if stable else 'NOT robustly stable'}: {args.controller} PI Kp={args.kp:g}, Ki={args.ki:g}, "
           f"T={args.window}, delay={args.delay}")
     print(f"over β ∈ [{lo:g}, {hi:g}]: g′ ∈ [{g_lo:.4g}, {g_hi:.4g}]"
@@ -93,4 +114,18 @@ def run(args) -> int:
               f"{r.worst_gprime:.4g}, gain margin {r.gain_margin:.4g}")
         if r.stable_gprime_range is not None:
             print(f"    stable g′ range ({r.stable_gprime_range[0]:.4g}, {r.stable_gprime_range[1]:.4g})")
-    return 0
+    return rc
+
+
+def _refuse(path, problems) -> int:
+    import sys
+
+    from ..cli import EXIT_UNIDENTIFIED
+
+    print(f"klcontrol check: refused: {path} does not identify the plant, so no stability verdict can rest on it:",
+          file=sys.stderr)
+    for r in problems:
+        print(f"  - {r}", file=sys.stderr)
+    print("refit with longer logs or a wider β range, or pass --allow-unidentified to check it anyway",
+          file=sys.stderr)
+    return EXIT_UNIDENTIFIED

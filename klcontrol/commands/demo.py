@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from .common import add_progress_arg, show_progress
+
 #: β interval of the shipped real traces over which the gains are checked and tuned: the open-loop runs span
 #: β = 1 … 16 and the closed-loop run 6.4 … 20; the ends are where g′ rests on a single run.
 REAL_BETA_RANGE = (2.0, 16.0)
@@ -40,6 +42,7 @@ def register(sub) -> None:
                    help="directory of recorded traces (*.csv.gz, *.csv, *.jsonl) to fit besides the model plant "
                         "(default: the repository's data/traces/cpu when klcontrol runs from a clone)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -96,7 +99,7 @@ def run(args) -> int:
 
         shutil.rmtree(run_dir)
     res = train(run_dir, preset=args.preset, controller="dynamicvae", steps=args.steps,
-                seed=0, device=args.device, progress=not quiet)
+                seed=0, device=args.device, progress=show_progress(args))
     vae_tr = res.to_trace()
     figures["vae_trace"] = os.path.join(out, "vae_trace.png")
     plot_trace(vae_tr, figures["vae_trace"], title=f"β-VAE on procedural dSprites, DynamicVAE control ({args.steps} steps)")

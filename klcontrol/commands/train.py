@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_progress_arg, show_progress
+
 # Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
 PRESETS = ("tiny", "cpu", "paper")
 CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-official",
@@ -41,7 +43,7 @@ def register(sub) -> None:
     g.add_argument("--fused-adam", action="store_const", const=True, default=None, help="fused Adam")
     g.add_argument("--flush-every", type=int, default=None, metavar="N", help="steps between trace flushes")
     g.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.set_defaults(func=run)
 
@@ -72,7 +74,7 @@ def run(args) -> int:
         batch_size=args.batch_size, device=args.device, checkpoint_every=args.checkpoint_every,
         flush_every=args.flush_every, data=args.data, compile=args.compile, amp=args.amp,
         channels_last=args.channels_last, fused_adam=args.fused_adam, resume=args.resume is not None,
-        progress=not (args.no_progress or args.json), command=" ".join(["klcontrol"] + sys.argv[1:]),
+        progress=show_progress(args), command=" ".join(["klcontrol"] + sys.argv[1:]),
     )
     t = res.trace
     summary = dict(run_dir=res.run_dir, steps=res.step, final_beta=float(t["beta"][-1]), final_kl=float(t["kl"][-1]),
