@@ -32,7 +32,7 @@ import numpy as np
 
 from klcontrol import ExpGain, FirstOrderPlant, Gain, Trace
 from klcontrol.backend import is_sympy
-from klcontrol.plant import gain_from_dict, register_gain
+from klcontrol.plant import LinearGain, gain_from_dict, register_gain
 
 from .trace_io import align_kl, read_trace
 
@@ -250,8 +250,20 @@ MAX_SPAN = 20_000_000
 
 
 def _pole(a):
-    """Pole ``1/(1+a)`` of one update of :meth:`klcontrol.FirstOrderPlant.step` (input weight ``1 − pole``)."""
-    return 1.0 / (1.0 + a)
+    """Pole of one update of :meth:`klcontrol.FirstOrderPlant.step`, read off the plant itself.
+
+    The update is affine in the state and in ``g``: stepping a plant whose
+    gain is the constant 1 from states 1 and 0 gives the pole and the input
+    weight (``1/(1+a)`` and ``a/(1+a)``), so the model's formula stays
+    written once, in the plant.  The fit checks the weight is ``1 − pole``
+    (a plant whose equilibrium is ``g``), which :func:`_run_updates` assumes.
+    """
+    unit = FirstOrderPlant(float(a), LinearGain(1.0, 0.0, 0.0))
+    weight = float(unit.step((0.0,), 0.0)[0])
+    pole = float(unit.step((1.0,), 0.0)[0]) - weight
+    if not math.isclose(pole + weight, 1.0, rel_tol=1e-12, abs_tol=1e-15):
+        raise ValueError(f"the plant's update is not y ← p·y + (1−p)·g (p = {pole}, weight {weight})")
+    return pole
 
 
 def _run_updates(pole, g, y_init, axis=0):

@@ -129,6 +129,61 @@ class Controller:
         """New law state (with ``beta``) from the filtered measurement ``m``."""
         return dict(state)
 
+    def _equilibrium(self, beta_star, y_star, p: dict, ops) -> dict:
+        """Law state (with ``beta``) at rest at ``β*`` with the measurement at ``y* = C``."""
+        raise TypeError(f"{type(self).__name__} has no equilibrium with a fixed set point")
+
+    # -- what the loop needs (klcontrol.loop, simulate, analysis) -----------------
+    def advance(self, state: dict, y, c, params: dict, ops=NUMPY) -> dict:
+        """The controller's part of one loop update, as a pure function: filter, then law.
+
+        Parameters
+        ----------
+        state : dict
+            Law state and ``"filter"`` history (:attr:`state`).
+        y : float, array, tensor or symbol
+            The raw KL measurement this update consumes.
+        c : float, array, tensor or symbol
+            Set point ``C(t)``.
+        params : dict
+            Parameters (:attr:`params`, or symbols for the analysis).
+        ops : Ops
+            Backend.
+
+        Returns
+        -------
+        dict
+            The new state; ``["beta"]`` is the β of the next update.
+        """
+        m, fstate = self.filter.apply(state["filter"], y, ops)
+        new = self._law(state, m, c, params, ops)
+        new["filter"] = tuple(fstate)
+        return new
+
+    def equilibrium_state(self, beta_star, y_star, params: dict, ops=NUMPY) -> dict:
+        """The state at rest at ``β*`` with every measurement equal to ``y* = C``.
+
+        Used by the stability analysis to linearise :meth:`advance` (sympy symbols welcome).
+        """
+        st = self._equilibrium(beta_star, y_star, params, ops)
+        st["filter"] = tuple(self.filter.initial_state(y_star))
+        return st
+
+    @property
+    def state(self) -> dict:
+        """The current law and filter state (a shallow copy of the live dict)."""
+        return dict(self._state)
+
+    @property
+    def params(self) -> dict:
+        """The parameters as the law receives them (read-only views)."""
+        out = {}
+        for k, v in self._params.items():
+            v = v.view()
+            v.flags.writeable = False
+            out[k] = v
+        return out
+
     # -- helpers --------------------------------------------------------------------
     def _broadcast(self, v):
         return np.broadcast_to(np.asarray(v, dtype=float), self.shape).copy() if self.shape else np.asarray(
@@ -237,9 +292,9 @@ class Controller:
         state = self._state
         if any(is_torch(v) for v in self._flat(state)):
             raise ValueError("this controller runs on torch tensors; pass the KL as a tensor")
-        m, fstate = self.filter.apply(state["filter"], y, NUMPY)
-        new = self._law(state, m, self._setpoint_now(), self._params, NUMPY)
+        new = self.advance(state, y, self._setpoint_now(), self._params, NUMPY)
         shape = np.broadcast_shapes(self.shape, y.shape)
+        fstate = new.pop("filter")
         new = {k: np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for k, v in new.items()}
         new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
         self._state = new
@@ -278,9 +333,8 @@ class Controller:
         state = self._state
         ok = torch.isfinite(kl).all()
         safe = torch.where(torch.isfinite(kl), kl, torch.zeros_like(kl))
-        m, fstate = self.filter.apply(state["filter"], safe, ops)
-        c = self._setpoint_now()
-        new = self._law(state, m, c, p, ops)
+        new = self.advance(state, safe, self._setpoint_now(), p, ops)
+        fstate = new.pop("filter")
         # Build every masked value before the first in-place copy: the filter
         # history shifts by one (new[i+1] is old[i]), so copying as we go would
         # overwrite old[i] before it is moved.
@@ -455,6 +509,9 @@ class FixedBeta(Controller):
     def _law(self, state, m, c, p, ops):
         return {"beta": laws.fixed_beta(p["beta"] + 0 * m, m, c, ops)}
 
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": p["beta"]}
+
 
 class CapacityRamp(Controller):
     """Burgess et al.'s capacity objective ``γ|KL − C(t)|`` as the relay ``β = γ·sign(KL − C)``.
@@ -486,9 +543,10 @@ class CapacityRamp(Controller):
     @classmethod
     def burgess_dsprites(cls, **kw) -> "CapacityRamp":
         """The paper's dSprites setting: γ = 1000, C from 0 to 25 nats over 100 000 steps."""
+        from .papers import BURGESS_DSPRITES_CAPACITY, BURGESS_GAMMA
         from .setpoints import LinearRamp
 
-        return cls(1000.0, LinearRamp(0.0, 25.0, 100_000), **kw)
+        return cls(BURGESS_GAMMA, LinearRamp(*BURGESS_DSPRITES_CAPACITY), **kw)
 
     def _beta(self, m, c, p, ops):
         return ops.clip(laws.capacity_relay(m, c, p["gamma"], ops), p["beta_min"], p["beta_max"])
@@ -550,6 +608,10 @@ class PositionalPI(Controller):
             state["integral"], m, c, p["kp"], p["ki"], p["beta_min"], p["beta_max"], ops
         )
         return {"beta": beta, "integral": integral}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        # At m = C the law reads β* = Kp·σ(0) − Ki·I* + β_min.
+        return {"beta": beta_star, "integral": (p["kp"] * ops.sigmoid(0 * y_star) + p["beta_min"] - beta_star) / p["ki"]}
 
 
 class IncrementalPI(Controller):
@@ -614,9 +676,12 @@ class IncrementalPI(Controller):
 
         ``official=True`` uses the official implementation's saturation (β_min 0.1).
         """
+        from .papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
         from .setpoints import StepRamp
 
-        args = dict(kp=0.01, ki=0.005, setpoint=StepRamp.dynamicvae_dsprites(), beta0=150.0, filter=5)
+        kp, ki = DYNAMICVAE_GAINS
+        args = dict(kp=kp, ki=ki, setpoint=StepRamp.dynamicvae_dsprites(), beta0=DYNAMICVAE_BETA0,
+                    filter=DYNAMICVAE_WINDOW)
         if official:
             args.update(beta_min=0.1, anti_windup="official")
         args.update(kw)
@@ -635,3 +700,6 @@ class IncrementalPI(Controller):
             ops, mode=self.anti_windup,
         )
         return {"beta": beta, "integrator": integ, "p_prev": p_now}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": beta_star, "integrator": beta_star, "p_prev": ops.sigmoid(0 * y_star)}

@@ -252,7 +252,7 @@ def _held_log(plant, stride, n_updates=20_000, noise=0.05, seed=0):
     for t in range(n_updates):
         if t % stride == 0:  # a scheduler: levels every 2000 updates plus a slow drift, logged and then held
             beta = (2.0, 8.0, 4.0, 12.0, 6.0)[(t // 2000) % 5] + 0.0002 * t
-        y = float(plant.step(y, beta))
+        y = float(plant.step((y,), beta)[0])
         if t % stride == 0:
             rows.append((t, beta, y * (1 + noise * rng.standard_normal())))
     s, b, k = (np.array(c) for c in zip(*rows))
@@ -285,7 +285,7 @@ def test_held_beta_simulation_equals_a_loop_over_the_plant_step():
     for u in range(3, 78):  # independent: one plant.step per update, β of the last row at or before u
         while j + 1 < len(steps) and steps[j + 1] <= u:
             j += 1
-        y = float(plant.step(y, beta[j]))
+        y = float(plant.step((y,), beta[j])[0])
         if u in steps:
             want.append(y)
     np.testing.assert_allclose(simulate_plant(plant, beta, 2.5, steps=steps), want, rtol=1e-12)
@@ -296,7 +296,7 @@ def test_held_beta_simulation_equals_a_loop_over_the_plant_step():
     for u in range(4, 77):
         while j + 1 < len(steps) and steps[j + 1] + 1 <= u:
             j += 1
-        y = float(plant.step(y, beta[j]))
+        y = float(plant.step((y,), beta[j])[0])
         if u in kl_at:
             want.append(y)
     np.testing.assert_allclose(got, want, rtol=1e-12)

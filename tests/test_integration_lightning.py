@@ -197,7 +197,7 @@ class PlantModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         kl = torch.tensor(self.y * (1 + 0.03 * float(torch.randn((), generator=self.rng))))
         self.log("kl", kl)
-        self.y = float(self.plant.step(self.y, float(self.beta)))  # update t uses β(t)
+        self.y = float(self.plant.step((self.y,), float(self.beta))[0])  # update t uses β(t)
         return self.w * 0.0
 
     def configure_optimizers(self):

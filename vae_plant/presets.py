@@ -47,57 +47,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from klcontrol.controllers import CapacityRamp, Controller, FixedBeta, IncrementalPI, PositionalPI
-from klcontrol.setpoints import StepRamp
+from klcontrol.controllers import Controller
+from klcontrol.registry import PRESETS as CONTROLLERS
+from klcontrol.registry import PRIMED, controlvae_setpoint, make_preset
 
 __all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "controlvae_setpoint"]
 
 
-def controlvae_setpoint() -> StepRamp:
-    """ControlVAE's dSprites set point: 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
-    return StepRamp(0.5, 18.0, 0.15, 5000, 1)
-
-
-def _dynamicvae_step() -> IncrementalPI:
-    sp = StepRamp.dynamicvae_dsprites()
-    return IncrementalPI.dynamicvae_dsprites(setpoint=StepRamp(sp.start, sp.stop, sp.step, sp.period, 1))
-
-
-def _dynamicvae_p() -> PositionalPI:
-    return PositionalPI(0.01, 0.005, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=5)
-
-
-#: Preset name → factory of a fresh controller.
-CONTROLLERS = {
-    "fixed": lambda: FixedBeta(4.0),
-    "capacity": CapacityRamp.burgess_dsprites,
-    "controlvae": lambda: PositionalPI(0.01, 0.001, controlvae_setpoint(), beta_min=1.0),
-    "dynamicvae": IncrementalPI.dynamicvae_dsprites,
-    "dynamicvae-official": lambda: IncrementalPI.dynamicvae_dsprites(official=True),
-    "dynamicvae-p": _dynamicvae_p,
-    "dynamicvae-step": _dynamicvae_step,
-    "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
-}
-
-_NO_PRIME = {"dynamicvae-official"}
-
-
 def make_controller(name: str) -> Controller:
-    """A fresh controller for a preset name.
+    """A fresh controller for a preset name (:func:`klcontrol.registry.make_preset`).
 
     Raises
     ------
     ValueError
         If ``name`` is not one of :data:`CONTROLLERS`.
     """
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
-    return CONTROLLERS[name]()
+    return make_preset(name)
 
 
 def primes(name: str) -> bool:
     """Whether the trainer primes this preset's KL history with the initial model's KL."""
-    return name not in _NO_PRIME
+    return name in PRIMED
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """``klcontrol stability``: stability verdict, spectral radius and margins of the linearised loop."""
 from __future__ import annotations
 
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
 
 
 def register(sub) -> None:
     """Register the ``stability`` command."""
-    from ..cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
 
     p = sub.add_parser(
         "stability",
@@ -35,7 +35,7 @@ def run(args) -> int:
 
     from analysis.stability import robust_stability, spectral_radius
 
-    from ..cli import EXIT_OK, EXIT_UNSTABLE, print_json
+    from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
 
     if args.window < 1:
         raise ValueError(f"--window must be ≥ 1, got {args.window}")

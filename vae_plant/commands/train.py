@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_progress_arg, show_progress
+from klcontrol.commands.common import add_progress_arg, show_progress
 
 # Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
 PRESETS = ("tiny", "cpu", "paper")
@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol train``."""
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")

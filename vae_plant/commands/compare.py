@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_progress_arg, show_progress
+from klcontrol.commands.common import add_progress_arg, show_progress
 
 BUDGET_NAMES = ("tiny", "cpu", "paper")
 
@@ -48,7 +48,7 @@ def run(args) -> int:
     """Execute ``klcontrol compare``."""
     from vae_plant.compare import compare
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if args.budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGET_NAMES)}")

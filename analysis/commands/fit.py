@@ -8,7 +8,7 @@ def register(sub) -> None:
     """Register the ``fit`` command."""
     from analysis.trace_io import add_reader_arguments
 
-    from ..cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
 
     p = sub.add_parser(
         "fit",
@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="JSON", help="save the fit (for klcontrol check / tune)")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure: data vs model, g(β) and g′(β) with bands")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
-    from .common import add_progress_arg
+    from klcontrol.commands.common import add_progress_arg
 
     add_progress_arg(p)
     p.set_defaults(func=run)
@@ -46,8 +46,8 @@ def run(args) -> int:
     from analysis.identification import fit_plant
     from analysis.trace_io import read_traces, reader_kwargs
 
-    from ..cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
-    from .common import show_progress
+    from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
+    from klcontrol.commands.common import show_progress
 
     traces = []
     for path in args.paths:
