@@ -34,9 +34,10 @@ from klcontrol import ExpGain, FirstOrderPlant, Gain, Trace
 from klcontrol.backend import is_sympy
 from klcontrol.plant import LinearGain, gain_from_dict, register_gain
 
-from .trace_io import align_kl, read_trace
+from .trace_io import align_kl, read_trace, read_traces
 
-__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
+__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS",
+           "IDENTIFIABILITY"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
@@ -870,9 +871,11 @@ def fit_plant(traces, g: str = "exp", n_boot: int = 100, seed: int | None = 0, l
     ----------
     traces : sequence of (str, Path or Trace)
         Open-loop runs (fixed β) and/or closed-loop runs (β varies), one loop
-        each; paths are read with :func:`~analysis.trace_io.read_trace`.  At
-        least two distinct β values overall.  Rows must be evenly spaced in
-        steps (a stride > 1 assumes β constant between logged rows).
+        each; paths are read with :func:`~analysis.trace_io.read_traces` (a
+        TensorBoard directory gives one trace per run).  At least two distinct
+        β values overall.  Rows may skip updates: every update is simulated,
+        a logged β held until the next row; the log conventions are read from
+        each trace's ``meta`` (:data:`~analysis.trace_io.CONVENTIONS`).
     g : {"exp", "spline", "auto"}
         Steady-state model: ``A·exp(−kβ)``, the monotone spline, or the one with
         the lower BIC (computed with the effective sample size
@@ -891,8 +894,8 @@ def fit_plant(traces, g: str = "exp", n_boot: int = 100, seed: int | None = 0, l
     n_segments : int
         Spline segments on the β range seen.
     kl_lag : {0, 1}
-        For paths: passed to ``read_trace`` (1 when the log's KL comes from the
-        forward pass of the same step).  Traces given as objects are used as they are.
+        For paths: passed to ``read_traces`` (1 when the log's KL comes from the
+        forward pass of the same step).  Traces given as objects carry theirs in ``meta``.
     columns : dict, optional
         ``{"step":…, "beta":…, "kl":…}`` names for reading paths.
     progress : bool
@@ -901,6 +904,8 @@ def fit_plant(traces, g: str = "exp", n_boot: int = 100, seed: int | None = 0, l
     Returns
     -------
     PlantFit
+        With :attr:`PlantFit.identifiability` set (never raises for data that
+        merely fail to identify the plant: check ``fit.identifiable``).
     """
     with _one_blas_thread():
         return _fit_plant(traces, g, n_boot, seed, level, loss, n_segments, kl_lag, columns, progress)
@@ -943,8 +948,9 @@ def _fit_plant(traces, g, n_boot, seed, level, loss, n_segments, kl_lag, columns
             loaded.append(t)
             names.append(str(t.meta.get("source", f"trace {i}")))
         elif isinstance(t, (str, Path)):
-            loaded.append(read_trace(t, kl_lag=kl_lag, **(columns or {})))
-            names.append(str(t))
+            runs = read_traces(t, kl_lag=kl_lag, **(columns or {}))  # a TensorBoard dir: one trace per run
+            loaded += runs
+            names += [str(t) if r.meta.get("run") in (None, ".") else f"{t} (run {r.meta['run']})" for r in runs]
         else:
             raise ValueError(f"trace {i}: expected a path or a klcontrol.Trace, got {type(t).__name__}")
     series = [_Series(t, n) for t, n in zip(loaded, names)]

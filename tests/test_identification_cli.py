@@ -128,7 +128,7 @@ def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
     assert out["stable"] is (max(rhos) < 1) is True and out["gain_margin"] > 1
     # Large gains: some linearisation goes unstable; explicit set points; no draws with --point.
     assert main(["check", "--fit", str(path), "--kp", "2", "--ki", "1.5", "--setpoint", "5", "20", "--point",
-                 "--json"]) == 0
+                 "--json"]) == EXIT_UNSTABLE
     out = json.loads(capsys.readouterr().out)
     assert out["setpoints"] == [5.0, 20.0] and out["n_plants"] == 2 and out["draws_included"] is False
     assert out["stable"] is False and out["worst_spectral_radius"] > 1
