@@ -1,4 +1,4 @@
-"""KLControlCallback drives a disent ``BetaVae`` (β read from ``cfg.beta``), in total nats, across a resume.
+"""KLControlCallback drives a disent ``StandinBetaVae`` (β read from ``cfg.beta``), in total nats, across a resume.
 
 Against disent itself where it imports (``DISENT=real``: a throwaway venv, see docs/integration.md), otherwise
 against a stand-in with disent 0.8.0's attribute layout (read from its source): ``cfg`` a dataclass with
@@ -8,7 +8,10 @@ batches ``{"x_targ": (x,)}``; ``register_schedule``/``has_schedule`` writing ``c
 ``on_save_checkpoint`` pickling ``cfg`` and the model into ``hyper_parameters`` (so that a resume needs
 ``weights_only=False``).
 """
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,98 +27,152 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 X_SHAPE, Z = (1, 8, 8), 4
 
+
+# -- the stand-in (module level, so that checkpoints can pickle it as disent's own objects are) -------------
+
+
+class _Latents(nn.Module):  # disent.model.DisentEncoder / DisentDecoder: sizes
+    def __init__(self, x_shape=(3, 64, 64), z_size=6, z_multiplier=1):
+        super().__init__()
+        self.x_shape, self.z_size, self.z_multiplier = tuple(x_shape), int(z_size), int(z_multiplier)
+        self.x_size = int(torch.tensor(self.x_shape).prod())
+        self.z_total = self.z_size * self.z_multiplier
+
+class StandinEncoderLinear(_Latents):
+    def __init__(self, x_shape=(3, 64, 64), z_size=6, z_multiplier=1):
+        super().__init__(x_shape, z_size, z_multiplier)
+        self.model = nn.Sequential(nn.Flatten(), nn.Linear(self.x_size, self.z_total))
+
+    def forward(self, x):
+        return self.model(x)
+
+class StandinDecoderLinear(_Latents):
+    def __init__(self, x_shape=(3, 64, 64), z_size=6, z_multiplier=1):
+        super().__init__(x_shape, z_size, z_multiplier)
+        self.model = nn.Sequential(nn.Linear(self.z_size, self.x_size), nn.Unflatten(1, self.x_shape))
+
+    def forward(self, z):
+        return self.model(z)
+
+class StandinAutoEncoder(_Latents):
+    def __init__(self, encoder, decoder):
+        super().__init__(decoder.x_shape, decoder.z_size, encoder.z_multiplier)
+        self._encoder, self._decoder = encoder, decoder
+
+    def encode(self, x, chunk=False):
+        return self._encoder(x).split(self.z_size, dim=-1)
+
+    def decode(self, z):
+        return self._decoder(z)
+
+class StandinBetaVae(L.LightningModule):
+    """disent 0.8.0 BetaVae's surface as the callback meets it."""
+
+    @dataclass
+    class cfg:
+        optimizer: str = "adam"
+        recon_loss: str = "mse"
+        loss_reduction: str = "mean"
+        beta: float = 0.003
+
+    def __init__(self, model, cfg=None, batch_augment=None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else self.cfg()
+        assert model.z_multiplier == 2, "StandinBetaVae requires z_multiplier 2 (mean and log-variance)"
+        self._model = model
+        self._active_schedules = {}
+        assert self.cfg.beta >= 0, "beta must be >= 0"
+
+    def has_schedule(self, target):
+        return target in self._active_schedules
+
+    def register_schedule(self, target, schedule, logging=True):
+        self._active_schedules[target] = (getattr(self.cfg, target), schedule)
+        return True
+
+    def training_step(self, batch, batch_idx):
+        for target, (v0, sched) in self._active_schedules.items():  # disent's _update_config_from_schedules
+            setattr(self.cfg, target, sched.compute_value(step=self.trainer.global_step, value=v0))
+        (x,) = batch["x_targ"]
+        mu, logvar = self._model.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        out = self._model.decode(z)
+        if self.cfg.recon_loss == "bce":
+            recon = nn.functional.binary_cross_entropy_with_logits(out, x, reduction="none")
+        else:
+            recon = (torch.sigmoid(out) - x) ** 2
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+        if self.cfg.loss_reduction == "mean":  # disent.nn.loss.reduction: mean over every element
+            recon, kl = recon.mean(), kl.mean()
+        else:  # "mean_sum": sum over the sample's elements, mean over the batch
+            recon, kl = recon.flatten(1).sum(-1).mean(), kl.sum(-1).mean()
+        reg = self.cfg.beta * kl
+        self.log_dict({"kl_loss": kl, "kl_reg_loss": reg})
+        self.log_dict({"recon_loss": float(recon), "reg_loss": float(reg)}, prog_bar=True)
+        loss = recon + reg
+        self.log("loss", float(loss), prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint.setdefault("hyper_parameters", {})
+        checkpoint["hyper_parameters"]["model"] = self._model  # pickled objects, as disent does
+        checkpoint["hyper_parameters"]["cfg"] = self.cfg
+
+class StandinLinearSchedule:
+    def __init__(self, start_step, end_step, r_start=0.0, r_end=1.0):
+        self.start_step, self.end_step, self.r_start, self.r_end = start_step, end_step, r_start, r_end
+
+    def compute_value(self, step, value):
+        f = min(max((step - self.start_step) / max(self.end_step - self.start_step, 1), 0.0), 1.0)
+        return value * (self.r_start + f * (self.r_end - self.r_start))
+
+
+def standin_modules():
+    """``sys.modules`` entries for a stand-in of disent 0.8.0's ``disent.frameworks.vae``, ``disent.model``,
+    ``disent.model.ae`` and ``disent.schedule`` (only what the callback and the recipe touch)."""
+    import types
+
+    mods = {name: types.ModuleType(name) for name in
+            ("disent", "disent.frameworks", "disent.frameworks.vae", "disent.model", "disent.model.ae",
+             "disent.schedule")}
+    mods["disent.frameworks.vae"].BetaVae = StandinBetaVae
+    mods["disent.model"].AutoEncoder = StandinAutoEncoder
+    mods["disent.model.ae"].EncoderLinear, mods["disent.model.ae"].DecoderLinear = StandinEncoderLinear, StandinDecoderLinear
+    mods["disent.schedule"].LinearSchedule = StandinLinearSchedule
+    return mods
+
+
 try:
-    from disent.frameworks.vae import BetaVae
-    from disent.model import AutoEncoder
-    from disent.model.ae import DecoderLinear, EncoderLinear
-    from disent.schedule import LinearSchedule
+    import disent.frameworks.vae  # noqa: F401
 
     REAL = True
-
-    def make_framework(beta=0.003, reduction="mean"):
-        torch.manual_seed(0)
-        model = AutoEncoder(encoder=EncoderLinear(x_shape=X_SHAPE, z_size=Z, z_multiplier=2),
-                            decoder=DecoderLinear(x_shape=X_SHAPE, z_size=Z))
-        return BetaVae(model=model, cfg=BetaVae.cfg(beta=beta, recon_loss="bce", loss_reduction=reduction))
-
-    def a_schedule():
-        return LinearSchedule(start_step=0, end_step=10, r_start=0.0, r_end=1.0)
-
 except ImportError:
     REAL = False
+    _STANDIN = standin_modules()
+    sys.modules.update(_STANDIN)  # for this module's imports only; removed again below
 
-    class _Model(nn.Module):
-        """disent.model.AutoEncoder's sizes and encode/decode (linear encoder and decoder)."""
+from disent.frameworks.vae import BetaVae  # noqa: E402
+from disent.model import AutoEncoder  # noqa: E402
+from disent.model.ae import DecoderLinear, EncoderLinear  # noqa: E402
+from disent.schedule import LinearSchedule  # noqa: E402
 
-        def __init__(self, x_shape=X_SHAPE, z_size=Z):
-            super().__init__()
-            self.x_shape, self.z_size = tuple(x_shape), int(z_size)
-            self.x_size = int(torch.tensor(x_shape).prod())
-            self.enc = nn.Linear(self.x_size, 2 * z_size)
-            self.dec = nn.Linear(z_size, self.x_size)
+if not REAL:
+    for _name in _STANDIN:
+        del sys.modules[_name]
 
-        def encode(self, x):
-            return self.enc(x.flatten(1)).chunk(2, dim=-1)
 
-        def decode(self, z):
-            return self.dec(z).view(-1, *self.x_shape)
+def make_framework(beta=0.003, reduction="mean"):
+    torch.manual_seed(0)
+    model = AutoEncoder(encoder=EncoderLinear(x_shape=X_SHAPE, z_size=Z, z_multiplier=2),
+                        decoder=DecoderLinear(x_shape=X_SHAPE, z_size=Z))
+    return BetaVae(model=model, cfg=BetaVae.cfg(beta=beta, recon_loss="bce", loss_reduction=reduction))
 
-    class BetaVae(L.LightningModule):
-        """disent 0.8.0 BetaVae's public surface, as the callback meets it."""
 
-        @dataclass
-        class cfg:
-            optimizer: str = "adam"
-            recon_loss: str = "bce"
-            loss_reduction: str = "mean"
-            beta: float = 0.003
-
-        def __init__(self, model, cfg=None):
-            super().__init__()
-            self.cfg = cfg if cfg is not None else self.cfg()
-            self._model = model
-            self._active_schedules = {}
-
-        def has_schedule(self, target):
-            return target in self._active_schedules
-
-        def register_schedule(self, target, schedule, logging=True):
-            self._active_schedules[target] = (getattr(self.cfg, target), schedule)
-            return True
-
-        def training_step(self, batch, batch_idx):
-            for target, (v0, sched) in self._active_schedules.items():  # disent's _update_config_from_schedules
-                setattr(self.cfg, target, sched(self.trainer.global_step, v0))
-            (x,) = batch["x_targ"]
-            mu, logvar = self._model.encode(x)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            recon = nn.functional.binary_cross_entropy_with_logits(self._model.decode(z), x, reduction="none")
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
-            if self.cfg.loss_reduction == "mean":  # disent.nn.loss.reduction: mean over every element
-                recon, kl = recon.mean(), kl.mean()
-            else:  # "mean_sum": sum over the sample's elements, mean over the batch
-                recon, kl = recon.flatten(1).sum(-1).mean(), kl.sum(-1).mean()
-            reg = self.cfg.beta * kl
-            self.log_dict({"kl_loss": kl, "kl_reg_loss": reg})
-            self.log_dict({"recon_loss": float(recon), "reg_loss": float(reg)}, prog_bar=True)
-            loss = recon + reg
-            self.log("loss", float(loss), prog_bar=True)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-        def on_save_checkpoint(self, checkpoint):
-            checkpoint.setdefault("hyper_parameters", {})
-            checkpoint["hyper_parameters"]["model"] = self._model  # pickled objects, as disent does
-            checkpoint["hyper_parameters"]["cfg"] = self.cfg
-
-    def make_framework(beta=0.003, reduction="mean"):
-        torch.manual_seed(0)
-        return BetaVae(model=_Model(), cfg=BetaVae.cfg(beta=beta, loss_reduction=reduction))
-
-    def a_schedule():
-        return lambda step, v0: v0 * (1 + step)
+def a_schedule():
+    return LinearSchedule(start_step=0, end_step=10, r_start=0.0, r_end=1.0)
 
 
 class Images(Dataset):
@@ -208,3 +265,20 @@ def test_controller_state_survives_a_disent_resume(tmp_path):
     # the first resumed batch used the restored β (in disent's units), not cfg.beta's configured 0.003
     assert torch.equal(torch.as_tensor(probe.beta_at_start[0], dtype=restored.beta.dtype),
                        restored.beta * (Z / 64))
+
+
+def test_documented_disent_recipe_runs_as_written(tmp_path, monkeypatch):
+    doc = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
+    blocks = dict(re.findall(r"```python file=(\S+)\n(.*?)```", doc.read_text(), re.S))
+    monkeypatch.chdir(tmp_path)
+    if not REAL:
+        for name, mod in standin_modules().items():
+            monkeypatch.setitem(sys.modules, name, mod)
+    ns = {"__name__": "__main__"}
+    exec(compile(blocks["disent_betavae.py"], "docs/integration.md:disent_betavae.py", "exec"), ns)
+    fw, ctrl, trainer = ns["framework"], ns["control"].controller, ns["trainer"]
+    assert ctrl.steps_taken == trainer.global_step == 200
+    assert float(fw.cfg.beta) == pytest.approx(float(ctrl.beta) * ns["z_size"] / 64, rel=1e-6)
+    # the controller saw total nats: kl_loss (per latent dimension) × z_size
+    m = trainer.callback_metrics
+    assert float(m["kl_nats"]) == pytest.approx(float(m["kl_loss"]) * ns["z_size"], rel=1e-6)

@@ -326,6 +326,17 @@ def test_documented_lightning_example_runs_as_written(tmp_path, monkeypatch):
     assert states_equal(ckpt["callbacks"][ns["control"].state_key]["controller"], ctrl.state_dict())
 
 
+def test_documented_fit_recipe_runs_as_written(tmp_path, monkeypatch):
+    blocks = dict(re.findall(r"```python file=(\S+)\n(.*?)```", DOC.read_text(), re.S))
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__main__"}
+    exec(compile(blocks["lightning_fit.py"], "docs/integration.md:lightning_fit.py", "exec"), ns)
+    trace, fit = ns["trace"], ns["fit"]
+    assert len(trace) == 30 and trace.meta["kl_lag"] == 1
+    np.testing.assert_array_equal(trace.step, np.arange(9, 300, 10))  # log_every_n_steps=10
+    assert isinstance(fit.identifiable, bool) and (fit.identifiable or fit.identifiability["reasons"])
+
+
 def test_package_imports_without_lightning():
     code = (
         "import sys\n"
