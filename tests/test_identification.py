@@ -343,6 +343,9 @@ def test_short_log_with_a_long_time_constant_is_flagged_and_check_refuses_it(tmp
     assert main(["check", "--fit", str(fit_json), "--kp", "0.01", "--ki", "0.005"]) == EXIT_UNIDENTIFIED
     out = capsys.readouterr()
     assert "STABLE" not in out.out and "refused" in out.err
+    assert main(["check", "--fit", str(fit_json), "--kp", "0.01", "--ki", "0.005", "--json"]) == EXIT_UNIDENTIFIED
+    v = json.loads(capsys.readouterr().out)
+    assert v["stable"] is False and v["refused"] is True and v["qualified"]
     main(["check", "--fit", str(fit_json), "--kp", "0.01", "--ki", "0.005", "--allow-unidentified", "--json"])
     v = json.loads(capsys.readouterr().out)
     assert v["identifiable"] is False and v["qualified"]

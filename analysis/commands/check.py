@@ -75,7 +75,7 @@ def run(args) -> int:
             raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
         problems = plant.design_problems(lo, hi)
         if problems and not args.allow_unidentified:
-            return _refuse(path, problems)
+            return _refuse(path, problems, args.json)
         widen = not args.point
         g_lo, g_hi = plant.gprime_range(lo, hi, ci=widen)
         a_values = [plant.a] + ([v for v in plant.a_ci if math.isfinite(v)] if widen else [])
@@ -127,11 +127,14 @@ def run(args) -> int:
     return rc
 
 
-def _refuse(path, problems) -> int:
+def _refuse(path, problems, as_json=False) -> int:
     import sys
 
-    from klcontrol.cli import EXIT_UNIDENTIFIED
+    from klcontrol.cli import EXIT_UNIDENTIFIED, print_json
 
+    if as_json:  # a JSON consumer sees a verdict too: not stable, refused, and why
+        print_json({"stable": False, "refused": True, "identifiable": False, "qualified": list(problems),
+                    "fit": str(path)})
     print(f"klcontrol check: refused: {path} does not identify the plant, so no stability verdict can rest on it:",
           file=sys.stderr)
     for r in problems:
@@ -157,7 +160,7 @@ def _check_lti(args, path, d) -> int:
     kind = getattr(fit, "kind", type(fit).__name__)
     if getattr(fit, "identifiable", None) is False and not args.allow_unidentified:
         reasons = (getattr(fit, "identifiability", None) or {}).get("reasons") or ["marked not identifiable"]
-        return _refuse(path, reasons)
+        return _refuse(path, reasons, args.json)
     try:
         out = check_fit(fit, args.kp, args.ki, args.window, args.delay, args.controller, setpoints=args.setpoint,
                         beta_range=args.beta_range, draws=not args.point)

@@ -85,6 +85,10 @@ def run(args) -> int:
     try:
         plant, a, g = _plant_from_args(args)
     except _Refused as r:
+        if args.json:
+            from klcontrol.cli import print_json
+
+            print_json({"refused": True, "identifiable": False, "qualified": list(r.problems), "fit": str(r.path)})
         print(f"klcontrol tune: refused: {r.path} does not identify the plant, so no gains can be designed on it:",
               file=sys.stderr)
         for p in r.problems:
