@@ -823,19 +823,29 @@ class PlantFit(FirstOrderPlant):
         Returns
         -------
         list of str
-            The identifiability reasons, "unknown" for a fit file written
-            before identifiability was recorded, and a g′ (band) that reaches 0
-            over the interval.
+            The reasons ``a`` or ``g`` are not identified, the g′ checks of
+            :data:`IDENTIFIABILITY` redone on ``[beta_lo, beta_hi]`` (a fit whose
+            g′ is unresolved only where g is flat may serve a narrower range),
+            "unknown" for a fit file written before identifiability was
+            recorded, and a g′ (band) that reaches 0 over the interval.
         """
         out = []
-        if self.identifiability is None:
+        b0 = self.beta_range[0] if beta_lo is None else float(beta_lo)
+        b1 = self.beta_range[1] if beta_hi is None else float(beta_hi)
+        ident = self.identifiability
+        if ident is None:
             out.append("the fit file records no identifiability (written by an older klcontrol): refit it")
-        elif not self.identifiability["identifiable"]:
-            out += list(self.identifiability["reasons"]) or ["the fit is marked not identifiable"]
+        elif not ident["identifiable"]:
+            by_part = ident.get("reasons_by_part")
+            if by_part is None or not self.boot.gains:
+                out += list(ident["reasons"]) or ["the fit is marked not identifiable"]
+            else:  # a and g's level hold or fail everywhere; g′ is judged on the β range asked about
+                out += [f"{k}: {r}" for k in ("a", "g") for r in by_part.get(k, [])]
+                rows = int(ident.get("figures", {}).get("rows", 0))
+                out += [f"gprime: {r}" for r in _gprime_band_problems(self, b0, b1)
+                        + (_g_change_problems(self, b0, b1, rows) if rows else [])]
         lo, hi = self.gprime_range(beta_lo, beta_hi, ci=True)
-        if hi >= 0:
-            b0 = self.beta_range[0] if beta_lo is None else beta_lo
-            b1 = self.beta_range[1] if beta_hi is None else beta_hi
+        if hi >= 0 and not any("≥ 0" in r for r in out):
             out.append(f"g′ {'band ' if self.boot.gains else ''}reaches {hi:.3g} ≥ 0 over β ∈ [{b0:g}, {b1:g}]: "
                        "the loop gain may vanish there, no gains are robustly stable")
         return out
@@ -1047,16 +1057,7 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
                                 f"factor {th['max_a_ci_ratio']:g}")
         elif hi - lo <= 1e-9 * fit.a:
             reasons["a"].append(f"{100 * fit.level:.0f} % interval of a has zero width: a is pinned, not measured")
-        b = np.linspace(*fit.beta_range, 65)
-        blo, bhi = fit.gprime_ci(b)
-        if np.max(bhi) >= 0:
-            reasons["gprime"].append(f"the {100 * fit.level:.0f} % band of g′ reaches {np.max(bhi):.3g} ≥ 0 over the "
-                                     "β range seen: the data do not show that the KL falls as β rises")
-        else:
-            ratio = float(np.max(blo / bhi))
-            if ratio > th["max_gprime_ci_ratio"]:
-                reasons["gprime"].append(f"the {100 * fit.level:.0f} % band of g′ spans a factor {ratio:.3g} at "
-                                         f"some β (more than {th['max_gprime_ci_ratio']:g})")
+        reasons["gprime"] += _gprime_band_problems(fit, *fit.beta_range)
     if not intervals:  # no bootstrap: linearised intervals from the Jacobian (optimistic, but never silent)
         lin = _linearised(prob, x, fit)
         if lin is None:
@@ -1072,14 +1073,10 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
                 reasons["gprime"].append(f"linearised {100 * fit.level:.0f} % band of g′ spans a factor "
                                          f"{lin['gprime_ratio']:.3g} at some β (more than "
                                          f"{th['max_gprime_ci_ratio']:g}; no bootstrap run)")
-    # how much g moves over the β range, against the noise of a mean over the rows
+    reasons["gprime"] += _g_change_problems(fit, *fit.beta_range, rows)
     b0, b1 = fit.beta_range
     g0, g1 = float(fit.g(b0)), float(fit.g(b1))
     change = abs(g0 - g1) / max(0.5 * (abs(g0) + abs(g1)), 1e-300)
-    resolution = 2 * fit.noise_rel / math.sqrt(max(rows, 1))
-    if change < resolution:
-        reasons["gprime"].append(f"g changes by {100 * change:.2g} % over β ∈ [{b0:g}, {b1:g}], below the "
-                                 f"resolution of the data ({100 * resolution:.2g} %): widen the β range")
     # condition of the problem (columns scaled to unit norm: the units of the parameters do not matter)
     J = prob.jacobian(x)[:rows]
     norms = np.linalg.norm(J, axis=0)
@@ -1094,11 +1091,42 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
         "identifiable": bool(ok["a"] and ok["gprime"] and ok["g"]),
         "a": ok["a"], "g": ok["g"], "gprime": ok["gprime"],
         "reasons": [f"{k}: {r}" for k, v in reasons.items() for r in v],
+        "reasons_by_part": {k: list(v) for k, v in reasons.items()},
         "checked_intervals": bool(intervals),
         "figures": {"time_constant_steps": tau, "longest_log_updates": int(span), "rows": int(rows),
                     "a_ci": list(fit.a_ci), "condition_number": cond, "g_change_over_beta_range": change,
                     "boot_replicates": n_ok, "boot_failures": int(fit.boot.failures)},
     }
+
+
+def _gprime_band_problems(fit, beta_lo, beta_hi) -> list:
+    """The bootstrap band of g′ over ``[beta_lo, beta_hi]``: reaching 0, or wider than a factor
+    ``IDENTIFIABILITY["max_gprime_ci_ratio"]`` at some β (empty without bootstrap replicates)."""
+    if not fit.boot.gains:
+        return []
+    lvl = f"{100 * fit.level:.0f} %"
+    b = np.linspace(beta_lo, beta_hi, 65)
+    blo, bhi = fit.gprime_ci(b)
+    if np.max(bhi) >= 0:
+        return [f"the {lvl} band of g′ reaches {np.max(bhi):.3g} ≥ 0 over β ∈ [{beta_lo:g}, {beta_hi:g}]: the data "
+                "do not show that the KL falls as β rises there"]
+    ratio = float(np.max(blo / bhi))
+    limit = IDENTIFIABILITY["max_gprime_ci_ratio"]
+    if ratio > limit:
+        return [f"the {lvl} band of g′ spans a factor {ratio:.3g} at some β ∈ [{beta_lo:g}, {beta_hi:g}] (more "
+                f"than {limit:g})"]
+    return []
+
+
+def _g_change_problems(fit, beta_lo, beta_hi, rows) -> list:
+    """g moving less over ``[beta_lo, beta_hi]`` than a mean of ``rows`` noisy rows can resolve."""
+    g0, g1 = float(fit.g(beta_lo)), float(fit.g(beta_hi))
+    change = abs(g0 - g1) / max(0.5 * (abs(g0) + abs(g1)), 1e-300)
+    resolution = 2 * fit.noise_rel / math.sqrt(max(rows, 1))
+    if change < resolution:
+        return [f"g changes by {100 * change:.2g} % over β ∈ [{beta_lo:g}, {beta_hi:g}], below the resolution of "
+                f"the data ({100 * resolution:.2g} %): widen the β range"]
+    return []
 
 
 def _linearised(prob, x, fit):

@@ -411,3 +411,14 @@ def test_bootstrap_failures_are_counted(open_loop_csvs, monkeypatch):
     assert fit.boot.failures == 5 and len(fit.boot.a) == 5
     assert fit.identifiability["identifiable"] is False
     assert any("5 of 10 bootstrap replicates failed" in r for r in fit.identifiability["reasons"])
+
+
+def test_gprime_checks_are_redone_on_the_range_a_design_asks_about():
+    # logistic g: flat (g′ → 0) at large β, so g′ is unresolved there but measured at small β
+    plant = FirstOrderPlant(1 / 300, _logistic)
+    tr = simulate(IncrementalPI(0.01, 0.005, LinearRamp(1.0, 19.0, 6000), beta0=20.0), plant, 7000,
+                  noise_rel=0.05, seed=0)
+    fit = fit_plant([tr], g="auto", n_boot=20)
+    assert fit.identifiability["a"] and not fit.identifiability["gprime"]
+    assert any("reaches 0" in r for r in fit.design_problems())
+    assert fit.design_problems(3.0, 11.0) == []  # where the KL visibly falls with β
