@@ -366,7 +366,9 @@ class _Series:
     The log conventions are read from ``trace.meta`` (set by
     :func:`~analysis.trace_io.read_trace`): ``kl_lag`` (KL of row ``s`` is
     ``y(s − kl_lag)``) and ``beta_lead`` (β of row ``s`` is used from update
-    ``s + beta_lead`` on); both default to 0, the klcontrol trainer's convention.
+    ``s + beta_lead`` on) and ``beta_hold`` ("next": held until the next row;
+    "previous": in use since the previous row); defaults 0, 0, "next", the
+    klcontrol trainer's convention.
     """
 
     def __init__(self, tr: Trace, name: str):
@@ -386,7 +388,9 @@ class _Series:
         if len(step) < 4:
             raise ValueError(f"{name}: need at least 4 rows to fit, got {len(step)}")
         conv = log_convention(tr)
-        up = _Updates(step + conv["beta_lead"], step - conv["kl_lag"], name)
+        # where each logged β starts: at its own row (held until the next) or after the previous row
+        start = step if conv["beta_hold"] == "next" else np.r_[step[0], step[:-1] + 1]
+        up = _Updates(start + conv["beta_lead"], step - conv["kl_lag"], name)
         kl = kl[up.kl_rows]
         if len(kl) < 4:
             raise ValueError(f"{name}: need at least 4 rows to fit, got {len(kl)}")
@@ -1005,7 +1009,8 @@ def _fit_plant(traces, g, n_boot, seed, level, loss, n_segments, kl_lag, columns
                    for s, t in zip(series, loaded)],
         "optimizer": {"status": int(res.status), "message": str(res.message), "nfev": int(res.nfev)},
         "loss": loss, "n_segments": int(n_segments), "criterion": "BIC with effective sample size",
-        "hold": "zero-order: a logged β is the weight of every update until the next logged row",
+        "hold": "zero-order: a logged β is the weight of every update until the next logged row "
+                "(since the previous row for traces read with beta_hold='previous')",
     }
     fit = PlantFit(math.exp(loga), prob.param.gain(xg), chosen, a_ci, level, (lo, hi),
                    [rise_time_a(t) for t in loaded], y0, sigma, bic, info, boot, loaded)

@@ -5,7 +5,9 @@ Log conventions (one place: :data:`CONVENTIONS`, the CLI flags of
 
 - **β, held**: the β logged at step ``s`` is the weight of update
   ``s + beta_lead`` and of every later update until the next logged row
-  (zero-order hold).  ``beta_lead = 0`` (``--beta-logged before``, default): β
+  (zero-order hold, ``beta_hold="next"``, default).  ``beta_hold="previous"``
+  (``--beta-hold previous``): the logged β had been in use since the update
+  after the previous row (a value logged at the end of the interval it held).  ``beta_lead = 0`` (``--beta-logged before``, default): β
   was logged before or during update ``s`` (a scheduler's value, the klcontrol
   trainer, :class:`~klcontrol.integrations.lightning.KLControlCallback`);
   ``beta_lead = 1`` (``--beta-logged after``): β was logged after update ``s``
@@ -42,7 +44,8 @@ TRACE_FILES = ("trace.csv", "trace.jsonl")
 
 #: The log conventions :func:`read_trace` understands: name → (allowed values, meaning).
 CONVENTIONS = {
-    "hold": (("zoh",), "a logged β is the weight of every update until the next logged row (zero-order hold)"),
+    "beta_hold": (("next", "previous"), "next: a logged β is the weight of every update until the next logged row "
+                  "(zero-order hold); previous: it was the weight of every update since the previous row"),
     "kl_lag": ((0, 1), "0: row s holds the KL after update s; 1: the KL of the forward pass of step s (before update s)"),
     "beta_lead": ((0, 1), "0: row s holds the β used in update s; 1: the β set after update s (used from s+1 on)"),
 }
@@ -52,7 +55,7 @@ _FLAG = {"step": "--step-col", "beta": "--beta-col", "kl": "--kl-col"}  # CLI fl
 
 
 def log_convention(trace: Trace) -> dict:
-    """``{"kl_lag": 0|1, "beta_lead": 0|1}`` of a trace (from its ``meta``; 0 where unset).
+    """``{"kl_lag": 0|1, "beta_lead": 0|1, "beta_hold": "next"|"previous"}`` of a trace (``meta``; defaults 0, 0, "next").
 
     Parameters
     ----------
@@ -64,11 +67,11 @@ def log_convention(trace: Trace) -> dict:
     dict
     """
     out = {}
-    for key in ("kl_lag", "beta_lead"):
-        v = trace.meta.get(key, 0)
+    for key in ("kl_lag", "beta_lead", "beta_hold"):
+        v = trace.meta.get(key, "next" if key == "beta_hold" else 0)
         if v not in CONVENTIONS[key][0]:
             raise ValueError(f"trace meta {key}={v!r}: must be one of {CONVENTIONS[key][0]}")
-        out[key] = int(v)
+        out[key] = v if key == "beta_hold" else int(v)
     return out
 
 
@@ -88,6 +91,9 @@ def add_reader_arguments(p) -> None:
     g.add_argument("--beta-logged", choices=("before", "after"), default="before",
                    help="before (default): row s holds the β used in update s; after: the β a controller set "
                    "after update s (used from update s+1 on)")
+    g.add_argument("--beta-hold", choices=("next", "previous"), default="next",
+                   help="next (default): a logged β holds until the next logged row (zero-order hold); previous: "
+                   "it had held since the previous row (logged at the end of the interval it was used in)")
     g.add_argument("--format", choices=("csv", "jsonl", "tensorboard"), default=None,
                    help="file format (default: from the file name)")
     g.add_argument("--drop-nan", action="store_true", help="drop rows whose β or KL is NaN or infinite")
@@ -100,12 +106,12 @@ def reader_kwargs(args) -> dict:
     """Keyword arguments of :func:`read_traces` from the flags of :func:`add_reader_arguments`."""
     return dict(step=args.step_col, beta=args.beta_col, kl=args.kl_col, kl_lag=args.kl_lag,
                 beta_lead=1 if args.beta_logged == "after" else 0, format=args.format, drop_nan=args.drop_nan,
-                run=args.run)
+                run=args.run, beta_hold=args.beta_hold)
 
 
 def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
                kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
-               run: str | None = None) -> Trace:
+               run: str | None = None, beta_hold: str = "next") -> Trace:
     """Read one training log into a :class:`klcontrol.Trace`.
 
     Parameters
@@ -131,6 +137,8 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
         See :data:`CONVENTIONS`.
     run : str, optional
         TensorBoard directory with several runs: the run to read.
+    beta_hold : {"next", "previous"}
+        See :data:`CONVENTIONS`.
 
     Returns
     -------
@@ -147,7 +155,7 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
         the rows), steps that do not increase (naming where), or a TensorBoard
         directory with several runs and no ``run``.
     """
-    traces = read_traces(path, step, beta, kl, setpoint, kl_lag, format, drop_nan, beta_lead, run)
+    traces = read_traces(path, step, beta, kl, setpoint, kl_lag, format, drop_nan, beta_lead, run, beta_hold)
     if len(traces) > 1:
         names = [t.meta["run"] for t in traces]
         raise ValueError(f"{path}: {len(traces)} TensorBoard runs log {beta!r} and {kl!r}: {_quote(names)}; "
@@ -157,7 +165,7 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
 
 def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
                 kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
-                run: str | None = None) -> list:
+                run: str | None = None, beta_hold: str = "next") -> list:
     """Read a log into one :class:`klcontrol.Trace` per run (never concatenating runs).
 
     A CSV/JSONL file or trainer run directory is one run; a TensorBoard log
@@ -170,9 +178,9 @@ def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", se
     list of Trace
         In the order of the runs' paths.
     """
-    for key, v in (("kl_lag", kl_lag), ("beta_lead", beta_lead)):
+    for key, v in (("kl_lag", kl_lag), ("beta_lead", beta_lead), ("beta_hold", beta_hold)):
         if v not in CONVENTIONS[key][0]:
-            raise ValueError(f"{key} must be 0 or 1, got {v!r}")
+            raise ValueError(f"{key} must be {' or '.join(map(repr, CONVENTIONS[key][0]))}, got {v!r}")
     names = {"step": step, "beta": beta, "kl": kl}
     for key, v in names.items():
         if not isinstance(v, str) or not v:
@@ -199,7 +207,7 @@ def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", se
     out = []
     for run_name, records in runs:
         tr = _build(p, records, (step, beta, kl), drop_nan, fmt)
-        tr.meta.update(format=fmt, kl_lag=int(kl_lag), beta_lead=int(beta_lead), hold="zoh")
+        tr.meta.update(format=fmt, kl_lag=int(kl_lag), beta_lead=int(beta_lead), beta_hold=beta_hold)
         if run_name is not None:
             tr.meta["run"] = run_name
         out.append(tr)

@@ -422,3 +422,24 @@ def test_gprime_checks_are_redone_on_the_range_a_design_asks_about():
     assert fit.identifiability["a"] and not fit.identifiability["gprime"]
     assert any("reaches 0" in r for r in fit.design_problems())
     assert fit.design_problems(3.0, 11.0) == []  # where the KL visibly falls with β
+
+
+def test_beta_held_since_the_previous_row_is_a_stated_convention(tmp_path):
+    # a logger that writes at the end of each 50-update interval the β that held over it
+    plant = FirstOrderPlant(1 / 400, ExpGain(26.38, 0.121))
+    rng = np.random.default_rng(3)
+    y, rows = 1.0, []
+    for t in range(20_000):
+        if t % 50 == 0:
+            beta = (2.0, 8.0, 4.0, 12.0, 6.0)[(t // 2000) % 5] + 0.0002 * t
+        y = float(plant.step((y,), beta)[0])
+        if t % 50 == 49:
+            rows.append((t, beta, y * (1 + 0.05 * rng.standard_normal())))
+    p = tmp_path / "end_of_interval.csv"
+    p.write_text("step,beta,kl\n" + "".join(f"{s},{b!r},{k!r}\n" for s, b, k in rows))
+    from analysis.trace_io import read_trace
+
+    stated = fit_plant([read_trace(p, beta_hold="previous")], n_boot=0)
+    assert abs(stated.a / plant.a - 1) < 0.05 and stated.info["traces"][0]["beta_hold"] == "previous"
+    default = fit_plant([read_trace(p)], n_boot=0)  # read as held forward: a visibly off
+    assert abs(default.a / plant.a - 1) > 2 * abs(stated.a / plant.a - 1)
