@@ -7,9 +7,10 @@ Log conventions (one place: :data:`CONVENTIONS`, the CLI flags of
   ``s + beta_lead`` and of every later update until the next logged row
   (zero-order hold, ``beta_hold="next"``, default).  ``beta_hold="previous"``
   (``--beta-hold previous``): the logged β had been in use since the update
-  after the previous row (a value logged at the end of the interval it held).  ``beta_lead = 0`` (``--beta-logged before``, default): β
-  was logged before or during update ``s`` (a scheduler's value, the klcontrol
-  trainer, :class:`~klcontrol.integrations.lightning.KLControlCallback`);
+  after the previous row (a value logged at the end of the interval it held).
+  ``beta_lead = 0`` (``--beta-logged before``, default): β was logged before
+  or during update ``s`` (a scheduler's value, the klcontrol trainer,
+  :class:`~klcontrol.integrations.lightning.KLControlCallback`);
   ``beta_lead = 1`` (``--beta-logged after``): β was logged after update ``s``
   by a controller that has already stepped (the weight of the *next* update).
 - **KL**: the KL of row ``s`` is ``y(s − kl_lag)``.  ``kl_lag = 0``
@@ -19,7 +20,7 @@ Log conventions (one place: :data:`CONVENTIONS`, the CLI flags of
   in a Lightning ``training_step``).
 
 Rows are kept as logged; the conventions are stored in ``trace.meta``
-(``kl_lag``, ``beta_lead``) and applied by the fit, which simulates every
+(``kl_lag``, ``beta_lead``, ``beta_hold``) and applied by the fit, which simulates every
 update between logged rows (sparse logs: Lightning's ``log_every_n_steps``).
 Rows of one step written by separate log calls (W&B-style history, Lightning's
 CSVLogger) are merged; a KL row without a β value holds the last β.
