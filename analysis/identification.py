@@ -34,7 +34,7 @@ from klcontrol import ExpGain, FirstOrderPlant, Gain, Trace
 from klcontrol.backend import is_sympy
 from klcontrol.plant import LinearGain, gain_from_dict, register_gain
 
-from .trace_io import align_kl, read_trace, read_traces
+from .trace_io import align_kl, log_convention, read_trace, read_traces
 
 __all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS",
            "IDENTIFIABILITY"]
@@ -373,8 +373,6 @@ class _Series:
 
     def __init__(self, tr: Trace, name: str):
         from scipy.ndimage import median_filter
-
-        from .trace_io import log_convention
 
         beta = np.asarray(tr.beta, dtype=float)
         kl = np.asarray(tr.kl, dtype=float)
@@ -1001,8 +999,6 @@ def _fit_plant(traces, g, n_boot, seed, level, loss, n_segments, kl_lag, columns
     q = 100 * (1 - level) / 2
     a_ci = (np.percentile(boot.a, q), np.percentile(boot.a, 100 - q)) if len(boot.a) else (math.nan, math.nan)
     loga, xg, y0 = prob.split(x)
-    from .trace_io import log_convention
-
     info = {
         "traces": [{"name": s.name, "rows": s.n, "stride": s.stride, "updates": s.up.span, "open_loop": s.open_loop,
                     "beta_range": [float(s.beta.min()), float(s.beta.max())], **log_convention(t)}

@@ -34,7 +34,7 @@ Requires ``lightning`` (``pip install "klcontrol[lightning]"``); the older
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 try:
     from lightning.pytorch import Callback
@@ -245,7 +245,7 @@ class KLControlCallback(Callback):
     def _check_framework(self, pl_module):
         if callable(self.attribute):
             return
-        owner, name = self._owner(pl_module)
+        _, name = self._owner(pl_module)  # fails early, naming the missing part of a dotted path
         # disent frameworks: a registered schedule for the same cfg field would overwrite β every step
         has_schedule = getattr(pl_module, "has_schedule", None)
         if self.attribute.startswith("cfg.") and callable(has_schedule) and has_schedule(name):
