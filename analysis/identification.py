@@ -680,7 +680,7 @@ class PlantFit(FirstOrderPlant):
                  info, boot=None, traces=None, identifiability=None):
         super().__init__(a, g)
         self.gain_model = gain_model
-        self.a_ci = tuple(float(v) for v in a_ci)
+        self.a_ci = tuple(math.nan if v is None else float(v) for v in a_ci)  # None: saved without a bootstrap
         self.level = float(level)
         self.beta_range = tuple(float(v) for v in beta_range)
         self.a_rise_time = list(a_rise_time)
@@ -800,7 +800,9 @@ class PlantFit(FirstOrderPlant):
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        from klcontrol.cli import _jsonable  # NaN/inf as null: the file stays standard JSON
+
+        Path(path).write_text(json.dumps(_jsonable(self.to_dict()), indent=1))
 
     @classmethod
     def load(cls, path) -> "PlantFit":

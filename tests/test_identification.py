@@ -443,3 +443,23 @@ def test_beta_held_since_the_previous_row_is_a_stated_convention(tmp_path):
     assert abs(stated.a / plant.a - 1) < 0.05 and stated.info["traces"][0]["beta_hold"] == "previous"
     default = fit_plant([read_trace(p)], n_boot=0)  # read as held forward: a visibly off
     assert abs(default.a / plant.a - 1) > 2 * abs(stated.a / plant.a - 1)
+
+
+def test_saved_fits_are_standard_json_without_a_bootstrap(tmp_path, capsys):
+    import json
+
+    from klcontrol.cli import main
+
+    trs = [simulate(FixedBeta(b), DSPRITES, 1500, noise_rel=0.05, seed=i) for i, b in enumerate((2.0, 10.0))]
+    fit = fit_plant(trs, n_boot=0)
+    fit.save(tmp_path / "f.json")
+    text = (tmp_path / "f.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    back = PlantFit.load(tmp_path / "f.json")
+    assert all(math.isnan(v) for v in back.a_ci) and back.identifiable == fit.identifiable
+    for i, tr in enumerate(trs):
+        tr.to_csv(tmp_path / f"r{i}.csv")
+    main(["fit", str(tmp_path / "r0.csv"), str(tmp_path / "r1.csv"), "--n-boot", "0"])
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "no bootstrap interval (--n-boot 0)" in out

@@ -73,7 +73,8 @@ def run(args) -> int:
         return rc
     lvl = f"{100 * fit.level:.0f} %"
     lo, hi = fit.a_ci
-    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {lvl} CI [{lo:.4g}, {hi:.4g}]")
+    ci = f"{lvl} CI [{lo:.4g}, {hi:.4g}]" if fit.boot.gains else "no bootstrap interval (--n-boot 0)"
+    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {ci}")
     if fit.a_rise_time_mean is not None:
         print(f"paper's 63.2 % rise-time estimate (open-loop traces): a ≈ {fit.a_rise_time_mean:.4g}")
     if fit.gain_model == "exp":
@@ -85,7 +86,8 @@ def run(args) -> int:
     b0, b1 = fit.beta_range
     g0, g1 = s["gprime_range"]
     c0, c1 = s["gprime_range_ci"]
-    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}] (with {lvl} band [{c0:.4g}, {c1:.4g}])")
+    band = f" (with {lvl} band [{c0:.4g}, {c1:.4g}])" if fit.boot.gains else ""
+    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}]{band}")
     print(f"relative KL noise (robust std of residuals): {100 * fit.noise_rel:.2f} %")
     if fit.boot.failures:
         print(f"bootstrap: {fit.boot.failures} of {args.n_boot} replicates failed and were left out")
