@@ -194,7 +194,8 @@ def _(d, base):
     return p
 
 
-@case("tb_truncated", "error", "trace")
+# TensorBoard's own reader keeps the complete records of a file cut mid-record (a log still being written).
+@case("tb_truncated", "ok", "trace")
 def _(d, base):
     ev = _tb_event(d / "tb_truncated")
     ev.write_bytes(ev.read_bytes()[:-7])
