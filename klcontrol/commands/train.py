@@ -6,7 +6,7 @@ import sys
 
 # Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
 PRESETS = ("tiny", "cpu", "paper")
-CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-official",
+CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "controlvae-official", "dynamicvae", "dynamicvae-official",
                     "dynamicvae-p", "dynamicvae-step", "dynamicvae-t")
 
 
