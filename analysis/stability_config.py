@@ -3,8 +3,8 @@ from __future__ import annotations
 
 __all__ = ["CONTROLLERS", "check_config"]
 
-#: Supported controller names (``"incremental-official"`` is the official anti-windup mode).
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+#: Supported controller names (``"*-official"``: the official code's anti-windup mode).
+CONTROLLERS = ("incremental", "incremental-official", "positional", "positional-official")
 
 
 def check_config(window, delay, controller) -> tuple[int, int, str]:

@@ -11,6 +11,7 @@ State convention ("before update t")::
 
     incremental PI:  x(t) = (y(t−1), β(t), σ(m(t−1) − C), h_1 … h_{T−1})
     positional PI:   x(t) = (y(t−1), β(t), Σ(C − m) so far, h_1 … h_{T−1})
+    (official mode:  the same with the previous unclamped β after Σ(C − m))
 
 where ``h`` are the previous inputs of the moving-average filter, newest first.
 Update ``t`` computes ``y(t)``, feeds ``y(t)`` (delay 0) or ``y(t−1)`` (delay 1)
@@ -93,7 +94,7 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
         Moving-average window ``T`` (1: no filter).
     delay : {0, 1}
         0: β(t+1) from y(t) (as trained); 1: from y(t−1) (paper Eq. 15).
-    controller : {"incremental", "incremental-official", "positional"}
+    controller : {"incremental", "incremental-official", "positional", "positional-official"}
         Law and anti-windup mode; all linearise identically inside the clamps.
 
     Returns
@@ -111,15 +112,26 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
     eq = {y_prev: ystar, beta: bstar, c: ystar, noise: 0}
     eq.update({h: ystar for h in hist})
 
-    if controller == "positional":
+    if controller in ("positional", "positional-official"):
         integral = sp.Symbol("I", real=True)
         # A finite lower clamp is also the law's offset; keep it a positive margin
         # below β* so the equilibrium is interior and the clamp branches resolve.
         margin = sp.Symbol("margin", positive=True)
         beta_min = bstar - margin
-        beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, beta_min, sp.oo, SYMPY)
-        state = (y_prev, beta, integral) + hist
-        nxt = (y, beta_new, integral_new) + tuple(hist_new)
+        if controller == "positional":
+            beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, beta_min, sp.oo, SYMPY)
+            state = (y_prev, beta, integral) + hist
+            nxt = (y, beta_new, integral_new) + tuple(hist_new)
+        else:
+            # The official law also carries the previous unclamped β (only its sign
+            # against β_min matters: a copied state, eigenvalue 0).
+            raw_prev = sp.Symbol("raw_prev", real=True)
+            beta_new, (integral_new, raw_new) = laws.positional_pi_official(
+                (integral, raw_prev), m, c, kp, ki, beta_min, sp.oo, SYMPY
+            )
+            state = (y_prev, beta, integral, raw_prev) + hist
+            nxt = (y, beta_new, integral_new, raw_new) + tuple(hist_new)
+            eq[raw_prev] = bstar
         # β* = Kp·σ(0) − Ki·I* + β_min at equilibrium.
         eq[integral] = (kp / 2 - margin) / ki
     else:
