@@ -5,13 +5,15 @@ import math
 
 import numpy as np
 
+from klcontrol.papers import PAPER_PLANTS
+
 __all__ = ["plot_fit", "PAPER_CURVES"]
 
 #: DynamicVAE Table 5 / Appendix C.1.  dSprites gives only g′ = −3.2·exp(−0.121β); its g is the integral
 #: vanishing at β → ∞, g = (3.2/0.121)·exp(−0.121β).  MNIST: g = 26.38·exp(−0.0476β), g′ = −1.26·exp(…).
 PAPER_CURVES = {
-    "dSprites (paper)": {"a": 1 / 2500, "A": 3.2 / 0.121, "k": 0.121},
-    "MNIST (paper)": {"a": 1 / 5000, "A": 26.38, "k": 0.0476},
+    f"{'dSprites' if name == 'dsprites' else 'MNIST'} (paper)": {"a": p.a, "A": p.A, "k": p.k}
+    for name, p in PAPER_PLANTS.items()
 }
 
 

@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from klcontrol.papers import DYNAMICVAE_GAINS
+
 __all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain", "gain_figures", "tune", "PAPER_GAINS"]
 
-#: The DynamicVAE paper's hand-picked gains.
-PAPER_GAINS = (0.01, 0.005)
+#: The DynamicVAE paper's hand-picked gains (:data:`klcontrol.papers.DYNAMICVAE_GAINS`).
+PAPER_GAINS = DYNAMICVAE_GAINS
 
 
 def _check_plant(a, gprime):

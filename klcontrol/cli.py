@@ -1,8 +1,13 @@
 """Command-line interface: ``klcontrol <command> ...`` (also ``python -m klcontrol``).
 
-Each command lives in its own module under :mod:`klcontrol.commands`, which
-defines ``register(subparsers)``; heavy imports (torch, sympy, analysis,
-vae_plant) happen inside the command functions so ``klcontrol --help`` is fast.
+The core registers its own commands (:mod:`klcontrol.commands`) and those of
+every package that declares an entry point in the group ``klcontrol.commands``
+(``analysis`` and ``vae_plant`` do, in ``pyproject.toml``): the entry point
+names a module whose ``COMMANDS`` maps command names to modules that define
+``register(subparsers)``.  So the core never imports ``analysis`` or
+``vae_plant`` by name, and the dependencies run one way (docs/design.md).
+Heavy imports (torch, sympy) happen inside the command functions so
+``klcontrol --help`` is fast.
 """
 from __future__ import annotations
 
@@ -13,10 +18,31 @@ import sys
 
 import numpy as np
 
-__all__ = ["main", "COMMANDS", "print_json"]
+__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP"]
 
-#: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "simulate", "stability", "fit", "check", "tune", "train", "evaluate", "compare")
+#: The order ``--help`` lists commands in (others follow, alphabetically).
+ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "train", "evaluate", "compare")
+#: Entry-point group through which packages add commands.
+ENTRY_POINT_GROUP = "klcontrol.commands"
+
+
+def command_modules() -> dict:
+    """Command name → module path: the core's own and every installed plugin's, in help order."""
+    from importlib.metadata import entry_points
+
+    from .commands import COMMANDS as own
+
+    found = dict(own)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            mod = importlib.import_module(ep.value)
+        except ModuleNotFoundError as exc:  # a plugin uninstalled without its metadata
+            if exc.name and ep.value.startswith(exc.name):
+                continue
+            raise
+        found.update(getattr(mod, "COMMANDS", {}))
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
 
 def _jsonable(o):
@@ -48,14 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Control of the KL divergence of β-VAEs: simulate, analyse, fit, tune and train.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"klcontrol.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"klcontrol.commands.{name}":
-                continue
-            raise
-        mod.register(sub)
+    for module in command_modules().values():
+        importlib.import_module(module).register(sub)
     return parser
 
 

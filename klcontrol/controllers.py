@@ -550,9 +550,10 @@ class CapacityRamp(Controller):
     @classmethod
     def burgess_dsprites(cls, **kw) -> "CapacityRamp":
         """The paper's dSprites setting: γ = 1000, C from 0 to 25 nats over 100 000 steps."""
+        from .papers import BURGESS_DSPRITES_CAPACITY, BURGESS_GAMMA
         from .setpoints import LinearRamp
 
-        return cls(1000.0, LinearRamp(0.0, 25.0, 100_000), **kw)
+        return cls(BURGESS_GAMMA, LinearRamp(*BURGESS_DSPRITES_CAPACITY), **kw)
 
     def _beta(self, m, c, p, ops):
         return ops.clip(laws.capacity_relay(m, c, p["gamma"], ops), p["beta_min"], p["beta_max"])
@@ -658,9 +659,11 @@ class PositionalPI(Controller):
         ``StepRamp.controlvae_dsprites()(t + 2)``: the jump lands on call
         5000k − 1).
         """
+        from .papers import CONTROLVAE_BETA_MIN, CONTROLVAE_GAINS
         from .setpoints import StepRamp
 
-        args = dict(kp=0.01, ki=0.001, setpoint=StepRamp.controlvae_dsprites(), beta_min=1.0)
+        kp, ki = CONTROLVAE_GAINS
+        args = dict(kp=kp, ki=ki, setpoint=StepRamp.controlvae_dsprites(), beta_min=CONTROLVAE_BETA_MIN)
         if official:
             args.update(setpoint=StepRamp.controlvae_dsprites().shift(-OFFICIAL_SETPOINT_LEAD),
                         anti_windup="official")
@@ -742,11 +745,16 @@ class IncrementalPI(Controller):
         update 0's KL (the official loop uses the PID output for update 0),
         it gives the official β call for call.
         """
+        from .papers import (DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_OFFICIAL_BETA0,
+                             DYNAMICVAE_OFFICIAL_BETA_MIN, DYNAMICVAE_WINDOW)
         from .setpoints import StepRamp
 
-        args = dict(kp=0.01, ki=0.005, setpoint=StepRamp.dynamicvae_dsprites(), beta0=150.0, filter=5)
+        kp, ki = DYNAMICVAE_GAINS
+        args = dict(kp=kp, ki=ki, setpoint=StepRamp.dynamicvae_dsprites(), beta0=DYNAMICVAE_BETA0,
+                    filter=DYNAMICVAE_WINDOW)
         if official:
-            args.update(beta0=50.0, beta_min=0.1, anti_windup="official", y0=0.0,
+            args.update(beta0=DYNAMICVAE_OFFICIAL_BETA0, beta_min=DYNAMICVAE_OFFICIAL_BETA_MIN,
+                        anti_windup="official", y0=0.0,
                         setpoint=StepRamp.dynamicvae_dsprites().shift(-OFFICIAL_SETPOINT_LEAD))
         args.update(kw)
         return cls(**args)

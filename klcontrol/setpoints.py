@@ -167,12 +167,16 @@ class StepRamp(SetPoint):
     @classmethod
     def dynamicvae_dsprites(cls) -> "StepRamp":
         """The paper's dSprites schedule: 0.5 → 20 nats, +0.15 per 6000 steps, 1000-step ramps."""
-        return cls(0.5, 20.0, 0.15, 6000, 1000)
+        from .papers import DYNAMICVAE_DSPRITES_SETPOINT
+
+        return cls(*DYNAMICVAE_DSPRITES_SETPOINT)
 
     @classmethod
     def controlvae_dsprites(cls) -> "StepRamp":
         """ControlVAE's dSprites schedule (official ``solver_light.py``): 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
-        return cls(0.5, 18.0, 0.15, 5000, 1)
+        from .papers import CONTROLVAE_DSPRITES_SETPOINT
+
+        return cls(*CONTROLVAE_DSPRITES_SETPOINT)
 
     @property
     def total_steps(self) -> int:

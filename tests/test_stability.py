@@ -161,9 +161,10 @@ def test_positional_official_mode_linearises_like_the_real_controller(T, d):
 
 def test_jacobian_is_built_from_the_laws():
     A = jacobian(1, 1)
-    assert A.shape == (3, 3)
+    # symbolic state: (y_prev, beta, integrator, p_prev, kl_delayed), as klcontrol.loop.loop_step carries it
+    assert A.shape == (5, 5)
     num = numeric_jacobian(0.4, 0.2, 0.1, -2.0, 1, 1)
-    # numeric state: (y_prev, meas_prev, beta, integrator, p_prev); symbolic: (y_prev, beta, p_prev)
+    # numeric state: (y_prev, meas_prev, beta, integrator, p_prev)
     import sympy as sp
 
     from analysis.stability_symbolic import SYMBOLS

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from klcontrol.cli import main
-from klcontrol.commands.train import CONTROLLER_NAMES, PRESETS
+from vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
 from klcontrol.controllers import FixedBeta, IncrementalPI
 from klcontrol.setpoints import StepRamp
 from vae_plant import presets

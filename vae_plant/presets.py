@@ -54,60 +54,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from klcontrol.controllers import CapacityRamp, Controller, FixedBeta, IncrementalPI, PositionalPI
-from klcontrol.setpoints import StepRamp
+from klcontrol.controllers import Controller
+from klcontrol.registry import PRESETS as CONTROLLERS
+from klcontrol.registry import PRIMED, STEP_FIRST, controlvae_setpoint, make_preset
 
 __all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "first_update", "controlvae_setpoint"]
 
 
-def controlvae_setpoint() -> StepRamp:
-    """ControlVAE's dSprites set point: 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
-    return StepRamp.controlvae_dsprites()
-
-
-def _dynamicvae_step() -> IncrementalPI:
-    sp = StepRamp.dynamicvae_dsprites()
-    return IncrementalPI.dynamicvae_dsprites(setpoint=StepRamp(sp.start, sp.stop, sp.step, sp.period, 1))
-
-
-def _dynamicvae_p() -> PositionalPI:
-    return PositionalPI(0.01, 0.005, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=5)
-
-
-#: Preset name → factory of a fresh controller.
-CONTROLLERS = {
-    "fixed": lambda: FixedBeta(4.0),
-    "capacity": CapacityRamp.burgess_dsprites,
-    "controlvae": PositionalPI.controlvae_dsprites,
-    "controlvae-official": lambda: PositionalPI.controlvae_dsprites(official=True),
-    "dynamicvae": IncrementalPI.dynamicvae_dsprites,
-    "dynamicvae-official": lambda: IncrementalPI.dynamicvae_dsprites(official=True),
-    "dynamicvae-p": _dynamicvae_p,
-    "dynamicvae-step": _dynamicvae_step,
-    "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
-}
-
-# The official loops call the controller in update 0's forward pass already and
-# start from their own state (DynamicVAE: a zero-filled KL window), never primed.
-_OFFICIAL_START = {"dynamicvae-official", "controlvae-official"}
-
-
 def make_controller(name: str) -> Controller:
-    """A fresh controller for a preset name.
+    """A fresh controller for a preset name (:func:`klcontrol.registry.make_preset`).
 
     Raises
     ------
     ValueError
         If ``name`` is not one of :data:`CONTROLLERS`.
     """
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
-    return CONTROLLERS[name]()
+    return make_preset(name)
 
 
 def primes(name: str) -> bool:
     """Whether the trainer primes this preset's KL history with the initial model's KL."""
-    return name not in _OFFICIAL_START
+    return name in PRIMED
 
 
 def first_update(name: str):
@@ -117,11 +84,11 @@ def first_update(name: str):
     -------
     True or "step"
         ``True``: prime the KL history with the initial model's KL and use
-        ``controller.beta`` for update 0.  ``"step"`` (the official presets):
-        no priming; update 0's β is ``controller.step(KL of update 0's forward
-        pass)``, as the official loops.
+        ``controller.beta`` for update 0.  ``"step"`` (the official presets,
+        :data:`klcontrol.registry.STEP_FIRST`): no priming; update 0's β is
+        ``controller.step(KL of update 0's forward pass)``, as the official loops.
     """
-    return "step" if name in _OFFICIAL_START else True
+    return "step" if name in STEP_FIRST else True
 
 
 @dataclass(frozen=True)

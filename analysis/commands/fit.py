@@ -32,7 +32,7 @@ def run(args) -> int:
     """Execute ``klcontrol fit``."""
     from analysis.identification import fit_plant
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     fit = fit_plant(args.paths, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level, kl_lag=args.kl_lag,
                     columns={"step": args.step_col, "beta": args.beta_col, "kl": args.kl_col},

@@ -68,10 +68,10 @@ def run(args) -> int:
 def _plot(r, plant, path):
     import numpy as np
 
-    from ..controllers import IncrementalPI
-    from ..plotting import plot_trace
-    from ..setpoints import StepRamp
-    from ..simulate import simulate
+    from klcontrol.controllers import IncrementalPI
+    from klcontrol.plotting import plot_trace
+    from klcontrol.setpoints import StepRamp
+    from klcontrol.simulate import simulate
 
     if plant is None:
         raise ValueError("--plot simulates the fitted plant: give --fit fit.json")
@@ -88,7 +88,7 @@ def _plot(r, plant, path):
 def _run_schedule(args, plant, g):
     from analysis.schedule_tuning import tune_schedule
 
-    from ..setpoints import StepRamp
+    from klcontrol.setpoints import StepRamp
 
     if plant is None:
         raise ValueError("--schedule-steps simulates the fitted plant: give --fit fit.json")
@@ -103,9 +103,9 @@ def _run_schedule(args, plant, g):
     if args.plot:
         import numpy as np
 
-        from ..controllers import IncrementalPI
-        from ..plotting import plot_trace
-        from ..simulate import simulate
+        from klcontrol.controllers import IncrementalPI
+        from klcontrol.plotting import plot_trace
+        from klcontrol.simulate import simulate
 
         ctrl = IncrementalPI(np.array([r.kp, args.compare[0]]), np.array([r.ki, args.compare[1]]), sp,
                              beta0=args.beta0, filter=args.window)
@@ -116,7 +116,7 @@ def _run_schedule(args, plant, g):
 
 
 def _report(r, as_json):
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if as_json:
         print_json(r.to_dict())

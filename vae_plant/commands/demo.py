@@ -75,12 +75,12 @@ def run(args) -> int:
     from analysis.tuning import PAPER_GAINS, tune
     from vae_plant.train import train
 
-    from ..cli import print_json
-    from ..controllers import FixedBeta, IncrementalPI
-    from ..plant import ExpGain, FirstOrderPlant
-    from ..plotting import plot_trace
-    from ..setpoints import StepRamp
-    from ..simulate import simulate
+    from klcontrol.cli import print_json
+    from klcontrol.controllers import FixedBeta, IncrementalPI
+    from klcontrol.plant import ExpGain, FirstOrderPlant
+    from klcontrol.plotting import plot_trace
+    from klcontrol.setpoints import StepRamp
+    from klcontrol.simulate import simulate
 
     out = args.out
     traces = _find_traces(args.traces)  # before anything is written: a bad --traces leaves no trace
@@ -233,7 +233,7 @@ def _check_and_tune_real(real) -> None:
     # --window 5 --schedule-steps 5000 --max-jitter 0.2` computes it (g′ over the fit's β range).
     from analysis.schedule_tuning import tune_schedule
 
-    from ..setpoints import StepRamp
+    from klcontrol.setpoints import StepRamp
 
     steps = SCHEDULE_STEPS
     real["_schedule_tuned"] = tune_schedule(
@@ -264,7 +264,7 @@ def _traversals(res, path):
 
 
 def _plain(o):
-    from ..cli import _jsonable
+    from klcontrol.cli import _jsonable
 
     return _jsonable(o)
 

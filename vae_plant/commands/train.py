@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol train``."""
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")

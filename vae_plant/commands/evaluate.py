@@ -32,7 +32,7 @@ def run(args) -> int:
     from vae_plant.evaluation import disentanglement
     from vae_plant.train import load_run
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
     from .demo import _traversals
 
     if not os.path.isdir(args.run_dir):
