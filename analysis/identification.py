@@ -1,6 +1,6 @@
 """Identify the first-order KL plant from training traces.
 
-The model (DESIGN.md, DynamicVAE Eq. 14), row ``t`` holding ``β(t)`` and the
+The model (docs/design.md, DynamicVAE Eq. 14), row ``t`` holding ``β(t)`` and the
 KL ``y(t)`` after update ``t``::
 
     y(t) = y(t−1)/(1+a) + a/(1+a)·g(β(t))

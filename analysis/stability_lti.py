@@ -105,41 +105,15 @@ class ControllerLinearization:
 def _controller_linearization(window, delay, controller):
     import sympy as sp
 
-    from klcontrol import laws
-    from klcontrol.backend import SYMPY
-
     from . import stability_symbolic as ss
 
     kp, ki = ss.SYMBOLS["kp"], ss.SYMBOLS["ki"]
-    ystar, bstar, c, noise, y = sp.symbols("y_star beta_star C n y", real=True)
-    beta = sp.Symbol("beta", real=True)
-    hist = tuple(sp.symbols(f"h_1:{window}", real=True)) if window > 1 else ()
-    y_prev = (sp.Symbol("y_prev", real=True),) if delay == 1 else ()
-    m_in = (y_prev[0] if delay == 1 else y) + noise
-    m, hist_new = laws.moving_average(hist, m_in, SYMPY)
-    eq = {beta: bstar, c: ystar, noise: 0, y: ystar}
-    eq.update({h: ystar for h in hist + y_prev})
-    if controller == "positional":
-        integral = sp.Symbol("integral", real=True)
-        margin = sp.Symbol("margin", positive=True)  # β_min a positive margin below β*: interior equilibrium
-        beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, bstar - margin, sp.oo, SYMPY)
-        law_states, law_next = (integral,), (integral_new,)
-        eq[integral] = (kp / 2 - margin) / ki
-    else:
-        mode = "official" if controller == "incremental-official" else "clamp"
-        p_prev = sp.Symbol("p_prev", real=True)
-        beta_new, (integ_new, p_new) = laws.incremental_pi(
-            (beta, p_prev), m, c, kp, ki, -sp.oo, sp.oo, SYMPY, mode=mode
-        )
-        beta_new = integ_new  # the state the law carries (equal to β inside the clamps)
-        law_states, law_next = (p_prev,), (p_new,)
-        eq[p_prev] = sp.Rational(1, 2)
-    state = (beta,) + law_states + hist + y_prev
-    nxt = (beta_new,) + law_next + tuple(hist_new) + ((y,) if delay == 1 else ())
-    lm = ss.LoopMap(state, nxt, beta, eq, c, noise)
+    # The controller's part of klcontrol.loop.loop_step run on symbols: its own delay, filter and law.
+    lm, y = ss.controller_map(window, delay, controller)
+    eq, state, nxt = lm.equilibrium, lm.state, lm.next_state
     f = sp.Matrix([ss._interior(e, eq) for e in nxt])
     A = f.jacobian(sp.Matrix(state)).applyfunc(lambda e: ss._at_equilibrium(e, lm))
-    B = f.jacobian(sp.Matrix([y, c, noise])).applyfunc(lambda e: ss._at_equilibrium(e, lm))
+    B = f.jacobian(sp.Matrix([y, lm.setpoint, lm.noise])).applyfunc(lambda e: ss._at_equilibrium(e, lm))
 
     def split(M):
         parts = [M.subs({kp: 0, ki: 0}), M.diff(kp), M.diff(ki)]
@@ -148,9 +122,9 @@ def _controller_linearization(window, delay, controller):
             raise RuntimeError("the controller's linearisation is not affine in (K_p, K_i)")
         return [np.array(p.tolist(), dtype=float) for p in parts]
 
-    Cm = np.zeros((1, len(state)))
-    Cm[0, 0] = 1.0
     names = tuple(str(s) for s in state)
+    Cm = np.zeros((1, len(state)))
+    Cm[0, names.index("beta")] = 1.0
     return ControllerLinearization(names, *split(A), *split(B), Cm, window, delay, controller)
 
 

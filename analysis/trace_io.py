@@ -1,6 +1,6 @@
 """Read training logs (CSV, JSONL, TensorBoard) into :class:`klcontrol.Trace` objects.
 
-Time convention (DESIGN.md): row ``t`` holds ``β(t)``, the weight used in
+Time convention (docs/design.md): row ``t`` holds ``β(t)``, the weight used in
 update ``t``, and ``y(t)``, the KL *after* update ``t``.  A log whose KL comes
 from the forward pass of the same step holds ``y(t−1)`` in row ``t``; read it
 with ``kl_lag=1`` and the rows are realigned (``kl`` shifted one row up, the

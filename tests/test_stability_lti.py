@@ -66,7 +66,7 @@ def test_broadcasting_and_scalars():
     assert isinstance(spectral_radius(0.5, 0.2, plant=P), float)
     assert isinstance(is_stable(0.5, 0.2, plant=P), bool)
     ev = eigenvalues(kp, ki, plant=P, window=3, delay=1)
-    assert ev.shape == (5, 3, 1 + 2 + 2 + 1)  # plant, β and p_prev, history, delayed y
+    assert ev.shape == (5, 3, 1 + 3 + 2 + 1)  # plant, β, integrator and p_prev, history, delayed y
 
 
 # -- random higher-order plants against an independent closed loop ---------------------------------------
@@ -348,12 +348,15 @@ def test_dt_true_is_accepted():
 
 def test_controller_linearization_is_from_the_laws_and_cached():
     lin = sl.controller_linearization(3, 1, "incremental")
-    assert lin.states == ("beta", "p_prev", "h_1", "h_2", "y_prev")
+    assert lin.states == ("beta", "integrator", "p_prev", "h_1", "h_2", "y_delayed")
     assert sl.controller_linearization(3, 1, "incremental") is lin
     Ak, Bk = lin.matrices(0.8, 0.3)
     # β row: β(t+1) = β + Kp(σ(m − C) − p_prev) + Ki(m − C), m = (y_prev + h_1 + h_2)/3, σ′(0) = 1/4.
-    np.testing.assert_allclose(Ak[0], [1, -0.8, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3])
-    np.testing.assert_allclose(Bk[0], [0, -(0.2 + 0.3), (0.2 + 0.3) / 3])  # y(t) enters only through y_prev
+    # (β carries the clamped integrator: its row reads the integrator's column.)
+    np.testing.assert_allclose(Ak[0], [0, 1, -0.8, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3])
+    # y(t) and its noise enter only through the delayed measurement (columns y, C, noise).
+    np.testing.assert_allclose(Bk[0], [0, -(0.2 + 0.3), 0])
+    np.testing.assert_allclose(Bk[-1], [1, 0, 1])
     pos = sl.controller_linearization(2, 0, "positional")
     assert pos.states == ("beta", "integral", "h_1")
 

@@ -23,7 +23,7 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     DynamicVAE (paper, Appendix A): incremental PI (Eq. 10, feedback sign as
     the official code) with Kp = 0.01, Ki = 0.005, β(0) = 150, moving average
     T = 5, hybrid step-ramp set point 0.5 → 20 nats (+0.15 per 6000 steps, the
-    first 1000 of which ramp).  Clamped-state saturation (DESIGN.md).
+    first 1000 of which ramp).  Clamped-state saturation (docs/design.md).
 ``dynamicvae-official``
     The official 2D-sprites code instead of the paper: β(0) = 50 (not 150),
     unclamped state with the I-term frozen below β_min = 0.1, the zero-filled

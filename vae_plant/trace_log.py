@@ -1,6 +1,6 @@
 """The training trace: rows collected on the device, written in blocks to CSV and TensorBoard.
 
-Row ``t`` (DESIGN.md indexing): ``beta`` = β(t), the weight of update t;
+Row ``t`` (docs/design.md indexing): ``beta`` = β(t), the weight of update t;
 ``kl`` = y(t), the batch KL of the model after update t; ``recon`` and
 ``kl_0 … kl_{L-1}`` from the same forward pass; ``setpoint`` = C(t), the set
 point the controller used when it turned y(t) into β(t+1).

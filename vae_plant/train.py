@@ -3,7 +3,7 @@
 Loss of update t: ``recon + β(t)·KL`` (reductions in :mod:`vae_plant.model`);
 β may be negative (the capacity relay).
 
-Time indexing (DESIGN.md, delay 0)
+Time indexing (docs/design.md, delay 0)
 ----------------------------------
 ``β(t)`` is the weight of update t; ``y(t)`` is the batch KL of the model
 *after* update t, which is what the forward pass of update t+1 measures.  In
