@@ -45,9 +45,10 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     Ablation "DynamicVAE-t": "directly uses the output KL-divergence at time t
     as a feedback ... without using moving average" — window T = 1.
 
-Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it),
+Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it), ``demo``
+(``klcontrol demo``: batch 32, lr 1e-3, 800 updates),
 ``cpu`` (a short real run on a CPU), ``paper`` (batch 128, the full ~800k-step
-DynamicVAE schedule).  All use Adam, lr 1e-4, betas (0.9, 0.999) as the
+DynamicVAE schedule).  All use Adam, lr 1e-4 (``demo``: 1e-3), betas (0.9, 0.999) as the
 official code (the paper text says β2 = 0.99).
 """
 from __future__ import annotations
@@ -120,6 +121,8 @@ class Schedule:
 
 SCHEDULES = {
     "tiny": Schedule(batch_size=8, steps=40, checkpoint_every=0, flush_every=10),
+    # `klcontrol demo`: a ten times higher learning rate, so that a few hundred updates learn factors.
+    "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=50, lr=1e-3),
     "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100),
     "paper": Schedule(batch_size=128, steps=800_000, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
 }
