@@ -8,22 +8,26 @@ from .controllers import (
     CapacityRamp,
     Controller,
     FixedBeta,
+    GECO,
     IncrementalPI,
+    PIDLagrangian,
+    ScheduledBeta,
     PositionalPI,
     beta_from_norm,
     beta_norm,
 )
 from .filters import ExponentialAverage, Filter, MovingAverage
 from .plant import ExpGain, FirstOrderPlant, Gain, LinearGain, Plant
-from .setpoints import Constant, LinearRamp, Sequence, SetPoint, StepRamp
+from .setpoints import Constant, Cyclical, LinearRamp, Sequence, SetPoint, StepRamp
 from .simulate import Trace, response_metrics, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Controller", "FixedBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "beta_norm", "beta_from_norm",
+    "Controller", "FixedBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "GECO", "PIDLagrangian", "ScheduledBeta",
+    "beta_norm", "beta_from_norm",
     "Filter", "MovingAverage", "ExponentialAverage",
     "Gain", "ExpGain", "FirstOrderPlant",
-    "SetPoint", "Constant", "LinearRamp", "StepRamp", "Sequence",
+    "SetPoint", "Constant", "LinearRamp", "StepRamp", "Cyclical", "Sequence",
     "Trace", "simulate", "response_metrics",
 ]

@@ -53,6 +53,14 @@ class Ops(ABC):
     def sign(self, x):
         """Elementwise sign (−1, 0, 1)."""
 
+    @abstractmethod
+    def exp(self, x):
+        """Elementwise exponential."""
+
+    @abstractmethod
+    def log(self, x):
+        """Elementwise natural logarithm."""
+
 
 class NumpyOps(Ops):
     """NumPy backend; also used for plain Python floats."""
@@ -85,6 +93,12 @@ class NumpyOps(Ops):
 
     def sign(self, x):
         return np.sign(x)
+
+    def exp(self, x):
+        return np.exp(x)
+
+    def log(self, x):
+        return np.log(x)
 
 
 class TorchOps(Ops):
@@ -123,6 +137,12 @@ class TorchOps(Ops):
 
     def sign(self, x):
         return self.torch.sign(x)
+
+    def exp(self, x):
+        return self.torch.exp(x) if self.torch.is_tensor(x) else np.exp(x)  # a float parameter stays a float
+
+    def log(self, x):
+        return self.torch.log(x) if self.torch.is_tensor(x) else np.log(x)
 
 
 class SympyOps(Ops):
@@ -180,6 +200,12 @@ class SympyOps(Ops):
 
     def sign(self, x):
         return self.sp.sign(x)
+
+    def exp(self, x):
+        return self.sp.exp(x)
+
+    def log(self, x):
+        return self.sp.log(x)
 
 
 NUMPY = NumpyOps()

@@ -38,6 +38,10 @@ __all__ = [
     "CapacityRamp",
     "PositionalPI",
     "IncrementalPI",
+    "GECO",
+    "PIDLagrangian",
+    "ScheduledBeta",
+    "MEASURES",
     "beta_norm",
     "beta_from_norm",
 ]
@@ -75,6 +79,9 @@ def _check_dims(latent_dim, input_dim):
 
 
 _KEEP = object()
+
+#: What a controller's ``step`` may consume (:attr:`Controller.measures`): the KL or the reconstruction loss.
+MEASURES = ("kl", "recon")
 
 #: Calls by which the official ControlVAE and DynamicVAE loops' set point leads
 #: klcontrol's ``C(t)``: they raise C (iteration counter from 1) before calling
@@ -140,6 +147,9 @@ class Controller:
     """
 
     kind = "controller"
+    #: The loss term ``step`` consumes: ``"kl"`` (nats, every KL controller) or ``"recon"`` (GECO).
+    #: A trainer passes ``controller.step(losses[controller.measures])``.
+    measures = "kl"
     #: Parameters that may be ±inf (clamps); every other parameter must be finite.
     _inf_ok = ("beta_min", "beta_max")
 
@@ -916,3 +926,200 @@ class IncrementalPI(Controller):
 
     def _equilibrium(self, beta_star, y_star, p, ops):
         return {"beta": beta_star, "integrator": beta_star, "p_prev": ops.sigmoid(0 * y_star)}
+
+
+class GECO(Controller):
+    """GECO (Rezende & Viola 2018, Alg. 1): a multiplier on the reconstruction constraint ``recon ≤ κ``.
+
+    ``C_ma ← α·C_ma + (1 − α)·(recon − κ)``, ``β ← clip(β·exp(−η·C_ma), β_min, β_max)``
+    (:func:`klcontrol.laws.geco`): β = 1/λ for the loss ``recon + β·KL``.
+    It measures the reconstruction loss (:attr:`measures` = ``"recon"``):
+    ``step(recon)``; its set point is the tolerance κ (nats of reconstruction).
+
+    Stepped on ``r_0, r_1, …`` after ``prime(r_0)`` it returns Alg. 1's
+    ``1/λ_0, 1/λ_1, …`` (the prime is Alg. 1's ``C_ma⁰ = C⁰``).
+
+    Parameters
+    ----------
+    kappa : float, SetPoint or callable
+        Tolerance κ on the reconstruction loss (nats).
+    eta : float or array
+        Multiplier rate η (per nat).
+    alpha : float or array
+        Moving-average weight α, in [0, 1) (paper: 0.99).
+    beta0 : float or array
+        Initial β = 1/λ_init (paper: λ_init = 1).
+    beta_min, beta_max : float or array
+        Finite clamps, ``0 < β_min ≤ β_max``.
+    filter : Filter or int, optional
+        Extra measurement filter (Alg. 1 has none besides its moving average).
+    y0 : float
+        Reconstruction assumed before step 0 (prime it with the first measurement).
+    """
+
+    kind = "geco"
+    measures = "recon"
+    _inf_ok = ()
+
+    def __init__(self, kappa, eta, alpha=0.99, beta0=1.0, beta_min=1e-3, beta_max=1e3, filter=None, y0: float = 0.0):
+        if kappa is None:
+            raise ValueError("GECO needs a tolerance kappa (the reconstruction set point)")
+        super().__init__(kappa, filter, y0, eta=_param("eta", eta), alpha=_param("alpha", alpha),
+                         beta0=_param("beta0", beta0), beta_min=_param("beta_min", beta_min),
+                         beta_max=_param("beta_max", beta_max))
+        self._params = self._check_params(self._params)
+
+    def _check_params(self, params):
+        out = super()._check_params(params)
+        if np.any(out["beta_min"] <= 0):
+            raise ValueError(f"beta_min must be > 0 (β = 1/λ), got {out['beta_min']}")
+        if np.any(out["alpha"] < 0) or np.any(out["alpha"] >= 1):
+            raise ValueError(f"alpha must be in [0, 1), got {out['alpha']}")
+        return out
+
+    def _initial(self, y0, c0):
+        p = self._params
+        return {"beta": NUMPY.clip(p["beta0"], p["beta_min"], p["beta_max"]), "c_ma": y0 - c0}
+
+    def _law(self, state, m, c, p, ops):
+        beta, (_, c_ma) = laws.geco((state["beta"], state["c_ma"]), m, c, p["eta"], p["alpha"], p["beta_min"],
+                                    p["beta_max"], ops)
+        return {"beta": beta, "c_ma": c_ma}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": beta_star, "c_ma": 0 * y_star}
+
+    @classmethod
+    def dsprites(cls, **kw) -> "GECO":
+        """klcontrol's dSprites choice (the paper has none): κ, η, β clamps of :mod:`klcontrol.papers`, α = 0.99."""
+        from .papers import GECO_ALPHA, GECO_BETA_RANGE, GECO_DSPRITES_KAPPA, GECO_DSPRITES_ETA, GECO_LAMBDA0
+
+        args = dict(kappa=GECO_DSPRITES_KAPPA, eta=GECO_DSPRITES_ETA, alpha=GECO_ALPHA, beta0=1 / GECO_LAMBDA0,
+                    beta_min=GECO_BETA_RANGE[0], beta_max=GECO_BETA_RANGE[1])
+        args.update(kw)
+        return cls(**args)
+
+
+class PIDLagrangian(Controller):
+    """PID Lagrange multiplier (Stooke, Achiam & Abbeel 2020, Alg. 2) on the KL constraint ``KL ≤ C(t)``.
+
+    ``Δ = m − C``, ``I ← (I + Δ)⁺``, ``∂ = (s − s_prev)⁺`` with the smoothed
+    KL ``s``, ``β = λ = clip(Kp·Δ + Ki·I + Kd·∂, β_min, β_max)``
+    (:func:`klcontrol.laws.pid_lagrangian`).  Applied to the KL, not the
+    reconstruction: then λ multiplies the KL, so β = λ needs no inversion,
+    Alg. 2's ``λ ≥ 0`` is ``β ≥ 0``, and the constraint is the KL set point
+    every other klcontrol controller tracks.  (On ``recon ≤ κ``, β = 1/λ
+    would be infinite whenever Alg. 2's λ is 0.)
+
+    Parameters
+    ----------
+    kp, ki, kd : float or array
+        Gains (per nat).
+    setpoint : SetPoint or float
+        The limit C(t) of the KL.
+    alpha_d : float or array
+        Smoothing of the KL for the D-term, in [0, 1) (0: Alg. 2's raw difference).
+    beta_min, beta_max : float or array
+        Clamps, ``0 ≤ β_min`` (Alg. 2: 0 and ∞).
+    filter : Filter or int, optional
+        Measurement filter.
+    y0 : float
+        Measurement assumed before step 0 (Alg. 2's ``J_prev = 0`` is ``y0 = 0``).
+    """
+
+    kind = "pid_lagrangian"
+    _inf_ok = ("beta_max",)
+
+    def __init__(self, kp, ki, setpoint, kd=0.0, alpha_d=0.0, beta_min=0.0, beta_max=math.inf, filter=None,
+                 y0: float = 0.0):
+        if setpoint is None:
+            raise ValueError("PIDLagrangian needs a setpoint (the KL limit C(t))")
+        super().__init__(setpoint, filter, y0, kp=_param("kp", kp), ki=_param("ki", ki), kd=_param("kd", kd),
+                         alpha_d=_param("alpha_d", alpha_d), beta_min=_param("beta_min", beta_min),
+                         beta_max=_param("beta_max", beta_max, allow_inf=True))
+        self._params = self._check_params(self._params)
+
+    def _check_params(self, params):
+        out = super()._check_params(params)
+        if np.any(out["beta_min"] < 0):
+            raise ValueError(f"beta_min must be ≥ 0 (λ ≥ 0), got {out['beta_min']}")
+        if np.any(out["alpha_d"] < 0) or np.any(out["alpha_d"] >= 1):
+            raise ValueError(f"alpha_d must be in [0, 1), got {out['alpha_d']}")
+        return out
+
+    def _initial(self, y0, c0):
+        p = self._params
+        return {"beta": NUMPY.clip(0 * y0, p["beta_min"], p["beta_max"]), "integral": 0 * y0, "s_prev": y0}
+
+    def _law(self, state, m, c, p, ops):
+        beta, (integral, s) = laws.pid_lagrangian((state["integral"], state["s_prev"]), m, c, p["kp"], p["ki"],
+                                                  p["kd"], p["alpha_d"], p["beta_min"], p["beta_max"], ops)
+        return {"beta": beta, "integral": integral, "s_prev": s}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        # At m = C: Δ = 0, ∂ = 0, so β* = Ki·I*.
+        return {"beta": beta_star, "integral": beta_star / p["ki"], "s_prev": y_star}
+
+    @classmethod
+    def dsprites(cls, **kw) -> "PIDLagrangian":
+        """klcontrol's dSprites choice (the paper has none): gains of :mod:`klcontrol.papers`, DynamicVAE's set point."""
+        from .papers import DYNAMICVAE_WINDOW, PID_LAGRANGIAN_DSPRITES_GAINS
+        from .setpoints import StepRamp
+
+        kp, ki, kd = PID_LAGRANGIAN_DSPRITES_GAINS
+        args = dict(kp=kp, ki=ki, kd=kd, setpoint=StepRamp.dynamicvae_dsprites(), filter=DYNAMICVAE_WINDOW)
+        args.update(kw)
+        return cls(**args)
+
+
+class ScheduledBeta(Controller):
+    """An open-loop β schedule (e.g. :class:`~klcontrol.setpoints.Cyclical`): ignores the measurement.
+
+    Update ``k`` uses ``β = schedule(k)``: the initial β is ``schedule(0)``
+    and the ``t``-th ``step`` (from 0) returns ``schedule(t + 1)``, the β of
+    the next update.  The schedule is the controller's :attr:`setpoint`
+    (so ``replace(setpoint=...)`` and ``compressed`` work as for set points);
+    the step reads it one step ahead.
+
+    Parameters
+    ----------
+    schedule : SetPoint, float or callable
+        β as a function of the update index.
+    filter : Filter or int, optional
+        Unused by the law (kept for the common protocol).
+    y0 : float
+        Unused by the law.
+    """
+
+    kind = "scheduled"
+
+    def __init__(self, schedule, filter=None, y0: float = 0.0):
+        if schedule is None:
+            raise ValueError("ScheduledBeta needs a schedule")
+        super().__init__(schedule, filter, y0)
+
+    def _setpoint_at(self, t):
+        # The t-th step returns the β of update t + 1.
+        return super()._setpoint_at(t + 1)
+
+    def _initial(self, y0, c0):
+        return {"beta": c0}
+
+    def _law(self, state, m, c, p, ops):
+        return {"beta": c + 0 * m}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": beta_star}
+
+    @classmethod
+    def cyclical_dsprites(cls, steps: int | None = None, **kw) -> "ScheduledBeta":
+        """Fu et al.'s schedule (M = 4 cycles, R = 0.5, β from 0 to 1) over ``steps`` (default: the paper budget)."""
+        from .papers import CYCLICAL_CYCLES, CYCLICAL_RANGE, CYCLICAL_RATIO, CYCLICAL_DSPRITES_STEPS
+        from .setpoints import Cyclical
+
+        sched = Cyclical(CYCLICAL_DSPRITES_STEPS if steps is None else steps, CYCLICAL_CYCLES, CYCLICAL_RATIO,
+                         *CYCLICAL_RANGE)
+        return cls(sched, **kw)
+
+    def __repr__(self):
+        return f"ScheduledBeta({self.setpoint!r})"

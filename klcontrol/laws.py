@@ -13,6 +13,8 @@ below the set point lowers β.
 """
 from __future__ import annotations
 
+import math
+
 from .backend import NUMPY, Ops
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "positional_pi",
     "positional_pi_official",
     "incremental_pi",
+    "geco",
+    "pid_lagrangian",
     "moving_average",
     "exponential_average",
     "ANTI_WINDUP_MODES",
@@ -187,6 +191,89 @@ def incremental_pi(state, m, c, kp, ki, beta_min, beta_max, ops: Ops = NUMPY, mo
         raw = beta + d_p + d_i
         return ops.clip(raw, beta_min, beta_max), (raw, p)
     raise ValueError(f"unknown anti-windup mode {mode!r}; expected one of {ANTI_WINDUP_MODES}")
+
+
+def geco(state, m, c, eta, alpha, beta_min, beta_max, ops: Ops = NUMPY):
+    """GECO (Rezende & Viola 2018, Alg. 1) as a β law: a multiplicative Lagrange-multiplier update.
+
+    Alg. 1 minimises ``KL + λ·C`` with the constraint ``C = recon − κ``, the
+    moving average ``C_ma ← α·C_ma + (1 − α)·C`` and ``λ ← λ·exp(η·C_ma)``.
+    Divided by λ the loss is ``recon + β·KL`` with ``β = 1/λ`` (the same
+    minimiser; the gradient is scaled by 1/λ), so in β::
+
+        C_ma ← α·C_ma + (1 − α)·(m − κ),      β ← β·exp(−η·C_ma),
+
+    computed in log β and clamped to ``[β_min, β_max]`` (``0 < β_min``, both
+    finite: λ = 1/β must stay a positive number).  A reconstruction worse
+    than κ lowers β.
+
+    Parameters
+    ----------
+    state : tuple
+        ``(beta, c_ma)``: the current β and the moving average of ``m − κ``.
+    m : float, array or tensor
+        Measured reconstruction loss (nats), not the KL.
+    c : float, array or tensor
+        Tolerance κ (the set point of the reconstruction).
+    eta : float or array
+        Rate η of the multiplier (per nat).
+    alpha : float or array
+        Weight of the old average, in [0, 1) (paper: 0.99).
+    beta_min, beta_max : float or array
+        Clamps, ``0 < β_min ≤ β_max < ∞``.
+    ops : Ops
+        Backend.
+
+    Returns
+    -------
+    beta, (beta, c_ma)
+    """
+    beta, c_ma = state
+    c_ma = alpha * c_ma + (1 - alpha) * (m - c)
+    log_beta = ops.clip(ops.log(beta) - eta * c_ma, ops.log(beta_min), ops.log(beta_max))
+    # exp(log β_max) may round one ulp above β_max: clamp again in β.
+    new = ops.clip(ops.exp(log_beta), beta_min, beta_max)
+    return new, (new, c_ma)
+
+
+def pid_lagrangian(state, m, c, kp, ki, kd, alpha_d, beta_min, beta_max, ops: Ops = NUMPY):
+    """PID Lagrange multiplier (Stooke, Achiam & Abbeel 2020, Alg. 2) on the constraint ``KL ≤ C``.
+
+    With the cost ``J = m`` (the KL) and the limit ``d = C``::
+
+        Δ = m − C,   ∂ = (s − s_prev)⁺,   I ← (I + Δ)⁺,   β = λ = clip(Kp·Δ + Ki·I + Kd·∂, β_min, β_max)
+
+    where ``s = α_d·s_prev + (1 − α_d)·m`` is the cost smoothed for the
+    derivative (α_d = 0: Alg. 2's raw ``J − J_prev``).  The Lagrangian
+    ``recon + λ·(KL − C)`` has the gradient of ``recon + β·KL`` with β = λ;
+    Alg. 2's ``(·)⁺`` on λ is ``β_min = 0``.
+
+    Parameters
+    ----------
+    state : tuple
+        ``(integral, s_prev)``: the clamped integral of Δ and the previous smoothed cost.
+    m, c : float, array or tensor
+        Measured KL and the limit C.
+    kp, ki, kd : float or array
+        Gains (≥ 0 in the paper; positive is negative feedback).
+    alpha_d : float or array
+        Weight of the old smoothed cost in the D-term, in [0, 1).
+    beta_min, beta_max : float or array
+        Clamps (``β_min ≥ 0``).
+    ops : Ops
+        Backend.
+
+    Returns
+    -------
+    beta, (integral, s)
+    """
+    integral, s_prev = state
+    delta = m - c
+    s = alpha_d * s_prev + (1 - alpha_d) * m
+    rise = ops.clip(s - s_prev, 0.0, math.inf)
+    integral = ops.clip(integral + delta, 0.0, math.inf)
+    beta = ops.clip(kp * delta + ki * integral + kd * rise, beta_min, beta_max)
+    return beta, (integral, s)
 
 
 def moving_average(history, y, ops: Ops = NUMPY):

@@ -11,6 +11,10 @@ disagree, and which preset follows which):
   β_min and its step set point.
 * β-VAE_B (Burgess et al. 2018): capacity relay γ and the capacity ramp.
 * β-VAE_H (Higgins et al. 2017): the fixed β for dSprites.
+* GECO (Rezende & Viola 2018, Alg. 1), the PID Lagrangian (Stooke, Achiam &
+  Abbeel 2020, Alg. 2) and cyclical annealing (Fu et al. 2019, Eq. 6): their
+  published constants (α = 0.99, λ_init = 1; M = 4, R = 0.5) and klcontrol's
+  own dSprites choices where the papers give none (marked as such).
 
 This module imports nothing from klcontrol, so every module can import it.
 """
@@ -33,6 +37,16 @@ __all__ = [
     "BURGESS_GAMMA",
     "BURGESS_DSPRITES_CAPACITY",
     "HIGGINS_DSPRITES_BETA",
+    "GECO_ALPHA",
+    "GECO_LAMBDA0",
+    "GECO_DSPRITES_KAPPA",
+    "GECO_DSPRITES_ETA",
+    "GECO_BETA_RANGE",
+    "PID_LAGRANGIAN_DSPRITES_GAINS",
+    "CYCLICAL_CYCLES",
+    "CYCLICAL_RATIO",
+    "CYCLICAL_RANGE",
+    "CYCLICAL_DSPRITES_STEPS",
 ]
 
 
@@ -97,3 +111,27 @@ BURGESS_DSPRITES_CAPACITY = (0.0, 25.0, 100_000)
 
 #: Higgins et al.'s β for dSprites.
 HIGGINS_DSPRITES_BETA = 4.0
+
+#: GECO's moving-average weight α (Rezende & Viola 2018, Alg. 1 and Sec. 4: 0.99).
+GECO_ALPHA = 0.99
+#: GECO's initial multiplier λ_init (Alg. 1: 1), i.e. β(0) = 1.
+GECO_LAMBDA0 = 1.0
+#: klcontrol's choice (the paper has no dSprites setting): tolerance κ = 100 nats of reconstruction
+#: (summed Bernoulli NLL per image), between ControlVAE's 94 and DynamicVAE's 107 at the CPU budget (README).
+GECO_DSPRITES_KAPPA = 100.0
+#: klcontrol's choice: η = 1e-4 per nat (Alg. 1 writes only "∝"): 10 nats of violation change β by 0.1 % per update.
+GECO_DSPRITES_ETA = 1e-4
+#: klcontrol's clamps of GECO's β = 1/λ (the paper has none; λ must stay positive and finite).
+GECO_BETA_RANGE = (1e-3, 1e3)
+
+#: klcontrol's dSprites gains (Kp, Ki, Kd) of the PID Lagrangian on KL ≤ C (the paper's are for Safety Gym
+#: costs): Ki = DynamicVAE's 0.005, Kp = DynamicVAE's 0.01 times σ′(0) = 1/4 (the same linearised loop as
+#: DynamicVAE's gains in the positional form), Kd = 0 (so the exact linear analysis applies; set kd to use it).
+PID_LAGRANGIAN_DSPRITES_GAINS = (0.0025, 0.005, 0.0)
+
+#: Fu et al.'s cyclical schedule: M = 4 cycles, proportion R = 0.5 rising, β from 0 to 1.
+CYCLICAL_CYCLES = 4
+CYCLICAL_RATIO = 0.5
+CYCLICAL_RANGE = (0.0, 1.0)
+#: klcontrol's choice of T for the ``cyclical`` preset: DynamicVAE's dSprites budget (its set point's length).
+CYCLICAL_DSPRITES_STEPS = 800_000

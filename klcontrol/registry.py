@@ -11,7 +11,9 @@ Controller kinds (:data:`CONTROLLER_KINDS`)
     from gains; :data:`LINEAR_KINDS` are those the stability analysis linearises.
 Presets (:data:`PRESETS`)
     Fully specified controllers of the papers (gains, set point, filter, β(0)),
-    as the trainer and ``klcontrol compare`` use them; see :mod:`klcontrol.papers`
+    as the trainer and ``klcontrol compare`` use them (``geco`` measures the
+    reconstruction loss, :attr:`~klcontrol.Controller.measures`; ``cyclical`` is
+    open loop); see :mod:`klcontrol.papers`
     for the constants and docs/references.md for which preset follows the
     paper and which the official code.
 """
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import papers
-from .controllers import CapacityRamp, Controller, FixedBeta, IncrementalPI, PositionalPI
+from .controllers import (GECO, CapacityRamp, Controller, FixedBeta, IncrementalPI, PIDLagrangian, PositionalPI,
+                          ScheduledBeta)
 from .setpoints import StepRamp
 
 __all__ = [
@@ -171,6 +174,9 @@ PRESETS: dict[str, Callable[[], Controller]] = {
     "dynamicvae-p": _dynamicvae_p,
     "dynamicvae-step": _dynamicvae_step,
     "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
+    "geco": GECO.dsprites,
+    "pid-lagrangian": PIDLagrangian.dsprites,
+    "cyclical": ScheduledBeta.cyclical_dsprites,
 }
 
 #: Presets that reproduce an official training loop: the trainer calls the controller

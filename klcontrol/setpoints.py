@@ -12,7 +12,7 @@ import numpy as np
 
 from .backend import is_torch, ops_for
 
-__all__ = ["SetPoint", "Constant", "LinearRamp", "StepRamp", "Sequence", "as_setpoint"]
+__all__ = ["SetPoint", "Constant", "LinearRamp", "StepRamp", "Cyclical", "Sequence", "as_setpoint"]
 
 _INF = float("inf")
 
@@ -133,6 +133,54 @@ class LinearRamp(SetPoint):
 
     def __repr__(self):
         return f"LinearRamp({self.start}, {self.stop}, {self.steps}, begin={self.begin})"
+
+
+class Cyclical(SetPoint):
+    """Fu et al.'s cyclical annealing schedule (2019, Eq. 6), a schedule of β rather than of the KL.
+
+    ``M`` cycles over ``T`` steps; in each cycle the value rises linearly from
+    ``low`` to ``high`` over the first proportion ``R`` of the cycle, then
+    stays at ``high``.  With the paper's 1-based iteration ``t = k + 1``::
+
+        τ = mod(k, ⌈T/M⌉) / (T/M),     f(τ) = τ/R if τ ≤ R else 1,     β = low + (high − low)·f(τ).
+
+    After ``T`` steps the cycles continue (the formula is periodic).
+
+    Parameters
+    ----------
+    steps : int
+        Total training steps ``T``, ≥ 1.
+    cycles : int
+        Number of cycles ``M``, 1 ≤ M ≤ T (paper: 4).
+    ratio : float
+        Proportion ``R`` of a cycle spent rising, in (0, 1] (paper: 0.5).
+    low, high : float
+        Values at the start of a cycle and on its plateau (paper: 0 and 1).
+    """
+
+    def __init__(self, steps: int, cycles: int = 4, ratio: float = 0.5, low: float = 0.0, high: float = 1.0):
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+        if isinstance(cycles, bool) or not isinstance(cycles, (int, np.integer)) or not 1 <= cycles <= steps:
+            raise ValueError(f"cycles must be an integer in [1, steps={steps}], got {cycles!r}")
+        r = _finite("ratio", ratio)
+        if np.ndim(r) or not 0 < r <= 1:
+            raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+        self.steps, self.cycles, self.ratio = int(steps), int(cycles), float(r)
+        self.low, self.high = float(_finite("low", low)), float(_finite("high", high))
+        self.period = math.ceil(self.steps / self.cycles)
+
+    def value(self, t):
+        ops = ops_for(t)
+        tau = (t % self.period) / (self.steps / self.cycles)
+        return self.low + (self.high - self.low) * ops.clip(tau / self.ratio, 0.0, 1.0)
+
+    def to_dict(self):
+        return {"kind": "Cyclical", "steps": self.steps, "cycles": self.cycles, "ratio": self.ratio,
+                "low": self.low, "high": self.high}
+
+    def __repr__(self):
+        return f"Cyclical({self.steps}, cycles={self.cycles}, ratio={self.ratio}, low={self.low}, high={self.high})"
 
 
 class StepRamp(SetPoint):

@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from klcontrol.controllers import Controller
+from klcontrol.controllers import MEASURES, Controller
 
 from . import checkpoint as ckpt
 from .data import DSprites
@@ -276,6 +276,8 @@ class Trainer:
             prime = "step" if self._prime_arg == "step" else bool(self._prime_arg)
         if ctrl.shape != ():
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
+        if getattr(ctrl, "measures", "kl") not in MEASURES:
+            raise ValueError(f"the controller measures {ctrl.measures!r}; the trainer passes one of {MEASURES}")
         return ctrl, prime
 
     def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False):
@@ -528,19 +530,22 @@ class Trainer:
     def _update(self):
         t = self.step
         recon, kl, kl_lat = self._losses(*self._draw())
+        # What the controller consumes (Controller.measures): the KL, or the reconstruction loss for GECO.
+        measured = recon if self.ctrl.measures == "recon" else kl
         if t == 0:
-            self.initial_kl = float(kl.detach())  # the one host sync of the run
+            self.initial_kl, initial_recon = torch.stack([kl.detach().double(), recon.detach().double()]).tolist()  # one sync
             if self.prime == "step":
-                beta = self.ctrl.step(kl.detach().to(torch.float64))
+                beta = self.ctrl.step(measured.detach().to(torch.float64))
             else:
                 if self.prime:
-                    self.ctrl.prime(self.initial_kl)
+                    self.ctrl.prime(initial_recon if self.ctrl.measures == "recon" else self.initial_kl)
                 beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
             self.config["initial_kl"] = self.initial_kl
+            self.config["initial_recon"] = initial_recon
             _write_json(os.path.join(self.out, "config.json"), self.config)
         else:
             self._record(self.beta, kl, recon, kl_lat)
-            beta = self.ctrl.step(kl.detach().to(torch.float64))
+            beta = self.ctrl.step(measured.detach().to(torch.float64))
         loss = recon + beta.to(kl.dtype) * kl
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
