@@ -22,12 +22,18 @@ from analysis.stability import (
     spectral_radius,
 )
 from analysis.stability_codegen import _shipped, coefficient_functions, source_hash
-from klcontrol import FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+from klcontrol import FirstOrderPlant, IncrementalPI, PIDLagrangian, PositionalPI, simulate
 
 C0, BSTAR = 10.0, 5.0
 
 
 def _controller(kp, ki, window, controller):
+    if controller == "pid-lagrangian":
+        c = PIDLagrangian(kp, ki, C0, filter=window, y0=C0)  # Kd = 0: max(0, rise) has its kink at rest
+        sd = c.state_dict()
+        sd["state"].update(integral=BSTAR / ki, beta=BSTAR)  # at rest Δ = 0, so β* = Ki·I*
+        c.load_state_dict(sd)
+        return c
     if controller in ("positional", "positional-official"):
         # β_min is also the law's offset; start the integral at its equilibrium value.
         bmin = BSTAR - 10.0
@@ -255,3 +261,22 @@ def test_unshipped_window_is_generated_and_cached(tmp_path, monkeypatch):
         assert spectral_radius(0.5, 0.2, 0.2, -1.0, window=9, delay=0) == r  # loaded from the cache file
     finally:
         coefficient_functions.cache_clear()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.floats(0.0, 2.0), st.floats(0.05, 1.5), st.floats(0.02, 1.5), st.floats(-4.0, -0.1), st.integers(1, 6),
+       st.integers(0, 1))
+def test_pid_lagrangian_linearises_as_the_positional_pi_with_four_times_kp(kp, ki, a, gp, window, delay):
+    """PID Lagrangian (Kd = 0) inside its clamps: δβ = Kp·δm + Ki·Σδm, the positional PI's Kp·σ′(0) = Kp/4 form.
+
+    So the exact analysis of the ``positional`` kind at (4·Kp, Ki) decides it; checked against the eigenvalues
+    of the finite-difference Jacobian of the running PIDLagrangian.
+    """
+    ev = np.linalg.eigvals(numeric_jacobian(kp, ki, a, gp, window, delay, controller="pid-lagrangian"))
+    ours = eigenvalues(4 * kp, ki, a, gp, window, delay, controller="positional")
+    ours = ours[np.abs(ours) > 1e-5]  # a zero root (Kp = 0) is one more copied state
+    for lam in ours:
+        assert np.min(np.abs(ev - lam)) < 1e-5
+    assert np.sum(np.abs(ev) > 1e-5) == len(ours)
+    rho = spectral_radius(4 * kp, ki, a, gp, window, delay, controller="positional")
+    assert rho == pytest.approx(np.max(np.abs(ev)), abs=1e-6)

@@ -402,3 +402,27 @@ def test_failed_new_run_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["train", "--data", str(bad), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
     assert "not a zip archive" in capsys.readouterr().err and not out.exists()
+
+
+def test_geco_run_feeds_the_reconstruction_and_beta_follows_the_law(tmp_path):
+    """A GECO run on ``tiny``: the controller consumes recon (Controller.measures), β(t+1) = step(recon(t))."""
+    from klcontrol.registry import make_preset
+
+    res = train(str(tmp_path / "geco"), preset="tiny", controller="geco", steps=30, seed=1, progress=False)
+    tr = read_trace_csv(os.path.join(res.run_dir, "trace.csv"))
+    with open(os.path.join(res.run_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    ctrl = make_preset("geco")
+    assert ctrl.measures == "recon"
+    ctrl.prime(cfg["initial_recon"])
+    recon = tr["recon"].astype(np.float32).astype(float)  # the CSV's shortest float32 repr, back to the float32
+    expected = [ctrl.beta] + [ctrl.step(r) for r in recon[:-1]]
+    np.testing.assert_allclose(tr["beta"], expected, rtol=1e-13)
+    # recon ≫ κ at the start: β falls every update until it reaches the clamp β_min
+    down = np.flatnonzero(np.isclose(tr["beta"], ctrl.gains["beta_min"], rtol=1e-12))
+    assert 10 < down[0] < 30 and np.all(np.diff(tr["beta"][:down[0] + 1]) < 0) and len(down) == 30 - down[0]
+    # the KL would give another β sequence: the trainer really passed the reconstruction
+    other = make_preset("geco")
+    other.prime(cfg["initial_kl"])
+    assert not np.allclose([other.beta] + [other.step(k) for k in tr["kl"][:-1]], tr["beta"], rtol=1e-3)
+    np.testing.assert_array_equal(tr["setpoint"], 100.0)
