@@ -69,6 +69,9 @@ DISPLAY = {
     "dynamicvae-p": "DynamicVAE-P",
     "dynamicvae-step": "DynamicVAE-step",
     "dynamicvae-t": "DynamicVAE-t",
+    "geco": "GECO (recon ≤ 100)",
+    "pid-lagrangian": "PID Lagrangian (KL=20)",
+    "cyclical": "cyclical β (M=4, R=0.5)",
 }
 
 

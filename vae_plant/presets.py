@@ -45,6 +45,19 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     Ablation "DynamicVAE-t": "directly uses the output KL-divergence at time t
     as a feedback ... without using moving average" — window T = 1.
 
+``geco``
+    GECO (Rezende & Viola 2018, Alg. 1) on the reconstruction constraint
+    ``recon ≤ κ``: β = 1/λ, ``β ← β·exp(−η·C_ma)``, α = 0.99, λ_init = 1; the
+    controller measures the reconstruction loss.  κ = 100 nats and η = 1e-4
+    are klcontrol's choices (the paper has no dSprites setting; docs/core.md).
+``pid-lagrangian``
+    PID Lagrangian (Stooke et al. 2020, Alg. 2) on ``KL ≤ C(t)``: β = λ with
+    Kp = 0.0025, Ki = 0.005, Kd = 0 (klcontrol's choice: DynamicVAE's
+    linearised gains), DynamicVAE's set point and window.
+``cyclical``
+    Cyclical annealing (Fu et al. 2019): β rises from 0 to 1 over the first
+    half of each of 4 cycles of an 800 000-step budget, open loop.
+
 Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it), ``demo``
 (``klcontrol demo``: batch 32, lr 1e-3, 800 updates),
 ``cpu`` (a short real run on a CPU), ``paper`` (batch 128, the full ~800k-step
