@@ -28,6 +28,7 @@ from .setpoints import SetPoint, as_setpoint
 __all__ = [
     "Controller",
     "FixedBeta",
+    "ScheduledBeta",
     "CapacityRamp",
     "PositionalPI",
     "IncrementalPI",
@@ -454,6 +455,40 @@ class FixedBeta(Controller):
 
     def _law(self, state, m, c, p, ops):
         return {"beta": laws.fixed_beta(p["beta"] + 0 * m, m, c, ops)}
+
+
+class ScheduledBeta(Controller):
+    """An open-loop β schedule: ``β(t) = schedule(t)``, whatever the measurement.
+
+    The excitation of an identification experiment (steps, PRBS) as a
+    controller, so the trainer and the simulator run it like any other.
+
+    Parameters
+    ----------
+    schedule : SetPoint, float or callable
+        β as a function of the update index (e.g. a :class:`~klcontrol.setpoints.Sequence`
+        of :class:`~klcontrol.setpoints.Constant` levels).
+    setpoint : optional
+        Recorded in traces only (the law ignores it).
+    """
+
+    kind = "scheduled"
+
+    def __init__(self, schedule, setpoint=None, filter=None, y0: float = 0.0):
+        self.schedule = as_setpoint(schedule)
+        if np.ndim(self.schedule(0)) != 0:
+            raise ValueError("ScheduledBeta drives one loop: its schedule must return a scalar β")
+        super().__init__(setpoint, filter, y0)
+
+    def _initial(self, y0, c0):
+        return {"beta": self.schedule(0)}
+
+    def _law(self, state, m, c, p, ops):
+        # step() is called with the count of steps taken so far and returns β of the next update.
+        return {"beta": self.schedule(self._t + 1) + 0 * m}
+
+    def __repr__(self):
+        return f"ScheduledBeta(schedule={self.schedule!r}, setpoint={self.setpoint!r})"
 
 
 class CapacityRamp(Controller):

@@ -522,3 +522,28 @@ def test_replace_setpoint_and_bad_changes_leave_the_original_untouched():
         ctrl.replace(setpoint=None)
     assert json.dumps(ctrl.state_dict()) == json.dumps(before)
     assert FixedBeta(4.0).replace(beta=2.0).beta == 2.0
+
+
+@given(st.lists(st.tuples(st.floats(-50, 50), st.integers(1, 6)), min_size=1, max_size=6))
+def test_scheduled_beta_follows_its_schedule_on_numpy_and_torch(parts):
+    """β(t) = schedule(t) for t = 0, 1, …: the initial β and each step's output, whatever the KL."""
+    from klcontrol import Constant, ScheduledBeta, Sequence
+
+    sched = Sequence([(Constant(b), n) for b, n in parts[:-1]] + [(Constant(parts[-1][0]), None)])
+    n = sum(h for _, h in parts) + 2
+    expected = [sched(t) for t in range(n)]
+    c = ScheduledBeta(sched)
+    got = [c.beta] + [c.step(float(k % 3)) for k in range(n - 1)]
+    assert got == expected
+    c.reset()
+    got_t = [c.beta] + [float(c.step(torch.tensor(1.5, dtype=torch.float64))) for _ in range(n - 1)]
+    assert got_t == expected
+    with pytest.raises(ValueError, match="NaN"):
+        c.step(math.nan)
+
+
+def test_scheduled_beta_bad_input():
+    from klcontrol import ScheduledBeta
+
+    with pytest.raises(ValueError, match="scalar"):
+        ScheduledBeta(lambda t: np.array([1.0, 2.0]))

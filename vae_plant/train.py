@@ -173,10 +173,12 @@ class Trainer:
     def __init__(self, out, preset=None, controller=None, steps=None, seed=None, batch_size=None,
                  device=None, checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None,
                  compile=None, amp=None, channels_last=None, fused_adam=None, hidden_fc=None,
-                 resume=False, progress=True, command=None, prime=None):
+                 resume=False, progress=True, command=None, prime=None, init_from=None):
         self.out = os.fspath(out)
         self.progress = progress
         self._prime_arg = prime
+        if init_from is not None and resume:
+            raise ValueError("init_from starts a new run from another run's checkpoint; it cannot be combined with resume")
         given = dict(preset=preset, steps=steps, seed=seed, batch_size=batch_size, device=device,
                      checkpoint_every=checkpoint_every, flush_every=flush_every,
                      tensorboard_every=tensorboard_every, data=None if data is None else os.fspath(data),
@@ -190,7 +192,7 @@ class Trainer:
         if resume:
             self._init_resume(given, ctrl_obj, command)
         else:
-            self._init_new(given, ctrl_obj, command)
+            self._init_new(given, ctrl_obj, command, init_from)
 
     # -- set-up -----------------------------------------------------------------------
     def _resolve(self, given):
@@ -226,8 +228,26 @@ class Trainer:
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
         return ctrl, prime
 
-    def _init_new(self, given, ctrl_obj, command):
+    def _warm_state(self, init_from, s):
+        """The checkpoint a warm start loads (a file, or a run directory's latest), checked against ``s``."""
+        init_from = os.fspath(init_from)
+        path = ckpt.latest(init_from) if os.path.isdir(init_from) else init_from
+        state = ckpt.load(path, map_location=s["device"])
+        cfg = state.get("config") or {}
+        for k in ("latent_dim", "hidden_fc"):
+            if k in cfg and cfg[k] != s[k]:
+                raise ValueError(f"cannot warm-start from {path}: its {k} is {cfg[k]!r}, this run's is {s[k]!r}")
+        return path, state
+
+    def _init_new(self, given, ctrl_obj, command, init_from=None):
         s = self._resolve(given)
+        warm = None
+        if init_from is not None:
+            path, state = self._warm_state(init_from, s)
+            warm = state
+            # Provenance of the starting point; the new run's own steps count from 0.
+            s["init_from"] = dict(checkpoint=os.path.abspath(path), step=int(state["step"]),
+                                  lr=(state.get("config") or {}).get("lr"))
         if ctrl_obj is None:
             make_controller(s["controller"])  # raises the "unknown controller" error first
         ctrl, prime = self._controller(s, ctrl_obj)
@@ -240,6 +260,12 @@ class Trainer:
                 raise ValueError(f"{out} already holds a run ({name}); resume it or choose another output directory")
         self.settings = s
         self._build(s, ctrl)
+        if warm is not None:
+            try:
+                self.model.load_state_dict(warm["model"])
+                self.opt.load_state_dict(warm["optimizer"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot warm-start from {s['init_from']['checkpoint']}: {exc}") from None
         os.makedirs(out, exist_ok=True)
         self.config = dict(settings=s, provenance=dict(
             torch=torch.__version__, python=platform.python_version(), git_commit=_git_commit(),
@@ -469,7 +495,7 @@ class Trainer:
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
           checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None, compile=None, amp=None,
           channels_last=None, fused_adam=None, hidden_fc=None, resume=False, progress=True,
-          command=None, prime=None) -> RunResult:
+          command=None, prime=None, init_from=None) -> RunResult:
     """Train a β-VAE on dSprites with a β controller; write trace, TensorBoard events and checkpoints.
 
     Parameters
@@ -509,6 +535,13 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
     prime : bool, optional
         Whether to prime the controller's KL history with the initial model's
         KL (default: yes, except for the ``dynamicvae-official`` preset).
+    init_from : str or path, optional
+        Warm start: a checkpoint file, or a run directory (its latest
+        checkpoint), whose model and optimizer state this new run starts
+        from, with its own controller, seed and trace (step 0 is the first
+        update after the checkpoint).  Recorded as ``settings["init_from"]``.
+        Used to excite a settled model around an operating point
+        (:mod:`vae_plant.identify`).
 
     Returns
     -------
@@ -526,7 +559,7 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
                  device=device, checkpoint_every=checkpoint_every, flush_every=flush_every,
                  tensorboard_every=tensorboard_every, data=data, compile=compile, amp=amp,
                  channels_last=channels_last, fused_adam=fused_adam, hidden_fc=hidden_fc, resume=resume,
-                 progress=progress, command=command, prime=prime)
+                 progress=progress, command=command, prime=prime, init_from=init_from)
     try:
         return tr.run()
     finally:
