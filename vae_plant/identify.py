@@ -152,7 +152,7 @@ def settled_noise(kl, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
                 level_ci=[level - half, level + half], rows=len(y))
 
 
-def design_amplitude(sigma_mean: float, sensitivity: float, snr: float = 20.0, delta_min: float = 0.1,
+def design_amplitude(sigma_mean: float, sensitivity: float, snr: float = 30.0, delta_min: float = 0.1,
                      delta_max: float = 0.5) -> float:
     """Log-amplitude δ of the β excitation: ``clip(snr·σ₅₀/|S|, δ_min, δ_max)``.
 
