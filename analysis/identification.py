@@ -36,7 +36,7 @@ from klcontrol.plant import gain_from_dict, register_gain
 
 from .trace_io import align_kl, read_trace
 
-__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
+__all__ = ["fit_plant", "load_fit", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
@@ -679,6 +679,17 @@ class PlantFit(FirstOrderPlant):
             raise ValueError(f"{p}: not JSON ({exc.msg})") from None
         return cls.from_dict(d)
 
+    def predict(self, trace) -> np.ndarray:
+        """Model KL for a trace's recorded β, aligned with its rows.
+
+        The same convention as every fit (:meth:`analysis.plant_models.HammersteinFit.predict`):
+        start at equilibrium for the first β, level matched over the first rows.
+        """
+        from .plant_models import _trace_arrays, level_matched
+
+        beta, kl = _trace_arrays(trace)
+        return level_matched(kl, simulate_plant(self, beta, float(self.g(beta[0]))))
+
     def simulate_trace(self, i: int) -> np.ndarray:
         """Model KL for fitted trace ``i`` (recorded β, estimated initial KL)."""
         tr = self.traces[i]
@@ -886,3 +897,34 @@ def _block_length(r):
     rho = min(max(rho, 0.0), 0.99)
     tau = (1 + rho) / (1 - rho)
     return int(np.clip(max(round(n ** (1 / 3)), math.ceil(2 * tau)), 1, max(1, n // 4)))
+
+
+def load_fit(path):
+    """Load any saved fit, whatever its structure, from a JSON file.
+
+    ``kind = "first_order"`` gives a :class:`PlantFit`, ``kind = "hammerstein"``
+    an :class:`analysis.plant_models.HammersteinFit`; each has ``predict(trace)``.
+
+    Raises
+    ------
+    ValueError
+        Missing file, not JSON, or an unknown kind (naming the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"fit file not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not JSON ({exc})") from None
+    kind = d.get("kind") if isinstance(d, dict) else None
+    try:
+        if kind == "first_order":
+            return PlantFit.from_dict(d)
+        if kind == "hammerstein":
+            from .plant_models import HammersteinFit
+
+            return HammersteinFit.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{p}: not a valid {kind} fit ({exc})") from None
+    raise ValueError(f"{p}: unknown fit kind {kind!r}; known: first_order, hammerstein")
