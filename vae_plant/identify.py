@@ -22,10 +22,14 @@ Amplitude rule (:func:`design_amplitude`): ``δ = clip(snr·σ₅₀ / |S|, δ_m
 δ_max)`` with ``σ₅₀`` the standard deviation of the 50-update mean of the
 detrended KL over the last ``noise_rows`` rows of the settle run, ``S =
 dKL/d ln β`` at β* (from a prior static map, default the shipped CPU fit) and
-``snr = 20``: the KL swing of the excitation is 20 times the noise of the
-quantity the model is judged on, so that the slow drift of a still-learning
-network (≈ 0.3–0.8 nats per 1000 updates at batch 16) stays a small part of
-it; ``δ_max = 0.5`` keeps it local.
+``snr = 30``.  Why 30: the NRMSE fit % of the 50-update mean cannot exceed
+``1 − σ₅₀/σ_y``, and an excitation of log-amplitude δ gives ``σ_y ≈ |S|·δ``;
+20 keeps that noise ceiling at 95 %, and the factor 1.5 leaves room for the
+slow drift of a still-learning network (≈ 0.3–0.8 nats per 1000 updates at
+batch 16 after 4000 updates) and for the level estimated from the lead-in.
+``δ_max = 0.5`` (β within ×/÷ 1.65) keeps the excitation local.  Length: the
+hold times span ``[5, 500]`` updates, from below the fast time constant seen
+in the settled noise's autocorrelation (lag ≈ 5) to above the slow one.
 
 Traces are exported like ``data/traces/cpu``: ``NAME.csv.gz`` (the trainer's
 ``trace.csv``) and ``NAME.config.json`` (settings, provenance, the warm-start
@@ -55,6 +59,8 @@ __all__ = [
     "excite_closed_loop",
     "export_run",
     "static_points",
+    "plan",
+    "run_experiment",
 ]
 
 #: Rows of the settle run over which the noise and the settled KL are measured.
@@ -86,7 +92,7 @@ def random_binary_levels(length: int, hold_min: int, hold_max: int, seed: int):
     holds, n, sign = [], 0, 1 if rng.random() < 0.5 else -1
     while n < length:
         h = int(round(math.exp(rng.uniform(math.log(hold_min), math.log(hold_max)))))
-        h = max(hold_min, min(hold_max, h, length - n))
+        h = min(max(hold_min, min(hold_max, h)), length - n)
         holds.append((sign, h))
         n += h
         sign = -sign
@@ -288,3 +294,125 @@ def static_points(traces, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
             raise ValueError("static_points needs constant-β traces (β varies over the rows used)")
         out.append(dict(beta=float(b[0]), **settled_noise(kl, rows, window)))
     return sorted(out, key=lambda d: d["beta"])
+
+
+# -- the whole experiment ----------------------------------------------------------------------------------
+
+
+def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=3000, val_steps=2000, closed_steps=2000,
+         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5):
+    """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
+
+    Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
+    point: an open-loop run for fitting (seed 1), a held-out open-loop run (seed 2)
+    and a held-out closed-loop run (seed 3; DynamicVAE's PI, set point steps of
+    ``setpoint_step`` nats held ``closed_steps/4`` updates).  At every other β: a
+    held-out open-loop run (seeds 4, 5, …).
+
+    Returns
+    -------
+    settles : list of dict
+    excites : list of dict
+    """
+    betas = [float(b) for b in betas]
+    main = float(main)
+    if main not in betas:
+        raise ValueError(f"the main operating point {main:g} must be one of the betas {betas}")
+    if any(b <= 0 for b in betas) or len(set(betas)) != len(betas):
+        raise ValueError(f"betas must be distinct and positive, got {betas}")
+    settles = [dict(name=f"settle_b{b:g}", beta=b, seed=int(round(10 * b)), steps=int(settle_steps)) for b in betas]
+    ol = dict(kind="open_loop", lead=int(lead), hold_min=int(hold_min), hold_max=int(hold_max))
+    excites = [dict(ol, name=f"ol_b{main:g}_s1", beta=main, seed=1, steps=int(fit_steps), role="fit"),
+               dict(ol, name=f"ol_b{main:g}_s2", beta=main, seed=2, steps=int(val_steps), role="held_out"),
+               dict(kind="closed_loop", name=f"cl_b{main:g}_s3", beta=main, seed=3, steps=int(closed_steps),
+                    step=float(setpoint_step), hold=int(closed_steps) // 4, kp=kp, ki=ki, window=int(window),
+                    role="held_out")]
+    for i, b in enumerate(x for x in betas if x != main):
+        excites.append(dict(ol, name=f"ol_b{b:g}_s{4 + i}", beta=b, seed=4 + i, steps=int(val_steps), role="held_out"))
+    return settles, excites
+
+
+def _prior_sensitivity(prior, beta):
+    from analysis.identification import load_fit
+
+    g = load_fit(prior).g
+    return float(beta * g.derivative(beta))
+
+
+def _job(args):
+    job, root, batch_size, device, prior, command = args
+    import torch
+
+    torch.set_num_threads(1)
+    out = os.path.join(root, job["name"])
+    if job["kind"] == "settle":
+        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command)
+        return job["name"], None
+    settled = os.path.join(root, f"settle_b{job['beta']:g}")
+    from .trace_log import read_trace_csv
+
+    nz = settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])
+    if job["kind"] == "open_loop":
+        delta = design_amplitude(nz["sigma_mean"], _prior_sensitivity(prior, job["beta"]))
+        excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
+                         job["hold_max"], job["seed"], batch_size, device, command)
+    else:
+        excite_closed_loop(out, settled, job["beta"], round(nz["level"], 2), job["step"], job["hold"], job["kp"],
+                           job["ki"], job["window"], job["seed"], job["steps"], batch_size=batch_size, device=device,
+                           command=command)
+    return job["name"], nz
+
+
+def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior=None, command=None,
+                   progress=print, **plan_kw):
+    """Run the identification experiment of :func:`plan` (finished runs in ``root`` are reused).
+
+    Parameters
+    ----------
+    root : str
+        Directory of the run directories.
+    export : str, optional
+        Copy every trace there (:func:`export_run`) and write ``experiment.json``
+        (the plan, the settled noise and the static points).
+    jobs : int
+        Runs trained at once (processes, one thread each).
+    batch_size, device
+        Of every run (batch 16 on a CPU; ``device="cuda"`` for larger batches).
+    prior : str, optional
+        Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule (default: the
+        shipped ``data/traces/cpu/fit.json``).
+    **plan_kw
+        Passed to :func:`plan`.
+
+    Returns
+    -------
+    dict
+        ``plan``, ``noise`` (per settle run), ``static_points``, ``exported`` (paths).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .trace_log import read_trace_csv
+
+    if prior is None:
+        prior = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "traces", "cpu", "fit.json")
+    settles, excites = plan(**plan_kw)
+    os.makedirs(root, exist_ok=True)
+    command = command if command is not None else "klcontrol identify"
+    noise = {}
+    with ProcessPoolExecutor(max(1, int(jobs))) as ex:
+        for phase in ([dict(s, kind="settle") for s in settles], excites):
+            for name, nz in ex.map(_job, [(j, root, batch_size, device, prior, command) for j in phase]):
+                progress(f"finished {name}")
+    for s in settles:
+        tr = read_trace_csv(os.path.join(root, s["name"], "trace.csv"))
+        noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr["kl"]))
+    points = static_points([(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["beta"],
+                             read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["kl"]) for s in settles])
+    result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device),
+                  noise=noise, static_points=points, exported=[])
+    if export:
+        for j in settles + excites:
+            result["exported"].append(export_run(os.path.join(root, j["name"]), export, j["name"]))
+        with open(os.path.join(export, "experiment.json"), "w") as fh:
+            json.dump({k: v for k, v in result.items() if k != "exported"}, fh, indent=2)
+    return result
