@@ -61,6 +61,8 @@ __all__ = [
     "fit_oe_orders",
     "validate",
     "level_matched",
+    "static_map_from_traces",
+    "select_model",
 ]
 
 #: Window of the moving mean whose NRMSE fit is the headline figure.
@@ -616,3 +618,56 @@ def validate(fit, traces, names=None, max_lag: int = 25):
                         rmse_mean=float(np.sqrt(np.mean((moving_mean(kl) - moving_mean(yhat)) ** 2))),
                         **residual_tests(res, tr.beta, max_lag)))
     return out
+
+
+def static_map_from_traces(traces, rows: int = 1000, window: int = MEAN_WINDOW) -> LogPchipGain:
+    """``g(β)`` from constant-β traces: the level of each over its last ``rows`` rows (with 95 % intervals)."""
+    from vae_plant.identify import static_points
+
+    return fit_static_map(static_points([(t.beta, t.kl) for t in traces], rows, window))
+
+
+def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_names=None, max_nf: int = 3,
+                 drift: bool = True):
+    """Fit every structure and prefer the one that predicts the held-out traces best.
+
+    Parameters
+    ----------
+    fit_traces : sequence of Trace
+        Data to estimate from.
+    g : Gain
+        Static map.
+    held_out : sequence of Trace
+        Traces not used for fitting; the model with the highest *smallest*
+        held-out fit % (50-update mean) wins.  Without them, the least AIC wins.
+    max_nf : int
+        Largest OE denominator order tried (orders chosen by AIC).
+
+    Returns
+    -------
+    best : HammersteinFit
+    report : dict
+        ``candidates``: per structure its parameters, AIC, fitted and held-out
+        figures (:func:`validate`); ``oe_orders``: the AIC table; ``chosen``.
+    """
+    cands = [fit_dynamics(fit_traces, g, "first_order", drift=drift, names=fit_names),
+             fit_dynamics(fit_traces, g, "two_time_constant", drift=drift, names=fit_names)]
+    oe, table = fit_oe_orders(fit_traces, g, max_nf, drift, fit_names)
+    cands.append(oe)
+    held_out = list(held_out)
+    rep = []
+    for m in cands:
+        v = validate(m, held_out, held_out_names) if held_out else []
+        rep.append(dict(structure=m.structure, orders=m.orders, params=m.params, aic=m.info["aic"],
+                        time_constants=m.time_constants, fit_percent_fitted=m.info["fit_percent_fitted"],
+                        held_out=v, held_out_min=min((x["fit_percent"] for x in v), default=None)))
+    if held_out:
+        i = int(np.argmax([r["held_out_min"] for r in rep]))
+        why = "highest smallest held-out fit % (50-update mean)"
+    else:
+        i = int(np.argmin([r["aic"] for r in rep]))
+        why = "least AIC (no held-out traces)"
+    best = cands[i]
+    best.info["selection"] = dict(rule=why, candidates=[dict(structure=r["structure"], orders=r["orders"],
+                                                             aic=r["aic"], held_out_min=r["held_out_min"]) for r in rep])
+    return best, dict(candidates=rep, oe_orders=table, chosen=i, rule=why)

@@ -25,12 +25,75 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="JSON", help="save the fit (for klcontrol check / tune)")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure: data vs model, g(β) and g′(β) with bands")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
+    m = p.add_argument_group("operating-point models and validation (docs/identification.md)")
+    m.add_argument("--model", choices=("first_order", "hammerstein"), default="first_order",
+                   help="first_order: the paper's model above (default); hammerstein: g(β) from --static traces "
+                   "followed by G(q) with unit DC gain, structures first order / two time constants / OE (orders "
+                   "by AIC), the one that predicts --validate traces best is saved")
+    m.add_argument("--static", nargs="+", default=None, metavar="PATH",
+                   help="constant-β settled traces giving g(β) (hammerstein)")
+    m.add_argument("--validate", nargs="+", default=None, metavar="HELDOUT",
+                   help="held-out traces: NRMSE fit %% of the 50-update mean and raw KL, residual whiteness, "
+                   "cross-correlation with β")
+    m.add_argument("--report", default=None, metavar="JSON", help="write the validation report (all candidates)")
     p.set_defaults(func=run)
+
+
+def _read(paths, args):
+    from analysis.trace_io import read_trace
+
+    return [read_trace(p, step=args.step_col, beta=args.beta_col, kl=args.kl_col, kl_lag=args.kl_lag) for p in paths]
+
+
+def _print_validation(rows):
+    print(f"{'held-out trace':<44} {'fit % (50-mean)':>15} {'fit % (raw)':>11} {'Ljung-Box p':>11} {'max|xcorr β|':>12}")
+    for v in rows:
+        print(f"{v['trace']:<44} {v['fit_percent']:>15.1f} {v['fit_percent_raw']:>11.1f} {v['ljung_box_p']:>11.2g} "
+              f"{v['xcorr_max']:>12.3f}")
+
+
+def _run_hammerstein(args) -> int:
+    import json
+
+    from analysis import plant_models as pm
+
+    from ..cli import _jsonable, print_json
+
+    if not args.static:
+        raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
+    g = pm.static_map_from_traces(_read(args.static, args))
+    held = _read(args.validate or [], args)
+    best, rep = pm.select_model(_read(args.paths, args), g, held, fit_names=args.paths,
+                                held_out_names=args.validate or [])
+    if args.out:
+        best.save(args.out)
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump(_jsonable(rep), fh, indent=1)
+    if args.json:
+        print_json(dict(model=best.to_dict(), report=rep, out=args.out))
+        return 0
+    print(f"g(β): log-PCHIP through {len(g.betas)} settled points, β ∈ [{g.betas[0]:g}, {g.betas[-1]:g}]")
+    for i, r in enumerate(rep["candidates"]):
+        tc = ", ".join(f"{t:.3g}" for t in r["time_constants"])
+        ho = "" if r["held_out_min"] is None else f", worst held-out fit {r['held_out_min']:.1f} %"
+        mark = " ← chosen" if i == rep["chosen"] else ""
+        print(f"{r['structure']}{'' if r['orders'] is None else tuple(r['orders'])}: τ = [{tc}] updates, "
+              f"AIC {r['aic']:.1f}{ho}{mark}")
+    print(f"chosen by {rep['rule']}: {best!r}")
+    if held:
+        _print_validation(rep["candidates"][rep["chosen"]]["held_out"])
+    if args.out:
+        print(f"fit saved to {args.out}")
+    return 0
 
 
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
     from analysis.identification import fit_plant
+
+    if args.model == "hammerstein":
+        return _run_hammerstein(args)
 
     from ..cli import print_json
 
@@ -45,6 +108,17 @@ def run(args) -> int:
         plot_fit(fit, args.plot)
     s = fit.summary()
     s.update(out=args.out, plot=args.plot)
+    if args.validate:
+        from analysis.plant_models import validate
+
+        s["validation"] = validate(fit, _read(args.validate, args), args.validate)
+        if args.report:
+            import json
+
+            from ..cli import _jsonable
+
+            with open(args.report, "w") as fh:
+                json.dump(_jsonable(s["validation"]), fh, indent=1)
     if args.json:
         print_json(s)
         return 0
@@ -64,6 +138,8 @@ def run(args) -> int:
     c0, c1 = s["gprime_range_ci"]
     print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}] (with {lvl} band [{c0:.4g}, {c1:.4g}])")
     print(f"relative KL noise (robust std of residuals): {100 * fit.noise_rel:.2f} %")
+    if args.validate:
+        _print_validation(s["validation"])
     if args.out:
         print(f"fit saved to {args.out}")
     if args.plot:
