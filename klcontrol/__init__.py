@@ -15,7 +15,7 @@ from .controllers import (
     beta_norm,
 )
 from .filters import ExponentialAverage, Filter, MovingAverage
-from .plant import ExpGain, FirstOrderPlant, Gain
+from .plant import ExpGain, FirstOrderPlant, Gain, LinearGain, Plant
 from .setpoints import Constant, LinearRamp, Sequence, SetPoint, StepRamp
 from .simulate import Trace, response_metrics, simulate
 

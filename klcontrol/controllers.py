@@ -130,6 +130,61 @@ class Controller:
         """New law state (with ``beta``) from the filtered measurement ``m``."""
         return dict(state)
 
+    def _equilibrium(self, beta_star, y_star, p: dict, ops) -> dict:
+        """Law state (with ``beta``) at rest at ``β*`` with the measurement at ``y* = C``."""
+        raise TypeError(f"{type(self).__name__} has no equilibrium with a fixed set point")
+
+    # -- what the loop needs (klcontrol.loop, simulate, analysis) -----------------
+    def advance(self, state: dict, y, c, params: dict, ops=NUMPY) -> dict:
+        """The controller's part of one loop update, as a pure function: filter, then law.
+
+        Parameters
+        ----------
+        state : dict
+            Law state and ``"filter"`` history (:attr:`state`).
+        y : float, array, tensor or symbol
+            The raw KL measurement this update consumes.
+        c : float, array, tensor or symbol
+            Set point ``C(t)``.
+        params : dict
+            Parameters (:attr:`params`, or symbols for the analysis).
+        ops : Ops
+            Backend.
+
+        Returns
+        -------
+        dict
+            The new state; ``["beta"]`` is the β of the next update.
+        """
+        m, fstate = self.filter.apply(state["filter"], y, ops)
+        new = self._law(state, m, c, params, ops)
+        new["filter"] = tuple(fstate)
+        return new
+
+    def equilibrium_state(self, beta_star, y_star, params: dict, ops=NUMPY) -> dict:
+        """The state at rest at ``β*`` with every measurement equal to ``y* = C``.
+
+        Used by the stability analysis to linearise :meth:`advance` (sympy symbols welcome).
+        """
+        st = self._equilibrium(beta_star, y_star, params, ops)
+        st["filter"] = tuple(self.filter.initial_state(y_star))
+        return st
+
+    @property
+    def state(self) -> dict:
+        """The current law and filter state (a shallow copy of the live dict)."""
+        return dict(self._state)
+
+    @property
+    def params(self) -> dict:
+        """The parameters as the law receives them (read-only views)."""
+        out = {}
+        for k, v in self._params.items():
+            v = v.view()
+            v.flags.writeable = False
+            out[k] = v
+        return out
+
     # -- helpers --------------------------------------------------------------------
     def _broadcast(self, v):
         return np.broadcast_to(np.asarray(v, dtype=float), self.shape).copy() if self.shape else np.asarray(
@@ -238,9 +293,9 @@ class Controller:
         state = self._state
         if any(is_torch(v) for v in self._flat(state)):
             raise ValueError("this controller runs on torch tensors; pass the KL as a tensor")
-        m, fstate = self.filter.apply(state["filter"], y, NUMPY)
-        new = self._law(state, m, self._setpoint_now(), self._params, NUMPY)
+        new = self.advance(state, y, self._setpoint_now(), self._params, NUMPY)
         shape = np.broadcast_shapes(self.shape, y.shape)
+        fstate = new.pop("filter")
         new = {k: np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for k, v in new.items()}
         new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
         self._state = new
@@ -279,9 +334,8 @@ class Controller:
         state = self._state
         ok = torch.isfinite(kl).all()
         safe = torch.where(torch.isfinite(kl), kl, torch.zeros_like(kl))
-        m, fstate = self.filter.apply(state["filter"], safe, ops)
-        c = self._setpoint_now()
-        new = self._law(state, m, c, p, ops)
+        new = self.advance(state, safe, self._setpoint_now(), p, ops)
+        fstate = new.pop("filter")
         # Build every masked value before the first in-place copy: the filter
         # history shifts by one (new[i+1] is old[i]), so copying as we go would
         # overwrite old[i] before it is moved.
@@ -456,6 +510,9 @@ class FixedBeta(Controller):
     def _law(self, state, m, c, p, ops):
         return {"beta": laws.fixed_beta(p["beta"] + 0 * m, m, c, ops)}
 
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": p["beta"]}
+
 
 class ScheduledBeta(Controller):
     """An open-loop β schedule: ``β(t) = schedule(t)``, whatever the measurement.
@@ -586,6 +643,10 @@ class PositionalPI(Controller):
         )
         return {"beta": beta, "integral": integral}
 
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        # At m = C the law reads β* = Kp·σ(0) − Ki·I* + β_min.
+        return {"beta": beta_star, "integral": (p["kp"] * ops.sigmoid(0 * y_star) + p["beta_min"] - beta_star) / p["ki"]}
+
 
 class IncrementalPI(Controller):
     """DynamicVAE's incremental PI (Eq. 10, feedback sign as in the official code).
@@ -670,3 +731,6 @@ class IncrementalPI(Controller):
             ops, mode=self.anti_windup,
         )
         return {"beta": beta, "integrator": integ, "p_prev": p_now}
+
+    def _equilibrium(self, beta_star, y_star, p, ops):
+        return {"beta": beta_star, "integrator": beta_star, "p_prev": ops.sigmoid(0 * y_star)}

@@ -1,20 +1,36 @@
 """Plant models of the KL response to β.
 
+Every plant follows one protocol (:class:`Plant`), and its update is written
+once, in its :meth:`Plant.step`, which the simulator, the identification, the
+symbolic stability analysis (with sympy symbols) and the tuners all call::
+
+    y, state = plant.step(state, beta, ops)     # update t with weight β(t) → KL y(t)
+
 The first-order model of DynamicVAE (Eq. 14), with Ts = 1 step::
 
     y(t) = y(t−1)/(1+a) + a/(1+a)·g(β(t)),   a > 0, g decreasing,
 
 where ``y(t)`` is the KL after update ``t`` and ``β(t)`` the weight used in
 that update.  At a constant β the KL settles at ``g(β)`` with time constant
-``≈ 1/a`` steps.
+``≈ 1/a`` steps.  See docs/design.md ("Plants").
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import is_sympy
+from .backend import NUMPY, Ops, is_sympy
 
-__all__ = ["Gain", "ExpGain", "FirstOrderPlant", "register_gain", "gain_from_dict"]
+__all__ = [
+    "Gain",
+    "ExpGain",
+    "LinearGain",
+    "Plant",
+    "FirstOrderPlant",
+    "register_gain",
+    "gain_from_dict",
+    "register_plant",
+    "plant_from_dict",
+]
 
 _GAINS: dict[str, type] = {}
 
@@ -101,6 +117,50 @@ class ExpGain(Gain):
         return f"ExpGain(A={self.A!r}, k={self.k!r})"
 
 
+@register_gain
+class LinearGain(Gain):
+    """``g(β) = y* + g′·(β − β*)``: the tangent of a gain at an operating point.
+
+    The stability analysis linearises every plant through this gain (with
+    sympy symbols), so the plant's own :meth:`Plant.step` builds the loop.
+
+    Parameters
+    ----------
+    y_star : float
+        KL at the operating point (nats).
+    slope : float
+        ``g′(β*)``, < 0 for a decreasing gain.
+    beta_star : float
+        β at the operating point.
+    """
+
+    kind = "linear"
+
+    def __init__(self, y_star, slope, beta_star):
+        self.y_star, self.slope, self.beta_star = y_star, slope, beta_star
+
+    def __call__(self, beta):
+        return self.y_star + self.slope * (beta - self.beta_star)
+
+    def derivative(self, beta):
+        return self.slope + 0 * beta
+
+    def inverse(self, y):
+        return self.beta_star + (y - self.y_star) / self.slope
+
+    def to_dict(self):
+        return {"kind": self.kind, "y_star": float(self.y_star), "slope": float(self.slope),
+                "beta_star": float(self.beta_star)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from :meth:`to_dict`."""
+        return cls(float(d["y_star"]), float(d["slope"]), float(d["beta_star"]))
+
+    def __repr__(self):
+        return f"LinearGain(y_star={self.y_star!r}, slope={self.slope!r}, beta_star={self.beta_star!r})"
+
+
 class _CallableGain(Gain):
     """Wrap a user's ``g(β)``; derivative by central differences if none given."""
 
@@ -133,13 +193,78 @@ class _CallableGain(Gain):
 
 
 def _positive(name, v):
+    if is_sympy(v):  # the symbolic analysis builds plants of symbols
+        return v
     arr = np.asarray(v, dtype=float)
     if arr.ndim > 1 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise ValueError(f"{name} must be finite and > 0 (scalar or 1-D), got {v!r}")
     return float(arr) if arr.ndim == 0 else arr
 
 
-class FirstOrderPlant:
+_PLANTS: dict[str, type] = {}
+
+
+def register_plant(cls):
+    """Class decorator: make a :class:`Plant` subclass loadable by :func:`plant_from_dict`."""
+    _PLANTS[cls.kind] = cls
+    return cls
+
+
+def plant_from_dict(d: dict) -> "Plant":
+    """Rebuild any registered plant from its :meth:`Plant.to_dict`.
+
+    Raises
+    ------
+    ValueError
+        If the description names no registered plant kind.
+    """
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind not in _PLANTS:
+        raise ValueError(f"unknown plant kind {kind!r}; known: {sorted(_PLANTS)}")
+    return _PLANTS[kind].from_dict(d)
+
+
+class Plant:
+    """Protocol of KL plants: a state, one update, an equilibrium, a linearisation.
+
+    Subclasses implement :meth:`initial_state`, :meth:`step`, :meth:`equilibrium`
+    and :meth:`linearize` (and ``to_dict``/``from_dict`` to be saved); the
+    simulator, the identification and the stability analysis use nothing else.
+    """
+
+    kind = "plant"
+
+    def initial_state(self, y0, shape=()) -> tuple:
+        """State at rest with output ``y0`` (broadcast to ``shape``)."""
+        raise TypeError(f"{type(self).__name__} does not define initial_state")
+
+    def step(self, state: tuple, beta, ops: Ops = NUMPY):
+        """One update with weight ``beta``: returns ``(y, new_state)``, ``y`` the KL after it."""
+        raise TypeError(f"{type(self).__name__} does not define step")
+
+    def equilibrium(self, setpoint):
+        """``(β*, y*)``: the constant β whose steady KL is ``setpoint``."""
+        raise TypeError(f"{type(self).__name__} does not define equilibrium")
+
+    def linearize(self, setpoint):
+        """Small-signal model at the equilibrium for ``setpoint``.
+
+        Returns
+        -------
+        (A, B, C, D) : ndarrays
+            ``x(t+1) = A x(t) + B u(t)``, ``y(t) − y* = C x(t) + D u(t)`` with
+            ``u(t) = β(t) − β*``: ``y(t)`` is the KL after the update that used
+            ``β(t)``, so ``D`` is the direct feedthrough of that update.
+        """
+        raise TypeError(f"{type(self).__name__} does not define linearize")
+
+    def to_dict(self) -> dict:
+        """JSON-able description."""
+        raise TypeError(f"{type(self).__name__} cannot be saved")
+
+
+@register_plant
+class FirstOrderPlant(Plant):
     """First-order discrete KL plant ``y(t) = y(t−1)/(1+a) + a/(1+a)·g(β(t))``.
 
     Parameters
@@ -150,6 +275,8 @@ class FirstOrderPlant:
         Steady-state KL as a function of β, decreasing.
     """
 
+    kind = "first_order"
+
     def __init__(self, a, g):
         self.a = _positive("a", a)
         if isinstance(g, Gain):
@@ -159,10 +286,19 @@ class FirstOrderPlant:
         else:
             raise ValueError(f"g must be a Gain or a callable g(beta), got {g!r}")
 
-    def step(self, y_prev, beta):
-        """KL after one update with weight ``beta`` from KL ``y_prev``."""
+    def initial_state(self, y0, shape=()) -> tuple:
+        """``(y(−1),)`` = ``(y0,)``, broadcast to ``shape``."""
+        return (np.full(shape, y0, dtype=float) if shape else y0,)
+
+    def step(self, state, beta, ops: Ops = NUMPY):
+        """``y(t)`` from ``state = (y(t−1),)`` and ``β(t)``; the new state is ``(y(t),)``.
+
+        The model's formula, written once: every other place calls this.
+        """
+        (y_prev,) = state
         a = self.a
-        return y_prev / (1 + a) + a / (1 + a) * self.g(beta)
+        y = y_prev / (1 + a) + a / (1 + a) * self.g(beta)
+        return y, (y,)
 
     def equilibrium(self, setpoint):
         """``(β*, y*)`` with ``g(β*) = y* = setpoint``."""
@@ -171,6 +307,22 @@ class FirstOrderPlant:
     def gprime_at(self, setpoint):
         """``g′(β*)`` at the equilibrium for ``setpoint``."""
         return self.g.derivative(self.g.inverse(setpoint))
+
+    def linearize(self, setpoint):
+        """``(A, B, C, D)`` at the equilibrium for ``setpoint`` (scalar ``a`` and set point).
+
+        Derived by stepping this plant with the tangent gain (:class:`LinearGain`),
+        so the formula is not restated: ``A = C = 1/(1+a)``, ``B = D = a·g′/(1+a)``.
+        """
+        a = float(np.asarray(self.a))
+        bstar, _ = self.equilibrium(float(setpoint))
+        # The tangent map in deviation variables (y*, β* moved to 0) is linear:
+        # unit probes give its matrices exactly, without cancellation.
+        tangent = FirstOrderPlant(a, LinearGain(0.0, float(self.g.derivative(bstar)), 0.0))
+        yx, (xx,) = tangent.step((1.0,), 0.0)
+        yu, (xu,) = tangent.step((0.0,), 1.0)
+        A, B, C, D = (np.array([[v]], dtype=float) for v in (xx, xu, yx, yu))
+        return A, B, C, D
 
     @property
     def time_constant(self):
@@ -191,4 +343,3 @@ class FirstOrderPlant:
 
     def __repr__(self):
         return f"FirstOrderPlant(a={self.a!r}, g={self.g!r})"
-

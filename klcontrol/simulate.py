@@ -16,9 +16,10 @@ import numpy as np
 
 from .backend import NUMPY, is_torch
 from .controllers import Controller
-from .plant import FirstOrderPlant
+from .loop import initial_loop_state, loop_step
+from .plant import Plant
 
-__all__ = ["Trace", "simulate", "response_metrics"]
+__all__ = ["Trace", "simulate", "response_metrics", "RECORDABLE"]
 
 
 @dataclass
@@ -155,9 +156,13 @@ def _setpoints(ctrl, steps, shape):
         return out
 
 
+#: What :func:`simulate` can record.
+RECORDABLE = ("beta", "kl", "state")
+
+
 def simulate(
     controller: Controller,
-    plant: FirstOrderPlant,
+    plant: Plant,
     steps: int,
     delay: int = 0,
     y0: float = 0.0,
@@ -165,19 +170,23 @@ def simulate(
     noise_rel: float = 0.0,
     seed: int | None = None,
     progress: bool = False,
+    record=RECORDABLE,
+    dtype=np.float64,
 ) -> Trace:
     """Run the closed loop for ``steps`` updates.
 
     The controller is copied (the caller's object is not advanced); if it has
-    not stepped yet, its measurement history is primed with ``y0``.
+    not stepped yet, its measurement history is primed with ``y0``.  Each update
+    is :func:`klcontrol.loop.loop_step`, the loop order used everywhere.
 
     Parameters
     ----------
     controller : Controller
         Any klcontrol controller; arrays of gains of shape ``(n,)`` give ``n``
         loops simulated at once.
-    plant : FirstOrderPlant
-        The plant (its ``a`` may also be an array of shape ``(n,)``).
+    plant : Plant
+        The plant (e.g. :class:`FirstOrderPlant`, whose ``a`` may also be an
+        array of shape ``(n,)``).
     steps : int
         Number of updates, ≥ 1.
     delay : {0, 1}
@@ -191,6 +200,14 @@ def simulate(
         Seed of the noise generator.
     progress : bool
         Show a tqdm progress bar.
+    record : iterable of {"beta", "kl", "state"}
+        The series to keep; the others are ``None`` in the trace (``state``
+        is the measured ``kl`` itself when there is no noise).  A large gain
+        sweep that only needs the KL saves the memory, and the page faults of
+        first touching it, by recording just ``("kl",)``.
+    dtype : numpy dtype
+        Storage type of the recorded series (``np.float32`` halves the memory);
+        the loop itself always computes in float64.
 
     Returns
     -------
@@ -199,71 +216,77 @@ def simulate(
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
-    if delay not in (0, 1):
+    if delay not in (0, 1) or isinstance(delay, bool):
         raise ValueError(f"delay must be 0 or 1, got {delay!r}")
     y0 = float(y0)
     for name, v in (("y0", y0), ("noise_std", noise_std), ("noise_rel", noise_rel)):
         if not math.isfinite(float(v)) or (name != "y0" and v < 0):
             raise ValueError(f"{name} must be finite{'' if name == 'y0' else ' and ≥ 0'}, got {v!r}")
+    record = (record,) if isinstance(record, str) else tuple(record)
+    unknown = sorted(set(record) - set(RECORDABLE))
+    if unknown or not record:
+        raise ValueError(f"record must name some of {RECORDABLE}, got {record!r}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
     if not isinstance(controller, Controller):
         raise ValueError(f"controller must be a klcontrol Controller, got {type(controller).__name__}")
-    if not isinstance(plant, FirstOrderPlant):
-        raise ValueError(f"plant must be a FirstOrderPlant, got {type(plant).__name__}")
+    if not isinstance(plant, Plant):
+        raise ValueError(f"plant must be a klcontrol Plant (e.g. FirstOrderPlant), got {type(plant).__name__}")
     ctrl = controller.copy()
     if ctrl.steps_taken == 0:
         ctrl.prime(y0)
-    shape = np.broadcast_shapes(ctrl.shape, np.shape(plant.a))
+    shape = np.broadcast_shapes(ctrl.shape, np.shape(getattr(plant, "a", 0.0)))
     rng = np.random.default_rng(seed) if (noise_std or noise_rel) else None
-
-    # Arrays of (steps, n) floats are large (160 MB for 20 000 × 1000), and first
-    # writes into fresh pages cost as much as the loop's arithmetic: without
-    # noise the measured KL *is* the state, so one array serves both.
-    betas = np.empty((steps,) + shape)
-    kls = np.empty((steps,) + shape)
-    states = kls if rng is None else np.empty((steps,) + shape)
-    cs = _setpoints(ctrl, steps, shape)
-    # The loop calls the controller's filter and law directly (the same code
-    # Controller.step runs) instead of Controller.step: the per-step
-    # validation and state copies there cost more than the arithmetic itself.
-    # Non-finite plant outputs are caught once, after the loop.
-    state = ctrl._state
-    if any(is_torch(v) for v in ctrl._flat(state)):
+    state = ctrl.state
+    if any(is_torch(v) for k, v in state.items() for v in (v if k == "filter" else (v,))):
         raise ValueError("simulate() runs on NumPy; this controller holds torch state (load a NumPy state dict)")
     state = {k: (tuple(_full(x, shape) for x in v) if k == "filter" else _full(v, shape)) for k, v in state.items()}
-    params, law, filt = ctrl._params, ctrl._law, ctrl.filter
-    y = np.full(shape, y0)
-    meas_prev = np.full(shape, y0)
-    beta = state["beta"]
+
+    full = (steps,) + shape
+    betas = np.empty(full, dtype) if "beta" in record else None
+    if rng is None:
+        # Without noise the measured KL *is* the state: one array serves both.
+        kls = states = np.empty(full, dtype) if ("kl" in record or "state" in record) else None
+    else:
+        kls = np.empty(full, dtype) if "kl" in record else None
+        states = np.empty(full, dtype) if "state" in record else None
+    cs = _setpoints(ctrl, steps, shape)
+    params = ctrl.params
+    x = initial_loop_state(plant, state, np.full(shape, y0), delay, shape)
     t0 = ctrl.steps_taken
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc="simulate", unit="step", mininterval=0.5)
+    if rng is None:
+        noise = 0.0
+    else:
+        def noise(y):
+            return y + rng.standard_normal(shape) * (noise_std + noise_rel * np.abs(y))
     for t in it:
-        y = plant.step(y, beta)
-        meas = y
-        if rng is not None:
-            meas = y + rng.standard_normal(shape) * (noise_std + noise_rel * np.abs(y))
-        betas[t], states[t], kls[t] = beta, y, meas
-        m_in = meas if delay == 0 else meas_prev
-        meas_prev = meas
-        m, fstate = filt.apply(state["filter"], m_in, NUMPY)
-        state = law(state, m, cs[t], params, NUMPY)
-        state["filter"] = fstate
-        beta = state["beta"]
-    # y(t) non-finite keeps y(t+1) non-finite, so the last state tells whether
+        beta = x.controller["beta"]
+        last_y, last_kl, x = loop_step(plant, ctrl, x, cs[t], params, noise, NUMPY)
+        if betas is not None:
+            betas[t] = beta
+        if states is not None:
+            states[t] = last_y
+        if kls is not None and kls is not states:
+            kls[t] = last_kl
+    # y(t) non-finite keeps y(t+1) non-finite, so the last output tells whether
     # any step went bad (the measured KL adds finite noise to y).
-    if not (np.all(np.isfinite(y)) and (rng is None or np.all(np.isfinite(kls)))):
-        t_bad = int(np.argmax((~np.isfinite(kls)).reshape(steps, -1).any(axis=1)))
-        raise ValueError(
-            f"the plant output became NaN or infinite at step {t0 + t_bad}; check the plant and the clamps"
-        )
+    if not (np.all(np.isfinite(last_y)) and np.all(np.isfinite(last_kl))):
+        probe = kls if kls is not None else states
+        where = ""
+        if probe is not None:
+            where = f" at step {t0 + int(np.argmax((~np.isfinite(probe)).reshape(steps, -1).any(axis=1)))}"
+        raise ValueError(f"the plant output became NaN or infinite{where}; check the plant and the clamps")
     return Trace(
         step=np.arange(steps),
         beta=betas,
         kl=kls,
         setpoint=cs,
         state=states,
-        meta={"delay": delay, "y0": y0, "controller": repr(controller), "plant": repr(plant)},
+        meta={"delay": delay, "y0": y0, "controller": repr(controller), "plant": repr(plant), "record": record},
     )

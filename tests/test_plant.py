@@ -13,11 +13,14 @@ def test_step_is_the_first_order_recursion():
     a, A, k = 1 / 5000, 26.38, 0.0476
     p = FirstOrderPlant(a, ExpGain(A, k))
     y, beta = 3.0, 10.0
-    assert p.step(y, beta) == pytest.approx(y / (1 + a) + a / (1 + a) * A * math.exp(-k * beta), rel=1e-15)
+    out, state = p.step((y,), beta)
+    assert out == pytest.approx(y / (1 + a) + a / (1 + a) * A * math.exp(-k * beta), rel=1e-15)
+    assert state == (out,)
     # At constant β the output settles at g(β) with y(t) − g = (y0 − g)/(1+a)^t.
-    ys = [0.0]
+    ys, state = [0.0], p.initial_state(0.0)
     for _ in range(50):
-        ys.append(p.step(ys[-1], beta))
+        y, state = p.step(state, beta)
+        ys.append(y)
     g = A * math.exp(-k * beta)
     np.testing.assert_allclose(ys, g + (0 - g) / (1 + a) ** np.arange(51), rtol=1e-12)
     assert p.time_constant == pytest.approx(1 / math.log1p(a))
@@ -46,10 +49,10 @@ def test_callable_gain_and_equilibrium():
 
 def test_vectorised_a_and_round_trip():
     p = FirstOrderPlant(np.array([0.01, 0.02]), ExpGain(26.38, 0.0476))
-    y = p.step(np.zeros(2), 5.0)
+    y, _ = p.step((np.zeros(2),), 5.0)
     assert y.shape == (2,) and y[1] > y[0]
     q = FirstOrderPlant.from_dict(p.to_dict())
-    np.testing.assert_array_equal(q.step(np.zeros(2), 5.0), y)
+    np.testing.assert_array_equal(q.step(q.initial_state(0.0, (2,)), 5.0)[0], y)
     assert gain_from_dict({"kind": "exp", "A": 1.0, "k": 2.0}).k == 2.0
 
 
@@ -72,7 +75,7 @@ def test_register_gain():
             return cls(d["c"])
 
     p = FirstOrderPlant.from_dict(FirstOrderPlant(0.5, Linear(10.0)).to_dict())
-    assert p.step(0.0, 4.0) == pytest.approx(0.5 / 1.5 * 6.0)
+    assert p.step((0.0,), 4.0)[0] == pytest.approx(0.5 / 1.5 * 6.0)
 
 
 @pytest.mark.parametrize(
@@ -92,3 +95,30 @@ def test_register_gain():
 def test_bad_parameters(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_linearize_is_the_tangent_of_step():
+    """(A, B, C, D) from linearize() match finite differences of step() at the equilibrium."""
+    p = FirstOrderPlant(0.01, ExpGain(26.38, 0.0476))
+    A, B, C, D = p.linearize(20.0)
+    bstar, ystar = p.equilibrium(20.0)
+    h = 1e-6
+    y0, (x0,) = p.step((ystar,), bstar)
+    yx, (xx,) = p.step((ystar + h,), bstar)
+    yu, (xu,) = p.step((ystar,), bstar + h)
+    np.testing.assert_allclose([A[0, 0], C[0, 0]], [(xx - x0) / h, (yx - y0) / h], rtol=1e-6)
+    np.testing.assert_allclose([B[0, 0], D[0, 0]], [(xu - x0) / h, (yu - y0) / h], rtol=1e-5)
+    a, gp = 0.01, p.gprime_at(20.0)
+    assert A[0, 0] == pytest.approx(1 / (1 + a), rel=1e-15) and D[0, 0] == pytest.approx(a * gp / (1 + a), rel=1e-15)
+
+
+def test_plant_registry_round_trip():
+    from klcontrol.plant import LinearGain, plant_from_dict
+
+    p = FirstOrderPlant(0.02, ExpGain(20.0, 0.1))
+    q = plant_from_dict(p.to_dict())
+    assert isinstance(q, FirstOrderPlant) and q.a == p.a and q.g.A == p.g.A
+    lg = gain_from_dict(LinearGain(5.0, -0.5, 3.0).to_dict())
+    assert lg(4.0) == pytest.approx(4.5) and lg.inverse(4.5) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="unknown plant kind"):
+        plant_from_dict({"kind": "nope"})

@@ -1,0 +1,102 @@
+"""The closed KL loop, one update, written once.
+
+Order of one update ``t`` (docs/design.md, "The loop")::
+
+    plant      y(t)  = plant.step(x_p, β(t))          the VAE trains one step with β(t)
+    measure    kl(t) = y(t) + n(t)                     the KL logged after update t
+    delay      m_in  = kl(t − d)                       d = 0 as trained, d = 1 the paper's Eq. 15
+    filter+law β(t+1) = controller.advance(...)        moving average, then the controller's law
+
+:func:`loop_step` is that sequence.  :func:`klcontrol.simulate` calls it with
+NumPy arrays, :mod:`analysis.stability_symbolic` with sympy symbols to build
+the linearised loop, and :meth:`klcontrol.Controller.step` runs the last stage
+(``advance``) on the KL a real trainer measured — so the simulator, the
+analysis and training share one order and one set of formulas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backend import NUMPY, Ops
+
+__all__ = ["LoopState", "initial_loop_state", "loop_step"]
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """State of the closed loop before update ``t``.
+
+    Attributes
+    ----------
+    plant : tuple
+        The plant's state (:meth:`klcontrol.plant.Plant.step`).
+    controller : dict
+        The controller's law and filter state (:attr:`klcontrol.Controller.state`);
+        ``controller["beta"]`` is β(t), the weight of update ``t``.
+    delayed : tuple
+        The measurements not yet consumed: ``()`` for delay 0, ``(kl(t − 1),)`` for delay 1.
+    """
+
+    plant: tuple
+    controller: dict
+    delayed: tuple = ()
+
+
+def initial_loop_state(plant, controller_state: dict, y0, delay: int = 0, shape=()) -> LoopState:
+    """The loop at rest before update 0: plant output ``y0``, measurement history ``y0``.
+
+    Parameters
+    ----------
+    plant : Plant
+        The plant model.
+    controller_state : dict
+        The controller's state (e.g. :attr:`Controller.state` after ``prime(y0)``).
+    y0 : float or array
+        KL before the first update.
+    delay : {0, 1}
+        Measurement delay.
+    shape : tuple
+        Shape of the loop arrays (several loops at once).
+
+    Returns
+    -------
+    LoopState
+    """
+    return LoopState(plant.initial_state(y0, shape), controller_state, (y0,) * int(delay))
+
+
+def loop_step(plant, controller, x: LoopState, c, params: dict, noise=0.0, ops: Ops = NUMPY):
+    """One update of the closed loop: plant, measurement, delay, filter, law.
+
+    Parameters
+    ----------
+    plant : Plant
+        Any :class:`klcontrol.plant.Plant`.
+    controller : Controller
+        Supplies the filter and the law (:meth:`Controller.advance`); its own
+        state is not touched.
+    x : LoopState
+        The loop before update ``t``.
+    c : float, array or symbol
+        Set point ``C(t)`` the controller uses when computing β(t+1).
+    params : dict
+        The controller's parameters (arrays, tensors or symbols).
+    noise : float, array, symbol or callable
+        Additive noise on the KL measured after update ``t``, or a function
+        ``noise(y) -> kl`` for noise that depends on the output.
+    ops : Ops
+        Backend of the arithmetic.
+
+    Returns
+    -------
+    y, kl, LoopState
+        The plant output y(t), the measured KL(t), and the loop before update ``t + 1``.
+    """
+    y, plant_state = plant.step(x.plant, x.controller["beta"], ops)
+    kl = noise(y) if callable(noise) else y + noise
+    if x.delayed:
+        m_in, delayed = x.delayed[0], x.delayed[1:] + (kl,)
+    else:
+        m_in, delayed = kl, ()
+    new_ctrl = controller.advance(x.controller, m_in, c, params, ops)
+    return y, kl, LoopState(plant_state, new_ctrl, delayed)
