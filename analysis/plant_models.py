@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from klcontrol.plant import Gain, gain_from_dict, register_gain
+from klcontrol.plant import Gain, Plant, gain_from_dict, register_gain, register_plant
 
 __all__ = [
     "MEAN_WINDOW",
@@ -315,7 +315,8 @@ def _trace_arrays(trace, where="trace"):
     return beta, kl
 
 
-class HammersteinFit:
+@register_plant
+class HammersteinFit(Plant):
     """A fitted plant ``ŷ = y₀ + G(q)[g(β)]`` (see the module docstring); loads with ``load_fit``.
 
     Follows the plant protocol: :meth:`initial_state`, :meth:`step`,
@@ -407,21 +408,22 @@ class HammersteinFit:
         return control.ss(*self.linearize(setpoint), dt=1)
 
     def initial_state(self, y0, shape=()):
-        """State at equilibrium with output ``y0`` (one per loop for ``shape = (n,)``)."""
+        """``(x,)`` at equilibrium with output ``y0``; ``x`` has shape ``shape + (order,)``."""
         A, B, C, D = self._ss()
         beta0 = self.g.inverse(np.broadcast_to(np.asarray(y0, dtype=float), shape))
         u0 = np.asarray(self.g(beta0), dtype=float)
         xs = np.linalg.solve(np.eye(len(A)) - A, B[:, 0]) if len(A) else np.zeros(0)
-        return np.multiply.outer(u0, xs)
+        return (np.multiply.outer(u0, xs),)
 
     def step(self, state, beta, ops=None):
-        """One update: ``(y, new_state)`` for weight ``beta`` (NumPy; ``ops`` accepted for the protocol)."""
+        """One update: ``(y, (x_new,))`` for weight ``beta`` (NumPy arrays; ``ops`` accepted for the protocol)."""
         A, B, C, D = self._ss()
         u = np.asarray(self.g(np.asarray(beta, dtype=float)), dtype=float)
-        x = np.asarray(state, dtype=float)
+        (x,) = state
+        x = np.asarray(x, dtype=float)
         y = x @ C[0] + D[0, 0] * u if len(A) else D[0, 0] * u
         new = x @ A.T + np.multiply.outer(u, B[:, 0]) if len(A) else x
-        return y, new
+        return y, (new,)
 
     # -- prediction -------------------------------------------------------------------------------------
     def simulate(self, beta):

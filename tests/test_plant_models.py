@@ -95,9 +95,9 @@ def test_first_order_structure_equals_the_papers_plant():
     fit = pm.HammersteinFit("first_order", b, f, G)
     beta = _excitation(400)
     plant = FirstOrderPlant(a, G)
-    y, out = float(G(beta[0])), []
+    state, out = plant.initial_state(float(G(beta[0]))), []
     for bt in beta:
-        y = plant.step(y, bt)
+        y, state = plant.step(state, bt)
         out.append(y)
     np.testing.assert_allclose(fit.simulate(beta), out, rtol=1e-12)
 
@@ -132,7 +132,23 @@ def test_step_linearize_and_transfer_function_agree_with_simulation():
     np.testing.assert_allclose(nonlin, lin, atol=1e-7)
     assert control.dcgain(fit.transfer_function()) == pytest.approx(1.0)
     # vectorised initial state: one row per loop
-    assert fit.initial_state([13.0, 10.0], (2,)).shape == (2, 2)
+    assert fit.initial_state([13.0, 10.0], (2,))[0].shape == (2, 2)
+
+
+def test_loop_verdicts_through_the_lti_api_match_the_exact_first_order_path():
+    """A first-order Hammerstein fit given to analysis.stability (plant=) agrees with the symbolic-code path."""
+    from analysis.stability import spectral_radius
+    from klcontrol.plant import plant_from_dict
+
+    a = 0.03
+    fit = pm.HammersteinFit("first_order", *pm._polys("first_order", [math.log(a)], None), G)
+    assert isinstance(plant_from_dict(fit.to_dict()), pm.HammersteinFit)
+    C = 13.0
+    gp = G.derivative(G.inverse(C))
+    for kp, ki, T in [(0.01, 0.005, 5), (1.0, 0.3, 5), (0.0, 0.5, 1), (3.0, 0.2, 3)]:
+        r_lti = spectral_radius(kp, ki, plant=fit, setpoint=C, window=T, delay=0)
+        r_exact = spectral_radius(kp, ki, a, gp, window=T, delay=0)
+        assert r_lti == pytest.approx(r_exact, abs=1e-10)
 
 
 def test_hammerstein_bad_input_and_round_trip(tmp_path):
