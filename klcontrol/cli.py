@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["main", "COMMANDS", "print_json"]
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "simulate", "stability", "fit", "check", "tune", "train", "evaluate", "compare", "identify")
+COMMANDS = ("demo", "simulate", "stability", "fit", "check", "tune", "train", "evaluate", "compare", "identify", "verify_stability")
 
 
 def _jsonable(o):
