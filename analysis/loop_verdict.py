@@ -56,7 +56,7 @@ def observed_stability(beta, beta_star: float, skip: int = 100, beta_min: float 
         raise ValueError(f"beta_star must be positive, got {beta_star!r}")
     skip = int(skip)
     if len(b) - skip < 40:
-        raise ValueError(f"need at least 40 rows after the {skip} skipped, got {len(b)}")
+        raise ValueError(f"need at least {skip + 40} rows (40 after the {skip} skipped), got {len(b)}")
     b = b[skip:]
     q = len(b) // 4
     mid, late = b[q:2 * q], b[3 * q:]

@@ -63,6 +63,7 @@ __all__ = [
     "level_matched",
     "static_map_from_traces",
     "select_model",
+    "excitation_levels",
 ]
 
 #: Window of the moving mean whose NRMSE fit is the headline figure.
@@ -70,6 +71,8 @@ MEAN_WINDOW = 50
 #: Rows over which a prediction's level is matched to the recorded KL.
 INIT_ROWS = 200
 STRUCTURES = ("first_order", "two_time_constant", "oe")
+#: Held-out fit % (points) within which :func:`select_model` prefers the simpler model.
+TIE = 0.5
 
 
 # -- the static map ----------------------------------------------------------------------------------------
@@ -88,8 +91,9 @@ class LogPchipGain(Gain):
         β of the operating points, > 0, strictly increasing (at least 2).
     levels : sequence of float
         Settled KL at each, strictly decreasing.
-    level_ci : sequence of (lo, hi), optional
-        Intervals of the levels (kept for reports; the map uses ``levels``).
+    level_ci : sequence of (lo, hi) or None, optional
+        Intervals of the levels (kept for reports; the map uses ``levels``);
+        ``None`` for a node estimated from dynamic data (:func:`fit_dynamics` ``free_betas``).
     """
 
     kind = "log_pchip"
@@ -106,7 +110,8 @@ class LogPchipGain(Gain):
         if np.any(np.diff(v) >= 0):
             raise ValueError(f"levels must strictly decrease with β (a decreasing g), got {v.tolist()}")
         self.betas, self.levels = b, v
-        self.level_ci = None if level_ci is None else [tuple(float(x) for x in c) for c in level_ci]
+        self.level_ci = None if level_ci is None else [None if c is None else tuple(float(x) for x in c)
+                                                       for c in level_ci]
         self._p = PchipInterpolator(np.log(b), v, extrapolate=False)
         self._dp = self._p.derivative()
         self._lo, self._hi = math.log(b[0]), math.log(b[-1])
@@ -159,7 +164,7 @@ class LogPchipGain(Gain):
     def to_dict(self):
         d = {"kind": self.kind, "betas": self.betas.tolist(), "levels": self.levels.tolist()}
         if self.level_ci is not None:
-            d["level_ci"] = [list(c) for c in self.level_ci]
+            d["level_ci"] = [None if c is None else list(c) for c in self.level_ci]
         return d
 
     @classmethod
@@ -497,8 +502,31 @@ def _initial_thetas(structure, orders, spans):
     return out
 
 
+def _with_nodes(g, free_betas, values):
+    """``g`` with extra (or replaced) PCHIP nodes at ``free_betas``; ``None`` if not decreasing."""
+    nodes = dict(zip(g.betas.tolist(), zip(g.levels.tolist(), g.level_ci or [None] * len(g.betas))))
+    for b, v in zip(free_betas, values):
+        nodes[float(b)] = (float(v), None)
+    bs = sorted(nodes)
+    lv = [nodes[b][0] for b in bs]
+    if np.any(np.diff(lv) >= 0):
+        return None
+    return LogPchipGain(bs, lv, [nodes[b][1] for b in bs])
+
+
+def excitation_levels(traces, g, min_rows: int = 100):
+    """The β levels an open-loop excitation holds for at least ``min_rows`` rows, other than ``g``'s nodes."""
+    counts: dict[float, int] = {}
+    for t in traces:
+        vals, n = np.unique(np.round(np.asarray(t.beta, dtype=float), 12), return_counts=True)
+        for v, c in zip(vals, n):
+            counts[float(v)] = counts.get(float(v), 0) + int(c)
+    nodes = set(np.round(g.betas, 12).tolist()) if isinstance(g, LogPchipGain) else set()
+    return sorted(b for b, c in counts.items() if c >= min_rows and b not in nodes and b > 0)
+
+
 def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=None, drift: bool = True,
-                 names=None) -> HammersteinFit:
+                 names=None, free_betas=()) -> HammersteinFit:
     """Fit the filter ``G`` of a Hammerstein model to traces by simulation-error least squares.
 
     Parameters
@@ -515,6 +543,11 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
         Per-trace linear drift as a nuisance term (not part of the model).
     names : sequence of str, optional
         Trace names for ``info``.
+    free_betas : sequence of float
+        β values whose ``g`` is estimated here, jointly with the dynamics, as
+        extra nodes of a :class:`LogPchipGain` ``g`` (the levels an open-loop
+        excitation holds, :func:`excitation_levels`): the settled points of
+        *other* runs fix the rest of the map.
 
     Returns
     -------
@@ -532,18 +565,29 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
     if not traces:
         raise ValueError("fit_dynamics needs at least one trace")
     names = list(names) if names is not None else [str(t.meta.get("source", f"trace {i}")) for i, t in enumerate(traces)]
+    free_betas = [float(b) for b in free_betas]
+    if free_betas and not isinstance(g, LogPchipGain):
+        raise ValueError("free_betas needs a LogPchipGain static map")
     data = []
     for tr, nm in zip(traces, names):
         beta, kl = _trace_arrays(tr, nm)
-        data.append((np.asarray(g(beta), dtype=float), kl, _nuisance(len(kl), drift)))
+        data.append((beta, kl, _nuisance(len(kl), drift)))
     n_tot = sum(len(d[1]) for d in data)
+    nfree = len(free_betas)
+    fixed_u = [np.asarray(g(beta), dtype=float) for beta, _, _ in data] if not nfree else None
+
+    def split(theta):
+        return theta[:len(theta) - nfree], theta[len(theta) - nfree:]
 
     def residuals(theta):
-        b, f = _polys(structure, theta, orders)
-        if not _stable(f):
+        th, lv = split(theta)
+        b, f = _polys(structure, th, orders)
+        gg = _with_nodes(g, free_betas, lv) if nfree else g
+        if not _stable(f) or gg is None:
             return np.full(n_tot, 1e3)
         out = []
-        for u, y, X in data:
+        for i, (beta, y, X) in enumerate(data):
+            u = fixed_u[i] if fixed_u is not None else np.asarray(gg(beta), dtype=float)
             s = _simulate(b, f, u)
             e = y - s
             coef, *_ = np.linalg.lstsq(X, e, rcond=None)  # variable projection: level (and drift) per trace
@@ -551,23 +595,28 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
         return np.concatenate(out)
 
     best = None
+    lv0 = np.asarray(g(np.asarray(free_betas)), dtype=float) if nfree else np.zeros(0)
     for th0 in _initial_thetas(structure, orders, [len(d[1]) for d in data]):
+        th0 = np.concatenate([th0, lv0])
         r0 = residuals(th0)
         if best is None or r0 @ r0 < best[1]:
             best = (th0, float(r0 @ r0))
     sol = least_squares(residuals, best[0], method="lm" if structure != "two_time_constant" else "trf",
                         x_scale="jac", max_nfev=2000)
     theta = sol.x
-    b, f = _polys(structure, theta, orders)
+    th, lv = split(theta)
+    b, f = _polys(structure, th, orders)
+    if nfree:
+        g = _with_nodes(g, free_betas, lv)
     r = residuals(theta)
     k = len(theta) + sum(X.shape[1] for _, _, X in data)
     sigma2 = float(r @ r) / n_tot
     aic = n_tot * math.log(sigma2) + 2 * k
-    params = {}
+    params = {"free_betas": free_betas, "free_levels": lv.tolist()} if nfree else {}
     if structure == "first_order":
-        params["a"] = math.exp(theta[0])
+        params["a"] = math.exp(th[0])
     elif structure == "two_time_constant":
-        a1, a2, w = math.exp(theta[0]), math.exp(theta[1]), 1 / (1 + math.exp(-theta[2]))
+        a1, a2, w = math.exp(th[0]), math.exp(th[1]), 1 / (1 + math.exp(-th[2]))
         if a1 < a2:  # fast mode first
             a1, a2, w = a2, a1, 1 - w
         params.update(a_fast=a1, a_slow=a2, w_fast=w, tau_fast=1 / math.log1p(a1), tau_slow=1 / math.log1p(a2))
@@ -578,7 +627,7 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
     return fit
 
 
-def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = True, names=None):
+def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = True, names=None, free_betas=()):
     """OE models for every ``nf ≤ max_nf`` and ``nb ≤ nf + 1``; the one with the least AIC first.
 
     Returns
@@ -591,7 +640,7 @@ def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = True, names=No
     for nf in range(1, int(max_nf) + 1):
         for nb in range(1, nf + 2):
             try:
-                cands.append(fit_dynamics(traces, g, "oe", (nb, nf), drift, names))
+                cands.append(fit_dynamics(traces, g, "oe", (nb, nf), drift, names, free_betas))
             except ValueError:
                 continue  # an unstable or degenerate candidate is not a model
     if not cands:
@@ -630,7 +679,7 @@ def static_map_from_traces(traces, rows: int = 1000, window: int = MEAN_WINDOW) 
 
 
 def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_names=None, max_nf: int = 3,
-                 drift: bool = True):
+                 drift: bool = True, free_betas=None):
     """Fit every structure and prefer the one that predicts the held-out traces best.
 
     Parameters
@@ -641,9 +690,12 @@ def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_name
         Static map.
     held_out : sequence of Trace
         Traces not used for fitting; the model with the highest *smallest*
-        held-out fit % (50-update mean) wins.  Without them, the least AIC wins.
+        held-out fit % (50-update mean) wins (within :data:`TIE` points of it, the one with the fewest
+        parameters).  Without them, the least AIC wins.
     max_nf : int
         Largest OE denominator order tried (orders chosen by AIC).
+    free_betas : sequence of float, optional
+        See :func:`fit_dynamics`; default :func:`excitation_levels` of the fit traces.
 
     Returns
     -------
@@ -652,9 +704,12 @@ def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_name
         ``candidates``: per structure its parameters, AIC, fitted and held-out
         figures (:func:`validate`); ``oe_orders``: the AIC table; ``chosen``.
     """
-    cands = [fit_dynamics(fit_traces, g, "first_order", drift=drift, names=fit_names),
-             fit_dynamics(fit_traces, g, "two_time_constant", drift=drift, names=fit_names)]
-    oe, table = fit_oe_orders(fit_traces, g, max_nf, drift, fit_names)
+    fit_traces = list(fit_traces)
+    if free_betas is None:
+        free_betas = excitation_levels(fit_traces, g)
+    cands = [fit_dynamics(fit_traces, g, "first_order", drift=drift, names=fit_names, free_betas=free_betas),
+             fit_dynamics(fit_traces, g, "two_time_constant", drift=drift, names=fit_names, free_betas=free_betas)]
+    oe, table = fit_oe_orders(fit_traces, g, max_nf, drift, fit_names, free_betas)
     cands.append(oe)
     held_out = list(held_out)
     rep = []
@@ -664,8 +719,11 @@ def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_name
                         time_constants=m.time_constants, fit_percent_fitted=m.info["fit_percent_fitted"],
                         held_out=v, held_out_min=min((x["fit_percent"] for x in v), default=None)))
     if held_out:
-        i = int(np.argmax([r["held_out_min"] for r in rep]))
-        why = "highest smallest held-out fit % (50-update mean)"
+        # the best smallest held-out fit %; within TIE points of it, the fewest parameters
+        top = max(r["held_out_min"] for r in rep)
+        near = [j for j, r in enumerate(rep) if r["held_out_min"] >= top - TIE]
+        i = min(near, key=lambda j: (cands[j].info["n_params"], -rep[j]["held_out_min"]))
+        why = f"highest smallest held-out fit % (50-update mean), fewest parameters within {TIE:g} points"
     else:
         i = int(np.argmin([r["aic"] for r in rep]))
         why = "least AIC (no held-out traces)"

@@ -46,7 +46,7 @@ def test_rules_fire_on_their_own():
 def test_bad_input():
     with pytest.raises(ValueError, match="beta_star"):
         observed_stability(np.ones(500), 0)
-    with pytest.raises(ValueError, match="40 rows"):
+    with pytest.raises(ValueError, match="140 rows"):
         observed_stability(np.ones(100), 4)
     with pytest.raises(ValueError, match="finite"):
         observed_stability(np.array([1.0, np.nan] * 100), 4)

@@ -57,11 +57,12 @@ def test_design_amplitude_rule():
 
 
 def test_plan_names_seeds_and_roles():
-    settles, excites = idf.plan(betas=(2, 4, 8), main=4)
+    settles, excites = idf.plan(betas=(2, 4, 8), main=4, other_betas_excited=True)
     assert [s["name"] for s in settles] == ["settle_b2", "settle_b4", "settle_b8"]
     assert [(e["name"], e["role"]) for e in excites] == [
-        ("ol_b4_s1", "fit"), ("ol_b4_s2", "held_out"), ("cl_b4_s3", "held_out"),
-        ("ol_b2_s4", "held_out"), ("ol_b8_s5", "held_out")]
+        ("ol_b4_s1", "fit"), ("ol_b4_s2", "held_out"), ("cl_b4_s3", "held_out"), ("ol_b4_s4", "held_out"),
+        ("ol_b2_s5", "held_out"), ("ol_b8_s6", "held_out")]
+    assert len(idf.plan()[1]) == 4
     with pytest.raises(ValueError, match="main"):
         idf.plan(betas=(2,), main=4)
 

@@ -299,15 +299,16 @@ def static_points(traces, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
 # -- the whole experiment ----------------------------------------------------------------------------------
 
 
-def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=3000, val_steps=2000, closed_steps=2000,
-         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5):
+def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_steps=1200, closed_steps=1200,
+         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False):
     """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
 
     Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
-    point: an open-loop run for fitting (seed 1), a held-out open-loop run (seed 2)
-    and a held-out closed-loop run (seed 3; DynamicVAE's PI, set point steps of
-    ``setpoint_step`` nats held ``closed_steps/4`` updates).  At every other β: a
-    held-out open-loop run (seeds 4, 5, …).
+    point: an open-loop run for fitting (seed 1), two held-out open-loop runs
+    (seeds 2 and 4) and a held-out closed-loop run (seed 3; DynamicVAE's PI with
+    set point steps of ``setpoint_step`` nats held ``closed_steps/4`` updates).
+    With ``other_betas_excited``, a held-out open-loop run at every other β
+    (seeds 5, 6, …); otherwise those β give static points only.
 
     Returns
     -------
@@ -326,9 +327,12 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=3000, val_step
                dict(ol, name=f"ol_b{main:g}_s2", beta=main, seed=2, steps=int(val_steps), role="held_out"),
                dict(kind="closed_loop", name=f"cl_b{main:g}_s3", beta=main, seed=3, steps=int(closed_steps),
                     step=float(setpoint_step), hold=int(closed_steps) // 4, kp=kp, ki=ki, window=int(window),
-                    role="held_out")]
-    for i, b in enumerate(x for x in betas if x != main):
-        excites.append(dict(ol, name=f"ol_b{b:g}_s{4 + i}", beta=b, seed=4 + i, steps=int(val_steps), role="held_out"))
+                    role="held_out"),
+               dict(ol, name=f"ol_b{main:g}_s4", beta=main, seed=4, steps=int(val_steps), role="held_out")]
+    if other_betas_excited:
+        for i, b in enumerate(x for x in betas if x != main):
+            excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i, steps=int(val_steps),
+                                role="held_out"))
     return settles, excites
 
 

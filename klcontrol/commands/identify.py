@@ -13,8 +13,8 @@ def register(sub) -> None:
         "that checkpoint and apply a designed excitation: a random binary β signal between β*·e^-δ and β*·e^δ "
         "(hold times log-uniform in [--hold-min, --hold-max]; δ from the settled KL noise: "
         "δ = clip(30·σ50/|dKL/dlnβ|, 0.1, 0.5)), and at --main a held-out open-loop run and a closed-loop run "
-        "with set-point steps. Finished runs in --out are reused. CPU budget of the defaults: 21 000 updates at "
-        "batch 16 (≈ 70 min on 2 free cores; see docs/identification.md).",
+        "with set-point steps. Finished runs in --out are reused. CPU budget of the defaults: 13 700 updates at "
+        "batch 16, one thread per run (see docs/identification.md for measured times).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories")
@@ -23,11 +23,13 @@ def register(sub) -> None:
     p.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0], help="operating points β*")
     p.add_argument("--main", type=float, default=4.0, help="operating point of the fit, held-out and closed-loop runs")
     p.add_argument("--settle-steps", type=int, default=4000, help="updates of each settle run")
-    p.add_argument("--fit-steps", type=int, default=3000, help="updates of the open-loop run used for fitting")
-    p.add_argument("--val-steps", type=int, default=2000, help="updates of each held-out open-loop run")
-    p.add_argument("--closed-steps", type=int, default=2000, help="updates of the closed-loop run")
+    p.add_argument("--fit-steps", type=int, default=2100, help="updates of the open-loop run used for fitting")
+    p.add_argument("--val-steps", type=int, default=1200, help="updates of each held-out open-loop run")
+    p.add_argument("--closed-steps", type=int, default=1200, help="updates of the closed-loop run")
     p.add_argument("--hold-min", type=int, default=5, help="shortest hold of the β signal")
     p.add_argument("--hold-max", type=int, default=500, help="longest hold of the β signal")
+    p.add_argument("--other-betas-excited", action="store_true",
+                   help="also a held-out open-loop run at every β other than --main")
     p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -51,7 +53,8 @@ def run(args) -> int:
                          progress=(lambda s: None) if args.json else print,
                          betas=args.betas, main=args.main, settle_steps=args.settle_steps, fit_steps=args.fit_steps,
                          val_steps=args.val_steps, closed_steps=args.closed_steps, hold_min=args.hold_min,
-                         hold_max=args.hold_max, setpoint_step=args.setpoint_step)
+                         hold_max=args.hold_max, setpoint_step=args.setpoint_step,
+                         other_betas_excited=args.other_betas_excited)
     if args.json:
         print_json(res)
         return 0
