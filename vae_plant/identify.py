@@ -259,6 +259,13 @@ def export_run(run_dir, dest_dir, name):
         shutil.copyfileobj(src, dst)
     with open(os.path.join(run_dir, "config.json")) as fh:
         cfg = json.load(fh)
+    with open(os.path.join(run_dir, "trace.csv")) as fh:
+        rows = sum(1 for _ in fh) - 1
+    cfg["rows_recorded"] = rows
+    if rows < cfg.get("settings", {}).get("steps", rows):
+        # A run stopped early (time budget): its rows equal those of a run of that many steps (CPU is deterministic).
+        cfg["stopped_early"] = dict(rows=rows, note=f"stopped after {rows} of {cfg['settings']['steps']} updates; "
+                                    f"a run with steps={rows} and the same seed records the same rows")
     exc = os.path.join(run_dir, "excitation.json")
     if os.path.isfile(exc):
         with open(exc) as fh:

@@ -36,6 +36,11 @@ def register(sub) -> None:
                    help="held-out traces: NRMSE fit %% of the 50-update mean and raw KL, residual whiteness, "
                    "cross-correlation with β")
     m.add_argument("--report", default=None, metavar="JSON", help="write the validation report (all candidates)")
+    m.add_argument("--compare", default=None, metavar="FIT",
+                   help="another saved fit (e.g. the first-order data/traces/cpu/fit.json) validated beside (hammerstein)")
+    m.add_argument("--summary", default=None, metavar="JSON",
+                   help="write {held_out: [{trace, fit, closed_loop, fit_percent, first_order_fit_percent, ...}]} "
+                   "(hammerstein; needs --out, --validate and --compare)")
     p.set_defaults(func=run)
 
 
@@ -67,9 +72,40 @@ def _run_hammerstein(args) -> int:
                                 held_out_names=args.validate or [])
     if args.out:
         best.save(args.out)
+    if args.summary and not (args.out and held and args.compare):
+        raise ValueError("--summary needs --out, --validate and --compare")
+    if args.compare:
+        from analysis.identification import load_fit
+
+        rep["compare"] = dict(fit=args.compare, held_out=pm.validate(load_fit(args.compare), held, args.validate))
     if args.report:
         with open(args.report, "w") as fh:
             json.dump(_jsonable(rep), fh, indent=1)
+    if args.summary:
+        import os
+
+        import numpy as np
+
+        mine = rep["candidates"][rep["chosen"]]["held_out"]
+        first = {r["structure"]: r for r in rep["candidates"]}["first_order"]["held_out"]
+        rows = []
+        for tr, path, v, c, f1 in zip(held, args.validate, mine, rep["compare"]["held_out"], first):
+            rows.append(dict(trace=os.path.relpath(path), fit=os.path.relpath(args.out),
+                             closed_loop=bool(np.any(np.isfinite(np.asarray(tr.setpoint, dtype=float)))),
+                             fit_percent=v["fit_percent"], first_order_fit_percent=c["fit_percent"],
+                             first_order_fit=os.path.relpath(args.compare), fit_percent_raw=v["fit_percent_raw"],
+                             first_order_fit_percent_raw=c["fit_percent_raw"],
+                             first_order_at_operating_point_fit_percent=f1["fit_percent"],
+                             ljung_box_p=v["ljung_box_p"], xcorr_max=v["xcorr_max"], xcorr_bound=v["bound"]))
+        os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+        with open(args.summary, "w") as fh:
+            json.dump(_jsonable(dict(model=repr(best), selection=rep["rule"], held_out=rows)), fh, indent=1)
+    if args.plot and held:
+        from analysis.identification import load_fit
+        from analysis.validation_plots import plot_validation
+
+        plot_validation(best, held, args.validate, args.plot,
+                        compare=load_fit(args.compare) if args.compare else None)
     if args.json:
         print_json(dict(model=best.to_dict(), report=rep, out=args.out))
         return 0
@@ -83,6 +119,9 @@ def _run_hammerstein(args) -> int:
     print(f"chosen by {rep['rule']}: {best!r}")
     if held:
         _print_validation(rep["candidates"][rep["chosen"]]["held_out"])
+    if args.compare:
+        print(f"beside it, {args.compare}:")
+        _print_validation(rep["compare"]["held_out"])
     if args.out:
         print(f"fit saved to {args.out}")
     return 0

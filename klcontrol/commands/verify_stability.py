@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--fit", nargs="+", required=True, metavar="NAME=JSON",
                    help="models to predict with, e.g. identified=FIT.json first_order=data/traces/cpu/fit.json")
     p.add_argument("--summary", default=None, metavar="JSON", help="write the runs and verdicts")
+    p.add_argument("--plot", default=None, metavar="PNG", help="figure of the (Kp, Ki) plane: boundaries and runs")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -69,6 +70,21 @@ def run(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
         with open(args.summary, "w") as fh:
             json.dump(_jsonable(dict(setpoint=c, beta_star=args.beta_star, runs=rows)), fh, indent=1)
+    crit = {}
+    for n, m in models:
+        from analysis.validation_plots import critical_gain
+
+        crit[n] = {str(r[0]): critical_gain(m, r[0], c, args.window) for r in args.ray}
+    if args.summary:
+        with open(args.summary) as fh:
+            d = json.load(fh)
+        d["predicted_critical_ki"] = crit
+        with open(args.summary, "w") as fh:
+            json.dump(_jsonable(d), fh, indent=1)
+    if args.plot:
+        from analysis.validation_plots import plot_stability_plane
+
+        plot_stability_plane(rows, dict(models), c, args.plot, args.window)
     head = f"{'Kp':>8} {'Ki':>8} {'T':>2} {'seed':>4} " + " ".join(f"{n:>14}" for n, _ in models) + "   observed"
     print(head)
     for r in rows:
@@ -78,5 +94,6 @@ def run(args) -> int:
         print(f"{r['kp']:>8.4g} {r['ki']:>8.4g} {r['window']:>2} {r['seed']:>4} {pred}   {obs}")
     for n, _ in models:
         agree = sum(r[f"predicted_stable_{n}"] == r["observed_stable"] for r in rows)
-        print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts")
+        cg = ", ".join(f"Kp/Ki={k}: {('%.3g' % v) if v is not None else 'none'}" for k, v in crit[n].items())
+        print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts; predicted critical Ki {cg}")
     return 0
