@@ -50,3 +50,27 @@ def test_bad_input():
         observed_stability(np.ones(100), 4)
     with pytest.raises(ValueError, match="finite"):
         observed_stability(np.array([1.0, np.nan] * 100), 4)
+
+
+def test_shipped_stability_summary_is_consistent_with_its_traces():
+    """docs/results/stability_real/summary.json: each verdict recomputed from its trace and the shipped fits."""
+    import json
+    from pathlib import Path
+
+    from analysis.identification import load_fit
+    from analysis.trace_io import read_trace
+
+    root = Path(__file__).resolve().parents[1]
+    s = json.loads((root / "docs/results/stability_real/summary.json").read_text())
+    runs = s["runs"]
+    assert len(runs) >= 8
+    assert sum(r["observed_stable"] for r in runs) >= 2 and sum(not r["observed_stable"] for r in runs) >= 2
+    fits = {k: load_fit(root / v) for k, v in s["fits"].items()}
+    for r in runs:
+        tr = read_trace(root / r["trace"])
+        assert observed_stability(tr.beta, r["beta_star"])["stable"] == r["observed_stable"]
+        np.testing.assert_allclose(tr.setpoint, r["setpoint"])
+        for name, fit in fits.items():
+            rho = spectral_radius(r["kp"], r["ki"], plant=fit, setpoint=r["setpoint"], window=r["window"],
+                                  delay=r["delay"])
+            assert (rho < 1) == r[f"predicted_stable_{name}"]

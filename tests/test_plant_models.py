@@ -214,3 +214,26 @@ def test_level_matching_only_shifts(a, shift):
     beta = _excitation(300, 3)
     y = fit.simulate(beta) + shift
     np.testing.assert_allclose(fit.predict(_trace(beta, y)), y, atol=1e-9)
+
+
+# -- the shipped validation on the real VAE ---------------------------------------------------------------------
+
+
+def test_shipped_validation_summary_is_reproduced_by_load_fit_predict():
+    """docs/results/plant_validation/summary.json: load_fit(fit).predict(read_trace(trace)) gives each fit % (±2)."""
+    from pathlib import Path
+
+    from analysis.identification import load_fit
+    from analysis.trace_io import read_trace
+
+    root = Path(__file__).resolve().parents[1]
+    summary = json.loads((root / "docs/results/plant_validation/summary.json").read_text())
+    rows = summary["held_out"]
+    assert len(rows) >= 3 and any(r["closed_loop"] for r in rows)
+    for r in rows:
+        tr = read_trace(root / r["trace"])
+        got = pm.fit_percent(tr.kl, load_fit(root / r["fit"]).predict(tr))
+        assert got == pytest.approx(r["fit_percent"], abs=2.0)
+        first = pm.fit_percent(tr.kl, load_fit(root / r["first_order_fit"]).predict(tr))
+        assert first == pytest.approx(r["first_order_fit_percent"], abs=2.0)
+        assert r["closed_loop"] == bool(np.any(np.isfinite(tr.setpoint)))

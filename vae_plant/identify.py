@@ -239,9 +239,10 @@ def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command
     if _done(out):
         return os.fspath(out)
     shutil.rmtree(out, ignore_errors=True)
-    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
-    with open(os.path.join(out, "excitation.json"), "w") as fh:
+    os.makedirs(out)
+    with open(os.path.join(out, "excitation.json"), "w") as fh:  # first, so a stopped run keeps its design
         json.dump(design, fh, indent=2)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
     return os.fspath(out)
 
 

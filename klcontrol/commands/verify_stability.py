@@ -50,12 +50,13 @@ def run(args) -> int:
 
     from ..cli import _jsonable
 
-    models = []
+    models, paths = [], {}
     for spec in args.fit:
         if "=" not in spec:
             raise ValueError(f"--fit takes NAME=JSON, got {spec!r}")
         n, path = spec.split("=", 1)
         models.append((n, load_fit(path)))
+        paths[n] = os.path.relpath(path)
     for r in args.ray:
         if len(r) < 2:
             raise ValueError(f"--ray takes a ratio and at least one Ki, got {r}")
@@ -69,7 +70,9 @@ def run(args) -> int:
     if args.summary:
         os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
         with open(args.summary, "w") as fh:
-            json.dump(_jsonable(dict(setpoint=c, beta_star=args.beta_star, runs=rows)), fh, indent=1)
+            json.dump(_jsonable(dict(setpoint=c, beta_star=args.beta_star, fits=paths,
+                                     criterion="analysis.loop_verdict.observed_stability (defaults)", runs=rows)),
+                      fh, indent=1)
     crit = {}
     for n, m in models:
         from analysis.validation_plots import critical_gain
