@@ -19,6 +19,14 @@ def test_ray_gains():
     assert all(x["window"] == 3 for x in g)
 
 
+def test_observed_brackets():
+    rows = [dict(kp=0, ki=k, observed_stable=s) for k, s in [(0.1, True), (0.2, False), (0.15, True), (0.4, False)]]
+    rows += [dict(kp=10 * k, ki=k, observed_stable=s) for k, s in [(0.1, True), (0.5, True), (0.2, False)]]
+    b = sr.observed_brackets(rows)
+    assert b[0.0] == dict(stable_below=0.15, unstable_from=0.2, monotone=True, n=4)
+    assert b[10.0]["stable_below"] == 0.1 and b[10.0]["unstable_from"] == 0.2 and not b[10.0]["monotone"]
+
+
 def test_gain_run_and_summary(tmp_path):
     settled = idf.settle(str(tmp_path / "settle"), 4.0, 20, 0, batch_size=2)
     out = sr.gain_run(str(tmp_path / "g"), settled, 4.0, 13.0, 0.5, 0.2, window=3, seed=1, steps=150, batch_size=2)

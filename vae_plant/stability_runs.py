@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 
-__all__ = ["gain_run", "run_gains", "summarize", "ray_gains"]
+__all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets"]
 
 
 def _name(kp, ki, window, seed):
@@ -118,3 +118,28 @@ def summarize(run_dirs, models, names=("identified", "first_order"), export=None
         row["observed"] = obs
         rows.append(row)
     return rows
+
+
+def observed_brackets(rows, tol=1e-9):
+    """Per ray ``Kp/Ki``: the observed critical ``Ki`` bracket from the runs on it.
+
+    Returns
+    -------
+    dict ratio → dict
+        ``stable_below`` (largest Ki observed stable below every unstable one),
+        ``unstable_from`` (smallest Ki observed unstable), ``monotone`` (no stable
+        run above an unstable one), ``n`` runs.
+    """
+    rays: dict[float, list] = {}
+    for r in rows:
+        ratio = round(r["kp"] / r["ki"], 9) if r["ki"] else float("inf")
+        rays.setdefault(ratio, []).append(r)
+    out = {}
+    for ratio, rs in sorted(rays.items()):
+        uns = [r["ki"] for r in rs if not r["observed_stable"]]
+        sta = [r["ki"] for r in rs if r["observed_stable"]]
+        first_u = min(uns) if uns else None
+        below = [k for k in sta if first_u is None or k < first_u - tol]
+        out[ratio] = dict(stable_below=max(below) if below else None, unstable_from=first_u,
+                          monotone=not (first_u is not None and any(k > first_u + tol for k in sta)), n=len(rs))
+    return out

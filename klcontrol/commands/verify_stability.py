@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from analysis.identification import load_fit
     from vae_plant.identify import settled_noise
-    from vae_plant.stability_runs import ray_gains, run_gains, summarize
+    from vae_plant.stability_runs import observed_brackets, ray_gains, run_gains, summarize
     from vae_plant.trace_log import read_trace_csv
 
     from ..cli import _jsonable
@@ -82,6 +82,7 @@ def run(args) -> int:
         with open(args.summary) as fh:
             d = json.load(fh)
         d["predicted_critical_ki"] = crit
+        d["observed_critical_ki"] = {str(k): v for k, v in observed_brackets(rows).items()}
         with open(args.summary, "w") as fh:
             json.dump(_jsonable(d), fh, indent=1)
     if args.plot:
@@ -99,4 +100,7 @@ def run(args) -> int:
         agree = sum(r[f"predicted_stable_{n}"] == r["observed_stable"] for r in rows)
         cg = ", ".join(f"Kp/Ki={k}: {('%.3g' % v) if v is not None else 'none'}" for k, v in crit[n].items())
         print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts; predicted critical Ki {cg}")
+    for k, v in observed_brackets(rows).items():
+        print(f"observed on Kp/Ki = {k:g}: stable at Ki ≤ {v['stable_below']}, unstable from Ki = {v['unstable_from']}"
+              f"{'' if v['monotone'] else ' (not monotone along the ray)'}")
     return 0
