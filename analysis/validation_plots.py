@@ -44,7 +44,7 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="first
         sp = np.asarray(tr.setpoint, dtype=float)
         if np.any(np.isfinite(sp)):
             ax.plot(tr.step, sp, color="gray", lw=0.8, ls=":", label="set point")
-        ax.set_title(nm, fontsize=9)
+        ax.set_title(str(nm).split("/")[-1], fontsize=9)
         ax.set_ylabel("KL (nats)")
         ax.legend(fontsize=7, loc="best")
         axb.plot(tr.step, tr.beta, color="gray", lw=0.8)

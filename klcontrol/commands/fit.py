@@ -112,7 +112,8 @@ def _run_hammerstein(args) -> int:
     print(f"g(β): log-PCHIP through {len(g.betas)} settled points, β ∈ [{g.betas[0]:g}, {g.betas[-1]:g}]")
     for i, r in enumerate(rep["candidates"]):
         tc = ", ".join(f"{t:.3g}" for t in r["time_constants"])
-        ho = "" if r["held_out_min"] is None else f", worst held-out fit {r['held_out_min']:.1f} %"
+        ho = "" if r["held_out_min"] is None else (f", worst held-out fit {r['held_out_min']:.1f} % (50-mean), "
+                                                   f"score {r['score']:.1f}")
         mark = " ← chosen" if i == rep["chosen"] else ""
         print(f"{r['structure']}{'' if r['orders'] is None else tuple(r['orders'])}: τ = [{tc}] updates, "
               f"AIC {r['aic']:.1f}{ho}{mark}")
