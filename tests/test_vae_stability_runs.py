@@ -22,8 +22,9 @@ def test_ray_gains():
 def test_observed_brackets():
     rows = [dict(kp=0, ki=k, observed_stable=s) for k, s in [(0.1, True), (0.2, False), (0.15, True), (0.4, False)]]
     rows += [dict(kp=10 * k, ki=k, observed_stable=s) for k, s in [(0.1, True), (0.5, True), (0.2, False)]]
+    rows += [dict(kp=0, ki=0.2, observed_stable=True)]
     b = sr.observed_brackets(rows)
-    assert b[0.0] == dict(stable_below=0.15, unstable_from=0.2, monotone=True, n=4)
+    assert b[0.0] == dict(stable_below=0.15, unstable_from=0.2, mixed=[0.2], monotone=True, n=5)
     assert b[10.0]["stable_below"] == 0.1 and b[10.0]["unstable_from"] == 0.2 and not b[10.0]["monotone"]
 
 

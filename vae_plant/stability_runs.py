@@ -140,6 +140,7 @@ def observed_brackets(rows, tol=1e-9):
         sta = [r["ki"] for r in rs if r["observed_stable"]]
         first_u = min(uns) if uns else None
         below = [k for k in sta if first_u is None or k < first_u - tol]
-        out[ratio] = dict(stable_below=max(below) if below else None, unstable_from=first_u,
+        mixed = sorted({k for k in uns if any(abs(k - j) <= tol for j in sta)})
+        out[ratio] = dict(stable_below=max(below) if below else None, unstable_from=first_u, mixed=mixed,
                           monotone=not (first_u is not None and any(k > first_u + tol for k in sta)), n=len(rs))
     return out

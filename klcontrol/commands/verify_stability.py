@@ -19,8 +19,10 @@ def register(sub) -> None:
     p.add_argument("--beta-star", type=float, required=True, help="β of the settled run")
     p.add_argument("--setpoint", type=float, default=None,
                    help="constant set point (default: the settled run's KL over its last 1000 rows)")
-    p.add_argument("--ray", nargs="+", type=float, action="append", required=True, metavar="R KI",
-                   help="a ray: ratio r = Kp/Ki, then the Ki values (repeat for several rays)")
+    p.add_argument("--ray", nargs="+", type=float, action="append", default=[], metavar="R KI",
+                   help="a ray: ratio r = Kp/Ki, then the Ki values (repeat for several rays), run with --seeds")
+    p.add_argument("--gain", nargs=3, type=float, action="append", default=[], metavar=("KP", "KI", "SEED"),
+                   help="one more run (repeat), e.g. another seed near a boundary")
     p.add_argument("--window", type=int, default=5, help="moving-average window T")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=600, help="updates per run")
@@ -60,10 +62,13 @@ def run(args) -> int:
     for r in args.ray:
         if len(r) < 2:
             raise ValueError(f"--ray takes a ratio and at least one Ki, got {r}")
+    if not args.ray and not args.gain:
+        raise ValueError("give at least one --ray or --gain")
     c = args.setpoint
     if c is None:
         c = round(settled_noise(read_trace_csv(os.path.join(args.settled, "trace.csv"))["kl"])["level"], 2)
     gains = [g for r in args.ray for g in ray_gains(r[0], r[1:], args.window, args.seeds)]
+    gains += [dict(kp=kp, ki=ki, window=args.window, seed=int(sd)) for kp, ki, sd in args.gain]
     dirs = run_gains(args.out, args.settled, args.beta_star, c, gains, args.steps, args.kick, args.jobs,
                      args.batch_size, args.device, command="klcontrol " + " ".join(sys.argv[1:]))
     rows = summarize(dirs, [m for _, m in models], [n for n, _ in models], args.export)
@@ -77,12 +82,13 @@ def run(args) -> int:
     for n, m in models:
         from analysis.validation_plots import critical_gain
 
-        crit[n] = {str(r[0]): critical_gain(m, r[0], c, args.window) for r in args.ray}
+        ratios = sorted({r[0] for r in args.ray} | {kp / ki for kp, ki, _ in args.gain if ki > 0})
+        crit[n] = {f"{r:g}": critical_gain(m, r, c, args.window) for r in ratios}
     if args.summary:
         with open(args.summary) as fh:
             d = json.load(fh)
         d["predicted_critical_ki"] = crit
-        d["observed_critical_ki"] = {str(k): v for k, v in observed_brackets(rows).items()}
+        d["observed_critical_ki"] = {f"{k:g}": v for k, v in observed_brackets(rows).items()}
         with open(args.summary, "w") as fh:
             json.dump(_jsonable(d), fh, indent=1)
     if args.plot:
@@ -102,5 +108,6 @@ def run(args) -> int:
         print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts; predicted critical Ki {cg}")
     for k, v in observed_brackets(rows).items():
         print(f"observed on Kp/Ki = {k:g}: stable at Ki ≤ {v['stable_below']}, unstable from Ki = {v['unstable_from']}"
+              f"{'' if not v['mixed'] else ', seeds disagree at Ki = ' + ', '.join(f'{k:g}' for k in v['mixed'])}"
               f"{'' if v['monotone'] else ' (not monotone along the ray)'}")
     return 0
