@@ -1,6 +1,6 @@
 """Stability of the linearised KL loop: exact conditions, fast verdicts, robust margins.
 
-The closed loop (DESIGN.md) is built by running the controller's own law from
+The closed loop (docs/design.md) is built by running the controller's own law from
 :mod:`klcontrol.laws` on sympy symbols, linearised at the equilibrium
 ``β* = g⁻¹(C), y* = C``; stability follows from the characteristic polynomial
 by the bilinear map and Routh–Hurwitz.  This module gathers the public API:
@@ -61,7 +61,7 @@ __all__ = [
 def _first_order(plant):
     from klcontrol.plant import FirstOrderPlant
 
-    return isinstance(plant, FirstOrderPlant) and not callable(getattr(plant, "linearize", None))
+    return isinstance(plant, FirstOrderPlant)
 
 
 def _route(name, kp, ki, a, gprime, window, delay, controller, plant, setpoint):

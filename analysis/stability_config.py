@@ -1,10 +1,12 @@
 """Loop configurations the stability analysis supports (no sympy import)."""
 from __future__ import annotations
 
+from klcontrol.registry import LINEAR_KINDS
+
 __all__ = ["CONTROLLERS", "check_config"]
 
-#: Supported controller names (``"incremental-official"`` is the official anti-windup mode).
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+#: Supported controller kinds (:data:`klcontrol.registry.LINEAR_KINDS`).
+CONTROLLERS = LINEAR_KINDS
 
 
 def check_config(window, delay, controller) -> tuple[int, int, str]:

@@ -321,6 +321,8 @@ def _plant_of(a, gprime, plant, setpoint):
 
     if plant is not None:
         return plant_matrices(plant, setpoint)
+    from klcontrol.plant import FirstOrderPlant, LinearGain
+
     a, gprime = _scalar("a", a), _scalar("gprime", gprime)
-    rho, b = 1 / (1 + a), a / (1 + a) * gprime
-    return tuple(np.array([[v]]) for v in (rho, b, rho, b))
+    # The first-order plant's own linearisation (deviation variables: y* = β* = 0).
+    return FirstOrderPlant(a, LinearGain(0.0, gprime, 0.0)).linearize(0.0)

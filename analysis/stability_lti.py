@@ -9,8 +9,8 @@ where ``u(t)`` is the weight of update ``t`` and ``y(t)`` the KL after it:
 ``D ≠ 0`` is allowed (the paper's first-order plant has it: ``y(t)`` depends on
 ``β(t)``).  Accepted plants (see :func:`plant_matrices`): a python-control
 ``TransferFunction`` or ``StateSpace``; a tuple ``(A, B, C, D)``; any object
-with ``linearize(setpoint) -> (A, B, C, D)`` (the klcontrol plant protocol);
-a :class:`klcontrol.FirstOrderPlant` (linearised at the set point).
+with ``linearize(setpoint) -> (A, B, C, D)`` (the :class:`klcontrol.plant.Plant`
+protocol, e.g. a ``FirstOrderPlant`` or an identified fit).
 
 The controller-and-filter part is linearised on its own, from the executable
 laws of :mod:`klcontrol.laws` called on sympy symbols (as
@@ -105,41 +105,15 @@ class ControllerLinearization:
 def _controller_linearization(window, delay, controller):
     import sympy as sp
 
-    from klcontrol import laws
-    from klcontrol.backend import SYMPY
-
     from . import stability_symbolic as ss
 
     kp, ki = ss.SYMBOLS["kp"], ss.SYMBOLS["ki"]
-    ystar, bstar, c, noise, y = sp.symbols("y_star beta_star C n y", real=True)
-    beta = sp.Symbol("beta", real=True)
-    hist = tuple(sp.symbols(f"h_1:{window}", real=True)) if window > 1 else ()
-    y_prev = (sp.Symbol("y_prev", real=True),) if delay == 1 else ()
-    m_in = (y_prev[0] if delay == 1 else y) + noise
-    m, hist_new = laws.moving_average(hist, m_in, SYMPY)
-    eq = {beta: bstar, c: ystar, noise: 0, y: ystar}
-    eq.update({h: ystar for h in hist + y_prev})
-    if controller == "positional":
-        integral = sp.Symbol("integral", real=True)
-        margin = sp.Symbol("margin", positive=True)  # β_min a positive margin below β*: interior equilibrium
-        beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, bstar - margin, sp.oo, SYMPY)
-        law_states, law_next = (integral,), (integral_new,)
-        eq[integral] = (kp / 2 - margin) / ki
-    else:
-        mode = "official" if controller == "incremental-official" else "clamp"
-        p_prev = sp.Symbol("p_prev", real=True)
-        beta_new, (integ_new, p_new) = laws.incremental_pi(
-            (beta, p_prev), m, c, kp, ki, -sp.oo, sp.oo, SYMPY, mode=mode
-        )
-        beta_new = integ_new  # the state the law carries (equal to β inside the clamps)
-        law_states, law_next = (p_prev,), (p_new,)
-        eq[p_prev] = sp.Rational(1, 2)
-    state = (beta,) + law_states + hist + y_prev
-    nxt = (beta_new,) + law_next + tuple(hist_new) + ((y,) if delay == 1 else ())
-    lm = ss.LoopMap(state, nxt, beta, eq, c, noise)
+    # The controller's part of klcontrol.loop.loop_step run on symbols: its own delay, filter and law.
+    lm, y = ss.controller_map(window, delay, controller)
+    eq, state, nxt = lm.equilibrium, lm.state, lm.next_state
     f = sp.Matrix([ss._interior(e, eq) for e in nxt])
     A = f.jacobian(sp.Matrix(state)).applyfunc(lambda e: ss._at_equilibrium(e, lm))
-    B = f.jacobian(sp.Matrix([y, c, noise])).applyfunc(lambda e: ss._at_equilibrium(e, lm))
+    B = f.jacobian(sp.Matrix([y, lm.setpoint, lm.noise])).applyfunc(lambda e: ss._at_equilibrium(e, lm))
 
     def split(M):
         parts = [M.subs({kp: 0, ki: 0}), M.diff(kp), M.diff(ki)]
@@ -148,9 +122,9 @@ def _controller_linearization(window, delay, controller):
             raise RuntimeError("the controller's linearisation is not affine in (K_p, K_i)")
         return [np.array(p.tolist(), dtype=float) for p in parts]
 
-    Cm = np.zeros((1, len(state)))
-    Cm[0, 0] = 1.0
     names = tuple(str(s) for s in state)
+    Cm = np.zeros((1, len(state)))
+    Cm[0, names.index("beta")] = 1.0
     return ControllerLinearization(names, *split(A), *split(B), Cm, window, delay, controller)
 
 
@@ -211,8 +185,8 @@ def plant_matrices(plant, setpoint=None):
     plant : control.TransferFunction, control.StateSpace, tuple, or plant object
         * python-control system: discrete, ``dt`` 1 or ``True``, one input and one output;
         * ``(A, B, C, D)``: the matrices themselves;
-        * an object with ``linearize(setpoint) -> (A, B, C, D)``;
-        * a :class:`klcontrol.FirstOrderPlant`: linearised at ``β* = g⁻¹(setpoint)``.
+        * an object with ``linearize(setpoint) -> (A, B, C, D)`` (the
+          :class:`klcontrol.plant.Plant` protocol, e.g. a ``FirstOrderPlant``).
     setpoint : float, optional
         Operating point (KL set point); needed for plant objects, rejected for
         python-control systems and matrices (they are already linear).
@@ -252,24 +226,18 @@ def plant_matrices(plant, setpoint=None):
         if setpoint is not None:
             raise ValueError("(A, B, C, D) is already linear: setpoint applies to plant objects only")
         return _check_matrices(*plant, "plant (A, B, C, D)")
-    if isinstance(plant, FirstOrderPlant) or callable(getattr(plant, "linearize", None)):
+    if callable(getattr(plant, "linearize", None)):
         what = type(plant).__name__
         if setpoint is None:
             raise ValueError(f"{what} is nonlinear: give setpoint= (the KL operating point) to linearise it")
         if not (isinstance(setpoint, numbers.Real) and math.isfinite(setpoint)):
             raise ValueError(f"setpoint must be a finite number, got {setpoint!r}")
-        if callable(getattr(plant, "linearize", None)):
-            mats = plant.linearize(float(setpoint))
-            if not (isinstance(mats, tuple) and len(mats) == 4):
-                raise ValueError(f"{what}.linearize(setpoint) must return (A, B, C, D), got {type(mats).__name__}")
-            return _check_matrices(*mats, f"{what}.linearize({setpoint:g})")
-        if np.ndim(plant.a) != 0:
+        if isinstance(plant, FirstOrderPlant) and np.ndim(plant.a) != 0:
             raise ValueError(f"{what}: a must be a scalar here, got an array of shape {np.shape(plant.a)}")
-        a, gp = float(plant.a), float(plant.gprime_at(setpoint))
-        rho = 1 / (1 + a)
-        b = a / (1 + a) * gp
-        # State y(t−1): y(t) = ρ·y(t−1) + b·u(t) (feedthrough), x(t+1) = y(t).
-        return _check_matrices([[rho]], [[b]], [[rho]], [[b]], f"{what} at setpoint {setpoint:g}")
+        mats = plant.linearize(float(setpoint))
+        if not (isinstance(mats, tuple) and len(mats) == 4):
+            raise ValueError(f"{what}.linearize(setpoint) must return (A, B, C, D), got {type(mats).__name__}")
+        return _check_matrices(*mats, f"{what}.linearize({setpoint:g})")
     raise ValueError(
         f"plant must be a python-control TransferFunction/StateSpace, an (A, B, C, D) tuple, a FirstOrderPlant or "
         f"an object with linearize(setpoint); got {type(plant).__name__}"
@@ -364,10 +332,7 @@ def operating_points(fit, beta_range=None, n=9):
 
 
 def _is_plantlike(x):
-    from klcontrol.plant import FirstOrderPlant
-
-    return _is_lti(x) or isinstance(x, FirstOrderPlant) or callable(getattr(x, "linearize", None)) or (
-        isinstance(x, tuple) and len(x) == 4)
+    return _is_lti(x) or callable(getattr(x, "linearize", None)) or (isinstance(x, tuple) and len(x) == 4)
 
 
 # -- the closed loop ---------------------------------------------------------------------------------------

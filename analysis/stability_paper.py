@@ -29,6 +29,8 @@ they disagree with the eigenvalues.  The exact conditions for this loop are
 """
 from __future__ import annotations
 
+from klcontrol.papers import DYNAMICVAE_GAINS, PAPER_PLANTS
+
 import numpy as np
 
 from .stability_numeric import is_stable
@@ -47,10 +49,10 @@ __all__ = [
     "default_boxes",
 ]
 
-#: The paper's plants (Table 5): name → (a, g′ at its bound).
-PRESETS = {"dsprites": (1 / 2500, -3.2), "mnist": (1 / 5000, -1.26)}
+#: The paper's plants (Table 5): name → (a, g′ at its bound), from :data:`klcontrol.papers.PAPER_PLANTS`.
+PRESETS = {name: (p.a, p.gprime0) for name, p in PAPER_PLANTS.items()}
 #: The paper's gains (Kp, Ki).
-PAPER_GAINS = (0.01, 0.005)
+PAPER_GAINS = DYNAMICVAE_GAINS
 
 
 def paper_jacobian():

@@ -7,15 +7,18 @@ linearised at the equilibrium::
 
     y(t) = y(t−1)/(1+a) + a/(1+a)·(C + g′·(β(t) − β*)),     β* = g⁻¹(C), y* = C.
 
-State convention ("before update t")::
+State convention ("before update t"): the plant's state, the controller's
+law state in the order of its state dict, the moving-average history, and for
+delay 1 the measurement not yet consumed::
 
-    incremental PI:  x(t) = (y(t−1), β(t), σ(m(t−1) − C), h_1 … h_{T−1})
-    positional PI:   x(t) = (y(t−1), β(t), Σ(C − m) so far, h_1 … h_{T−1})
+    incremental PI:  x(t) = (y(t−1), β(t), integrator, σ(m(t−1) − C), h_1 … h_{T−1}[, kl(t−1)])
+    positional PI:   x(t) = (y(t−1), β(t), Σ(C − m) so far, h_1 … h_{T−1}[, kl(t−1)])
 
 where ``h`` are the previous inputs of the moving-average filter, newest first.
-Update ``t`` computes ``y(t)``, feeds ``y(t)`` (delay 0) or ``y(t−1)`` (delay 1)
-to the filter, and runs the law to get ``β(t+1)`` — exactly the order of
-:func:`klcontrol.simulate`.  The output of the linear system is ``y(t)``.
+Update ``t`` is :func:`klcontrol.loop.loop_step` — the very function
+:func:`klcontrol.simulate` runs.  The output of the linear system is ``y(t)``;
+copies of states (β and the clamped integrator; ``y(t−1)`` and ``kl(t−1)``)
+only add zero eigenvalues.
 
 Stability is decided on the characteristic polynomial ``p(λ)`` of the Jacobian
 (factors ``λ`` dropped: they are the zero eigenvalues of copied states), via the
@@ -29,8 +32,10 @@ from functools import lru_cache
 
 import sympy as sp
 
-from klcontrol import laws
 from klcontrol.backend import SYMPY
+from klcontrol.loop import LoopState, loop_step
+from klcontrol.plant import FirstOrderPlant, LinearGain, Plant
+from klcontrol.registry import linear_controller
 
 from .stability_config import CONTROLLERS, check_config
 
@@ -39,6 +44,7 @@ __all__ = [
     "SYMBOLS",
     "LoopMap",
     "loop_map",
+    "controller_map",
     "jacobian",
     "characteristic_polynomial",
     "shifted_coefficients",
@@ -83,9 +89,67 @@ class LoopMap:
     noise: sp.Symbol
 
 
+def _symbols_like(names):
+    return tuple(sp.Symbol(n, real=True) for n in names)
+
+
+class _MeasuredKL(Plant):
+    """A stand-in plant whose output is the symbol ``y``: isolates the controller's part of the loop step."""
+
+    kind = "_measured_kl"
+
+    def __init__(self, y):
+        self.y = y
+
+    def initial_state(self, y0, shape=()):
+        return ()
+
+    def step(self, state, beta, ops=SYMPY):
+        return self.y, ()
+
+
+def _build(window, delay, controller, plant_for):
+    """Run :func:`klcontrol.loop.loop_step` on symbols; ``plant_for(ystar, bstar)`` gives the plant and its state."""
+    ystar, bstar, c, noise = sp.symbols("y_star beta_star C n", real=True)
+    # Clamps a positive margin below β* keep the equilibrium interior, so every
+    # clamp and anti-windup branch resolves there (the positional law's offset
+    # is β_min, hence a finite one).
+    margin = sp.Symbol("margin", positive=True)
+    ctrl = linear_controller(controller, window)
+    params = {k: sp.Symbol(f"_{k}", real=True) for k in ctrl.params}
+    params.update({"kp": kp, "ki": ki, "beta_min": bstar - margin, "beta_max": sp.oo, "beta0": bstar})
+    plant, x_plant = plant_for(ystar, bstar)
+
+    eq_ctrl = ctrl.equilibrium_state(bstar, ystar, params, SYMPY)
+    law_keys = [k for k in eq_ctrl if k != "filter"]
+    x_ctrl = {k: sp.Symbol(k, real=True) for k in law_keys}
+    x_ctrl["filter"] = _symbols_like([f"h_{i}" for i in range(1, window)])
+    x_delay = _symbols_like(["y_delayed"]) if delay else ()
+    x = LoopState(x_plant, x_ctrl, x_delay)
+
+    y, _, x_next = loop_step(plant, ctrl, x, c, params, noise, SYMPY)
+
+    def flat(st: LoopState):
+        return tuple(st.plant) + tuple(st.controller[k] for k in law_keys) + tuple(st.controller["filter"]) + tuple(
+            st.delayed
+        )
+
+    eq = {c: ystar, noise: 0}
+    eq.update({s_: ystar for s_ in tuple(x_plant) + x_ctrl["filter"] + x_delay})
+    eq.update({x_ctrl[k]: sp.sympify(eq_ctrl[k]) for k in law_keys})
+    return flat(x), flat(x_next), y, eq, c, noise, ystar
+
+
 @lru_cache(maxsize=None)
 def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -> LoopMap:
-    """Build the closed-loop update by running the controller's own law on symbols.
+    """Build the closed-loop update by running the loop's own step on symbols.
+
+    :func:`klcontrol.loop.loop_step` is called with sympy symbols: the
+    first-order plant's :meth:`~klcontrol.FirstOrderPlant.step` with its gain
+    replaced by the tangent ``y* + g′·(β − β*)``
+    (:class:`~klcontrol.plant.LinearGain`), then the controller's own filter
+    and law (:meth:`~klcontrol.Controller.advance`).  Nothing of the loop is
+    restated here.
 
     Parameters
     ----------
@@ -93,45 +157,49 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
         Moving-average window ``T`` (1: no filter).
     delay : {0, 1}
         0: β(t+1) from y(t) (as trained); 1: from y(t−1) (paper Eq. 15).
-    controller : {"incremental", "incremental-official", "positional"}
-        Law and anti-windup mode; all linearise identically inside the clamps.
+    controller : str
+        A linearisable kind of :data:`klcontrol.registry.LINEAR_KINDS`; they
+        all linearise identically inside the clamps.
 
     Returns
     -------
     LoopMap
     """
     window, delay, controller = check_config(window, delay, controller)
-    ystar, bstar, c, noise = sp.symbols("y_star beta_star C n", real=True)
-    y_prev, beta = sp.symbols("y_prev beta", real=True)
-    hist = tuple(sp.symbols(f"h_1:{window}", real=True)) if window > 1 else ()
 
-    y = y_prev / (1 + a) + a / (1 + a) * (ystar + gp * (beta - bstar))
-    m_in = (y if delay == 0 else y_prev) + noise
-    m, hist_new = laws.moving_average(hist, m_in, SYMPY)
-    eq = {y_prev: ystar, beta: bstar, c: ystar, noise: 0}
-    eq.update({h: ystar for h in hist})
+    def first_order(ystar, bstar):
+        return FirstOrderPlant(a, LinearGain(ystar, gp, bstar)), _symbols_like(["y_prev"])
 
-    if controller == "positional":
-        integral = sp.Symbol("I", real=True)
-        # A finite lower clamp is also the law's offset; keep it a positive margin
-        # below β* so the equilibrium is interior and the clamp branches resolve.
-        margin = sp.Symbol("margin", positive=True)
-        beta_min = bstar - margin
-        beta_new, integral_new = laws.positional_pi(integral, m, c, kp, ki, beta_min, sp.oo, SYMPY)
-        state = (y_prev, beta, integral) + hist
-        nxt = (y, beta_new, integral_new) + tuple(hist_new)
-        # β* = Kp·σ(0) − Ki·I* + β_min at equilibrium.
-        eq[integral] = (kp / 2 - margin) / ki
-    else:
-        mode = "official" if controller == "incremental-official" else "clamp"
-        p_prev = sp.Symbol("p_prev", real=True)
-        beta_new, (integ_new, p_new) = laws.incremental_pi(
-            (beta, p_prev), m, c, kp, ki, -sp.oo, sp.oo, SYMPY, mode=mode
-        )
-        state = (y_prev, beta, p_prev) + hist
-        nxt = (y, integ_new, p_new) + tuple(hist_new)
-        eq[p_prev] = sp.Rational(1, 2)
+    state, nxt, y, eq, c, noise, _ = _build(window, delay, controller, first_order)
     return LoopMap(state, nxt, y, eq, c, noise)
+
+
+@lru_cache(maxsize=None)
+def controller_map(window: int = 1, delay: int = 0, controller: str = "incremental"):
+    """The controller's part of the loop update alone, on symbols: measured KL ``y`` in, β out.
+
+    The same :func:`klcontrol.loop.loop_step` as :func:`loop_map`, with a
+    stand-in plant whose output is the input symbol ``y`` (delay, filter and law
+    are the controller's own).  Used to interconnect the controller with any
+    LTI plant (:mod:`analysis.stability_lti`).
+
+    Returns
+    -------
+    (LoopMap, y)
+        ``LoopMap.output`` is β(t) (the state ``beta``), and ``y`` the input symbol
+        (the KL after update ``t``); the equilibrium substitution includes ``y = y*``.
+    """
+    window, delay, controller = check_config(window, delay, controller)
+    yin = sp.Symbol("y", real=True)
+
+    def measured(ystar, bstar):
+        return _MeasuredKL(yin), ()
+
+    state, nxt, _, eq, c, noise, ystar = _build(window, delay, controller, measured)
+    eq = dict(eq)
+    eq[yin] = ystar
+    beta = next(s_ for s_ in state if s_.name == "beta")
+    return LoopMap(state, nxt, beta, eq, c, noise), yin
 
 
 def _interior(expr, eq):

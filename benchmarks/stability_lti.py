@@ -8,7 +8,7 @@
    max |Δρ| and verdict disagreements where |ρ − 1| > 1e-6.
 3. Speed: one batched ``spectral_radius(kp, ki, plant=P)`` call on a (Kp, Ki) grid.
 
-Run:  python benchmarks/stability_lti.py [--gains 2000] [--plants 500] [--grid 300]
+Run from the repository root:  PYTHONPATH=. python benchmarks/stability_lti.py [--gains 2000] [--plants 500] [--grid 300]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import numpy as np
 
 from analysis import stability_numeric as sn
 from analysis.stability import spectral_radius
+# The random plants and the hand-written controller are the test suite's, so the figures are of the same check.
+from tests.test_stability_lti import independent_rho, random_plant
 
 CONTROLLERS = ("incremental", "incremental-official", "positional")
 
@@ -44,31 +46,6 @@ def first_order_check(n_gains, rng):
     return worst, disagree, total
 
 
-def random_plant(rng, order):
-    """Stable plant with negative DC gain, feedthrough in about half the draws."""
-    poles = []
-    while len(poles) < order:
-        if order - len(poles) >= 2 and rng.random() < 0.5:
-            r, th = rng.uniform(0.3, 0.97), rng.uniform(0.05, 2.5)
-            poles += [r * np.exp(1j * th), r * np.exp(-1j * th)]
-        else:
-            poles.append(rng.uniform(-0.5, 0.98))
-    den = np.real(np.poly(poles))
-    n_zeros = int(rng.integers(0, order + 1)) if rng.random() < 0.5 else int(rng.integers(0, order))
-    num = np.real(np.poly(rng.uniform(-0.8, 0.8, n_zeros))) if n_zeros else np.array([1.0])
-    num = num * rng.uniform(-3, -0.2) / (np.polyval(num, 1.0) / np.polyval(den, 1.0))
-    return control.tf(num, den, dt=1)
-
-
-def hand_controller(kp, ki, T, d):
-    """K(z) = [Kp/(4z) + Ki/(z − 1)]·(1/T)Σ_{k<T} z^{−k}·z^{−d} (linearised PI, σ′(0) = 1/4)."""
-    z = control.tf([1, 0], [1], dt=1)
-    K = kp / 4 / z + ki / (z - 1)
-    if T > 1:
-        K = K * sum((z ** (T - 1 - k) for k in range(T)), 0 * z) / (T * z ** (T - 1))
-    return K / z**d if d else K
-
-
 def higher_order_check(n_plants, rng):
     """Max |Δρ| and verdict disagreements against python-control's feedback, per order."""
     out = {}
@@ -78,7 +55,7 @@ def higher_order_check(n_plants, rng):
             P = random_plant(rng, order)
             T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), CONTROLLERS[i % 3]
             kp, ki = rng.uniform(-0.3, 1.5), rng.uniform(0.01, 0.6)
-            ref = float(np.max(np.abs(control.feedback(P, hand_controller(kp, ki, T, d), sign=1).poles())))
+            ref = independent_rho(P, kp, ki, T, d)
             ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
             worst = max(worst, abs(ours - ref))
             if abs(ref - 1) > 1e-6:

@@ -1,22 +1,53 @@
 """Command-line interface: ``klcontrol <command> ...`` (also ``python -m klcontrol``).
 
-Each command lives in its own module under :mod:`klcontrol.commands`, which
-defines ``register(subparsers)``; heavy imports (torch, sympy, analysis,
-vae_plant) happen inside the command functions so ``klcontrol --help`` is fast.
+The core registers its own commands (:mod:`klcontrol.commands`) and those of
+every package that declares an entry point in the group ``klcontrol.commands``
+(``analysis`` and ``vae_plant`` do, in ``pyproject.toml``): the entry point
+names a module whose ``COMMANDS`` maps command names to modules that define
+``register(subparsers)``.  So the core never imports ``analysis`` or
+``vae_plant`` by name, and the dependencies run one way (docs/design.md).
+Heavy imports (torch, sympy) happen inside the command functions so
+``klcontrol --help`` is fast.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
+import pickle
 import sys
+import warnings
+import zlib
 
 import numpy as np
 
-__all__ = ["main", "COMMANDS", "print_json"]
+__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS"]
 
-#: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "simulate", "stability", "fit", "check", "tune", "train", "evaluate", "compare", "identify", "verify_stability")
+#: The order ``--help`` lists commands in (others follow, alphabetically).
+ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
+         "compare")
+#: Entry-point group through which packages add commands.
+ENTRY_POINT_GROUP = "klcontrol.commands"
+
+
+def command_modules() -> dict:
+    """Command name → module path: the core's own and every installed plugin's, in help order."""
+    from importlib.metadata import entry_points
+
+    from .commands import COMMANDS as own
+
+    found = dict(own)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            mod = importlib.import_module(ep.value)
+        except ModuleNotFoundError as exc:  # a plugin uninstalled without its metadata
+            if exc.name and ep.value.startswith(exc.name):
+                continue
+            raise
+        found.update(getattr(mod, "COMMANDS", {}))
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
 
 def _jsonable(o):
@@ -48,27 +79,56 @@ def build_parser() -> argparse.ArgumentParser:
         description="Control of the KL divergence of β-VAEs: simulate, analyse, fit, tune and train.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"klcontrol.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"klcontrol.commands.{name}":
-                continue
-            raise
-        mod.register(sub)
+    for module in command_modules().values():
+        importlib.import_module(module).register(sub)
     return parser
 
 
+#: Errors of reading or writing a damaged, foreign or unreachable file: reported in one line, never a traceback.
+FILE_ERRORS = (OSError, EOFError, UnicodeError, zlib.error, csv.Error, pickle.UnpicklingError, RecursionError,
+               MemoryError)
+
+
+def _describe(exc) -> str:
+    """One line for an error; for OS errors the file (``filename``) and the reason (``strerror``)."""
+    if isinstance(exc, OSError) and (exc.strerror or exc.filename):
+        reason = " ".join((exc.strerror or str(exc)).split())
+        names = [str(f) for f in (exc.filename, exc.filename2) if f is not None and str(f) not in reason]
+        return f"{': '.join(names)}: {reason}" if names else reason
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to read"
+    if isinstance(exc, MemoryError):
+        return "out of memory reading the input"
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line, even for multi-line library messages
+    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
+
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status.
+
+    Errors are one line on stderr, never a traceback: ``ValueError`` (bad
+    input, named by the readers) and file errors (:data:`FILE_ERRORS`: the
+    file is named when the OS gives it) exit 1, Ctrl-C exits 130.  Warnings
+    are printed as ``klcontrol CMD: warning: …``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"klcontrol {args.command}"
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
     try:
-        rc = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"klcontrol {args.command}: error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            rc = args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError,) + FILE_ERRORS as exc:
+        print(f"{prefix}: error: {_describe(exc)}", file=sys.stderr)
         return 1
     return int(rc or 0)

@@ -163,7 +163,9 @@ class StepRamp(SetPoint):
     @classmethod
     def dynamicvae_dsprites(cls) -> "StepRamp":
         """The paper's dSprites schedule: 0.5 → 20 nats, +0.15 per 6000 steps, 1000-step ramps."""
-        return cls(0.5, 20.0, 0.15, 6000, 1000)
+        from .papers import DYNAMICVAE_DSPRITES_SETPOINT
+
+        return cls(*DYNAMICVAE_DSPRITES_SETPOINT)
 
     @property
     def total_steps(self) -> int:

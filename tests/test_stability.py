@@ -60,7 +60,7 @@ def numeric_jacobian(kp, ki, a, gp, window, delay, controller="incremental", h=1
             sd["state"][k] = x[2 + i]
         sd["state"]["filter"] = list(x[2 + len(keys):])
         ctrl.load_state_dict(sd)
-        y = plant.step(x[0], ctrl.beta)
+        y, _ = plant.step((x[0],), ctrl.beta)
         ctrl.step(y if delay == 0 else x[1])
         return pack(y, y, ctrl.state_dict())
 
@@ -146,9 +146,10 @@ def test_controllers_and_modes_share_the_linearisation():
 
 def test_jacobian_is_built_from_the_laws():
     A = jacobian(1, 1)
-    assert A.shape == (3, 3)
+    # symbolic state: (y_prev, beta, integrator, p_prev, kl_delayed), as klcontrol.loop.loop_step carries it
+    assert A.shape == (5, 5)
     num = numeric_jacobian(0.4, 0.2, 0.1, -2.0, 1, 1)
-    # numeric state: (y_prev, meas_prev, beta, integrator, p_prev); symbolic: (y_prev, beta, p_prev)
+    # numeric state: (y_prev, meas_prev, beta, integrator, p_prev)
     import sympy as sp
 
     from analysis.stability_symbolic import SYMBOLS

@@ -15,7 +15,7 @@ P2 = control.tf([-0.3, 0.12, 0.0], [1, -1.2, 0.45], dt=1)  # 2nd-order plant wit
 def test_named_states_and_both_inputs():
     S = to_statespace(0.8, 0.3, 0.1, -1.5, window=3, delay=1)
     assert S.input_labels == ["setpoint", "noise"] and S.output_labels == ["y"]
-    assert S.state_labels == ["y_prev", "beta", "p_prev", "h_1", "h_2"] == state_names(3, 1)
+    assert S.state_labels == ["y_prev", "beta", "integrator", "p_prev", "h_1", "h_2", "y_delayed"] == state_names(3, 1)
     assert to_statespace(0.8, 0.3, 0.1, -1.5, controller="positional").state_labels == ["y_prev", "beta", "integral"]
     one = [to_statespace(0.8, 0.3, 0.1, -1.5, 3, 1, input=k) for k in ("setpoint", "noise")]
     np.testing.assert_array_equal(S.B, np.hstack([o.B for o in one]))
@@ -23,7 +23,7 @@ def test_named_states_and_both_inputs():
     T = to_transfer_function(0.8, 0.3, 0.1, -1.5, 3, 1)
     assert (T.noutputs, T.ninputs) == (1, 2)
     L = to_statespace(0.8, 0.3, plant=P2, window=2, delay=1)
-    assert L.state_labels == ["plant_0", "plant_1", "beta", "p_prev", "h_1", "y_prev"]
+    assert L.state_labels == ["plant_0", "plant_1", "beta", "integrator", "p_prev", "h_1", "y_delayed"]
     assert L.input_labels == ["setpoint", "noise"]
     # Signals are addressable by name in python-control.
     assert control.ss2tf(S[0, "noise"]).ninputs == 1

@@ -3,13 +3,15 @@
 * a first-order plant given as a TransferFunction / StateSpace / matrices against the generated exact path;
 * random 2nd- and 3rd-order plants against python-control's ``feedback`` of the plant and a controller
   transfer function written by hand from the equations (not from the laws);
-* the time indexing against the running controller objects on a linear plant.
+* the time indexing against :func:`klcontrol.simulate` of the controller objects on a linear plant.
 """
 import math
 
 import control
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis import stability_lti as sl
 from analysis import stability_numeric as sn
@@ -22,7 +24,8 @@ from analysis.stability import (
     robust_stability_lti,
     spectral_radius,
 )
-from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+from klcontrol.plant import Plant
 
 CONTROLLERS = ("incremental", "incremental-official", "positional")
 
@@ -63,7 +66,7 @@ def test_broadcasting_and_scalars():
     assert isinstance(spectral_radius(0.5, 0.2, plant=P), float)
     assert isinstance(is_stable(0.5, 0.2, plant=P), bool)
     ev = eigenvalues(kp, ki, plant=P, window=3, delay=1)
-    assert ev.shape == (5, 3, 1 + 2 + 2 + 1)  # plant, β and p_prev, history, delayed y
+    assert ev.shape == (5, 3, 1 + 3 + 2 + 1)  # plant, β, integrator and p_prev, history, delayed y
 
 
 # -- random higher-order plants against an independent closed loop ---------------------------------------
@@ -123,24 +126,71 @@ def test_random_plants_match_python_control_feedback(order):
     assert min(n_both) >= 10, n_both  # both verdicts are exercised
 
 
-def _linear_plant_run(ctrl, P, steps, delay, ystar, bstar, setpoints):
-    """Run a klcontrol controller object on the linear plant ``KL = y* + P(β − β*)``."""
-    A, B, C, D = plant_matrices(P)
-    x = np.zeros((A.shape[0], 1))
-    ys, meas_prev = [], ystar
-    for t in range(steps):
-        u = ctrl.beta - bstar
-        y = ystar + float((C @ x + D * u)[0, 0])
-        x = A @ x + B * u
-        ys.append(y)
-        ctrl.step(y if delay == 0 else meas_prev)
-        meas_prev = y
-    return np.array(ys) - ystar
+plants = st.tuples(
+    st.lists(st.floats(-0.9, 0.98), min_size=0, max_size=3),  # real poles (order 0: a static gain)
+    st.floats(-3.0, -0.2),  # DC gain (more β, less KL)
+    st.booleans(),  # direct feedthrough
+    st.floats(-0.8, 0.8),  # a zero
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(plants, st.floats(-0.3, 1.5), st.floats(0.01, 0.6), st.integers(1, 8), st.integers(0, 1),
+       st.sampled_from(CONTROLLERS))
+def test_property_any_order_matches_python_control_feedback(plant, kp, ki, T, d, ctrl):
+    poles, dc, feedthrough, zero = plant
+    den = np.poly(poles) if poles else np.array([1.0])
+    n = len(poles)
+    if n and feedthrough:  # numerator of degree n: y(t) depends on β(t)
+        num = np.concatenate([[1.0, -zero], np.zeros(n - 1)])
+    elif n >= 2:
+        num = np.array([1.0, -zero])
+    else:
+        num = np.array([1.0])  # static gain, or strictly proper first order
+    num = num * dc / (np.polyval(num, 1.0) / np.polyval(den, 1.0))
+    P = control.tf(num, den, dt=1)
+    ref = independent_rho(P, kp, ki, T, d)
+    ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
+    # Repeated plant poles are ill-conditioned for both computations (error ~ √eps per multiplicity).
+    tol = 1e-8 if len(set(np.round(poles, 3))) == len(poles) else 1e-5
+    assert abs(ours - ref) < tol
+    if abs(ref - 1) > 1e-5:
+        assert is_stable(kp, ki, plant=P, window=T, delay=d, controller=ctrl) == (ref < 1)
+
+
+class LinearPlant(Plant):
+    """``KL = y* + P(q)(β − β*)`` as a klcontrol :class:`Plant`, so :func:`klcontrol.simulate` runs it."""
+
+    kind = "linear_test"
+
+    def __init__(self, P, y_star, beta_star):
+        self.mats, self.y_star, self.beta_star = plant_matrices(P), y_star, beta_star
+
+    def initial_state(self, y0, shape=()):
+        """At rest at the operating point (``y0`` must be ``y*``)."""
+        assert np.all(np.asarray(y0) == self.y_star)
+        return tuple(np.zeros(shape) for _ in range(self.mats[0].shape[0]))
+
+    def step(self, state, beta, ops=None):
+        """``y(t) = y* + C x + D u``, ``x ← A x + B u``, ``u = β(t) − β*``."""
+        A, B, C, D = self.mats
+        u = beta - self.beta_star
+        n = len(state)
+        y = self.y_star + sum(C[0, j] * state[j] for j in range(n)) + D[0, 0] * u
+        return y, tuple(sum(A[i, j] * state[j] for j in range(n)) + B[i, 0] * u for i in range(n))
+
+    def equilibrium(self, setpoint):
+        """The operating point."""
+        return self.beta_star, self.y_star
+
+    def linearize(self, setpoint):
+        """The matrices themselves."""
+        return self.mats
 
 
 @pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (4, 0), (3, 1)])
 @pytest.mark.parametrize("controller", ["incremental", "positional"])
-def test_time_indexing_matches_the_running_controller(T, d, controller):
+def test_time_indexing_matches_klcontrol_simulate(T, d, controller):
     from analysis.stability import to_statespace
 
     P = control.tf([-0.3, 0.12, 0.0], [1, -1.2, 0.45], dt=1)  # 2nd order with feedthrough
@@ -152,7 +202,8 @@ def test_time_indexing_matches_the_running_controller(T, d, controller):
     else:
         ctrl = IncrementalPI(kp, ki, sp_fn, beta0=bstar, filter=T, y0=ystar)
     steps = 150
-    dev = _linear_plant_run(ctrl, P, steps, d, ystar, bstar, sp_fn)
+    tr = simulate(ctrl, LinearPlant(P, ystar, bstar), steps, delay=d, y0=ystar)
+    dev = tr.state - ystar
     u = np.vstack([delta * (np.arange(steps) >= 1), np.zeros(steps)])
     lin = control.forced_response(to_statespace(kp, ki, plant=P, window=T, delay=d, controller=controller),
                                   np.arange(steps), u)
@@ -297,12 +348,15 @@ def test_dt_true_is_accepted():
 
 def test_controller_linearization_is_from_the_laws_and_cached():
     lin = sl.controller_linearization(3, 1, "incremental")
-    assert lin.states == ("beta", "p_prev", "h_1", "h_2", "y_prev")
+    assert lin.states == ("beta", "integrator", "p_prev", "h_1", "h_2", "y_delayed")
     assert sl.controller_linearization(3, 1, "incremental") is lin
     Ak, Bk = lin.matrices(0.8, 0.3)
     # β row: β(t+1) = β + Kp(σ(m − C) − p_prev) + Ki(m − C), m = (y_prev + h_1 + h_2)/3, σ′(0) = 1/4.
-    np.testing.assert_allclose(Ak[0], [1, -0.8, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3])
-    np.testing.assert_allclose(Bk[0], [0, -(0.2 + 0.3), (0.2 + 0.3) / 3])  # y(t) enters only through y_prev
+    # (β carries the clamped integrator: its row reads the integrator's column.)
+    np.testing.assert_allclose(Ak[0], [0, 1, -0.8, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3, (0.2 + 0.3) / 3])
+    # y(t) and its noise enter only through the delayed measurement (columns y, C, noise).
+    np.testing.assert_allclose(Bk[0], [0, -(0.2 + 0.3), 0])
+    np.testing.assert_allclose(Bk[-1], [1, 0, 1])
     pos = sl.controller_linearization(2, 0, "positional")
     assert pos.states == ("beta", "integral", "h_1")
 

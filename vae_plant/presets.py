@@ -17,7 +17,7 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     DynamicVAE (paper, Appendix A): incremental PI (Eq. 10, feedback sign as
     the official code) with Kp = 0.01, Ki = 0.005, β(0) = 150, moving average
     T = 5, hybrid step-ramp set point 0.5 → 20 nats (+0.15 per 6000 steps, the
-    first 1000 of which ramp).  Clamped-state saturation (DESIGN.md).
+    first 1000 of which ramp).  Clamped-state saturation (docs/design.md).
 ``dynamicvae-official``
     Same, with the official implementation's saturation (unclamped state,
     I-term frozen below β_min = 0.1) and its zero-filled KL window: this
@@ -38,66 +38,37 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     Ablation "DynamicVAE-t": "directly uses the output KL-divergence at time t
     as a feedback ... without using moving average" — window T = 1.
 
-Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it),
+Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it), ``demo``
+(``klcontrol demo``: batch 32, lr 1e-3, 800 updates),
 ``cpu`` (a short real run on a CPU), ``paper`` (batch 128, the full ~800k-step
-DynamicVAE schedule).  All use Adam, lr 1e-4, betas (0.9, 0.999) as the
+DynamicVAE schedule).  All use Adam, lr 1e-4 (``demo``: 1e-3), betas (0.9, 0.999) as the
 official code (the paper text says β2 = 0.99).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from klcontrol.controllers import CapacityRamp, Controller, FixedBeta, IncrementalPI, PositionalPI
-from klcontrol.setpoints import StepRamp
+from klcontrol.controllers import Controller
+from klcontrol.registry import PRESETS as CONTROLLERS
+from klcontrol.registry import PRIMED, controlvae_setpoint, make_preset
 
 __all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "controlvae_setpoint"]
 
 
-def controlvae_setpoint() -> StepRamp:
-    """ControlVAE's dSprites set point: 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
-    return StepRamp(0.5, 18.0, 0.15, 5000, 1)
-
-
-def _dynamicvae_step() -> IncrementalPI:
-    sp = StepRamp.dynamicvae_dsprites()
-    return IncrementalPI.dynamicvae_dsprites(setpoint=StepRamp(sp.start, sp.stop, sp.step, sp.period, 1))
-
-
-def _dynamicvae_p() -> PositionalPI:
-    return PositionalPI(0.01, 0.005, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=5)
-
-
-#: Preset name → factory of a fresh controller.
-CONTROLLERS = {
-    "fixed": lambda: FixedBeta(4.0),
-    "capacity": CapacityRamp.burgess_dsprites,
-    "controlvae": lambda: PositionalPI(0.01, 0.001, controlvae_setpoint(), beta_min=1.0),
-    "dynamicvae": IncrementalPI.dynamicvae_dsprites,
-    "dynamicvae-official": lambda: IncrementalPI.dynamicvae_dsprites(official=True),
-    "dynamicvae-p": _dynamicvae_p,
-    "dynamicvae-step": _dynamicvae_step,
-    "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
-}
-
-_NO_PRIME = {"dynamicvae-official"}
-
-
 def make_controller(name: str) -> Controller:
-    """A fresh controller for a preset name.
+    """A fresh controller for a preset name (:func:`klcontrol.registry.make_preset`).
 
     Raises
     ------
     ValueError
         If ``name`` is not one of :data:`CONTROLLERS`.
     """
-    if name not in CONTROLLERS:
-        raise ValueError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
-    return CONTROLLERS[name]()
+    return make_preset(name)
 
 
 def primes(name: str) -> bool:
     """Whether the trainer primes this preset's KL history with the initial model's KL."""
-    return name not in _NO_PRIME
+    return name in PRIMED
 
 
 @dataclass(frozen=True)
@@ -129,6 +100,8 @@ class Schedule:
 
 SCHEDULES = {
     "tiny": Schedule(batch_size=8, steps=40, checkpoint_every=0, flush_every=10),
+    # `klcontrol demo`: a ten times higher learning rate, so that a few hundred updates learn factors.
+    "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=50, lr=1e-3),
     "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100),
     "paper": Schedule(batch_size=128, steps=800_000, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
 }

@@ -1,1 +1,4 @@
-"""CLI commands, one module each (see klcontrol.cli)."""
+"""The core's own CLI commands (see :mod:`klcontrol.cli`); other packages add theirs by entry point."""
+
+#: Command name → module.
+COMMANDS = {"simulate": "klcontrol.commands.simulate"}

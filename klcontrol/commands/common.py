@@ -6,20 +6,27 @@ import math
 
 import numpy as np
 
-from ..controllers import CapacityRamp, FixedBeta, IncrementalPI, PositionalPI
+from ..papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, PAPER_PLANTS
 from ..plant import ExpGain, FirstOrderPlant
+from ..registry import CONTROLLER_KINDS, LINEAR_KINDS, make_controller
 from ..setpoints import Constant, LinearRamp, StepRamp
 
-CONTROLLERS = ("incremental", "incremental-official", "positional", "capacity", "fixed")
+#: Controller kinds the CLI offers (:data:`klcontrol.registry.CONTROLLER_KINDS`).
+CONTROLLERS = tuple(CONTROLLER_KINDS)
+#: Kinds the stability commands accept (:data:`klcontrol.registry.LINEAR_KINDS`).
+LINEAR_CONTROLLERS = LINEAR_KINDS
+_MNIST = PAPER_PLANTS["mnist"]
 
 
 def add_controller_args(p: argparse.ArgumentParser) -> None:
     """Add ``--controller --kp --ki --beta0 --beta-min --beta-max --gamma --beta --window``."""
     g = p.add_argument_group("controller")
-    g.add_argument("--controller", choices=CONTROLLERS, default="incremental", help="β controller (default: incremental)")
-    g.add_argument("--kp", type=float, default=0.01, help="proportional gain (default 0.01)")
-    g.add_argument("--ki", type=float, default=0.005, help="integral gain (default 0.005)")
-    g.add_argument("--beta0", type=float, default=150.0, help="initial β of the incremental PI (default 150)")
+    g.add_argument("--controller", choices=CONTROLLERS, default="incremental",
+                   help="β controller: " + "; ".join(f"{k.name}: {k.help}" for k in CONTROLLER_KINDS.values()))
+    g.add_argument("--kp", type=float, default=DYNAMICVAE_GAINS[0], help=f"proportional gain (default {DYNAMICVAE_GAINS[0]})")
+    g.add_argument("--ki", type=float, default=DYNAMICVAE_GAINS[1], help=f"integral gain (default {DYNAMICVAE_GAINS[1]})")
+    g.add_argument("--beta0", type=float, default=DYNAMICVAE_BETA0,
+                   help=f"initial β of the incremental PI (default {DYNAMICVAE_BETA0:g})")
     g.add_argument("--beta-min", type=float, default=None, help="lower clamp (default 0; 0.1 for incremental-official)")
     g.add_argument("--beta-max", type=float, default=math.inf, help="upper clamp (default none)")
     g.add_argument("--gamma", type=float, default=1000.0, help="capacity relay amplitude (default 1000)")
@@ -30,9 +37,9 @@ def add_controller_args(p: argparse.ArgumentParser) -> None:
 def add_plant_args(p: argparse.ArgumentParser) -> None:
     """Add ``--a --A --k`` for ``FirstOrderPlant(a, A·exp(−kβ))`` (default: paper's MNIST plant)."""
     g = p.add_argument_group("plant  y(t) = y(t-1)/(1+a) + a/(1+a)·A·exp(-k·β(t))")
-    g.add_argument("--a", type=float, default=1 / 5000, help="plant rate a (default 1/5000)")
-    g.add_argument("--A", type=float, default=26.38, help="g(0), nats (default 26.38)")
-    g.add_argument("--k", type=float, default=0.0476, help="decay rate of g (default 0.0476)")
+    g.add_argument("--a", type=float, default=_MNIST.a, help=f"plant rate a (default {_MNIST.a:g}, the paper's MNIST)")
+    g.add_argument("--A", type=float, default=_MNIST.A, help=f"g(0), nats (default {_MNIST.A:g})")
+    g.add_argument("--k", type=float, default=_MNIST.k, help=f"decay rate of g (default {_MNIST.k:g})")
 
 
 def add_setpoint_args(p: argparse.ArgumentParser) -> None:
@@ -67,22 +74,9 @@ def plant_from_args(args) -> FirstOrderPlant:
 
 def controller_from_args(args, setpoint, kp=None, ki=None):
     """Build the controller chosen on the command line (gains may be arrays)."""
-    kp = args.kp if kp is None else kp
-    ki = args.ki if ki is None else ki
-    name = args.controller
-    bmin = args.beta_min
-    if name == "fixed":
-        return FixedBeta(args.beta, setpoint=setpoint)
-    if name == "capacity":
-        return CapacityRamp(args.gamma, setpoint, filter=args.window)
-    if name == "positional":
-        return PositionalPI(kp, ki, setpoint, beta_min=0.0 if bmin is None else bmin, beta_max=args.beta_max,
-                            filter=args.window)
-    if name == "incremental-official":
-        return IncrementalPI(kp, ki, setpoint, beta0=args.beta0, beta_min=0.1 if bmin is None else bmin,
-                             beta_max=args.beta_max, anti_windup="official", filter=args.window)
-    return IncrementalPI(kp, ki, setpoint, beta0=args.beta0, beta_min=0.0 if bmin is None else bmin,
-                         beta_max=args.beta_max, filter=args.window)
+    return make_controller(args.controller, setpoint, args.kp if kp is None else kp, args.ki if ki is None else ki,
+                           window=args.window, beta0=args.beta0, beta_min=args.beta_min, beta_max=args.beta_max,
+                           gamma=args.gamma, beta=args.beta)
 
 
 def as_array(v):

@@ -46,7 +46,7 @@ def run(args) -> int:
 
     from vae_plant.identify import run_experiment
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     res = run_experiment(args.out, export=args.export, jobs=args.jobs, batch_size=args.batch_size,
                          device=args.device, prior=args.prior, command="klcontrol " + " ".join(sys.argv[1:]),

@@ -62,7 +62,7 @@ def _run_hammerstein(args) -> int:
 
     from analysis import plant_models as pm
 
-    from ..cli import _jsonable, print_json
+    from klcontrol.cli import _jsonable, print_json
 
     if not args.static:
         raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
@@ -135,7 +135,7 @@ def run(args) -> int:
     if args.model == "hammerstein":
         return _run_hammerstein(args)
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     fit = fit_plant(args.paths, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level, kl_lag=args.kl_lag,
                     columns={"step": args.step_col, "beta": args.beta_col, "kl": args.kl_col},
@@ -155,7 +155,7 @@ def run(args) -> int:
         if args.report:
             import json
 
-            from ..cli import _jsonable
+            from klcontrol.cli import _jsonable
 
             with open(args.report, "w") as fh:
                 json.dump(_jsonable(s["validation"]), fh, indent=1)

@@ -46,7 +46,7 @@ def run(args) -> int:
     """Execute ``klcontrol compare``."""
     from vae_plant.compare import compare
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if args.budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGET_NAMES)}")

@@ -50,7 +50,7 @@ def run(args) -> int:
     from vae_plant.stability_runs import observed_brackets, ray_gains, run_gains, summarize
     from vae_plant.trace_log import read_trace_csv
 
-    from ..cli import _jsonable
+    from klcontrol.cli import _jsonable
 
     models, paths = [], {}
     for spec in args.fit:

@@ -1,7 +1,7 @@
 """``klcontrol stability``: stability verdict, spectral radius and margins of the linearised loop."""
 from __future__ import annotations
 
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from analysis.stability import robust_stability, spectral_radius
 
-    from ..cli import print_json
+    from klcontrol.cli import print_json
 
     if args.window < 1:
         raise ValueError(f"--window must be ≥ 1, got {args.window}")

@@ -1,0 +1,48 @@
+"""``klcontrol check``: robust stability of given PI gains on a fitted plant."""
+from __future__ import annotations
+
+from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
+
+
+def register(sub) -> None:
+    """Register the ``check`` command."""
+    p = sub.add_parser(
+        "check",
+        help="robust stability verdict of PI gains on a fitted plant (klcontrol fit --out)",
+        description="Check that (Kp, Ki) stabilise the linearised loop. First-order fit: exactly, for every g′ the "
+        "fitted g takes over the β range (by default the range seen in the traces, widened to the bootstrap band of "
+        "g′) and for a at its estimate and both ends of its confidence interval. Any other fit kind (loaded by "
+        "analysis.identification.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
+        "(--setpoint, or g(β) over the β range) and at each bootstrap draw it provides (closed-loop eigenvalues).",
+    )
+    p.add_argument("--fit", required=True, metavar="JSON", help="fit saved by `klcontrol fit --out` (any kind)")
+    p.add_argument("--kp", type=float, required=True, help="proportional gain")
+    p.add_argument("--ki", type=float, required=True, help="integral gain (positive = negative feedback)")
+    p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
+    p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="0: as trained; 1: paper's Eq. 15")
+    p.add_argument("--controller", choices=CONTROLLERS, default="incremental", help="controller (default incremental)")
+    p.add_argument("--beta-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="β range to cover (default: the range seen by the fit; needed for a plain plant JSON)")
+    p.add_argument("--setpoint", type=float, nargs="+", metavar="C", default=None,
+                   help="operating points (KL set points) to linearise a non-first-order fit at (default: g(β) at 9 "
+                   "points of the β range)")
+    p.add_argument("--point", action="store_true",
+                   help="use the point estimates only (no widening to the confidence band of g′ and a; no "
+                   "bootstrap draws)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Execute ``klcontrol check``."""
+    from analysis.verdicts import check_fit_file, format_verdict
+
+    from klcontrol.cli import print_json
+
+    out = check_fit_file(args.fit, args.kp, args.ki, args.window, args.delay, args.controller,
+                         beta_range=args.beta_range, setpoints=args.setpoint, point=args.point)
+    if args.json:
+        print_json(out)
+    else:
+        print(format_verdict(out))
+    return 0

@@ -1,0 +1,93 @@
+"""The papers' constants, each written once (imported everywhere else).
+
+Sources (see docs/references.md for where the papers and their official code
+disagree, and which preset follows which):
+
+* DynamicVAE (Shao et al., "Rethinking controllable variational autoencoders"):
+  gains, β(0), filter window and the dSprites set-point schedule (Appendix A);
+  the fitted first-order plants of its Table 5, ``g(β) = A·exp(−kβ)`` with the
+  slope ``g′(0) = −A·k`` that its stability theorem uses.
+* ControlVAE (Shao et al. 2020, official dSprites code): positional PI gains,
+  β_min and its step set point.
+* β-VAE_B (Burgess et al. 2018): capacity relay γ and the capacity ramp.
+* β-VAE_H (Higgins et al. 2017): the fixed β for dSprites.
+
+This module imports nothing from klcontrol, so every module can import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "PaperPlant",
+    "PAPER_PLANTS",
+    "DYNAMICVAE_GAINS",
+    "DYNAMICVAE_WINDOW",
+    "DYNAMICVAE_BETA0",
+    "DYNAMICVAE_DSPRITES_SETPOINT",
+    "CONTROLVAE_GAINS",
+    "CONTROLVAE_BETA_MIN",
+    "CONTROLVAE_DSPRITES_SETPOINT",
+    "BURGESS_GAMMA",
+    "BURGESS_DSPRITES_CAPACITY",
+    "HIGGINS_DSPRITES_BETA",
+]
+
+
+@dataclass(frozen=True)
+class PaperPlant:
+    """A first-order plant ``y(t) = y(t−1)/(1+a) + a/(1+a)·A·exp(−kβ(t))`` from a paper.
+
+    Attributes
+    ----------
+    name : str
+        Data set.
+    a, A, k : float
+        Rate, ``g(0)`` (nats) and decay of the exponential gain.
+    gprime0 : float
+        The slope bound ``g′(0)`` as the paper states it (≈ −A·k, rounded there),
+        which its stability theorem uses.
+    """
+
+    name: str
+    a: float
+    A: float
+    k: float
+    gprime0: float
+
+    def plant(self):
+        """The plant as a :class:`klcontrol.FirstOrderPlant`."""
+        from .plant import ExpGain, FirstOrderPlant
+
+        return FirstOrderPlant(self.a, ExpGain(self.A, self.k))
+
+
+#: DynamicVAE's Table 5 plants; dSprites is stated as g′(0) = −3.2 with k = 0.121.
+PAPER_PLANTS = {
+    "dsprites": PaperPlant("dsprites", 1 / 2500, 3.2 / 0.121, 0.121, -3.2),
+    "mnist": PaperPlant("mnist", 1 / 5000, 26.38, 0.0476, -1.26),
+}
+
+#: DynamicVAE's hand-picked gains (Kp, Ki), with the feedback sign of its official code.
+DYNAMICVAE_GAINS = (0.01, 0.005)
+#: DynamicVAE's moving-average window T.
+DYNAMICVAE_WINDOW = 5
+#: DynamicVAE's β(0) in the paper's dSprites setting.
+DYNAMICVAE_BETA0 = 150.0
+#: DynamicVAE's dSprites set point as ``StepRamp(start, stop, step, period, ramp)`` arguments.
+DYNAMICVAE_DSPRITES_SETPOINT = (0.5, 20.0, 0.15, 6000, 1000)
+
+#: ControlVAE's official dSprites gains (Kp, Ki).
+CONTROLVAE_GAINS = (0.01, 0.001)
+#: ControlVAE's β_min (also the offset of its positional law).
+CONTROLVAE_BETA_MIN = 1.0
+#: ControlVAE's dSprites set point (+0.15 nats every 5000 steps, jumps) as ``StepRamp`` arguments.
+CONTROLVAE_DSPRITES_SETPOINT = (0.5, 18.0, 0.15, 5000, 1)
+
+#: Burgess et al.'s capacity weight γ.
+BURGESS_GAMMA = 1000.0
+#: Burgess et al.'s dSprites capacity ramp as ``LinearRamp(start, stop, steps)`` arguments.
+BURGESS_DSPRITES_CAPACITY = (0.0, 25.0, 100_000)
+
+#: Higgins et al.'s β for dSprites.
+HIGGINS_DSPRITES_BETA = 4.0
