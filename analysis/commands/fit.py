@@ -66,14 +66,14 @@ def _run_hammerstein(args) -> int:
 
     if not args.static:
         raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
+    if args.summary and not (args.out and args.validate and args.compare):
+        raise ValueError("--summary needs --out, --validate and --compare")
     g = pm.static_map_from_traces(_read(args.static, args))
     held = _read(args.validate or [], args)
     best, rep = pm.select_model(_read(args.paths, args), g, held, fit_names=args.paths,
                                 held_out_names=args.validate or [])
     if args.out:
         best.save(args.out)
-    if args.summary and not (args.out and held and args.compare):
-        raise ValueError("--summary needs --out, --validate and --compare")
     if args.compare:
         from analysis.identification import load_fit
 
