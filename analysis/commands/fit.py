@@ -1,25 +1,35 @@
 """``klcontrol fit``: identify the first-order KL plant (a, g(β)) from training traces."""
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     """Register the ``fit`` command."""
+    from analysis.trace_io import add_reader_arguments
+
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
+
     p = sub.add_parser(
         "fit",
         help="fit a and g(β) of the first-order KL plant to training traces",
         description="Fit y(t) = y(t-1)/(1+a) + a/(1+a)·g(β(t)) to CSV, JSONL or TensorBoard traces (or trainer run "
-        "directories) by simulation-error least squares, with bootstrap confidence intervals. Row t must hold "
-        "β(t) and the KL after update t (use --kl-lag 1 if the KL was logged in the forward pass of step t).",
+        "directories) by simulation-error least squares, with bootstrap confidence intervals. Every update is "
+        "simulated: a β logged at step s is held until the next logged row (zero-order hold), so logs written every "
+        "N updates fit as well as dense ones. Row s must hold the β used in update s and the KL after update s "
+        "(--kl-lag 1 if the KL was logged in the forward pass of step s, --beta-logged after if β was logged by a "
+        "controller after the update). A TensorBoard directory with several runs gives one trace per run (--run "
+        "NAME picks one). Every fit says whether the data identify a, g and g′ (\"identifiable\" in --json and "
+        "the saved file); klcontrol check and tune refuse a fit that is not identifiable.",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_ERROR, 2, EXIT_UNIDENTIFIED)
+        + " (the fit is still printed and saved, flagged)",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="trace files or run directories")
     p.add_argument("--g", choices=("exp", "spline", "auto"), default="exp",
                    help="g model: A·exp(-kβ) (default), monotone spline, or auto (BIC)")
-    p.add_argument("--step-col", default="step", help="step column / tag (default step)")
-    p.add_argument("--beta-col", default="beta", help="β column / tag (default beta)")
-    p.add_argument("--kl-col", default="kl", help="KL column / tag (default kl)")
-    p.add_argument("--kl-lag", type=int, choices=(0, 1), default=0,
-                   help="1 if row t holds the KL before update t (default 0)")
-    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates (default 100; 0: no intervals)")
+    add_reader_arguments(p)
+    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates (default 100; 0: no bootstrap, "
+                   "identifiability judged from linearised intervals)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--out", default=None, metavar="JSON", help="save the fit (for klcontrol check / tune)")
@@ -41,13 +51,18 @@ def register(sub) -> None:
     m.add_argument("--summary", default=None, metavar="JSON",
                    help="write {held_out: [{trace, fit, closed_loop, fit_percent, first_order_fit_percent, ...}]} "
                    "(hammerstein; needs --out, --validate and --compare)")
+    from klcontrol.commands.common import add_progress_arg
+
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
 def _read(paths, args):
     from analysis.trace_io import read_trace
 
-    return [read_trace(p, step=args.step_col, beta=args.beta_col, kl=args.kl_col, kl_lag=args.kl_lag) for p in paths]
+    from analysis.trace_io import reader_kwargs
+
+    return [read_trace(p, **reader_kwargs(args)) for p in paths]
 
 
 def _print_validation(rows):
@@ -131,15 +146,22 @@ def _run_hammerstein(args) -> int:
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
     from analysis.identification import fit_plant
+    from analysis.trace_io import read_traces, reader_kwargs
 
     if args.model == "hammerstein":
         return _run_hammerstein(args)
 
-    from klcontrol.cli import print_json
+    from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
+    from klcontrol.commands.common import show_progress
 
-    fit = fit_plant(args.paths, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level, kl_lag=args.kl_lag,
-                    columns={"step": args.step_col, "beta": args.beta_col, "kl": args.kl_col},
-                    progress=not args.json)
+    traces = []
+    for path in args.paths:
+        traces += read_traces(path, **reader_kwargs(args))
+    for t in traces:  # name each trace by its file and, for TensorBoard, its run
+        if t.meta.get("run") not in (None, "."):
+            t.meta["source"] = f"{t.meta['source']} (run {t.meta['run']})"
+    fit = fit_plant(traces, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level,
+                    progress=show_progress(args))
     if args.out:
         fit.save(args.out)
     if args.plot:
@@ -148,6 +170,7 @@ def run(args) -> int:
         plot_fit(fit, args.plot)
     s = fit.summary()
     s.update(out=args.out, plot=args.plot)
+    rc = EXIT_OK if fit.identifiable else EXIT_UNIDENTIFIED
     if args.validate:
         from analysis.plant_models import validate
 
@@ -161,10 +184,13 @@ def run(args) -> int:
                 json.dump(_jsonable(s["validation"]), fh, indent=1)
     if args.json:
         print_json(s)
-        return 0
+        if rc != EXIT_OK:
+            _explain(fit)
+        return rc
     lvl = f"{100 * fit.level:.0f} %"
     lo, hi = fit.a_ci
-    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {lvl} CI [{lo:.4g}, {hi:.4g}]")
+    ci = f"{lvl} CI [{lo:.4g}, {hi:.4g}]" if fit.boot.gains else "no bootstrap interval (--n-boot 0)"
+    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {ci}")
     if fit.a_rise_time_mean is not None:
         print(f"paper's 63.2 % rise-time estimate (open-loop traces): a ≈ {fit.a_rise_time_mean:.4g}")
     if fit.gain_model == "exp":
@@ -176,12 +202,28 @@ def run(args) -> int:
     b0, b1 = fit.beta_range
     g0, g1 = s["gprime_range"]
     c0, c1 = s["gprime_range_ci"]
-    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}] (with {lvl} band [{c0:.4g}, {c1:.4g}])")
+    band = f" (with {lvl} band [{c0:.4g}, {c1:.4g}])" if fit.boot.gains else ""
+    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}]{band}")
     print(f"relative KL noise (robust std of residuals): {100 * fit.noise_rel:.2f} %")
+    if fit.boot.failures:
+        print(f"bootstrap: {fit.boot.failures} of {args.n_boot} replicates failed and were left out")
+    print("identifiable: yes (a, g and g′)" if fit.identifiable else
+          "identifiable: NO (" + ", ".join(k for k in ("a", "g", "gprime") if not fit.identifiability[k])
+          + " not identified)")
     if args.validate:
         _print_validation(s["validation"])
     if args.out:
-        print(f"fit saved to {args.out}")
+        print(f"fit saved to {args.out}" + ("" if fit.identifiable else " (flagged not identifiable)"))
     if args.plot:
         print(f"figure written to {args.plot}")
-    return 0
+    if rc != EXIT_OK:
+        _explain(fit)
+    return rc
+
+
+def _explain(fit) -> None:
+    print("klcontrol fit: the data do not identify the plant:", file=sys.stderr)
+    for r in fit.identifiability["reasons"]:
+        print(f"  - {r}", file=sys.stderr)
+    print("klcontrol check and tune refuse this fit (override: --allow-unidentified). Longer logs, a wider β range "
+          "or several open-loop runs at different β identify the plant.", file=sys.stderr)

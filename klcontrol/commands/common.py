@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 
@@ -82,3 +83,19 @@ def controller_from_args(args, setpoint, kp=None, ki=None):
 def as_array(v):
     """Float array from a float or list."""
     return np.asarray(v, dtype=float)
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--no-progress`` (progress bars go to stderr, and only when it is a terminal)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn on stderr only when it is a terminal, never with --json)")
+
+
+def show_progress(args) -> bool:
+    """Whether to draw a progress bar: not ``--no-progress``, not ``--json``, and stderr is a terminal."""
+    if getattr(args, "no_progress", False) or getattr(args, "json", False):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return False
