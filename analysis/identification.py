@@ -1235,7 +1235,9 @@ def _linearised(prob, x, fit):
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", D, cov[sl, sl], D), 0.0))
     lo, hi = gp0 - z * se, gp0 + z * se
     ratio = float(np.max(lo / hi)) if np.all(hi < 0) else math.inf
-    return {"a_ratio": math.exp(2 * z * se_loga), "gprime_hi": float(np.max(hi)), "gprime_ratio": ratio}
+    # A huge standard error is itself the finding (a unidentified): an infinite ratio, never an OverflowError.
+    a_ratio = math.exp(min(2 * z * se_loga, 700.0))
+    return {"a_ratio": a_ratio if a_ratio < 1e300 else math.inf, "gprime_hi": float(np.max(hi)), "gprime_ratio": ratio}
 
 
 def _data_part(prob, r):

@@ -40,7 +40,7 @@ def source_hash() -> str:
     from klcontrol import laws
 
     h = hashlib.sha256()
-    for f in (laws.incremental_pi, laws.positional_pi, laws.moving_average):
+    for f in (laws.incremental_pi, laws.positional_pi, laws.positional_pi_official, laws.moving_average):
         h.update(inspect.getsource(f).encode())
     h.update(Path(__file__).with_name("stability_symbolic.py").read_bytes())
     return h.hexdigest()[:16]

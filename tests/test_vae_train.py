@@ -16,6 +16,8 @@ from vae_plant import presets
 from vae_plant.train import Trainer, load_run, train
 from vae_plant.trace_log import read_trace_csv
 
+from official_loops import controlvae_official_betas, dynamicvae_official_betas
+
 ARGS = ["train", "--preset", "tiny", "--controller", "dynamicvae", "--seed", "3", "--checkpoint-every", "20",
         "--no-progress"]
 
@@ -179,6 +181,22 @@ def test_missing_and_corrupt_checkpoints(runs, tmp_path, capsys):
     assert open(os.path.join(c, "trace.csv"), "rb").read() == before
 
 
+@pytest.mark.parametrize("name, official", [("dynamicvae-official", dynamicvae_official_betas),
+                                            ("controlvae-official", controlvae_official_betas)])
+def test_official_presets_train_with_the_official_beta_call_for_call(tmp_path, name, official):
+    """The official loops use the PID output of update t's own forward pass for update t, from t = 0."""
+    res = train(tmp_path / name, preset="tiny", controller=name, steps=12, seed=1, progress=False)
+    tr = res.trace
+    with open(tmp_path / name / "config.json") as fh:
+        cfg = json.load(fh)
+    kls = np.concatenate([[cfg["initial_kl"]], tr["kl"]])  # forward pass of update t measures y(t − 1)
+    ref = official(kls)
+    np.testing.assert_allclose(tr["beta"], ref[:-1], rtol=0, atol=1e-9)
+    # row t's set point is the C of the call that consumed y(t): official call t + 1 sees C(t + 3)
+    base = presets.make_controller(name.replace("-official", "")).setpoint
+    np.testing.assert_array_equal(tr["setpoint"], base(np.arange(len(tr["beta"])) + 3))
+
+
 def test_presets_and_cli_names_agree():
     assert set(CONTROLLER_NAMES) == set(presets.CONTROLLERS)
     assert set(PRESETS) == set(presets.SCHEDULES)
@@ -195,9 +213,11 @@ def test_controller_presets_match_the_papers():
     assert c["controlvae"].setpoint(4999) == 0.5 and c["controlvae"].setpoint(10**7) == 18.0
     for name in ("dynamicvae", "dynamicvae-official", "dynamicvae-step", "dynamicvae-t"):
         g = c[name].gains
-        assert (g["kp"], g["ki"], g["beta0"]) == (0.01, 0.005, 150.0)
+        assert (g["kp"], g["ki"], g["beta0"]) == (0.01, 0.005, 50.0 if name == "dynamicvae-official" else 150.0)
     assert c["dynamicvae"].filter.window == 5 and c["dynamicvae-t"].filter.window == 1
-    assert c["dynamicvae-official"].anti_windup == "official" and not presets.primes("dynamicvae-official")
+    for name in ("dynamicvae-official", "controlvae-official"):
+        assert c[name].anti_windup == "official" and not presets.primes(name) and presets.first_update(name) == "step"
+    assert presets.first_update("dynamicvae") is True and presets.primes("controlvae")
     # step: same levels as the ramp schedule at period ends, but a jump instead of a 1000-step ramp
     ramp, step = c["dynamicvae"].setpoint, c["dynamicvae-step"].setpoint
     assert step(6001) == pytest.approx(0.65) and ramp(6001) < 0.501

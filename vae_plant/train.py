@@ -13,9 +13,13 @@ then calls ``controller.step(kl.detach())`` (a device tensor, no host sync),
 which returns β(t+1), the weight of the very update whose forward pass it is.
 Update 0's forward pass measures the initial model's KL y(−1): the trainer
 synchronises once to read it, primes the controller's history with it
-(``controller.prime``) and uses ``controller.beta`` as β(0).  The
-``dynamicvae-official`` preset skips the priming (the official code's KL
-window starts from zeros).  The last row needs one more forward pass without
+(``controller.prime``) and uses ``controller.beta`` as β(0).  The official
+presets (``dynamicvae-official``, ``controlvae-official``; ``prime="step"``)
+skip the priming (the official code's KL window starts from zeros) and take
+β(0) = ``controller.step(y(−1))`` instead, as the official loops use the PID
+output already for update 0; their controller's call t then consumes y(t − 1)
+and the trace's ``setpoint`` column holds the C of call t + 1, the one that
+consumed y(t).  The last row needs one more forward pass without
 an update, run without gradients on the next batch.
 
 Checkpoint k (taken after k updates, before the forward pass of update k)
@@ -78,7 +82,7 @@ from klcontrol.controllers import Controller
 from . import checkpoint as ckpt
 from .data import DSprites
 from .model import BetaVAE, vae_losses
-from .presets import CONTROLLERS, make_controller, primes, schedule
+from .presets import CONTROLLERS, first_update, make_controller, schedule
 from .run_lock import RunLock
 from .trace_log import TraceLog, columns, read_trace_csv, trace_rows
 
@@ -269,9 +273,9 @@ class Trainer:
             prime = True
         else:
             ctrl = make_controller(s["controller"])
-            prime = primes(s["controller"])
+            prime = first_update(s["controller"])
         if self._prime_arg is not None:
-            prime = bool(self._prime_arg)
+            prime = "step" if self._prime_arg == "step" else bool(self._prime_arg)
         if ctrl.shape != ():
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
         return ctrl, prime
@@ -553,9 +557,12 @@ class Trainer:
         recon, kl, kl_lat = self._losses(*self._draw())
         if t == 0:
             self.initial_kl = float(kl.detach())  # the one host sync of the run
-            if self.prime:
-                self.ctrl.prime(self.initial_kl)
-            beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
+            if self.prime == "step":
+                beta = self.ctrl.step(kl.detach().to(torch.float64))
+            else:
+                if self.prime:
+                    self.ctrl.prime(self.initial_kl)
+                beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
             self.config["initial_kl"] = self.initial_kl
             _write_json(os.path.join(self.out, "config.json"), self.config)
         else:
@@ -583,7 +590,8 @@ class Trainer:
         first = self.log.next_step
         sp = self.ctrl.setpoint
         steps = np.arange(first, first + len(block))
-        c = np.broadcast_to(np.asarray(sp(steps), dtype=float), steps.shape) if sp is not None else np.full(len(block), np.nan)
+        calls = steps + (1 if self.prime == "step" else 0)  # the controller call that consumed row t's KL
+        c = np.broadcast_to(np.asarray(sp(calls), dtype=float), steps.shape) if sp is not None else np.full(len(block), np.nan)
         bad = np.flatnonzero(~np.all(np.isfinite(block), axis=1))
         good = len(block) if len(bad) == 0 else int(bad[0])
         if good:
@@ -726,9 +734,12 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         tqdm progress bar (steps/s, β, KL).
     command : str, optional
         Command line recorded in ``config.json`` (default ``sys.argv``).
-    prime : bool, optional
+    prime : bool or "step", optional
         Whether to prime the controller's KL history with the initial model's
-        KL (default: yes, except for the ``dynamicvae-official`` preset).
+        KL; ``"step"``: do not prime, and take update 0's β from
+        ``controller.step`` on that KL, as the official loops (default: yes,
+        ``"step"`` for the ``*-official`` presets, see
+        :func:`vae_plant.presets.first_update`).
     threads : int, optional
         torch CPU threads for the run (stored; they change the trace bytes).
         Default: the current count for a new run, the stored one on resume;

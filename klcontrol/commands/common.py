@@ -28,7 +28,8 @@ def add_controller_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ki", type=float, default=DYNAMICVAE_GAINS[1], help=f"integral gain (default {DYNAMICVAE_GAINS[1]})")
     g.add_argument("--beta0", type=float, default=DYNAMICVAE_BETA0,
                    help=f"initial β of the incremental PI (default {DYNAMICVAE_BETA0:g})")
-    g.add_argument("--beta-min", type=float, default=None, help="lower clamp (default 0; 0.1 for incremental-official)")
+    g.add_argument("--beta-min", type=float, default=None,
+                   help="lower clamp (default 0; 0.1 for incremental-official, 1 for positional-official)")
     g.add_argument("--beta-max", type=float, default=math.inf, help="upper clamp (default none)")
     g.add_argument("--gamma", type=float, default=1000.0, help="capacity relay amplitude (default 1000)")
     g.add_argument("--beta", type=float, default=4.0, help="fixed β (default 4)")
