@@ -14,7 +14,7 @@ def register(sub) -> None:
         "(hold times log-uniform in [--hold-min, --hold-max]; δ from the settled KL noise: "
         "δ = clip(30·σ50/|dKL/dlnβ|, 0.1, 0.5)), and at --main a held-out open-loop run and a closed-loop run "
         "with set-point steps. Finished runs in --out are reused. CPU budget of the defaults: 13 700 updates at "
-        "batch 16, one thread per run (see docs/identification.md for measured times).",
+        "batch 16, one thread per run (≈ 9 min on two quiet cores at the measured 77 ms per update; docs/identification.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories")
