@@ -65,6 +65,8 @@ def test_plan_names_seeds_and_roles():
     assert len(idf.plan()[1]) == 4
     with pytest.raises(ValueError, match="main"):
         idf.plan(betas=(2,), main=4)
+    with pytest.raises(ValueError, match="lead-in"):
+        idf.plan(fit_steps=150)
 
 
 def test_experiment_end_to_end_tiny(tmp_path):

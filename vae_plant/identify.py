@@ -329,6 +329,10 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
         raise ValueError(f"the main operating point {main:g} must be one of the betas {betas}")
     if any(b <= 0 for b in betas) or len(set(betas)) != len(betas):
         raise ValueError(f"betas must be distinct and positive, got {betas}")
+    if min(int(fit_steps), int(val_steps)) <= int(lead):
+        raise ValueError(f"open-loop runs ({fit_steps}, {val_steps} updates) must be longer than the lead-in ({lead})")
+    if int(closed_steps) < 4:
+        raise ValueError(f"the closed-loop run needs at least 4 updates (4 set-point levels), got {closed_steps}")
     settles = [dict(name=f"settle_b{b:g}", beta=b, seed=int(round(10 * b)), steps=int(settle_steps)) for b in betas]
     ol = dict(kind="open_loop", lead=int(lead), hold_min=int(hold_min), hold_max=int(hold_max))
     excites = [dict(ol, name=f"ol_b{main:g}_s1", beta=main, seed=1, steps=int(fit_steps), role="fit"),

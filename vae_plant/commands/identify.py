@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--fit-steps", type=int, default=2100, help="updates of the open-loop run used for fitting")
     p.add_argument("--val-steps", type=int, default=1200, help="updates of each held-out open-loop run")
     p.add_argument("--closed-steps", type=int, default=1200, help="updates of the closed-loop run")
+    p.add_argument("--lead", type=int, default=200, help="updates at β* before the open-loop excitation")
     p.add_argument("--hold-min", type=int, default=5, help="shortest hold of the β signal")
     p.add_argument("--hold-max", type=int, default=500, help="longest hold of the β signal")
     p.add_argument("--other-betas-excited", action="store_true",
@@ -52,7 +53,7 @@ def run(args) -> int:
                          device=args.device, prior=args.prior, command="klcontrol " + " ".join(sys.argv[1:]),
                          progress=(lambda s: None) if args.json else print,
                          betas=args.betas, main=args.main, settle_steps=args.settle_steps, fit_steps=args.fit_steps,
-                         val_steps=args.val_steps, closed_steps=args.closed_steps, hold_min=args.hold_min,
+                         val_steps=args.val_steps, closed_steps=args.closed_steps, lead=args.lead, hold_min=args.hold_min,
                          hold_max=args.hold_max, setpoint_step=args.setpoint_step,
                          other_betas_excited=args.other_betas_excited)
     if args.json:
