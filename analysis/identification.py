@@ -36,8 +36,8 @@ from klcontrol.plant import LinearGain, gain_from_dict, register_gain
 
 from .trace_io import align_kl, log_convention, read_trace, read_traces
 
-__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS",
-           "read_plant_json", "read_json", "plant_from_dict", "IDENTIFIABILITY"]
+__all__ = ["fit_plant", "load_fit", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant",
+           "GAIN_MODELS", "read_plant_json", "read_json", "plant_from_dict", "IDENTIFIABILITY"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
@@ -855,6 +855,17 @@ class PlantFit(FirstOrderPlant):
         """``True``/``False`` from :attr:`identifiability`; ``None`` when unknown (an old fit file)."""
         return None if self.identifiability is None else bool(self.identifiability["identifiable"])
 
+    def predict(self, trace) -> np.ndarray:
+        """Model KL for a trace's recorded β, aligned with its rows.
+
+        The same convention as every fit (:meth:`analysis.plant_models.HammersteinFit.predict`):
+        start at equilibrium for the first β, level matched over the first rows.
+        """
+        from .plant_models import _trace_arrays, level_matched
+
+        beta, kl = _trace_arrays(trace)
+        return level_matched(kl, simulate_plant(self, beta, float(self.g(beta[0])), 1))
+
     def simulate_trace(self, i: int) -> np.ndarray:
         """Model KL for fitted trace ``i`` at its rows (every update simulated, β held; NaN on unused rows)."""
         tr = self.traces[i]
@@ -1304,3 +1315,30 @@ def _block_length(r):
     rho = min(max(rho, 0.0), 0.99)
     tau = (1 + rho) / (1 - rho)
     return int(np.clip(max(round(n ** (1 / 3)), math.ceil(2 * tau)), 1, max(1, n // 4)))
+
+
+def load_fit(path):
+    """Load any saved fit, whatever its structure, from a JSON file.
+
+    ``kind = "first_order"`` gives a :class:`PlantFit` (or a plain
+    :class:`FirstOrderPlant` for a file without a ``"fit"`` entry),
+    ``kind = "hammerstein"`` an :class:`analysis.plant_models.HammersteinFit`;
+    fits have ``predict(trace)``.
+
+    Raises
+    ------
+    ValueError
+        Missing file, not JSON, an invalid description or an unknown kind (naming the file).
+    """
+    d = read_json(path)
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if kind == "hammerstein":
+        from .plant_models import HammersteinFit
+
+        try:
+            return HammersteinFit.from_dict(d)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path}: not a valid hammerstein fit ({exc})") from None
+    if kind == "first_order":
+        return plant_from_dict(d, path)
+    raise ValueError(f"{path}: unknown fit kind {kind!r}; known: first_order, hammerstein")

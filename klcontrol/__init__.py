@@ -24,8 +24,8 @@ from .simulate import Trace, response_metrics, simulate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Controller", "FixedBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "GECO", "PIDLagrangian", "ScheduledBeta",
-    "beta_norm", "beta_from_norm",
+    "Controller", "FixedBeta", "ScheduledBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "GECO",
+    "PIDLagrangian", "beta_norm", "beta_from_norm",
     "Filter", "MovingAverage", "ExponentialAverage",
     "Gain", "ExpGain", "FirstOrderPlant",
     "SetPoint", "Constant", "LinearRamp", "StepRamp", "Cyclical", "Sequence",

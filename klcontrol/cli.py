@@ -27,7 +27,8 @@ __all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "EN
            "exit_codes_epilog"]
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
-ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "train", "evaluate", "compare")
+ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
+         "compare")
 #: Entry-point group through which packages add commands.
 ENTRY_POINT_GROUP = "klcontrol.commands"
 

@@ -35,12 +35,12 @@ from .setpoints import SetPoint, as_setpoint
 __all__ = [
     "Controller",
     "FixedBeta",
+    "ScheduledBeta",
     "CapacityRamp",
     "PositionalPI",
     "IncrementalPI",
     "GECO",
     "PIDLagrangian",
-    "ScheduledBeta",
     "MEASURES",
     "beta_norm",
     "beta_from_norm",
@@ -670,6 +670,50 @@ class FixedBeta(Controller):
         return {"beta": p["beta"]}
 
 
+class ScheduledBeta(Controller):
+    """An open-loop β schedule: ``β(t) = schedule(t)``, whatever the measurement.
+
+    The excitation of an identification experiment (steps, PRBS) as a
+    controller, so the trainer and the simulator run it like any other.
+
+    Parameters
+    ----------
+    schedule : SetPoint, float or callable
+        β as a function of the update index (e.g. a :class:`~klcontrol.setpoints.Sequence`
+        of :class:`~klcontrol.setpoints.Constant` levels).
+    setpoint : optional
+        Recorded in traces only (the law ignores it).
+    """
+
+    kind = "scheduled"
+
+    def __init__(self, schedule, setpoint=None, filter=None, y0: float = 0.0):
+        self.schedule = as_setpoint(schedule)
+        if np.ndim(self.schedule(0)) != 0:
+            raise ValueError("ScheduledBeta drives one loop: its schedule must return a scalar β")
+        super().__init__(setpoint, filter, y0)
+
+    def _initial(self, y0, c0):
+        return {"beta": self.schedule(0)}
+
+    def _law(self, state, m, c, p, ops):
+        # step() is called with the count of steps taken so far and returns β of the next update.
+        return {"beta": self.schedule(self._t + 1) + 0 * m}
+
+    @classmethod
+    def cyclical_dsprites(cls, steps: int | None = None, **kw) -> "ScheduledBeta":
+        """Fu et al.'s schedule (M = 4 cycles, R = 0.5, β from 0 to 1) over ``steps`` (default: the paper budget)."""
+        from .papers import CYCLICAL_CYCLES, CYCLICAL_RANGE, CYCLICAL_RATIO, CYCLICAL_DSPRITES_STEPS
+        from .setpoints import Cyclical
+
+        sched = Cyclical(CYCLICAL_DSPRITES_STEPS if steps is None else steps, CYCLICAL_CYCLES, CYCLICAL_RATIO,
+                         *CYCLICAL_RANGE)
+        return cls(sched, **kw)
+
+    def __repr__(self):
+        return f"ScheduledBeta(schedule={self.schedule!r}, setpoint={self.setpoint!r})"
+
+
 class CapacityRamp(Controller):
     """Burgess et al.'s capacity objective ``γ|KL − C(t)|`` as the relay ``β = γ·sign(KL − C)``.
 
@@ -1070,56 +1114,3 @@ class PIDLagrangian(Controller):
         args = dict(kp=kp, ki=ki, kd=kd, setpoint=StepRamp.dynamicvae_dsprites(), filter=DYNAMICVAE_WINDOW)
         args.update(kw)
         return cls(**args)
-
-
-class ScheduledBeta(Controller):
-    """An open-loop β schedule (e.g. :class:`~klcontrol.setpoints.Cyclical`): ignores the measurement.
-
-    Update ``k`` uses ``β = schedule(k)``: the initial β is ``schedule(0)``
-    and the ``t``-th ``step`` (from 0) returns ``schedule(t + 1)``, the β of
-    the next update.  The schedule is the controller's :attr:`setpoint`
-    (so ``replace(setpoint=...)`` and ``compressed`` work as for set points);
-    the step reads it one step ahead.
-
-    Parameters
-    ----------
-    schedule : SetPoint, float or callable
-        β as a function of the update index.
-    filter : Filter or int, optional
-        Unused by the law (kept for the common protocol).
-    y0 : float
-        Unused by the law.
-    """
-
-    kind = "scheduled"
-
-    def __init__(self, schedule, filter=None, y0: float = 0.0):
-        if schedule is None:
-            raise ValueError("ScheduledBeta needs a schedule")
-        super().__init__(schedule, filter, y0)
-
-    def _setpoint_at(self, t):
-        # The t-th step returns the β of update t + 1.
-        return super()._setpoint_at(t + 1)
-
-    def _initial(self, y0, c0):
-        return {"beta": c0}
-
-    def _law(self, state, m, c, p, ops):
-        return {"beta": c + 0 * m}
-
-    def _equilibrium(self, beta_star, y_star, p, ops):
-        return {"beta": beta_star}
-
-    @classmethod
-    def cyclical_dsprites(cls, steps: int | None = None, **kw) -> "ScheduledBeta":
-        """Fu et al.'s schedule (M = 4 cycles, R = 0.5, β from 0 to 1) over ``steps`` (default: the paper budget)."""
-        from .papers import CYCLICAL_CYCLES, CYCLICAL_RANGE, CYCLICAL_RATIO, CYCLICAL_DSPRITES_STEPS
-        from .setpoints import Cyclical
-
-        sched = Cyclical(CYCLICAL_DSPRITES_STEPS if steps is None else steps, CYCLICAL_CYCLES, CYCLICAL_RATIO,
-                         *CYCLICAL_RANGE)
-        return cls(sched, **kw)
-
-    def __repr__(self):
-        return f"ScheduledBeta({self.setpoint!r})"

@@ -813,3 +813,28 @@ def test_official_controllers_lock_below_beta_min_and_klcontrol_defaults_do_not(
     ours = make(setpoint=c, beta0=bmin + 0.05, beta_min=bmin)  # klcontrol's default anti-windup
     b_ours = run_controller(ours, below + above)[:, 0]
     assert b_ours[len(below) - 1] == pytest.approx(bmin, abs=1e-6) and b_ours[-1] > bmin + 1  # resumes when the KL rises
+
+
+@given(st.lists(st.tuples(st.floats(-50, 50), st.integers(1, 6)), min_size=1, max_size=6))
+def test_scheduled_beta_follows_its_schedule_on_numpy_and_torch(parts):
+    """β(t) = schedule(t) for t = 0, 1, …: the initial β and each step's output, whatever the KL."""
+    from klcontrol import Constant, ScheduledBeta, Sequence
+
+    sched = Sequence([(Constant(b), n) for b, n in parts[:-1]] + [(Constant(parts[-1][0]), None)])
+    n = sum(h for _, h in parts) + 2
+    expected = [sched(t) for t in range(n)]
+    c = ScheduledBeta(sched)
+    got = [c.beta] + [c.step(float(k % 3)) for k in range(n - 1)]
+    assert got == expected
+    c.reset()
+    got_t = [c.beta] + [float(c.step(torch.tensor(1.5, dtype=torch.float64))) for _ in range(n - 1)]
+    assert got_t == expected
+    with pytest.raises(ValueError, match="NaN"):
+        c.step(math.nan)
+
+
+def test_scheduled_beta_bad_input():
+    from klcontrol import ScheduledBeta
+
+    with pytest.raises(ValueError, match="scalar"):
+        ScheduledBeta(lambda t: np.array([1.0, 2.0]))

@@ -146,3 +146,22 @@ def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_pa
     (tmp_path / "other.json").write_text(json.dumps({"kind": "mystery"}))
     assert main(["check", "--fit", str(tmp_path / "other.json"), "--kp", "1", "--ki", "1"]) == 1
     assert "kind 'mystery'" in capsys.readouterr().err
+
+
+def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
+    """One-line errors, exit 1, no traceback."""
+    from pathlib import Path
+
+    from klcontrol.cli import main
+
+    d = str(Path(__file__).resolve().parents[1] / "data/traces/identify")
+    assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein"]) == 1
+    assert "--static" in capsys.readouterr().err
+    assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein", "--static", f"{d}/settle_b4.csv.gz",
+                 f"{d}/settle_b2.csv.gz", "--summary", "x.json"]) == 1
+    assert "--summary needs" in capsys.readouterr().err
+    assert main(["verify-stability", "--settled", "nowhere", "--beta-star", "4", "--fit", "x"]) == 1
+    assert "NAME=JSON" in capsys.readouterr().err
+    assert main(["verify-stability", "--settled", "nowhere", "--beta-star", "4",
+                 "--fit", f"a={d}/fit.json"]) == 1
+    assert "--ray or --gain" in capsys.readouterr().err

@@ -104,8 +104,16 @@ def test_scheduled_beta_follows_the_schedule_by_update():
     ctrl = ScheduledBeta(sched)
     betas = [ctrl.beta] + [ctrl.step(k) for k in np.linspace(0, 50, 39)]
     np.testing.assert_allclose(betas, sched(np.arange(40)))  # update k uses schedule(k), whatever the KL
-    faster = ctrl.replace(setpoint=sched.compressed(2.0))
-    assert [faster.beta] + [faster.step(1.0) for _ in range(3)] == pytest.approx(sched(2 * np.arange(4)))
+
+
+def test_compare_compresses_the_cyclical_schedule_to_its_budget():
+    from vae_plant.compare import Method
+
+    ctrl = Method.parse("cyclical").controller(compress=160.0)
+    betas = [ctrl.beta] + [ctrl.step(0.0) for _ in range(4999)]
+    expected = Cyclical(papers.CYCLICAL_DSPRITES_STEPS, 4, 0.5).compressed(160.0)(np.arange(5000))
+    np.testing.assert_allclose(betas, expected)
+    assert np.sum(np.isclose(betas, 0.0)) == 4 and max(betas) == 1.0  # four whole cycles in 5000 updates
 
 
 # -------------------------------------------------------------------------- backends agree
@@ -258,4 +266,4 @@ def test_presets():
     assert p.measures == "kl" and tuple(float(p.gains[k]) for k in ("kp", "ki", "kd")) == \
         papers.PID_LAGRANGIAN_DSPRITES_GAINS
     c = make_preset("cyclical")
-    assert c.beta == 0.0 and c.setpoint(papers.CYCLICAL_DSPRITES_STEPS // 8) == 1.0
+    assert c.beta == 0.0 and c.schedule(papers.CYCLICAL_DSPRITES_STEPS // 8) == 1.0

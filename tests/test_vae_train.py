@@ -426,3 +426,35 @@ def test_geco_run_feeds_the_reconstruction_and_beta_follows_the_law(tmp_path):
     other.prime(cfg["initial_kl"])
     assert not np.allclose([other.beta] + [other.step(k) for k in tr["kl"][:-1]], tr["beta"], rtol=1e-3)
     np.testing.assert_array_equal(tr["setpoint"], 100.0)
+
+
+def test_warm_start_continues_the_checkpointed_model_with_a_new_controller(runs, tmp_path):
+    """init_from: model and Adam state of the checkpoint, the new run's own controller, seed and trace."""
+    from klcontrol.controllers import ScheduledBeta
+    from klcontrol.setpoints import Constant, Sequence
+
+    a = runs[0]
+    src = load_run(a)
+    sched = ScheduledBeta(Sequence([(Constant(2.0), 3), (Constant(5.0), None)]))
+    tr = Trainer(str(tmp_path / "W"), preset="tiny", controller=sched, steps=6, seed=9, init_from=a, progress=False)
+    for p, q in zip(tr.model.state_dict().values(), src.model.state_dict().values()):
+        torch.testing.assert_close(p, q)
+    assert tr.opt.state_dict()["state"][0]["step"] == 40  # Adam's moments and step count carried over
+    res = tr.run()
+    tr.close()
+    np.testing.assert_array_equal(res.trace["beta"], [2, 2, 2, 5, 5, 5])
+    assert res.config["settings"]["init_from"]["step"] == 40
+    assert res.config["settings"]["init_from"]["checkpoint"].endswith("step_00000040.pt")
+    # the warm model's KL starts where the checkpointed model was, not at a fresh network's
+    fresh = train(str(tmp_path / "F"), preset="tiny", controller=sched, steps=6, seed=9, progress=False)
+    assert abs(res.meta["initial_kl"] - fresh.meta["initial_kl"]) > 1e-6
+
+
+def test_warm_start_bad_input(runs, tmp_path):
+    with pytest.raises(ValueError, match="cannot be combined with resume"):
+        Trainer(str(tmp_path / "X"), preset="tiny", steps=5, init_from=runs[0], resume=True)
+    with pytest.raises(ValueError, match="checkpoint"):
+        Trainer(str(tmp_path / "X"), preset="tiny", steps=5, init_from=str(tmp_path / "nothing_here"))
+    with pytest.raises(ValueError, match="hidden_fc"):
+        Trainer(str(tmp_path / "Y"), preset="tiny", steps=5, init_from=runs[0], hidden_fc=True)
+    assert not os.path.exists(tmp_path / "X") and not os.path.exists(tmp_path / "Y")

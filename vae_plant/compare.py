@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from klcontrol.controllers import ScheduledBeta
+
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
            "compare", "CompareResult", "aggregate", "markdown_tables", "paper_table_markdown", "PAPER_TABLES"]
 
@@ -179,6 +181,8 @@ class Method:
         ctrl = make_controller(self.preset).replace(**self.overrides)
         if compress != 1.0 and ctrl.setpoint is not None:
             ctrl = ctrl.replace(setpoint=ctrl.setpoint.compressed(compress))
+        if compress != 1.0 and isinstance(ctrl, ScheduledBeta):  # an open-loop β schedule (cyclical) runs faster too
+            ctrl = ScheduledBeta(ctrl.schedule.compressed(compress), ctrl.setpoint, ctrl.filter, ctrl.y0)
         return ctrl
 
 

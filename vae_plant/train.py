@@ -203,7 +203,7 @@ class Trainer:
                  device=None, checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None,
                  compile=None, amp=None, channels_last=None, fused_adam=None, hidden_fc=None,
                  resume=False, progress=True, command=None, prime=None, threads=None, restart=False,
-                 from_step=None):
+                 from_step=None, init_from=None):
         self.out = os.fspath(out)
         self.progress = progress
         self._prime_arg = prime
@@ -211,6 +211,8 @@ class Trainer:
         self._threads_before = None
         self._created = not os.path.exists(self.out)
         self.log = None
+        if init_from is not None and resume:
+            raise ValueError("init_from starts a new run from another run's checkpoint; it cannot be combined with resume")
         if threads is not None:
             threads = _positive_int("threads", threads)
         if from_step is not None:
@@ -232,7 +234,7 @@ class Trainer:
             if resume:
                 self._init_resume(given, ctrl_obj, command, restart, from_step)
             else:
-                self._init_new(given, ctrl_obj, command, restart)
+                self._init_new(given, ctrl_obj, command, restart, init_from=init_from)
         except BaseException:
             self._release()
             if self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
@@ -280,8 +282,26 @@ class Trainer:
             raise ValueError(f"the controller measures {ctrl.measures!r}; the trainer passes one of {MEASURES}")
         return ctrl, prime
 
-    def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False):
+    def _warm_state(self, init_from, s):
+        """The checkpoint a warm start loads (a file, or a run directory's latest), checked against ``s``."""
+        init_from = os.fspath(init_from)
+        path = ckpt.latest(init_from) if os.path.isdir(init_from) else init_from
+        state = ckpt.load(path, map_location=s["device"])
+        cfg = state.get("config") or {}
+        for k in ("latent_dim", "hidden_fc"):
+            if k in cfg and cfg[k] != s[k]:
+                raise ValueError(f"cannot warm-start from {path}: its {k} is {cfg[k]!r}, this run's is {s[k]!r}")
+        return path, state
+
+    def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False, init_from=None):
         s = self._resolve(given)
+        warm = None
+        if init_from is not None:
+            path, state = self._warm_state(init_from, s)
+            warm = state
+            # Provenance of the starting point; the new run's own steps count from 0.
+            s["init_from"] = dict(checkpoint=os.path.abspath(path), step=int(state["step"]),
+                                  lr=(state.get("config") or {}).get("lr"))
         if ctrl_obj is None:
             make_controller(s["controller"])  # raises the "unknown controller" error first
         ctrl, prime = self._controller(s, ctrl_obj)
@@ -305,6 +325,12 @@ class Trainer:
         self._set_threads(s["threads"])
         self.settings = s
         self._build(s, ctrl)
+        if warm is not None:
+            try:
+                self.model.load_state_dict(warm["model"])
+                self.opt.load_state_dict(warm["optimizer"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot warm-start from {s['init_from']['checkpoint']}: {exc}") from None
         self.config = dict(settings=s, provenance=dict(
             torch=torch.__version__, python=platform.python_version(), git_commit=_git_commit(),
             device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
@@ -467,7 +493,8 @@ class Trainer:
         fresh["controller"] = given.get("controller") or s["controller"]
         if s.get("prime") is not None and self._prime_arg is None:
             self._prime_arg = s["prime"]
-        self._init_new(fresh, ctrl_obj, command, restart=True, keep_lock=True)
+        warm = (s.get("init_from") or {}).get("checkpoint")  # a warm-started run restarts from the same checkpoint
+        self._init_new(fresh, ctrl_obj, command, restart=True, keep_lock=True, init_from=warm)
 
     def _check_reproducibility(self):
         prov = self.config.get("provenance", {})
@@ -675,7 +702,7 @@ class Trainer:
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
           checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None, compile=None, amp=None,
           channels_last=None, fused_adam=None, hidden_fc=None, resume=False, progress=True,
-          command=None, prime=None, threads=None, restart=False, from_step=None) -> RunResult:
+          command=None, prime=None, threads=None, restart=False, from_step=None, init_from=None) -> RunResult:
     """Train a β-VAE on dSprites with a β controller; write trace, TensorBoard events and checkpoints.
 
     Parameters
@@ -730,6 +757,13 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         With ``resume``: continue from this checkpoint instead of the latest
         (e.g. when the latest is corrupt); later checkpoints are renamed
         ``*.discarded``.
+    init_from : str or path, optional
+        Warm start: a checkpoint file, or a run directory (its latest
+        checkpoint), whose model and optimizer state this new run starts
+        from, with its own controller, seed and trace (step 0 is the first
+        update after the checkpoint).  Recorded as ``settings["init_from"]``.
+        Used to excite a settled model around an operating point
+        (:mod:`vae_plant.identify`).
 
     Returns
     -------
@@ -752,7 +786,7 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
                  tensorboard_every=tensorboard_every, data=data, compile=compile, amp=amp,
                  channels_last=channels_last, fused_adam=fused_adam, hidden_fc=hidden_fc, resume=resume,
                  progress=progress, command=command, prime=prime, threads=threads, restart=restart,
-                 from_step=from_step)
+                 from_step=from_step, init_from=init_from)
     try:
         return tr.run()
     finally:
