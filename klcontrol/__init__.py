@@ -5,6 +5,7 @@ The loop: a set point C(t), a measurement filter, a β controller and a plant
 ``docs/design.md`` for the indexing conventions.
 """
 from .controllers import (
+    AdaptivePI,
     CapacityRamp,
     Controller,
     FixedBeta,
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Controller", "FixedBeta", "ScheduledBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "GECO",
-    "PIDLagrangian", "beta_norm", "beta_from_norm",
+    "PIDLagrangian", "AdaptivePI", "beta_norm", "beta_from_norm",
     "Filter", "MovingAverage", "ExponentialAverage",
     "Gain", "ExpGain", "FirstOrderPlant",
     "SetPoint", "Constant", "LinearRamp", "StepRamp", "Cyclical", "Sequence",

@@ -41,6 +41,7 @@ __all__ = [
     "IncrementalPI",
     "GECO",
     "PIDLagrangian",
+    "AdaptivePI",
     "MEASURES",
     "beta_norm",
     "beta_from_norm",
@@ -1114,3 +1115,143 @@ class PIDLagrangian(Controller):
         args = dict(kp=kp, ki=ki, kd=kd, setpoint=StepRamp.dynamicvae_dsprites(), filter=DYNAMICVAE_WINDOW)
         args.update(kw)
         return cls(**args)
+
+
+class AdaptivePI(Controller):
+    """An incremental PI that identifies the plant online and re-designs its gains as it goes.
+
+    Each step (:func:`klcontrol.laws.rls_first_order`) updates a recursive-least-squares estimate, with
+    forgetting, of the first-order model ``y(t) = φ·y(t−1) + b·β(t) + d``, i.e. of
+    ``â = 1/φ − 1`` and ``ĝ′ = b/(1 − φ)``.  When the estimate is trusted the gains are read from the gain
+    table :mod:`klcontrol.adaptive_table` (designed offline with the exact analysis,
+    :mod:`analysis.adaptive_design`): ``Kp = kp_n(â)/|ĝ′|``, ``Ki = ki_n(â)/|ĝ′|``, which by construction keep
+    the linearised loop stable for any true slope within a factor ``G_FACTOR`` (2) of ``ĝ′`` and any ``a`` in
+    the bin of ``â``.  Otherwise the fixed gains ``kp0, ki0`` are used.  Trusted means: at least ``n_min``
+    updates, ``â`` inside the table, ``ĝ′`` negative with ``g_min ≤ |ĝ′| ≤ g_max``, and the standard error
+    of ``b`` (``√(P₂₂·s²)``) below ``rel_tol·|b|``.  The law is DynamicVAE's incremental PI with clamped state
+    (:func:`klcontrol.laws.incremental_pi`), whose velocity form makes a gain change bumpless.
+
+    Parameters
+    ----------
+    setpoint : SetPoint or float
+        Target KL.
+    kp0, ki0 : float or array
+        Fallback gains (default: DynamicVAE's 0.01, 0.005).
+    beta0, beta_min, beta_max : float or array
+        Initial β and clamps.
+    forget : float or array
+        RLS forgetting factor λ in (0, 1] (memory ≈ 1/(1 − λ) updates).
+    p0 : float or array
+        Initial RLS covariance (times the identity).
+    p_max : float or array
+        Trace of P above which forgetting pauses.
+    rel_tol : float or array
+        Largest trusted relative standard error of ``b``.
+    n_min : float or array
+        Updates before the estimate may be trusted.
+    g_min, g_max : float or array
+        Trusted range of ``|ĝ′|``.
+    a_prior, g_prior : float or array
+        Initial estimate (default: DynamicVAE's dSprites a = 1/2500 and g′ = −1).
+    filter : Filter or int, optional
+        Measurement filter (the model is identified on the filtered KL; default none).
+    y0 : float
+        Measurement assumed before step 0.
+    """
+
+    kind = "adaptive_pi"
+    _inf_ok = ("beta_min", "beta_max")
+
+    def __init__(self, setpoint, kp0=0.01, ki0=0.005, beta0=1.0, beta_min=0.0, beta_max=math.inf, forget=0.995,
+                 p0=100.0, p_max=1e6, rel_tol=0.3, n_min=20, g_min=0.01, g_max=10.0, a_prior=1 / 2500,
+                 g_prior=-1.0, filter=None, y0: float = 0.0):
+        if setpoint is None:
+            raise ValueError("AdaptivePI needs a setpoint")
+        names = dict(kp0=kp0, ki0=ki0, beta0=beta0, forget=forget, p0=p0, p_max=p_max, rel_tol=rel_tol,
+                     n_min=n_min, g_min=g_min, g_max=g_max, a_prior=a_prior, g_prior=g_prior)
+        params = {k: _param(k, v) for k, v in names.items()}
+        params["beta_min"] = _param("beta_min", beta_min, allow_inf=True)
+        params["beta_max"] = _param("beta_max", beta_max, allow_inf=True)
+        self._validate(params)
+        super().__init__(setpoint, filter, y0, **params)
+
+    @staticmethod
+    def _validate(p):
+        for k in ("p0", "p_max", "rel_tol", "g_min", "a_prior"):
+            if np.any(p[k] <= 0):
+                raise ValueError(f"{k} must be > 0, got {p[k]}")
+        if np.any(p["forget"] <= 0) or np.any(p["forget"] > 1):
+            raise ValueError(f"forget must be in (0, 1], got {p['forget']}")
+        if np.any(p["g_max"] < p["g_min"]):
+            raise ValueError(f"g_max must be ≥ g_min, got {p['g_max']} < {p['g_min']}")
+        if np.any(p["n_min"] < 0):
+            raise ValueError(f"n_min must be ≥ 0, got {p['n_min']}")
+
+    def _check_params(self, params):
+        out = super()._check_params(params)
+        self._validate(out)
+        return out
+
+    def _initial(self, y0, c0):
+        p = self._params
+        phi = 1 / (1 + p["a_prior"])
+        beta = NUMPY.clip(p["beta0"], p["beta_min"], p["beta_max"])
+        b = (1 - phi) * p["g_prior"]
+        z = 0 * p["p0"]
+        return {"beta": beta, "p_prev": NUMPY.sigmoid(y0 - c0), "phi": phi, "b": b, "d": y0 - phi * y0 - b * beta,
+                "p11": p["p0"], "p12": z, "p13": z, "p22": p["p0"], "p23": z, "p33": p["p0"], "s2": 0 * y0,
+                "y_prev": y0, "n": 0 * y0, "kp": p["kp0"], "ki": p["ki0"], "adapted": 0 * y0}
+
+    def design(self, phi, b, s2, p22, n, p, ops=NUMPY):
+        """The gains ``(kp, ki, trusted)`` the law uses for an estimate (pure; any backend).
+
+        Parameters
+        ----------
+        phi, b : float, array or tensor
+            The RLS estimate of the differenced model.
+        s2, p22 : float, array or tensor
+            Noise variance and the covariance entry of ``b``.
+        n : float, array or tensor
+            Updates so far.
+        p : dict
+            Parameters (:attr:`params`).
+        ops : Ops
+            Backend.
+
+        Returns
+        -------
+        kp, ki, trusted
+        """
+        from .adaptive_table import A_EDGES, KI_N, KP_N
+
+        lo, hi = 1 / (1 + A_EDGES[-1]), 1 / (1 + A_EDGES[0])
+        phi_c = ops.clip(phi, lo, hi)
+        a_hat = 1 / phi_c - 1
+        gp = b / (1 - phi_c)
+        big_g = ops.clip(-gp, p["g_min"], p["g_max"])
+        trusted = ops.and_(ops.and_(ops.gt(phi, lo), ops.lt(phi, hi)),
+                           ops.and_(ops.and_(ops.gt(-gp, p["g_min"]), ops.lt(-gp, p["g_max"])),
+                                    ops.and_(ops.lt(p22 * s2, (p["rel_tol"] * b) ** 2), ops.gt(n, p["n_min"]))))
+        kp = ops.where(trusted, laws.table_lookup(a_hat, A_EDGES, KP_N, ops) / big_g, p["kp0"] + 0 * phi)
+        ki = ops.where(trusted, laws.table_lookup(a_hat, A_EDGES, KI_N, ops) / big_g, p["ki0"] + 0 * phi)
+        return kp, ki, trusted
+
+    def _law(self, state, m, c, p, ops):
+        keys = ("phi", "b", "d", "p11", "p12", "p13", "p22", "p23", "p33", "s2", "y_prev")
+        est = laws.rls_first_order(tuple(state[k] for k in keys), m, state["beta"], p["forget"], p["p_max"], ops)
+        new = dict(zip(keys, est))
+        new["n"] = state["n"] + 1
+        kp, ki, trusted = self.design(new["phi"], new["b"], new["s2"], new["p22"], new["n"], p, ops)
+        beta, (_, p_now) = laws.incremental_pi((state["beta"], state["p_prev"]), m, c, kp, ki, p["beta_min"],
+                                               p["beta_max"], ops, mode="clamp")
+        new.update(beta=beta, p_prev=p_now, kp=kp, ki=ki, adapted=ops.where(trusted, 1 + 0 * m, 0 * m))
+        return new
+
+    def estimate(self):
+        """The current plant estimate ``(a, g′)`` from the RLS state (floats or arrays; synchronises on tensors)."""
+        st = {k: (v.detach().cpu().numpy() if is_torch(v) else np.asarray(v)) for k, v in self._state.items()
+              if k != "filter"}
+        phi = st["phi"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, gp = 1 / phi - 1, st["b"] / (1 - phi)
+        return (float(a), float(gp)) if np.ndim(a) == 0 else (a, gp)

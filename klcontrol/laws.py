@@ -25,6 +25,8 @@ __all__ = [
     "incremental_pi",
     "geco",
     "pid_lagrangian",
+    "rls_first_order",
+    "table_lookup",
     "moving_average",
     "exponential_average",
     "ANTI_WINDUP_MODES",
@@ -274,6 +276,80 @@ def pid_lagrangian(state, m, c, kp, ki, kd, alpha_d, beta_min, beta_max, ops: Op
     integral = ops.clip(integral + delta, 0.0, math.inf)
     beta = ops.clip(kp * delta + ki * integral + kd * rise, beta_min, beta_max)
     return beta, (integral, s)
+
+
+def rls_first_order(state, y, beta, forget, p_max, ops: Ops = NUMPY):
+    """One recursive-least-squares update (forgetting factor) of the first-order model with an offset.
+
+    The first-order plant ``y(t) = φ·y(t−1) + (1 − φ)·g(β(t))`` (φ = 1/(1+a)), with ``g`` replaced by its
+    tangent at the operating point, is ``y(t) = φ·y(t−1) + b·β(t) + d`` with ``b = (1 − φ)·g′``; forgetting
+    lets ``(φ, b, d)`` follow a drifting operating point.  With the regressor ``x = (y(t−1), β(t), 1)`` and
+    the error ``e = y(t) − θ·x``::
+
+        K = P·x / (λ + xᵀP·x),   θ ← θ + K·e,   P ← (P − K·xᵀP)/λ,
+
+    except that ``P`` is not divided by λ while its trace exceeds ``p_max`` (no covariance wind-up when β
+    does not move).  The noise variance ``s2`` is the λ-weighted mean of ``e²``.  (The differenced form
+    ``Δy(t) = φ·Δy(t−1) + b·Δβ(t)`` is biased by white measurement noise, whose differences are correlated.)
+
+    Parameters
+    ----------
+    state : tuple
+        ``(phi, b, d, p11, p12, p13, p22, p23, p33, s2, y_prev)``: estimate, the symmetric P, noise, y(t−1).
+    y : float, array or tensor
+        The new measurement y(t).
+    beta : float, array or tensor
+        β(t), the weight of the update that produced y(t).
+    forget : float or array
+        Forgetting factor λ in (0, 1].
+    p_max : float or array
+        Bound on the trace of P below which it is divided by λ.
+    ops : Ops
+        Backend.
+
+    Returns
+    -------
+    tuple
+        The new state, same order.
+    """
+    phi, b, d, p11, p12, p13, p22, p23, p33, s2, y_prev = state
+    x1, x2 = y_prev, beta
+    e = y - (phi * x1 + b * x2 + d)
+    v1 = p11 * x1 + p12 * x2 + p13  # P·x (x3 = 1)
+    v2 = p12 * x1 + p22 * x2 + p23
+    v3 = p13 * x1 + p23 * x2 + p33
+    den = forget + x1 * v1 + x2 * v2 + v3
+    k1, k2, k3 = v1 / den, v2 / den, v3 / den
+    # both branches carry the state's dtype (torch.where of two Python floats would be float32)
+    scale = ops.where(ops.gt(p11 + p22 + p33, p_max), 1 + 0 * p11, 1 / forget + 0 * p11)
+    return (phi + k1 * e, b + k2 * e, d + k3 * e,
+            (p11 - k1 * v1) * scale, (p12 - k1 * v2) * scale, (p13 - k1 * v3) * scale,
+            (p22 - k2 * v2) * scale, (p23 - k2 * v3) * scale, (p33 - k3 * v3) * scale,
+            forget * s2 + (1 - forget) * e * e, y)
+
+
+def table_lookup(x, edges, values, ops: Ops = NUMPY):
+    """Piecewise-constant table: ``values[k]`` for ``edges[k] ≤ x < edges[k+1]`` (ends extended).
+
+    Parameters
+    ----------
+    x : float, array or tensor
+        Where to read.
+    edges : sequence of float
+        ``len(values) + 1`` increasing edges.
+    values : sequence of float
+        One value per bin.
+    ops : Ops
+        Backend (a chain of ``where``, so it runs on tensors without host sync).
+
+    Returns
+    -------
+    Like ``x``.
+    """
+    out = values[0] + 0 * x
+    for edge, v in zip(edges[1:-1], values[1:]):
+        out = ops.where(ops.lt(x, edge), out, v + 0 * x)
+    return out
 
 
 def moving_average(history, y, ops: Ops = NUMPY):
