@@ -30,7 +30,7 @@ __all__ = ["drift_run", "A_EDGES", "G_FACTOR", "KP_N_MAX", "DECAY_FRACTION", "un
 #: Bin edges of the rate a (log-spaced, factor 2 per bin), covering DynamicVAE's 1/5000 to 1.
 A_EDGES = tuple(float(v) for v in 2.0 ** np.arange(-13, 1))
 #: The slope estimate may be off by this factor either way.
-G_FACTOR = 2.0
+G_FACTOR = 3.0
 #: Largest normalised proportional gain Kp·|g′|.
 KP_N_MAX = 4.0
 #: Fraction of the best worst-case decay rate the design keeps (the rest buys damping).

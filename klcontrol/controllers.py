@@ -1127,8 +1127,8 @@ class AdaptivePI(Controller):
     :mod:`analysis.adaptive_design`): ``Kp = kp_n(â)/|ĝ′|``, ``Ki = ki_n(â)/|ĝ′|``, which by construction keep
     the linearised loop stable for any true slope within a factor ``G_FACTOR`` (2) of ``ĝ′`` and any ``a`` in
     the bin of ``â``.  Otherwise the fixed gains ``kp0, ki0`` are used.  Trusted means: at least ``n_min``
-    updates, ``â`` inside the table, ``ĝ′`` negative with ``g_min ≤ |ĝ′| ≤ g_max``, and the standard error
-    of ``b`` (``√(P₂₂·s²)``) below ``rel_tol·|b|``.  The law is DynamicVAE's incremental PI with clamped state
+    updates, ``â`` inside the table and within ``a_factor`` of ``a_prior``, ``ĝ′`` negative with ``g_min ≤ |ĝ′| ≤ g_max``, and the standard errors
+    of ``b`` (``√(P₂₂·s²)``) and of ``φ`` (``√(P₁₁·s²)``) below ``rel_tol·|b|`` and ``rel_tol·(1 − φ)``.  The law is DynamicVAE's incremental PI with clamped state
     (:func:`klcontrol.laws.incremental_pi`), whose velocity form makes a gain change bumpless.
 
     Parameters
@@ -1152,7 +1152,10 @@ class AdaptivePI(Controller):
     g_min, g_max : float or array
         Trusted range of ``|ĝ′|``.
     a_prior, g_prior : float or array
-        Initial estimate (default: DynamicVAE's dSprites a = 1/2500 and g′ = −1).
+        Initial estimate (default: DynamicVAE's dSprites a = 1/2500 and g′ = −1); ``a`` is usually known
+        from an offline fit (:mod:`analysis.identification`), the slope is what drifts.
+    a_factor : float or array
+        ``â`` is trusted only within this factor of ``a_prior``.
     filter : Filter or int, optional
         Measurement filter (the model is identified on the filtered KL; default none).
     y0 : float
@@ -1164,11 +1167,11 @@ class AdaptivePI(Controller):
 
     def __init__(self, setpoint, kp0=0.01, ki0=0.005, beta0=1.0, beta_min=0.0, beta_max=math.inf, forget=0.995,
                  p0=100.0, p_max=1e6, rel_tol=0.3, n_min=20, g_min=0.01, g_max=10.0, a_prior=1 / 2500,
-                 g_prior=-1.0, filter=None, y0: float = 0.0):
+                 g_prior=-1.0, a_factor=4.0, filter=None, y0: float = 0.0):
         if setpoint is None:
             raise ValueError("AdaptivePI needs a setpoint")
         names = dict(kp0=kp0, ki0=ki0, beta0=beta0, forget=forget, p0=p0, p_max=p_max, rel_tol=rel_tol,
-                     n_min=n_min, g_min=g_min, g_max=g_max, a_prior=a_prior, g_prior=g_prior)
+                     n_min=n_min, g_min=g_min, g_max=g_max, a_prior=a_prior, g_prior=g_prior, a_factor=a_factor)
         params = {k: _param(k, v) for k, v in names.items()}
         params["beta_min"] = _param("beta_min", beta_min, allow_inf=True)
         params["beta_max"] = _param("beta_max", beta_max, allow_inf=True)
@@ -1177,6 +1180,8 @@ class AdaptivePI(Controller):
 
     @staticmethod
     def _validate(p):
+        if np.any(p["a_factor"] < 1):
+            raise ValueError(f"a_factor must be ≥ 1, got {p['a_factor']}")
         for k in ("p0", "p_max", "rel_tol", "g_min", "a_prior"):
             if np.any(p[k] <= 0):
                 raise ValueError(f"{k} must be > 0, got {p[k]}")
@@ -1202,15 +1207,15 @@ class AdaptivePI(Controller):
                 "p11": p["p0"], "p12": z, "p13": z, "p22": p["p0"], "p23": z, "p33": p["p0"], "s2": 0 * y0,
                 "y_prev": y0, "n": 0 * y0, "kp": p["kp0"], "ki": p["ki0"], "adapted": 0 * y0}
 
-    def design(self, phi, b, s2, p22, n, p, ops=NUMPY):
+    def design(self, phi, b, s2, p11, p22, n, p, ops=NUMPY):
         """The gains ``(kp, ki, trusted)`` the law uses for an estimate (pure; any backend).
 
         Parameters
         ----------
         phi, b : float, array or tensor
             The RLS estimate of the differenced model.
-        s2, p22 : float, array or tensor
-            Noise variance and the covariance entry of ``b``.
+        s2, p11, p22 : float, array or tensor
+            Noise variance and the covariance entries of ``φ`` and ``b``.
         n : float, array or tensor
             Updates so far.
         p : dict
@@ -1232,6 +1237,12 @@ class AdaptivePI(Controller):
         trusted = ops.and_(ops.and_(ops.gt(phi, lo), ops.lt(phi, hi)),
                            ops.and_(ops.and_(ops.gt(-gp, p["g_min"]), ops.lt(-gp, p["g_max"])),
                                     ops.and_(ops.lt(p22 * s2, (p["rel_tol"] * b) ** 2), ops.gt(n, p["n_min"]))))
+        # a ≈ 1 − φ: its relative standard error, √(P₁₁·s²)/(1 − φ), must be below rel_tol too, and â within
+        # a_factor of the prior: in closed loop y(t−1) and β(t) are nearly collinear, and a wrong φ can fit
+        # tightly (seen in the drifting-plant simulation: â ≈ 1 for a true 0.05).
+        trusted = ops.and_(trusted, ops.and_(ops.lt(p11 * s2, (p["rel_tol"] * (1 - phi_c)) ** 2),
+                                             ops.and_(ops.gt(a_hat * p["a_factor"], p["a_prior"]),
+                                                      ops.lt(a_hat, p["a_prior"] * p["a_factor"]))))
         kp = ops.where(trusted, laws.table_lookup(a_hat, A_EDGES, KP_N, ops) / big_g, p["kp0"] + 0 * phi)
         ki = ops.where(trusted, laws.table_lookup(a_hat, A_EDGES, KI_N, ops) / big_g, p["ki0"] + 0 * phi)
         return kp, ki, trusted
@@ -1241,7 +1252,7 @@ class AdaptivePI(Controller):
         est = laws.rls_first_order(tuple(state[k] for k in keys), m, state["beta"], p["forget"], p["p_max"], ops)
         new = dict(zip(keys, est))
         new["n"] = state["n"] + 1
-        kp, ki, trusted = self.design(new["phi"], new["b"], new["s2"], new["p22"], new["n"], p, ops)
+        kp, ki, trusted = self.design(new["phi"], new["b"], new["s2"], new["p11"], new["p22"], new["n"], p, ops)
         beta, (_, p_now) = laws.incremental_pi((state["beta"], state["p_prev"]), m, c, kp, ki, p["beta_min"],
                                                p["beta_max"], ops, mode="clamp")
         new.update(beta=beta, p_prev=p_now, kp=kp, ki=ki, adapted=ops.where(trusted, 1 + 0 * m, 0 * m))

@@ -65,14 +65,17 @@ def test_table_lookup():
 
 
 def test_falls_back_to_fixed_gains_when_the_estimate_is_poor():
-    c = AdaptivePI(20.0, kp0=0.02, ki0=0.003, beta0=10.0, n_min=5)
+    c = AdaptivePI(20.0, kp0=0.02, ki0=0.003, beta0=10.0, n_min=5, a_prior=0.05)
     p = c.params
     # wrong sign of g′, far too steep, not enough updates, too uncertain: fixed gains
-    for phi, b, s2, p22, n in [(0.95, +0.01, 0.0, 0.0, 50), (0.95, -5.0, 0.0, 0.0, 50),
-                               (0.95, -0.05, 0.0, 0.0, 3), (0.95, -0.05, 1.0, 1.0, 50), (1.2, -0.05, 0, 0, 50)]:
-        kp, ki, ok = c.design(phi, b, s2, p22, n, p)
+    # wrong sign of g′, far too steep, too few updates, b uncertain, φ uncertain, a outside the table: fixed gains
+    for phi, b, s2, p11, p22, n in [(0.95, +0.01, 0, 0, 0, 50), (0.95, -5.0, 0, 0, 0, 50), (0.95, -0.05, 0, 0, 0, 3),
+                                    (0.95, -0.05, 1.0, 0, 1.0, 50), (0.95, -0.05, 1.0, 1.0, 0, 50),
+                                    (1.2, -0.05, 0, 0, 0, 50)]:
+        kp, ki, ok = c.design(phi, b, s2, p11, p22, n, p)
         assert not ok and kp == 0.02 and ki == 0.003
-    kp, ki, ok = c.design(1 / 1.05, -0.05 / 1.05, 1e-4, 1e-3, 50, p)  # a = 0.05, g′ = −1: the table's bin
+    assert not c.design(1 / 1.5, -0.5 / 1.5, 1e-4, 1e-3, 1e-3, 50, p)[2]  # â = 0.5: ten times the prior
+    kp, ki, ok = c.design(1 / 1.05, -0.05 / 1.05, 1e-4, 1e-3, 1e-3, 50, p)  # a = 0.05, g′ = −1: the table's bin
     assert ok and kp == pytest.approx(adaptive_table.KP_N[8]) and ki == pytest.approx(adaptive_table.KI_N[8])
 
 
@@ -95,7 +98,7 @@ def test_adaptive_beats_fixed_gains_on_a_drifting_plant():
     n = len(adp["y"])
     first, last, all_ = slice(n // 6, n // 3), slice(2 * n // 3, n), slice(0, n)
     fast, safe = _rmse(fx, all_)
-    assert _rmse(adp, all_) < 0.8 * min(fast, safe)
+    assert _rmse(adp, all_) < 0.9 * min(fast, safe)
     assert _rmse(fx, last)[0] > 1.0  # the start's gains oscillate at the end (a ±1 wave tracked not at all)
     assert _rmse(adp, first) < 0.8 * _rmse(fx, first)[1]  # faster than the safe gains once adapted
     assert _rmse(adp, last) < 1.2 * _rmse(fx, last)[1]  # as good as the end's own design at the end
@@ -108,6 +111,10 @@ def test_adaptive_beats_fixed_gains_on_a_drifting_plant():
     a_hat = 1 / adp["phi"][on] - 1
     rho = spectral_radius(adp["kp"][on] * np.abs(g_hat[on]), adp["ki"][on] * np.abs(g_hat[on]), a_hat, -1.0, 1, 0,
                           "incremental")
+    assert np.all(rho < 1)
+    # and on the true plant of that update (a = 0.05, the slope of the moment, frozen)
+    true_g = np.abs(adp["gprime"][on])
+    rho = spectral_radius(adp["kp"][on] * true_g, adp["ki"][on] * true_g, 0.05, -1.0, 1, 0, "incremental")
     assert np.all(rho < 1)
 
 
