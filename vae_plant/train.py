@@ -193,6 +193,11 @@ class RunResult:
         return torch.cat(mus).numpy(), torch.cat(cls).numpy()
 
 
+def _label(controller: str) -> str:
+    """Short progress-bar label: a preset's name, or a controller object's class (its repr is stored)."""
+    return controller.split("(", 1)[0] if "(" in controller else controller
+
+
 class Trainer:
     """One training run in a directory (new or resumed).
 
@@ -655,7 +660,7 @@ class Trainer:
         every = s["checkpoint_every"]
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=s["steps"], initial=self.step, unit="step", desc=str(s["controller"])[:24],
+        pbar = tqdm(total=s["steps"], initial=self.step, unit="step", desc=_label(s["controller"]),
                     disable=not self.progress, mininterval=0.5, dynamic_ncols=True)
         saved_at_end = os.path.isfile(ckpt.checkpoint_path(self.out, end))
         try:
