@@ -331,8 +331,9 @@ class Controller:
         self._to_torch(kl.device, kl.dtype, tuple(kl.shape))
         p = self._torch_params
         state = self._state
-        ok = torch.isfinite(kl).all()
-        safe = torch.where(torch.isfinite(kl), kl, torch.zeros_like(kl))
+        finite = torch.isfinite(kl)
+        ok = finite.all() if finite.dim() else finite
+        safe = torch.where(finite, kl, 0.0)
         new = self.advance(state, safe, self._setpoint_now(), p, ops)
         fstate = new.pop("filter")
         # Build every masked value before the first in-place copy: the filter
