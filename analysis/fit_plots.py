@@ -36,6 +36,13 @@ def plot_fit(fit, path=None, max_traces: int = 6, paper: bool = True, title: str
     Returns
     -------
     matplotlib.figure.Figure
+
+    Notes
+    -----
+    Each trace panel draws the fitted model driven by the trace's recorded β from its fitted initial
+    KL; where that estimate is negative, the curve is clipped at 0 nats and its legend gives the value.
+    Trace names that are paths below the current directory are shown relative to it, others as
+    ``…/folder/file``.
     """
     import matplotlib
 
@@ -49,15 +56,19 @@ def plot_fit(fit, path=None, max_traces: int = 6, paper: bool = True, title: str
     for i, tr in enumerate(traces):
         ax = fig.add_subplot(gs[i // 2, i % 2])
         ax.plot(tr.step, tr.kl, lw=0.5, color="0.6", label="KL (data)")
-        ax.plot(tr.step, fit.simulate_trace(i), lw=1.5, color="C0", label="model")
+        y0 = float(fit.y_init[i])
+        # A first-order model cannot follow the real plateau-then-rise; the fit then puts the initial KL below
+        # zero.  The curve is the fitted one, clipped at 0 nats (a KL cannot be negative), and says so.
+        label = "model" if y0 >= 0 else f"model (fitted start {y0:.2g} nats, clipped at 0)"
+        ax.plot(tr.step, np.maximum(fit.simulate_trace(i), 0.0), lw=1.5, color="C0", label=label)
         ax.set_xlabel("step")
         ax.set_ylabel("KL (nats)")
         name = fit.info["traces"][i]["name"] if i < len(fit.info.get("traces", [])) else f"trace {i}"
-        ax.set_title(_short(name), fontsize=9)
+        ax.set_title(_short(_shown(name)), fontsize=9)
         axb = ax.twinx()
         axb.plot(tr.step, tr.beta, lw=0.8, color="C3", alpha=0.7)
         axb.set_ylabel("β", color="C3")
-        if i == 0:
+        if i == 0 or y0 < 0:
             ax.legend(loc="best", fontsize=8)
 
     lo, hi = fit.beta_range
@@ -88,6 +99,20 @@ def plot_fit(fit, path=None, max_traces: int = 6, paper: bool = True, title: str
     if path:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def _shown(name: str) -> str:
+    """A trace's path relative to the current directory when it lies below it, else its last folder and
+    file name (titles stay short and independent of where the repository was cloned); names unchanged."""
+    import os
+
+    if not os.path.isabs(name):
+        return name
+    rel = os.path.relpath(name)
+    if not rel.startswith(".."):
+        return rel
+    head, tail = os.path.split(name)
+    return os.path.join("…", os.path.basename(head), tail)
 
 
 def _short(name: str, n: int = 60) -> str:

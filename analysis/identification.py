@@ -1,6 +1,6 @@
 """Identify the first-order KL plant from training traces.
 
-The model (DESIGN.md, DynamicVAE Eq. 14), row ``t`` holding ``β(t)`` and the
+The model (docs/design.md, DynamicVAE Eq. 14), row ``t`` holding ``β(t)`` and the
 KL ``y(t)`` after update ``t``::
 
     y(t) = y(t−1)/(1+a) + a/(1+a)·g(β(t))
@@ -36,7 +36,8 @@ from klcontrol.plant import gain_from_dict, register_gain
 
 from .trace_io import align_kl, read_trace
 
-__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS"]
+__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant", "GAIN_MODELS",
+           "read_plant_json", "read_json", "plant_from_dict"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
@@ -669,15 +670,11 @@ class PlantFit(FirstOrderPlant):
 
     @classmethod
     def load(cls, path) -> "PlantFit":
-        """Read a fit written by :meth:`save`."""
-        p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"fit file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: not JSON ({exc.msg})") from None
-        return cls.from_dict(d)
+        """Read a fit written by :meth:`save` (``ValueError`` naming the file for anything else)."""
+        fit = read_plant_json(path)
+        if not isinstance(fit, PlantFit):
+            raise ValueError(f"{path}: a plant without a fit (no 'fit' entry); write one with `klcontrol fit --out`")
+        return fit
 
     def simulate_trace(self, i: int) -> np.ndarray:
         """Model KL for fitted trace ``i`` (recorded β, estimated initial KL)."""
@@ -688,6 +685,63 @@ class PlantFit(FirstOrderPlant):
     def __repr__(self):
         lo, hi = self.a_ci
         return f"PlantFit(a={self.a:.4g} [{lo:.4g}, {hi:.4g}], g={self.g!r})"
+
+
+def read_json(path):
+    """The JSON value in a file, with every way of failing named after the file.
+
+    Raises
+    ------
+    ValueError
+        Missing file, not UTF-8, not JSON, or nested too deeply.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"fit file not found: {p}")
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{p}: not a JSON text file (binary or not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{p}: JSON nested too deeply") from None
+
+
+def plant_from_dict(d, path="fit"):
+    """:class:`PlantFit` (with a ``"fit"`` entry) or :class:`FirstOrderPlant` from a decoded JSON value.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path``, for anything that is not a valid description (wrong
+        types, missing entries, non-finite values).
+    """
+    try:
+        return PlantFit.from_dict(d) if isinstance(d, dict) and "fit" in d else FirstOrderPlant.from_dict(d)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
+        what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: not a valid plant fit or plant description ({what})") from None
+
+
+def read_plant_json(path):
+    """A plant fit (:meth:`PlantFit.save`) or a plain plant (:meth:`FirstOrderPlant.to_dict`) from a JSON file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    PlantFit or FirstOrderPlant
+        ``PlantFit`` when the file has a ``"fit"`` entry.
+
+    Raises
+    ------
+    ValueError
+        Naming the file (see :func:`read_json` and :func:`plant_from_dict`).
+    """
+    return plant_from_dict(read_json(path), path)
 
 
 # -- the fit -------------------------------------------------------------------------------------------------

@@ -21,6 +21,15 @@ def _plant(preset, a, gprime):
     return float(a), float(gprime)
 
 
+def _extent(st) -> str:
+    """Legend note for a region that fills the whole box or none of it (no edge to draw)."""
+    if st.min() > 0.5:
+        return " (whole box)"
+    if st.max() < 0.5:
+        return " (nowhere in box)"
+    return " (continues above the box)" if st[-1].min() > 0.5 else ""
+
+
 def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="incremental", n=400, paper=True,
                 gains=PAPER_GAINS, legend=True):
     """Draw the exact stable region(s) and the paper's claimed ones on one axes.
@@ -33,7 +42,7 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
     box : tuple
         ``(kp_lo, kp_hi, ki_lo, ki_hi)``.
     windows : sequence of int
-        Moving-average windows; the first is filled, the others outlined.
+        Moving-average windows; each stable region is shaded in its own colour and outlined.
     delay : {0, 1}
         Loop delay.
     controller : str
@@ -57,19 +66,26 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
     for i, T in enumerate(windows):
         st = is_stable(KP, KI, a, gprime, T, delay, controller).astype(float)
         col = _COLORS[i % len(_COLORS)]
-        if i == 0:
-            ax.contourf(KP, KI, st, levels=[0.5, 1.5], colors=[col], alpha=0.3)
-            handles.append(Patch(color=col, alpha=0.3, label=f"exact, T={T}"))
+        # Every window's stable side is shaded (translucent, so nested regions stay visible) and outlined.
+        if st.max() > 0.5:
+            ax.contourf(KP, KI, st, levels=[0.5, 1.5], colors=[col], alpha=0.22)
         if st.min() < 0.5 < st.max():
             ax.contour(KP, KI, st, levels=[0.5], colors=[col], linewidths=1.5)
-        if i:
-            handles.append(Line2D([], [], color=col, lw=1.5, label=f"exact, T={T}"))
+        handles.append(Patch(facecolor=col, edgecolor=col, alpha=0.45,
+                             label=f"exact, T={T}: stable{_extent(st)}"))
     if paper:
-        for thm, ls, label in ((theorem_main, "--", "paper Eq. 19 (main)"), (theorem_appendix, ":", "paper Eq. 29 (appendix)")):
+        regions = []
+        # Eq. 19 and Eq. 29 differ by a term of order a·Kp·g′²: in most boxes their edges coincide, so Eq. 19
+        # is drawn wide and pale and Eq. 29 thin on top, both visible where they overlap.
+        for thm, ls, col, lw, label in ((theorem_main, "--", "0.35", 3.0, "paper Eq. 19 (main)"),
+                                        (theorem_appendix, ":", "k", 1.6, "paper Eq. 29 (appendix)")):
             m = thm(KP, KI, a, gprime).astype(float)
             if m.min() < 0.5 < m.max():
-                ax.contour(KP, KI, m, levels=[0.5], colors=["k"], linestyles=[ls], linewidths=1.5)
-            handles.append(Line2D([], [], color="k", ls=ls, label=label))
+                ax.contour(KP, KI, m, levels=[0.5], colors=[col], linestyles=[ls], linewidths=lw)
+            regions.append(m)
+            same = len(regions) == 2 and np.mean(regions[0] != regions[1]) < 1e-3
+            handles.append(Line2D([], [], color=col, ls=ls, lw=lw,
+                                  label=f"{label}: claimed{_extent(m)}" + (", = Eq. 19 here" if same else "")))
     if gains is not None:
         ax.plot(*gains, marker="*", color="crimson", ms=12, ls="none")
         handles.append(Line2D([], [], marker="*", color="crimson", ms=10, ls="none",
@@ -80,7 +96,7 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
     ax.set_ylabel("Ki")
     ax.set_title(f"delay {delay}")
     if legend:
-        ax.legend(handles=handles, fontsize=7, loc="upper right")
+        ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.9)
 
 
 def region_figure(preset=None, a=None, gprime=None, box="near", windows=(1, 2, 5), delays=(0, 1),

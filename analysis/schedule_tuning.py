@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .tuning import PAPER_GAINS, _check_plant, _gprime_grid, gain_figures
+from .tuning import PAPER_GAINS, _check_bound, _check_plant, _gprime_grid, gain_figures
 
 __all__ = ["ScheduleFigures", "ScheduleTuneResult", "schedule_figures", "tune_schedule"]
 
@@ -199,6 +199,9 @@ def tune_schedule(plant, setpoint, steps: int, *, gprime=None, beta0: float = 15
         raise ValueError(f"steps must be an integer ≥ 2, got {steps!r}")
     if not math.isfinite(noise_std) or noise_std < 0:
         raise ValueError(f"noise_std must be a finite number ≥ 0, got {noise_std!r}")
+    max_overshoot = _check_bound("max_overshoot", max_overshoot)
+    if max_jitter is not None:
+        max_jitter = _check_bound("max_jitter", max_jitter)
     scale = 1.0 / (a * abs(hi))
     KP, KI = np.meshgrid(np.geomspace(1e-3, 4.0 * scale, grid), np.geomspace(1e-5, 0.5 * scale, grid), indexing="ij")
     KP, KI = KP.ravel(), KI.ravel()

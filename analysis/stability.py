@@ -1,6 +1,6 @@
 """Stability of the linearised KL loop: exact conditions, fast verdicts, robust margins.
 
-The closed loop (DESIGN.md) is built by running the controller's own law from
+The closed loop (docs/design.md) is built by running the controller's own law from
 :mod:`klcontrol.laws` on sympy symbols, linearised at the equilibrium
 ``β* = g⁻¹(C), y* = C``; stability follows from the characteristic polynomial
 by the bilinear map and Routh–Hurwitz.  This module gathers the public API:
@@ -9,10 +9,15 @@ Symbolic (imports sympy on first use)
     :func:`jacobian`, :func:`characteristic_polynomial`, :func:`conditions`.
 Numeric (generated code, no sympy; broadcast over NumPy arrays)
     :func:`is_stable`, :func:`spectral_radius`, :func:`eigenvalues`.
+Any identified LTI plant (``plant=``: python-control system, ``(A, B, C, D)``,
+or a plant object with ``linearize(setpoint)``; :mod:`analysis.stability_lti`)
+    the same three functions with ``plant=P`` instead of ``a, gprime``
+    (closed-loop eigenvalues, batched over the gains);
+    :func:`robust_stability_lti` over a set of plants and operating points.
 Robust verdict over an interval of g′
     :func:`robust_stability` → :class:`RobustStability`.
 python-control
-    :func:`to_statespace`, :func:`to_transfer_function`.
+    :func:`to_statespace`, :func:`to_transfer_function`, :func:`open_loop`.
 The DynamicVAE paper side by side
     :mod:`analysis.stability_paper` (``compare``, ``theorem_main``, ``theorem_appendix``,
     ``corrected_theorem``).
@@ -23,9 +28,11 @@ Supported: ``controller`` in ``"incremental"``, ``"incremental-official"``,
 """
 from __future__ import annotations
 
+from . import stability_lti as _lti
+from . import stability_numeric as _num
 from .stability_config import CONTROLLERS
-from .stability_control import to_statespace, to_transfer_function
-from .stability_numeric import eigenvalues, is_stable, spectral_radius
+from .stability_control import open_loop, to_statespace, to_transfer_function
+from .stability_lti import RobustLTI, controller_linearization, plant_matrices, robust_stability_lti
 from .stability_robust import Crossing, RobustStability, crossings, robust_stability, stable_gprime_intervals
 
 __all__ = [
@@ -43,7 +50,92 @@ __all__ = [
     "stable_gprime_intervals",
     "to_statespace",
     "to_transfer_function",
+    "open_loop",
+    "robust_stability_lti",
+    "RobustLTI",
+    "plant_matrices",
+    "controller_linearization",
 ]
+
+
+def _first_order(plant):
+    from klcontrol.plant import FirstOrderPlant
+
+    return isinstance(plant, FirstOrderPlant)
+
+
+def _route(name, kp, ki, a, gprime, window, delay, controller, plant, setpoint):
+    """Call the exact first-order path (``a, gprime``) or the LTI path (``plant=``)."""
+    if plant is None:
+        if a is None or gprime is None:
+            raise ValueError(f"{name}: give a and gprime (first-order plant) or plant= (any LTI plant)")
+        if setpoint is not None:
+            raise ValueError(f"{name}: setpoint applies to plant= objects only")
+        return getattr(_num, name)(kp, ki, a, gprime, window, delay, controller)
+    if a is not None or gprime is not None:
+        raise ValueError(f"{name}: give either a and gprime or plant=, not both")
+    if _first_order(plant):  # the exact path, linearised at the set point
+        if setpoint is None:
+            raise ValueError(f"{name}: {type(plant).__name__} is nonlinear: give setpoint= to linearise it")
+        return getattr(_num, name)(kp, ki, plant.a, plant.gprime_at(setpoint), window, delay, controller)
+    return getattr(_lti, name)(kp, ki, plant, window, delay, controller, setpoint)
+
+
+def is_stable(kp, ki, a=None, gprime=None, window=1, delay=0, controller="incremental", *, plant=None,
+              setpoint=None):
+    """Whether the linearised loop is asymptotically stable (all |λ| < 1).
+
+    Parameters
+    ----------
+    kp, ki : float or array
+        Gains (positive ``ki`` is negative feedback); broadcast together.
+    a, gprime : float or array, optional
+        First-order plant: rate (> 0) and ``g′(β*)``.  Exact Routh–Hurwitz test
+        from the generated code (:func:`analysis.stability_numeric.is_stable`).
+    window, delay, controller
+        Moving-average window ``T``, delay (0: β(t+1) from y(t); 1: from
+        y(t−1)), controller name.
+    plant : optional
+        Instead of ``a, gprime``: any LTI plant of the small-signal response
+        β − β* → KL − y* (python-control ``TransferFunction``/``StateSpace``
+        with ``dt`` 1 or ``True``, ``(A, B, C, D)``, or an object with
+        ``linearize(setpoint)``); closed-loop eigenvalues
+        (:mod:`analysis.stability_lti`).  A :class:`klcontrol.FirstOrderPlant`
+        takes the exact path at ``g′(g⁻¹(setpoint))``.
+    setpoint : float, optional
+        Operating point for plant objects.
+
+    Returns
+    -------
+    bool or ndarray of bool
+    """
+    return _route("is_stable", kp, ki, a, gprime, window, delay, controller, plant, setpoint)
+
+
+def spectral_radius(kp, ki, a=None, gprime=None, window=1, delay=0, controller="incremental", *, plant=None,
+                    setpoint=None):
+    """Largest eigenvalue modulus of the linearised loop (parameters of :func:`is_stable`).
+
+    Returns
+    -------
+    float or ndarray
+    """
+    return _route("spectral_radius", kp, ki, a, gprime, window, delay, controller, plant, setpoint)
+
+
+def eigenvalues(kp, ki, a=None, gprime=None, window=1, delay=0, controller="incremental", *, plant=None,
+                setpoint=None):
+    """Eigenvalues of the linearised loop (parameters of :func:`is_stable`).
+
+    The first-order path returns the nonzero roots of the characteristic
+    polynomial; the LTI path all eigenvalues of the closed-loop matrix
+    (zeros of copied states included).
+
+    Returns
+    -------
+    ndarray of complex, shape ``broadcast + (n,)``
+    """
+    return _route("eigenvalues", kp, ki, a, gprime, window, delay, controller, plant, setpoint)
 
 
 def jacobian(window=1, delay=0, controller="incremental", inputs=False):

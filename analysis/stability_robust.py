@@ -108,27 +108,14 @@ def _on_imaginary_axis(q):
     return re, im
 
 
-def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
-    """All g′ at which an eigenvalue of the loop lies on the unit circle.
+def _affine_crossings(q0, q1):
+    """Candidate ``(p, arg λ)`` where ``Q0(w) + p·Q1(w)`` (ascending coefficients) has a root on the imaginary axis.
 
-    Parameters
-    ----------
-    kp, ki, a : float
-        Gains and plant rate.
-    window, delay, controller
-        Loop configuration.
-
-    Returns
-    -------
-    tuple of Crossing
-        Sorted by g′; each verified (spectral radius 1 within 1e-7 there).
+    The root ``w = iω`` is ``λ = e^{iθ}`` with ``ω = tan(θ/2)``; a real ``p``
+    needs ``Re Q0(iω)·Im Q1(iω) − Im Q0(iω)·Re Q1(iω) = 0``.  A vanishing
+    leading coefficient (``w = ∞``) is ``λ = −1``.  Unverified, unsorted.
     """
-    window, delay, controller = check_config(window, delay, controller)
-    kp, ki, a = (float(v) for v in (kp, ki, a))
-    if not (math.isfinite(kp) and math.isfinite(ki) and math.isfinite(a) and a > 0):
-        raise ValueError("kp, ki must be finite and a finite and > 0")
     P = np.polynomial.polynomial
-    q0, q1 = _split(kp, ki, a, window, delay, controller)
     r0, i0 = _on_imaginary_axis(q0)
     r1, i1 = _on_imaginary_axis(q1)
     d = P.polysub(P.polymul(r0, i1), P.polymul(i0, r1))
@@ -158,6 +145,30 @@ def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
             found.append((g.real, 2 * math.atan(om)))
     if q1[-1] != 0:  # leading coefficient vanishes: root at λ = −1
         found.append((-q0[-1] / q1[-1], math.pi))
+    return found
+
+
+def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
+    """All g′ at which an eigenvalue of the loop lies on the unit circle.
+
+    Parameters
+    ----------
+    kp, ki, a : float
+        Gains and plant rate.
+    window, delay, controller
+        Loop configuration.
+
+    Returns
+    -------
+    tuple of Crossing
+        Sorted by g′; each verified (spectral radius 1 within 1e-7 there).
+    """
+    window, delay, controller = check_config(window, delay, controller)
+    kp, ki, a = (float(v) for v in (kp, ki, a))
+    if not (math.isfinite(kp) and math.isfinite(ki) and math.isfinite(a) and a > 0):
+        raise ValueError("kp, ki must be finite and a finite and > 0")
+    q0, q1 = _split(kp, ki, a, window, delay, controller)
+    found = _affine_crossings(q0, q1)
     out = []
     for g, ang in sorted(found):
         if not math.isfinite(g):

@@ -35,7 +35,7 @@ from sympy.polys.matrices import DomainMatrix
 
 from klcontrol.backend import SYMPY
 from klcontrol.loop import LoopState, loop_step
-from klcontrol.plant import FirstOrderPlant, LinearGain
+from klcontrol.plant import FirstOrderPlant, LinearGain, Plant
 from klcontrol.registry import linear_controller
 
 from .stability_config import CONTROLLERS, check_config
@@ -45,6 +45,7 @@ __all__ = [
     "SYMBOLS",
     "LoopMap",
     "loop_map",
+    "controller_map",
     "jacobian",
     "characteristic_polynomial",
     "shifted_coefficients",
@@ -89,8 +90,55 @@ class LoopMap:
     noise: sp.Symbol
 
 
-def _symbols_like(prefix_names):
-    return tuple(sp.Symbol(n, real=True) for n in prefix_names)
+def _symbols_like(names):
+    return tuple(sp.Symbol(n, real=True) for n in names)
+
+
+class _MeasuredKL(Plant):
+    """A stand-in plant whose output is the symbol ``y``: isolates the controller's part of the loop step."""
+
+    kind = "_measured_kl"
+
+    def __init__(self, y):
+        self.y = y
+
+    def initial_state(self, y0, shape=()):
+        return ()
+
+    def step(self, state, beta, ops=SYMPY):
+        return self.y, ()
+
+
+def _build(window, delay, controller, plant_for):
+    """Run :func:`klcontrol.loop.loop_step` on symbols; ``plant_for(ystar, bstar)`` gives the plant and its state."""
+    ystar, bstar, c, noise = sp.symbols("y_star beta_star C n", real=True)
+    # Clamps a positive margin below β* keep the equilibrium interior, so every
+    # clamp and anti-windup branch resolves there (the positional law's offset
+    # is β_min, hence a finite one).
+    margin = sp.Symbol("margin", positive=True)
+    ctrl = linear_controller(controller, window)
+    params = {k: sp.Symbol(f"_{k}", real=True) for k in ctrl.params}
+    params.update({"kp": kp, "ki": ki, "beta_min": bstar - margin, "beta_max": sp.oo, "beta0": bstar})
+    plant, x_plant = plant_for(ystar, bstar)
+
+    eq_ctrl = ctrl.equilibrium_state(bstar, ystar, params, SYMPY)
+    law_keys = [k for k in eq_ctrl if k != "filter"]
+    x_ctrl = {k: sp.Symbol(k, real=True) for k in law_keys}
+    x_ctrl["filter"] = _symbols_like([f"h_{i}" for i in range(1, window)])
+    x_delay = _symbols_like(["y_delayed"]) if delay else ()
+    x = LoopState(x_plant, x_ctrl, x_delay)
+
+    y, _, x_next = loop_step(plant, ctrl, x, c, params, noise, SYMPY)
+
+    def flat(st: LoopState):
+        return tuple(st.plant) + tuple(st.controller[k] for k in law_keys) + tuple(st.controller["filter"]) + tuple(
+            st.delayed
+        )
+
+    eq = {c: ystar, noise: 0}
+    eq.update({s_: ystar for s_ in tuple(x_plant) + x_ctrl["filter"] + x_delay})
+    eq.update({x_ctrl[k]: sp.sympify(eq_ctrl[k]) for k in law_keys})
+    return flat(x), flat(x_next), y, eq, c, noise, ystar
 
 
 @lru_cache(maxsize=None)
@@ -119,35 +167,11 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
     LoopMap
     """
     window, delay, controller = check_config(window, delay, controller)
-    ystar, bstar, c, noise = sp.symbols("y_star beta_star C n", real=True)
-    # Clamps a positive margin below β* keep the equilibrium interior, so every
-    # clamp and anti-windup branch resolves there (the positional law's offset
-    # is β_min, hence a finite one).
-    margin = sp.Symbol("margin", positive=True)
-    ctrl = linear_controller(controller, window)
-    params = {k: sp.Symbol(f"_{k}", real=True) for k in ctrl.params}
-    params.update({"kp": kp, "ki": ki, "beta_min": bstar - margin, "beta_max": sp.oo, "beta0": bstar})
-    plant = FirstOrderPlant(a, LinearGain(ystar, gp, bstar))
 
-    eq_ctrl = ctrl.equilibrium_state(bstar, ystar, params, SYMPY)
-    law_keys = [k for k in eq_ctrl if k != "filter"]
-    x_plant = _symbols_like(["y_prev"])
-    x_ctrl = {k: sp.Symbol(k, real=True) for k in law_keys}
-    x_ctrl["filter"] = _symbols_like([f"h_{i}" for i in range(1, window)])
-    x_delay = _symbols_like(["y_delayed"]) if delay else ()
-    x = LoopState(x_plant, x_ctrl, x_delay)
+    def first_order(ystar, bstar):
+        return FirstOrderPlant(a, LinearGain(ystar, gp, bstar)), _symbols_like(["y_prev"])
 
-    y, _, x_next = loop_step(plant, ctrl, x, c, params, noise, SYMPY)
-
-    def flat(st: LoopState):
-        return tuple(st.plant) + tuple(st.controller[k] for k in law_keys) + tuple(st.controller["filter"]) + tuple(
-            st.delayed
-        )
-
-    state, nxt = flat(x), flat(x_next)
-    eq = {c: ystar, noise: 0}
-    eq.update({s_: ystar for s_ in x_plant + x_ctrl["filter"] + x_delay})
-    eq.update({x_ctrl[k]: sp.sympify(eq_ctrl[k]) for k in law_keys})
+    state, nxt, y, eq, c, noise, _ = _build(window, delay, controller, first_order)
     return LoopMap(state, nxt, y, eq, c, noise)
 
 
@@ -193,6 +217,34 @@ def _truth(cond, eq):
         return None if zero is None else not zero
     v = sp.simplify(cond.xreplace(eq))
     return (v is sp.true) if v in (sp.true, sp.false) else None
+
+
+@lru_cache(maxsize=None)
+def controller_map(window: int = 1, delay: int = 0, controller: str = "incremental"):
+    """The controller's part of the loop update alone, on symbols: measured KL ``y`` in, β out.
+
+    The same :func:`klcontrol.loop.loop_step` as :func:`loop_map`, with a
+    stand-in plant whose output is the input symbol ``y`` (delay, filter and law
+    are the controller's own).  Used to interconnect the controller with any
+    LTI plant (:mod:`analysis.stability_lti`).
+
+    Returns
+    -------
+    (LoopMap, y)
+        ``LoopMap.output`` is β(t) (the state ``beta``), and ``y`` the input symbol
+        (the KL after update ``t``); the equilibrium substitution includes ``y = y*``.
+    """
+    window, delay, controller = check_config(window, delay, controller)
+    yin = sp.Symbol("y", real=True)
+
+    def measured(ystar, bstar):
+        return _MeasuredKL(yin), ()
+
+    state, nxt, _, eq, c, noise, ystar = _build(window, delay, controller, measured)
+    eq = dict(eq)
+    eq[yin] = ystar
+    beta = next(s_ for s_ in state if s_.name == "beta")
+    return LoopMap(state, nxt, beta, eq, c, noise), yin
 
 
 def _interior(expr, eq):

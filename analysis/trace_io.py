@@ -1,6 +1,6 @@
 """Read training logs (CSV, JSONL, TensorBoard) into :class:`klcontrol.Trace` objects.
 
-Time convention (DESIGN.md): row ``t`` holds ``β(t)``, the weight used in
+Time convention (docs/design.md): row ``t`` holds ``β(t)``, the weight used in
 update ``t``, and ``y(t)``, the KL *after* update ``t``.  A log whose KL comes
 from the forward pass of the same step holds ``y(t−1)`` in row ``t``; read it
 with ``kl_lag=1`` and the rows are realigned (``kl`` shifted one row up, the
@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,12 +69,19 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
     if not p.exists():
         raise ValueError(f"trace file not found: {p}")
     fmt, p = _detect(p, format)
-    if fmt == "csv":
-        cols, labels = _read_csv(p, (step, beta, kl), setpoint)
-    elif fmt == "jsonl":
-        cols, labels = _read_jsonl(p, (step, beta, kl), setpoint)
-    else:
-        cols, labels = _read_tensorboard(p, (step, beta, kl), setpoint)
+    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "tensorboard": _read_tensorboard}[fmt]
+    try:
+        cols, labels = reader(p, (step, beta, kl), setpoint)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not a text {fmt.upper()} file (byte {exc.start}: {exc.reason}; binary or not "
+                         "UTF-8)") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        # gzip: truncated (EOFError), CRC or magic errors (BadGzipFile is an OSError), damaged stream (zlib.error)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ValueError(f"{p}: cannot read it as {fmt.upper()}{' (gzip)' if p.name.lower().endswith('.gz') else ''}: "
+                         f"{why}") from None
+    except csv.Error as exc:
+        raise ValueError(f"{p}: not a CSV file ({exc})") from None
     tr = _build(p, cols, labels, (step, beta, kl, setpoint), drop_nan)
     tr.meta.update(format=fmt)
     return align_kl(tr, kl_lag)
@@ -142,8 +150,8 @@ def _open_text(p: Path):
     if p.name.lower().endswith(".gz"):
         import gzip
 
-        return gzip.open(p, "rt", newline="")
-    return open(p, newline="")
+        return gzip.open(p, "rt", newline="", encoding="utf-8-sig")
+    return open(p, newline="", encoding="utf-8-sig")
 
 
 # -- readers: each returns {column: list of floats} and a label per row for messages -----------------------
@@ -186,6 +194,8 @@ def _read_jsonl(p: Path, required, setpoint):
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{p}: {where} is not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{p}: {where} is JSON nested too deeply") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{p}: {where} is not a JSON object")
             seen_keys.update(obj)
@@ -258,10 +268,14 @@ def _number(p, where, col, v):
         v = v.strip()
         if v == "" or v.lower() in ("nan", "none", "null", "na"):
             return math.nan
+    if isinstance(v, bool):
+        raise ValueError(f"{p}: {where}, column {col!r}: {v!r} is not a number")
     try:
         return float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{p}: {where}, column {col!r}: {v!r} is not a number") from None
+        raise ValueError(f"{p}: {where}, column {col!r}: {str(v)[:40]!r} is not a number") from None
+    except OverflowError:
+        raise ValueError(f"{p}: {where}, column {col!r}: {str(v)[:20]}… is too large for a float") from None
 
 
 def _quote(items):

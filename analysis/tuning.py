@@ -1,13 +1,10 @@
 """Gain design: Kp, Ki from a (fitted) plant that are robustly stable, fast and quiet.
 
-The linearised loop around the equilibrium ``m = C`` (the sigmoid's slope is
-1/4 there; incremental and positional PI share it) is, in z-transforms::
-
-    plant        P(z) = b·z / (z − r),          r = 1/(1+a),  b = a·g′/(1+a)
-    controller   K(z) = ((Kp/4 + Ki)·z − Kp/4) / (z·(z − 1))
-    filter       F(z) = (1 + z⁻¹ + … + z^{1−T}) / T,   delay D(z) = z^{−d}
-
-with the measurement ``m = D·F·(y + n)`` and ``β = K·m``.  The noise gain is
+The linearised loop around the equilibrium ``m = C`` is the one the stability
+analysis builds by running the controller's laws on symbols
+(:func:`analysis.stability_control.linear_matrices`); the tests check it
+against the hand derivation (plant ``b·z/(z − r)``, controller
+``((Kp/4 + Ki)·z − Kp/4)/(z·(z − 1))``, moving average and delay).  The noise gain is
 the H2 norm of ``n → β`` (the standard deviation of β per unit of white KL
 measurement noise, in steady state); stability and the worst-case decay rate
 come from :mod:`analysis.stability` (exact, over the whole g′ interval).
@@ -27,6 +24,17 @@ __all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain",
 PAPER_GAINS = DYNAMICVAE_GAINS
 
 
+def _check_bound(name, v):
+    """A design bound: a number ≥ 0 (``inf`` = no bound); NaN would silently accept every candidate."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number ≥ 0, got {v!r}") from None
+    if not f >= 0:  # also NaN
+        raise ValueError(f"{name} must be a number ≥ 0 (inf: no bound), got {v!r}")
+    return f
+
+
 def _check_plant(a, gprime):
     a = float(a)
     if not (math.isfinite(a) and a > 0):
@@ -42,24 +50,32 @@ def _check_plant(a, gprime):
     return a, lo, hi
 
 
-def _loop_polynomials(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> dict:
-    """Numerator/denominator coefficients in powers of ``q = z⁻¹`` (``scipy.signal.lfilter`` order)."""
-    window, delay = int(window), int(delay)
-    if window < 1 or delay not in (0, 1):
-        raise ValueError(f"need window ≥ 1 and delay in (0, 1), got {window}, {delay}")
-    r = 1.0 / (1.0 + a)
-    b = a * gprime / (1.0 + a)
-    n_p, d_p = np.array([b]), np.array([1.0, -r])
-    n_k, d_k = np.array([0.0, kp / 4 + ki, -kp / 4]), np.array([1.0, -1.0])
-    n_g = np.convolve(np.convolve(n_k, np.r_[np.zeros(delay), 1.0]), np.full(window, 1.0 / window))
-    char = np.polysub(np.convolve(d_k, d_p)[::-1], np.convolve(n_g, n_p)[::-1])[::-1]
-    return {
-        "noise_to_beta": (np.convolve(n_g, d_p), char),
-        "setpoint_to_kl": (-np.convolve(n_p, n_k), char),
-    }
+def _loop_polynomials(kp, ki, a, gprime, window: int = 1, delay: int = 0, controller: str = "incremental") -> dict:
+    """Numerator/denominator coefficients in powers of ``q = z⁻¹`` (``scipy.signal.lfilter`` order).
+
+    From the loop built by running the laws on symbols
+    (:func:`analysis.stability_control.linear_matrices`), never from a hand
+    derivation: ``noise_to_beta`` is KL measurement noise → β, ``setpoint_to_kl``
+    is C → y.
+    """
+    from scipy.signal import ss2tf
+
+    from .stability_control import linear_matrices, state_names
+
+    A, B, C, _ = linear_matrices(kp, ki, a, gprime, window, delay, controller)
+    names = state_names(window, delay, controller)
+    c_beta = np.zeros((1, A.shape[0]))
+    c_beta[0, names.index("beta")] = 1.0
+    out = {}
+    for name, (col, row) in {"noise_to_beta": (1, c_beta), "setpoint_to_kl": (0, C)}.items():
+        num, den = ss2tf(A, B[:, [col]], row, np.zeros((1, 1)))
+        num, den = np.trim_zeros(np.atleast_1d(num[0]), "b"), np.trim_zeros(np.atleast_1d(den), "b")
+        out[name] = (num if len(num) else np.zeros(1), den)
+    return out
 
 
-def loop_transfer_functions(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> dict:
+def loop_transfer_functions(kp, ki, a, gprime, window: int = 1, delay: int = 0,
+                            controller: str = "incremental") -> dict:
     """python-control transfer functions (dt = 1) of the linearised loop.
 
     Parameters
@@ -72,6 +88,8 @@ def loop_transfer_functions(kp, ki, a, gprime, window: int = 1, delay: int = 0) 
         Moving-average window T.
     delay : {0, 1}
         Measurement delay d.
+    controller : str
+        Linearisable controller kind (:data:`klcontrol.registry.LINEAR_KINDS`).
 
     Returns
     -------
@@ -81,7 +99,7 @@ def loop_transfer_functions(kp, ki, a, gprime, window: int = 1, delay: int = 0) 
     import control
 
     out = {}
-    for name, (num, den) in _loop_polynomials(kp, ki, a, gprime, window, delay).items():
+    for name, (num, den) in _loop_polynomials(kp, ki, a, gprime, window, delay, controller).items():
         n = max(len(num), len(den))
         out[name] = control.tf(np.r_[num, np.zeros(n - len(num))], np.r_[den, np.zeros(n - len(den))], 1)
     return out
@@ -94,7 +112,7 @@ def _horizon(num, den, cap=2_000_000):
     return int(min(cap, max(200, math.log(1e-12) / math.log(max(rho, 1e-300)))))
 
 
-def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> float:
+def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0, controller: str = "incremental") -> float:
     """H2 norm of KL-measurement-noise → β for the linearised loop (``inf`` if unstable).
 
     Returns
@@ -104,7 +122,7 @@ def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> float:
     """
     from scipy.signal import lfilter
 
-    num, den = _loop_polynomials(kp, ki, a, gprime, window, delay)["noise_to_beta"]
+    num, den = _loop_polynomials(kp, ki, a, gprime, window, delay, controller)["noise_to_beta"]
     n = _horizon(num, den)
     if n is None:
         return math.inf
@@ -113,10 +131,10 @@ def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0) -> float:
     return float(np.sqrt(np.sum(lfilter(num, den, imp) ** 2)))
 
 
-def _linear_overshoot(kp, ki, a, gprime, window, delay, horizon=None):
+def _linear_overshoot(kp, ki, a, gprime, window, delay, controller="incremental", horizon=None):
     from scipy.signal import lfilter
 
-    num, den = _loop_polynomials(kp, ki, a, gprime, window, delay)["setpoint_to_kl"]
+    num, den = _loop_polynomials(kp, ki, a, gprime, window, delay, controller)["setpoint_to_kl"]
     n = _horizon(num, den)
     if n is None:
         return math.inf
@@ -204,8 +222,8 @@ def gain_figures(kp, ki, a, gprime, window: int = 1, delay: int = 0, controller:
     rho = max(rho, float(rv.worst_spectral_radius))
     settle = _settling(rho)
     if rv.stable:
-        ng = max(noise_gain(kp, ki, a, g, window, delay) for g in gs)
-        ov = max(_linear_overshoot(kp, ki, a, g, window, delay) for g in gs[[0, -1]])
+        ng = max(noise_gain(kp, ki, a, g, window, delay, controller) for g in gs)
+        ov = max(_linear_overshoot(kp, ki, a, g, window, delay, controller) for g in gs[[0, -1]])
     else:
         ng, ov = math.inf, math.inf
     return GainFigures(float(kp), float(ki), bool(rv.stable), rho, settle, ov, ng, float(rv.gain_margin))
@@ -328,6 +346,9 @@ def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, co
     a, lo, hi = _check_plant(a, gprime)
     if settling is not None and not settling > 0:
         raise ValueError(f"settling must be > 0 steps, got {settling!r}")
+    max_overshoot = _check_bound("max_overshoot", max_overshoot)
+    if max_noise_gain is not None:
+        max_noise_gain = _check_bound("max_noise_gain", max_noise_gain)
     compare = {"paper": PAPER_GAINS} if compare is None else dict(compare)
     refs = {name: gain_figures(kp, ki, a, (lo, hi), window, delay, controller, n_gprime)
             for name, (kp, ki) in compare.items()}
@@ -363,9 +384,9 @@ def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, co
         why = f"overshoot bound {max_overshoot} not met by gains that settle within {settling:.0f} steps"
         for idx in ok:
             kp, ki = float(KP.flat[idx]), float(KI.flat[idx])
-            if max(_linear_overshoot(kp, ki, a, g, window, delay) for g in ends) > max_overshoot:
+            if max(_linear_overshoot(kp, ki, a, g, window, delay, controller) for g in ends) > max_overshoot:
                 continue
-            ng = max(noise_gain(kp, ki, a, g, window, delay) for g in ends)
+            ng = max(noise_gain(kp, ki, a, g, window, delay, controller) for g in ends)
             if ng <= max_noise_gain and (best is None or ng < best[2]):
                 best = (kp, ki, ng)
     else:
@@ -374,10 +395,10 @@ def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, co
             if not rho.flat[idx] < 1:
                 break
             kp, ki = float(KP.flat[idx]), float(KI.flat[idx])
-            if max(_linear_overshoot(kp, ki, a, g, window, delay) for g in ends) > max_overshoot:
+            if max(_linear_overshoot(kp, ki, a, g, window, delay, controller) for g in ends) > max_overshoot:
                 why = f"overshoot bound {max_overshoot} not met by the fastest candidates"
                 continue
-            if max(noise_gain(kp, ki, a, g, window, delay) for g in ends) > max_noise_gain:
+            if max(noise_gain(kp, ki, a, g, window, delay, controller) for g in ends) > max_noise_gain:
                 why = f"noise-gain bound {max_noise_gain:.4g} not met by the fastest candidates"
                 continue
             best = (kp, ki)

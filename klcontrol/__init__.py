@@ -2,7 +2,7 @@
 
 The loop: a set point C(t), a measurement filter, a β controller and a plant
 (a real VAE in :mod:`vae_plant` or the first-order model here).  See
-``DESIGN.md`` for the indexing conventions.
+``docs/design.md`` for the indexing conventions.
 """
 from .controllers import (
     CapacityRamp,

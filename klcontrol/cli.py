@@ -12,13 +12,17 @@ Heavy imports (torch, sympy) happen inside the command functions so
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
+import pickle
 import sys
+import warnings
+import zlib
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP"]
+__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS"]
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
 ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "train", "evaluate", "compare")
@@ -79,16 +83,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors of reading or writing a damaged, foreign or unreachable file: reported in one line, never a traceback.
+FILE_ERRORS = (OSError, EOFError, UnicodeError, zlib.error, csv.Error, pickle.UnpicklingError, RecursionError,
+               MemoryError)
+
+
+def _describe(exc) -> str:
+    """One line for an error; for OS errors the file (``filename``) and the reason (``strerror``)."""
+    if isinstance(exc, OSError) and (exc.strerror or exc.filename):
+        reason = " ".join((exc.strerror or str(exc)).split())
+        names = [str(f) for f in (exc.filename, exc.filename2) if f is not None and str(f) not in reason]
+        return f"{': '.join(names)}: {reason}" if names else reason
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to read"
+    if isinstance(exc, MemoryError):
+        return "out of memory reading the input"
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line, even for multi-line library messages
+    return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
+
+
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit status."""
+    """Run the CLI; returns the exit status.
+
+    Errors are one line on stderr, never a traceback: ``ValueError`` (bad
+    input, named by the readers) and file errors (:data:`FILE_ERRORS`: the
+    file is named when the OS gives it) exit 1, Ctrl-C exits 130.  Warnings
+    are printed as ``klcontrol CMD: warning: …``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"klcontrol {args.command}"
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
     try:
-        rc = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"klcontrol {args.command}: error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            rc = args.func(args)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError,) + FILE_ERRORS as exc:
+        print(f"{prefix}: error: {_describe(exc)}", file=sys.stderr)
         return 1
     return int(rc or 0)

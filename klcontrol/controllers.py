@@ -9,9 +9,16 @@ Protocol, modelled on ``torch.optim.lr_scheduler``::
 ``step`` accepts a Python float, a NumPy array (one measurement per loop) or a
 torch tensor.  Floats and arrays are checked: a NaN or infinite KL raises
 ``ValueError`` and leaves the state unchanged.  Tensors are never inspected on
-the host: a non-finite KL masks the update (state unchanged, via
-``torch.where``) and raises a device-side flag that :meth:`Controller.check`
+the host: a non-finite KL masks the update of its own loop (that loop's state
+unchanged, via ``torch.where``; the other loops of a batch of gain sets are
+updated) and raises a device-side flag per loop that :meth:`Controller.check`
 turns into the same ``ValueError`` when the caller chooses to synchronise.
+A masked step does not count in :attr:`Controller.steps_taken`; the set-point
+clock (the ``t`` of ``C(t)``, ``state_dict()["t"]``) counts every accepted
+``step`` call, masked or not, because the schedule follows training time.
+A set point that evaluates to NaN or infinity is refused the same way: a
+float/array ``C(t)`` raises in ``step`` (state unchanged), a tensor ``C(t)``
+masks the loops where it is not finite and is reported by ``check()``.
 """
 from __future__ import annotations
 
@@ -83,6 +90,33 @@ def _param(name, value, allow_inf=False):
     return arr
 
 
+def _count(name, v) -> int:
+    """A non-negative whole number (int, NumPy int or 0-d integer tensor), else ``ValueError``."""
+    if is_torch(v) and v.ndim == 0 and not (v.is_floating_point() or v.is_complex()) and str(v.dtype) != "torch.bool":
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"state dict {name} must be a non-negative integer, got {v!r}")
+    return int(v)
+
+
+def _state_value(name, v):
+    """A state entry as a finite float array, or a finite floating tensor (cloned), else ``ValueError``."""
+    if is_torch(v):
+        if not v.is_floating_point():
+            raise ValueError(f"state dict entry {name} must be a floating tensor, got dtype {v.dtype}")
+        out = v.detach().clone()
+        finite = bool(out.isfinite().all())
+    else:
+        try:
+            out = np.array(v, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"state dict entry {name} must be a number or a list of numbers, got {v!r}") from None
+        finite = bool(np.all(np.isfinite(out)))
+    if not finite:
+        raise ValueError(f"state dict entry {name} must be finite, got {v!r}")
+    return out
+
+
 class Controller:
     """Base class of β controllers.
 
@@ -101,6 +135,8 @@ class Controller:
     """
 
     kind = "controller"
+    #: Parameters that may be ±inf (clamps); every other parameter must be finite.
+    _inf_ok = ("beta_min", "beta_max")
 
     def __init__(self, setpoint=None, filter=None, y0: float = 0.0, **params):
         self.setpoint: SetPoint | None = None if setpoint is None else as_setpoint(setpoint)
@@ -118,6 +154,7 @@ class Controller:
             raise ValueError(f"beta_min must be ≤ beta_max, got {params['beta_min']} > {params['beta_max']}")
         self._t = 0
         self._bad = None
+        self._skipped = None
         self._state = self._initial_state(y0)
 
     # -- subclass hooks -----------------------------------------------------------
@@ -191,19 +228,47 @@ class Controller:
         )
 
     def _initial_state(self, y0):
+        # Unchecked: a set point that is NaN at 0 is refused by the first step (construction never raises for it).
         c0 = self.setpoint(0) if self.setpoint is not None else math.nan
         y = self._broadcast(y0)
         st = {k: self._broadcast(v) for k, v in self._initial(y, c0).items()}
         st["filter"] = tuple(self._broadcast(v) for v in self.filter.initial_state(y))
         return st
 
+    def _setpoint_at(self, t):
+        """``C(t)``, refusing a float/array value that is NaN or infinite (tensors are masked in the step)."""
+        if self.setpoint is None:
+            return math.nan
+        c = self.setpoint(t)
+        if not is_torch(c):
+            try:
+                arr = np.asarray(c, dtype=float)
+            except (TypeError, ValueError):
+                raise ValueError(f"set point C({t}) must be a number or array, got {c!r}") from None
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"set point C({t}) is NaN or infinite ({c!r}); controller state unchanged")
+        return c
+
     def _setpoint_now(self):
-        return self.setpoint(self._t) if self.setpoint is not None else math.nan
+        return self._setpoint_at(self._t)
 
     @property
-    def steps_taken(self) -> int:
-        """Number of measurements consumed so far."""
-        return self._t
+    def steps_taken(self):
+        """Number of measurements accepted so far.
+
+        A float/array KL that is NaN or infinite raises and is not counted; a
+        tensor KL that is masked (non-finite) is not counted either.  After
+        torch steps reading this synchronises with the device; it is an int
+        when every loop accepted the same number of measurements, otherwise an
+        int array with one count per loop.
+        """
+        if self._skipped is None:
+            return self._t
+        sk = self._skipped.cpu().numpy() if is_torch(self._skipped) else self._skipped
+        n = self._t - np.asarray(sk, dtype=np.int64)
+        if n.ndim == 0 or np.all(n == n.flat[0]):
+            return int(n.flat[0])
+        return n
 
     @property
     def beta(self):
@@ -220,20 +285,22 @@ class Controller:
 
     @property
     def bad_measurement(self):
-        """Device flag (torch) set when a non-finite KL was masked; ``None`` before any tensor step."""
+        """Device flags (torch, one per loop) set where a non-finite KL was masked; ``None`` before any tensor step."""
         return self._bad
 
     def check(self):
-        """Synchronise and raise ``ValueError`` if a non-finite tensor KL was masked.
+        """Synchronise and raise ``ValueError`` if a non-finite tensor KL (or set point) was masked.
 
         Call this when flushing a trace, not every step: it waits for the device.
-        The flag is cleared afterwards.
+        The flags are cleared afterwards.
         """
-        if self._bad is not None and bool(self._bad):
+        if self._bad is not None and bool(self._bad.any()):
+            loops = self._bad.reshape(-1).nonzero().reshape(-1).tolist() if self._bad.ndim else []
             self._bad.zero_()
+            where = f" in loop(s) {loops[:10]}" if loops and self._bad.numel() > 1 else ""
             raise ValueError(
-                "a KL measurement was NaN or infinite; the controller skipped that update "
-                "(its state is the last good one)"
+                f"a KL measurement (or set point) was NaN or infinite{where}; the controller skipped that "
+                "update there (its state is the last good one)"
             )
 
     def prime(self, y0: float):
@@ -256,6 +323,7 @@ class Controller:
         """Return to the state before the first step."""
         self._t = 0
         self._bad = None
+        self._skipped = None
         self._state = self._initial_state(self.y0)
 
     # -- stepping -------------------------------------------------------------------
@@ -275,8 +343,8 @@ class Controller:
         Raises
         ------
         ValueError
-            If a float/array KL is NaN, infinite or of the wrong shape; the
-            controller state is unchanged.
+            If a float/array KL is NaN, infinite or of the wrong shape, or the
+            set point C(t) is NaN or infinite; the controller state is unchanged.
         """
         if is_torch(kl):
             return self._step_torch(kl)
@@ -331,10 +399,15 @@ class Controller:
         self._to_torch(kl.device, kl.dtype, tuple(kl.shape))
         p = self._torch_params
         state = self._state
+        c = self._setpoint_now()  # raises for a non-finite float/array set point, before any change
+        # One flag per loop: a non-finite KL (or tensor set point) masks only its own loop.
         finite = torch.isfinite(kl)
-        ok = finite.all() if finite.dim() else finite
+        ok = finite.expand(state["beta"].shape)
+        if is_torch(c):
+            ok = ok & torch.isfinite(c).expand(state["beta"].shape)
+            c = torch.where(ok, c, torch.zeros_like(c))
         safe = torch.where(finite, kl, 0.0)
-        new = self.advance(state, safe, self._setpoint_now(), p, ops)
+        new = self.advance(state, safe, c, p, ops)
         fstate = new.pop("filter")
         # Build every masked value before the first in-place copy: the filter
         # history shifts by one (new[i+1] is old[i]), so copying as we go would
@@ -346,6 +419,7 @@ class Controller:
         for old, v in zip(state["filter"], masked_f):
             old.copy_(v)
         self._bad.logical_or_(~ok)
+        self._skipped.add_((~ok).to(self._skipped.dtype))
         self._t += 1
         return state["beta"].clone()
 
@@ -366,15 +440,27 @@ class Controller:
         self._torch_params = {
             k: torch.as_tensor(v, dtype=dtype, device=device) for k, v in self._params.items()
         }
-        if self._bad is None or self._bad.device != device:
-            self._bad = torch.zeros((), dtype=torch.bool, device=device)
+        self._device_flags(device, shape)
+
+    def _device_flags(self, device, shape):
+        """Per-loop masked flags and masked-step counts on ``device`` (counts carried over)."""
+        import torch
+
+        if self._bad is None or self._bad.device != device or tuple(self._bad.shape) != tuple(shape):
+            self._bad = torch.zeros(shape, dtype=torch.bool, device=device)
+        old = self._skipped
+        self._skipped = torch.zeros(shape, dtype=torch.int64, device=device)
+        if old is not None:
+            self._skipped += torch.as_tensor(np.asarray(old.cpu() if is_torch(old) else old), device=device)
 
     # -- persistence ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """State for checkpoints: step count, law and filter state, parameters.
+        """State for checkpoints: set-point clock, law and filter state, parameters.
 
         NumPy state is stored as plain lists/floats (safe for JSON and for
         ``torch.load(weights_only=True)``); torch state as cloned tensors.
+        ``t`` is the set-point clock (every accepted ``step`` call); ``skipped``
+        counts the masked tensor steps per loop (``steps_taken = t − skipped``).
         """
 
         def enc(v):
@@ -386,41 +472,92 @@ class Controller:
             "y0": self.y0,
             "state": {k: ([enc(x) for x in v] if k == "filter" else enc(v)) for k, v in self._state.items()},
             "params": {k: v.tolist() for k, v in self._params.items()},
+            "skipped": 0 if self._skipped is None else enc(self._skipped),
         }
 
+    def _check_params(self, params: dict) -> dict:
+        """Validate parameters as the constructor does: finite (clamps may be ±inf), β_min ≤ β_max."""
+        out = {k: _param(k, v, allow_inf=k in self._inf_ok) for k, v in params.items()}
+        if "beta_min" in out and "beta_max" in out and np.any(out["beta_min"] > out["beta_max"]):
+            raise ValueError(f"beta_min must be ≤ beta_max, got {out['beta_min']} > {out['beta_max']}")
+        return out
+
     def load_state_dict(self, state_dict: dict):
-        """Restore a state from :meth:`state_dict`; validates before changing anything.
+        """Restore a state from :meth:`state_dict`; validates everything before changing anything.
 
         Raises
         ------
         ValueError
-            If the dict is for another kind of controller, or its shapes or
-            filter length do not match this controller.
+            If the dict is not a state dict of this kind of controller, or its
+            parameters fail the constructor's checks (finite gains, β_min ≤
+            β_max), its state entries are not finite numbers of one shape that
+            fits this controller's loops, its filter history has another
+            length, or ``t`` is not a non-negative integer.  The controller is
+            unchanged.
         """
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("kind") != self.kind:
             raise ValueError(f"state dict is for {sd.get('kind') if isinstance(sd, dict) else sd!r}, not {self.kind}")
+        missing = {"t", "state", "params"} - set(sd)
+        if missing:
+            raise ValueError(f"state dict lacks {sorted(missing)}")
+        t = _count("t", sd["t"])
+        y0 = sd.get("y0", self.y0)
+        if isinstance(y0, bool) or not isinstance(y0, (int, float, np.integer, np.floating)) or not math.isfinite(y0):
+            raise ValueError(f"state dict y0 must be a finite number, got {y0!r}")
         cur = self._state
         state = sd["state"]
-        if set(state) != set(cur):
-            raise ValueError(f"state dict has entries {sorted(state)}, expected {sorted(cur)}")
-        if len(state["filter"]) != len(cur["filter"]):
+        if not isinstance(state, dict) or set(state) != set(cur):
+            raise ValueError(f"state dict has entries {sorted(state) if isinstance(state, dict) else state!r}, "
+                             f"expected {sorted(cur)}")
+        if not isinstance(state["filter"], (list, tuple)) or len(state["filter"]) != len(cur["filter"]):
+            n = len(state["filter"]) if isinstance(state["filter"], (list, tuple)) else state["filter"]
             raise ValueError(
-                f"state dict has a filter history of {len(state['filter'])} samples, this controller's filter needs {len(cur['filter'])}"
+                f"state dict has a filter history of {n!r} samples, this controller's filter needs {len(cur['filter'])}"
             )
-        params = {k: _param(k, v, allow_inf=True) for k, v in sd["params"].items()}
+        if not isinstance(sd["params"], dict):
+            raise ValueError(f"state dict params must be a dict, got {sd['params']!r}")
+        params = self._check_params(sd["params"])
         if set(params) != set(self._params) or any(params[k].shape != self._params[k].shape for k in params):
             raise ValueError("state dict parameters do not match this controller's parameters or shapes")
-
-        def dec(v):
-            return v.clone() if is_torch(v) else np.asarray(v, dtype=float)
-
-        new = {k: (tuple(dec(x) for x in v) if k == "filter" else dec(v)) for k, v in state.items()}
+        entries = [(k, v) for k, v in state.items() if k != "filter"]
+        entries += [(f"filter[{i}]", v) for i, v in enumerate(state["filter"])]
+        torch_kinds = {is_torch(v) for _, v in entries}
+        if len(torch_kinds) > 1:
+            raise ValueError("state dict mixes torch tensors and plain numbers")
+        dec = {name: _state_value(name, v) for name, v in entries}
+        shapes = {tuple(v.shape) for v in dec.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"state dict entries have different shapes {sorted(shapes)}")
+        shape = shapes.pop()
+        try:
+            fits = np.broadcast_shapes(self.shape, shape) == shape
+        except ValueError:
+            fits = False
+        if not fits or len(shape) > 1:
+            raise ValueError(f"state dict entries have shape {shape}, this controller drives "
+                             f"{self.shape[0] if self.shape else 1} loop(s)")
+        skipped = sd.get("skipped", 0)
+        skipped = skipped.detach().cpu().numpy() if is_torch(skipped) else skipped
+        try:
+            sk = np.asarray(skipped)
+            if sk.dtype == bool or sk.dtype == object or sk.size == 0 or np.any(sk != np.round(sk)):
+                raise TypeError
+            sk = np.broadcast_to(sk.astype(np.int64), shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"state dict skipped must be whole counts per loop, got {skipped!r}") from None
+        if np.any(sk < 0) or np.any(sk > t):
+            raise ValueError(f"state dict skipped must be between 0 and t={t}, got {skipped!r}")
+        # Everything is valid: only now change the controller.
+        new = {k: (tuple(dec[f"filter[{i}]"] for i in range(len(state["filter"]))) if k == "filter" else dec[k])
+               for k in cur}  # this controller's key order, whatever the dict's
         self._params = params
         self._torch_params = None
         self._state = new
-        self._t = int(sd["t"])
-        self.y0 = float(sd.get("y0", self.y0))
+        self._t = t
+        self.y0 = float(y0)
+        self._bad = None
+        self._skipped = None
         b = new["beta"]
         if is_torch(b):
             import torch
@@ -428,7 +565,10 @@ class Controller:
             self._torch_params = {
                 k: torch.as_tensor(v, dtype=b.dtype, device=b.device) for k, v in self._params.items()
             }
-            self._bad = torch.zeros((), dtype=torch.bool, device=b.device)
+            self._device_flags(b.device, tuple(b.shape))
+            self._skipped += torch.as_tensor(np.array(sk), device=b.device)
+        elif np.any(sk):
+            self._skipped = sk.copy()
 
     def copy(self) -> "Controller":
         """An independent deep copy (same parameters and state)."""
@@ -462,12 +602,11 @@ class Controller:
                              f"it has {', '.join(self._params)}")
         new_params = dict(self._params)
         for k, v in params.items():
-            arr = _param(k, v, allow_inf=k in ("beta_min", "beta_max"))
+            arr = _param(k, v, allow_inf=k in self._inf_ok)
             if arr.shape != self._params[k].shape:
                 raise ValueError(f"{k} must have shape {self._params[k].shape} like the current value, got {arr.shape}")
             new_params[k] = arr
-        if "beta_min" in new_params and np.any(new_params["beta_min"] > new_params["beta_max"]):
-            raise ValueError(f"beta_min must be ≤ beta_max, got {new_params['beta_min']} > {new_params['beta_max']}")
+        new_params = self._check_params(new_params)
         if setpoint is not _KEEP and setpoint is None and self.setpoint is not None:
             raise ValueError(f"{type(self).__name__} needs a setpoint")
         new = copy.deepcopy(self)
@@ -476,6 +615,7 @@ class Controller:
             new.setpoint = None if setpoint is None else as_setpoint(setpoint)
         new._t = 0
         new._bad = None
+        new._skipped = None
         new._torch_params = None
         new._state = new._initial_state(new.y0)
         return new
@@ -581,6 +721,7 @@ class PositionalPI(Controller):
     """
 
     kind = "positional_pi"
+    _inf_ok = ("beta_max",)
 
     def __init__(self, kp, ki, setpoint, beta_min=0.0, beta_max=math.inf, beta0=None, filter=None, y0: float = 0.0):
         if setpoint is None:

@@ -7,7 +7,7 @@ point ``c`` and the gains, using only arithmetic and the primitives of an
 floats, NumPy arrays or torch tensors; :mod:`analysis.stability` calls the very
 same functions with sympy symbols to build the closed-loop Jacobian.
 
-Sign conventions (DESIGN.md): the error is ``e = C - m``; ``sigmoid(m - C)``
+Sign conventions (docs/design.md): the error is ``e = C - m``; ``sigmoid(m - C)``
 equals the papers' ``σ(-e)``.  Positive ``ki`` means negative feedback: a KL
 below the set point lowers β.
 """

@@ -1,6 +1,6 @@
 """Closed-loop simulation of a controller on a plant model, vectorised over gain sets.
 
-Indexing (DESIGN.md): ``beta[t]`` is β(t), the weight of update t; ``state[t]``
+Indexing (docs/design.md): ``beta[t]`` is β(t), the weight of update t; ``state[t]``
 is y(t), the KL after update t; ``kl[t]`` is the KL as measured (``y(t)`` plus
 optional measurement noise); ``setpoint[t]`` is C(t), used by the controller
 when it computes β(t+1) from ``m(t)``, the filtered measurement of

@@ -20,6 +20,7 @@ from klcontrol import (
     beta_from_norm,
     beta_norm,
 )
+from klcontrol.setpoints import as_setpoint
 
 KINDS = ("incremental", "official", "positional", "capacity", "fixed")
 N = 3  # loops of an array controller
@@ -377,13 +378,81 @@ def test_torch_nonfinite_kl_masks_update_and_check_raises(bad):
     ctrl.step(torch.tensor(4.0))
 
 
-def test_torch_nan_in_one_loop_masks_the_step():
-    ctrl = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=100.0)
-    ctrl.step(torch.tensor([1.0, 2.0], dtype=torch.float64))
+def test_torch_nan_in_one_loop_masks_only_that_loop():
+    ctrl = IncrementalPI([0.01, 0.02, 0.03], 0.005, 20.0, beta0=100.0, filter=2)
+    ref = [IncrementalPI(kp, 0.005, 20.0, beta0=100.0, filter=2) for kp in (0.01, 0.02, 0.03)]
+    ctrl.step(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    for r, k in zip(ref, (1.0, 2.0, 3.0)):
+        r.step(k)
     b = ctrl.beta.clone()
-    ctrl.step(torch.tensor([math.nan, 2.0], dtype=torch.float64))
-    assert torch.equal(ctrl.beta, b)
-    with pytest.raises(ValueError):
+    ctrl.step(torch.tensor([math.nan, 2.5, math.inf], dtype=torch.float64))
+    ref[1].step(2.5)
+    assert ctrl.beta[0] == b[0] and ctrl.beta[2] == b[2]  # masked loops keep their state
+    assert float(ctrl.beta[1]) == pytest.approx(ref[1].beta, rel=1e-12)  # the good loop is updated
+    assert ctrl.beta[1] != b[1]
+    np.testing.assert_array_equal(ctrl.steps_taken, [1, 2, 1])  # a masked step does not count
+    assert ctrl.state_dict()["t"] == 2  # the set-point clock counts every call
+    with pytest.raises(ValueError, match=r"loop\(s\) \[0, 2\]"):
+        ctrl.check()
+    ctrl.check()
+    # later steps of the masked loops continue from their last good state, like a loop that never saw the NaN
+    ctrl.step(torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64))
+    ref[0].step(4.0)
+    ref[1].step(4.0)
+    assert float(ctrl.beta[0]) == pytest.approx(ref[0].beta, rel=1e-12)
+    assert float(ctrl.beta[1]) == pytest.approx(ref[1].beta, rel=1e-12)
+
+
+def test_torch_masked_step_does_not_advance_steps_taken_and_round_trips():
+    ctrl = PositionalPI(0.01, 0.005, 20.0)
+    ctrl.step(torch.tensor(3.0))
+    ctrl.step(torch.tensor(math.nan))
+    ctrl.step(torch.tensor(4.0))
+    assert ctrl.steps_taken == 2
+    buf = io.BytesIO()
+    torch.save(ctrl.state_dict(), buf)
+    buf.seek(0)
+    other = PositionalPI(0.01, 0.005, 20.0)
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    assert other.steps_taken == 2 and other.state_dict()["t"] == 3
+    assert torch.equal(other.step(torch.tensor(5.0)), ctrl.step(torch.tensor(5.0)))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nonfinite_setpoint_callable_is_caught(bad):
+    sp = lambda t: 20.0 if t < 2 else bad  # noqa: E731
+    for kl in (lambda v: v, lambda v: np.asarray(v)):
+        ctrl = IncrementalPI(0.01, 0.005, sp, beta0=50.0)
+        ctrl.step(kl(1.0))
+        ctrl.step(kl(1.0))
+        snap = _snapshot(ctrl)
+        with pytest.raises(ValueError, match=r"set point C\(2\) is NaN or infinite"):
+            ctrl.step(kl(1.0))
+        assert _snapshot(ctrl) == snap and ctrl.steps_taken == 2
+    # torch KL, float set point: refused in step, before any change
+    ctrl = IncrementalPI(0.01, 0.005, sp, beta0=50.0)
+    ctrl.step(torch.tensor(1.0))
+    ctrl.step(torch.tensor(1.0))
+    beta = ctrl.beta
+    with pytest.raises(ValueError, match="set point"):
+        ctrl.step(torch.tensor(1.0))
+    assert torch.equal(ctrl.beta, beta) and ctrl.steps_taken == 2
+    # an array set point with one bad loop, and a set point that is NaN from the start: construction works,
+    # the first step refuses (NumPy, and torch before any change)
+    for sp in (lambda t: np.array([20.0, bad]), lambda t: bad):
+        for kl in (np.array([1.0, 1.0]), torch.tensor([1.0, 1.0], dtype=torch.float64)):
+            ctrl = IncrementalPI([0.01, 0.02], 0.005, sp, beta0=50.0)
+            with pytest.raises(ValueError, match=r"set point C\(0\) is NaN or infinite"):
+                ctrl.step(kl)
+            assert ctrl.steps_taken == 0 and np.array_equal(np.asarray(ctrl.beta), [50.0, 50.0])
+    # a tensor set point is masked on the device (no sync) and reported by check()
+    ctrl = IncrementalPI([0.01, 0.02], 0.005, 20.0, beta0=50.0)
+    ctrl.step(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    ctrl.setpoint = as_setpoint(lambda t: torch.tensor([20.0, bad], dtype=torch.float64))
+    before = ctrl.beta.clone()
+    after = ctrl.step(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert torch.isfinite(after).all() and after[1] == before[1] and after[0] != before[0]
+    with pytest.raises(ValueError, match=r"set point\) was NaN or infinite in loop\(s\) \[1\]"):
         ctrl.check()
 
 
@@ -473,6 +542,109 @@ def test_load_state_dict_validates_before_changing():
         with pytest.raises(ValueError):
             a.load_state_dict(sd)
         assert _snapshot(a) == snap
+
+
+def _hostile_variants(sd):
+    """(description, state dict) pairs that a controller must refuse, derived from a valid ``sd``."""
+    def edit(f):
+        d = json.loads(json.dumps(sd))
+        f(d)
+        return d
+
+    yield "kp = inf", edit(lambda d: d["params"].__setitem__("kp", math.inf))
+    yield "ki = nan", edit(lambda d: d["params"].__setitem__("ki", math.nan))
+    yield "beta_min > beta_max", edit(lambda d: d["params"].update(beta_min=5.0, beta_max=1.0))
+    yield "inf in the filter history", edit(lambda d: d["state"]["filter"].__setitem__(0, math.inf))
+    yield "nan beta", edit(lambda d: d["state"].__setitem__("beta", math.nan))
+    yield "t < 0", edit(lambda d: d.__setitem__("t", -5))
+    yield "t a float", edit(lambda d: d.__setitem__("t", 2.5))
+    yield "t a bool", edit(lambda d: d.__setitem__("t", True))
+    yield "t a string", edit(lambda d: d.__setitem__("t", "3"))
+    yield "y0 = nan", edit(lambda d: d.__setitem__("y0", math.nan))
+    yield "y0 a string", edit(lambda d: d.__setitem__("y0", "0"))
+    yield "beta a string", edit(lambda d: d["state"].__setitem__("beta", "big"))
+    yield "beta a dict", edit(lambda d: d["state"].__setitem__("beta", {"a": 1}))
+    yield "state a list", edit(lambda d: d.__setitem__("state", [1, 2]))
+    yield "params a list", edit(lambda d: d.__setitem__("params", [0.01]))
+    yield "filter a number", edit(lambda d: d["state"].__setitem__("filter", 3.0))
+    yield "missing t", edit(lambda d: d.pop("t"))
+    yield "missing params", edit(lambda d: d.pop("params"))
+    yield "two loops of state", edit(lambda d: d["state"].__setitem__("beta", [1.0, 2.0]))
+    yield "2-D state", edit(lambda d: d["state"].update({k: [[1.0]] for k in d["state"] if k != "filter"}))
+    yield "negative skipped", edit(lambda d: d.__setitem__("skipped", -1))
+    yield "skipped > t", edit(lambda d: d.__setitem__("skipped", 10**6))
+    mixed = edit(lambda d: None)
+    mixed["state"]["beta"] = torch.tensor(1.0, dtype=torch.float64)
+    yield "torch and numbers mixed", mixed
+    integer = edit(lambda d: None)
+    integer["state"] = {k: ([torch.tensor(1)] * len(v) if k == "filter" else torch.tensor(1)) for k, v in sd["state"].items()}
+    yield "integer tensors", integer
+    yield "inf tensor", dict(sd, state={k: ([torch.tensor(math.inf)] * len(v) if k == "filter" else torch.tensor(1.0))
+                                         for k, v in sd["state"].items()})
+
+
+def test_load_state_dict_validates_like_the_constructor():
+    for make in (lambda: IncrementalPI(0.01, 0.005, 20.0, beta0=50.0, filter=3),
+                 lambda: PositionalPI(0.01, 0.005, 20.0, filter=3)):
+        a = make()
+        a.step(1.0)
+        a.step(2.0)
+        snap = _snapshot(a)
+        for what, sd in _hostile_variants(a.state_dict()):
+            with pytest.raises(ValueError, match="state dict|must be|beta_min"):
+                a.load_state_dict(sd)
+            assert _snapshot(a) == snap, what
+    # PositionalPI's β_min is the law's offset: finite, as its constructor demands (on load and in replace)
+    p = PositionalPI(0.01, 0.005, 20.0)
+    sd = p.state_dict()
+    sd["params"]["beta_min"] = -math.inf
+    with pytest.raises(ValueError, match="beta_min must be finite"):
+        p.load_state_dict(sd)
+    with pytest.raises(ValueError, match="beta_min must be finite"):
+        p.replace(beta_min=-math.inf)
+
+
+_LEAVES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**20, 10**20), st.booleans(),
+                    st.none(), st.text(max_size=3), st.lists(st.floats(), max_size=3), st.just({}),
+                    st.just([[1.0]]))
+
+
+@given(kind=st.sampled_from(KINDS), steps=st.lists(st.floats(0.0, 40.0), max_size=5), data=st.data())
+def test_load_state_dict_hostile_dicts_round_trip_or_refuse(kind, steps, data):
+    cfg = dict(kind=kind, kp=0.01, ki=0.005, c=20.0, beta0=10.0, bmin=0.0, bmax=100.0, filter=("ma", 3), y0=0.0)
+    a = build(cfg)
+    for kl in steps:
+        a.step(kl)
+    sd = json.loads(json.dumps(a.state_dict()))
+    # replace one leaf (a top-level entry, a state entry, a filter sample or a parameter) by a hostile value
+    where = data.draw(st.sampled_from(["t", "y0", "skipped"] + [f"state.{k}" for k in sd["state"] if k != "filter"]
+                                      + [f"filter.{i}" for i in range(len(sd["state"]["filter"]))]
+                                      + [f"params.{k}" for k in sd["params"]]))
+    value = data.draw(_LEAVES)
+    head, _, tail = where.partition(".")
+    if head == "state":
+        sd["state"][tail] = value
+    elif head == "filter":
+        sd["state"]["filter"][int(tail)] = value
+    elif head == "params":
+        sd["params"][tail] = value
+    else:
+        sd[head] = value
+    b = build(cfg)
+    snap = _snapshot(b)
+    try:
+        b.load_state_dict(sd)
+    except ValueError:
+        assert _snapshot(b) == snap  # refused: unchanged
+        return
+    # accepted: the state is valid and round-trips exactly
+    again = build(cfg)
+    again.load_state_dict(b.state_dict())
+    assert _snapshot(again) == _snapshot(b)
+    state = b.state_dict()
+    assert all(math.isfinite(v) for v in np.ravel(state["state"]["beta"]))
+    assert isinstance(state["t"], int) and state["t"] >= 0
+    assert np.all(np.isfinite(b.step(1.0)))
 
 
 def test_prime_and_reset():

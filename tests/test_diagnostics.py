@@ -90,3 +90,18 @@ def test_runs_figure_smooths_and_keeps_one_setpoint_entry():
     assert fig.axes[0].get_yscale() == "symlog"
     labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert sum("set point" in x for x in labels) == 1
+
+
+def test_runs_figure_tells_every_run_apart():
+    # Seven runs whose curves coincide: each keeps its own (colour, line style), and one legend lists them all.
+    steps = np.arange(50)
+    runs = {f"run{i}": {"step": steps, "beta": np.ones(50), "kl": np.ones((50, 2)), "recon": np.ones(50)}
+            for i in range(7)}
+    fig = plot_runs(runs)
+    kl_lines = fig.axes[1].lines
+    assert len(kl_lines) == 7
+    assert len({line.get_color() for line in kl_lines}) == 7
+    assert len({line.get_linestyle() for line in kl_lines}) >= 4  # "-", "--", "-.", ":" and dash patterns
+    assert len({line.get_linewidth() for line in kl_lines}) > 1  # earlier runs wider: they show beneath
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"run{i} (n=2)" for i in range(7)]

@@ -71,3 +71,78 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     assert main(["check", "--fit", str(tmp_path / "bad.json"), "--kp", "1", "--ki", "1"]) == 1
     assert "not JSON" in capsys.readouterr().err
+
+
+class TwoPoleFit:
+    """A fit kind other than first order, following the check protocol (built here, loaded by a stub loader).
+
+    ``KL − y* = g′(β*)·G(q)(β − β*)`` with ``G`` two real poles, unit DC gain, plus perturbed bootstrap draws.
+    """
+
+    kind = "two_pole_test"
+
+    def __init__(self, poles, g, beta_range, draws=()):
+        self.poles, self.g, self.beta_range, self.draws = tuple(poles), g, tuple(beta_range), list(draws)
+
+    @staticmethod
+    def _matrices(poles, gp):
+        p1, p2 = poles
+        A = np.array([[p1 + p2, -p1 * p2], [1.0, 0.0]])
+        B = np.array([[1.0], [0.0]])
+        C = np.array([[(1 - p1) * (1 - p2), 0.0]])  # G(z) = (1−p1)(1−p2)·z⁻¹ … unit DC gain, one-step lag
+        return A, B * gp, C, np.zeros((1, 1))
+
+    def linearize(self, setpoint):
+        """Small-signal matrices at the set point."""
+        return self._matrices(self.poles, float(self.g.derivative(self.g.inverse(setpoint))))
+
+    def linearize_draws(self, setpoint):
+        """The same for each bootstrap draw of the poles."""
+        gp = float(self.g.derivative(self.g.inverse(setpoint)))
+        return [self._matrices(p, gp) for p in self.draws]
+
+
+@pytest.fixture
+def two_pole_fit(tmp_path, monkeypatch):
+    import analysis.identification as ident
+
+    fit = TwoPoleFit((0.9, 0.5), ExpGain(30.0, 0.1), (2.0, 10.0), draws=[(0.92, 0.5), (0.88, 0.55), (0.95, 0.4)])
+    p = tmp_path / "two_pole.json"
+    p.write_text(json.dumps({"kind": TwoPoleFit.kind}))
+    monkeypatch.setattr(ident, "load_fit", lambda path: fit, raising=False)
+    return p, fit
+
+
+def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
+    from analysis.stability import spectral_radius
+
+    path, fit = two_pole_fit
+    assert main(["check", "--fit", str(path), "--kp", "0.05", "--ki", "0.02", "--window", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fit_kind"] == "two_pole_test" and out["draws_included"] is True
+    assert len(out["setpoints"]) == 9 and out["n_plants"] == 9 * 4
+    np.testing.assert_allclose([min(out["setpoints"]), max(out["setpoints"])], [fit.g(10.0), fit.g(2.0)])
+    rhos = [spectral_radius(0.05, 0.02, plant=m, window=2)
+            for c in out["setpoints"] for m in [fit.linearize(c)] + fit.linearize_draws(c)]
+    assert out["worst_spectral_radius"] == pytest.approx(max(rhos), abs=1e-12)
+    assert out["stable"] is (max(rhos) < 1) is True and out["gain_margin"] > 1
+    # Large gains: some linearisation goes unstable; explicit set points; no draws with --point.
+    assert main(["check", "--fit", str(path), "--kp", "2", "--ki", "1.5", "--setpoint", "5", "20", "--point",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["setpoints"] == [5.0, 20.0] and out["n_plants"] == 2 and out["draws_included"] is False
+    assert out["stable"] is False and out["worst_spectral_radius"] > 1
+    assert main(["check", "--fit", str(path), "--kp", "0.05", "--ki", "0.02"]) == 0
+    text = capsys.readouterr().out
+    assert "STABLE" in text and "two_pole_test" in text and "36 linearisations" in text
+
+
+def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_path, capsys, monkeypatch):
+    import analysis.identification as ident
+
+    assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", "5"]) == 1
+    assert "--setpoint applies to non-first-order fits" in capsys.readouterr().err
+    monkeypatch.delattr(ident, "load_fit", raising=False)
+    (tmp_path / "other.json").write_text(json.dumps({"kind": "mystery"}))
+    assert main(["check", "--fit", str(tmp_path / "other.json"), "--kp", "1", "--ki", "1"]) == 1
+    assert "kind 'mystery'" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def fd_check(expr, symbols, numeric, rng, first=None, h=1e-6, rtol=1e-5, atol=1e
 def test_incremental_pi_symbolic_derivatives(mode):
     b, pp, m, c, kp, ki = syms = sp.symbols("beta p_prev m c kp ki", real=True)
     expr, (state, p) = laws.incremental_pi((b, pp), m, c, kp, ki, -sp.oo, sp.oo, SYMPY, mode=mode)
-    # With infinite clamps the law is the smooth Eq. 10 (feedback sign of DESIGN.md).
+    # With infinite clamps the law is the smooth Eq. 10 (feedback sign of docs/design.md).
     assert sp.simplify(expr - (b + kp * (1 / (1 + sp.exp(c - m)) - pp) - ki * (c - m))) == 0
     assert sp.simplify(sp.diff(expr, m) - (kp * sp.exp(c - m) / (1 + sp.exp(c - m)) ** 2 + ki)) == 0
 

@@ -25,7 +25,7 @@ def mnist_plant():
 
 
 def reference_loop(kp, ki, c, beta0, bmin, bmax, window, delay, y0, steps, a=A_RATE, setpoint=None):
-    """The loop of DESIGN.md written out with floats and math only.
+    """The loop of docs/design.md written out with floats and math only.
 
     y(t) = y(t−1)/(1+a) + a/(1+a)·A·exp(−kβ(t));  m(t) = mean(y(t−d), …, y(t−d−T+1)) with y0 before 0;
     β(t+1) = clip(β(t) + Kp[σ(m(t) − C) − σ(m(t−1) − C)] − Ki·(C − m(t)), β_min, β_max),  m(−1) = y0.

@@ -118,7 +118,8 @@ def test_linear_step_response_matches_simulate_near_equilibrium(T, d, controller
     steps = 300
     tr = simulate(ctrl, FirstOrderPlant(a, g), steps, delay=d, y0=c0)
     u = delta * (np.arange(steps) >= 1)
-    lin = control.forced_response(to_statespace(0.6, 0.2, a, gp, T, d, controller), np.arange(steps), u)
+    lin = control.forced_response(to_statespace(0.6, 0.2, a, gp, T, d, controller, input="setpoint"),
+                                  np.arange(steps), u)
     dev = tr.state - c0
     assert np.max(np.abs(dev)) > 0.5 * abs(delta)
     np.testing.assert_allclose(lin.outputs, dev, atol=1e-3 * abs(delta))

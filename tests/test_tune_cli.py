@@ -25,3 +25,18 @@ def test_tune_from_a_and_gprime_prints_the_table(capsys):
 def test_tune_needs_a_plant(capsys):
     assert main(["tune", "--a", "0.0004"]) == 1
     assert "give --fit" in capsys.readouterr().err
+
+
+def test_tune_rejects_nan_bounds(capsys):
+    base = ["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.5"]
+    for extra, name in ((["--max-overshoot", "nan"], "max_overshoot"), (["--max-overshoot", "-0.1"], "max_overshoot")):
+        assert main(base + extra) == 1
+        assert f"{name} must be a number ≥ 0" in capsys.readouterr().err
+    from analysis.schedule_tuning import tune_schedule
+    from klcontrol.setpoints import Constant
+
+    import pytest
+
+    for kw in ({"max_overshoot": float("nan")}, {"max_jitter": float("nan")}):
+        with pytest.raises(ValueError, match="must be a number ≥ 0"):
+            tune_schedule(FirstOrderPlant(1 / 500, ExpGain(26.0, 0.12)), Constant(10.0), 100, gprime=(-3.0, -1.0), **kw)

@@ -169,3 +169,56 @@ def test_bit_packing_round_trip(ds):
     assert torch.equal(_unpack(packed), x)
     flat = x.reshape(len(x), -1).numpy().astype(np.uint8)
     np.testing.assert_array_equal(packed.numpy(), np.packbits(flat, axis=1))  # same layout as the .npz path
+
+
+class _Payload:
+    """Pickles to a call of ``open(marker, "w")``: unpickling it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_npz_pickle_payload_in_metadata_runs_no_code(tmp_path):
+    marker = tmp_path / "PWNED"
+    imgs = np.zeros((2, 64, 64), np.uint8)
+    c = np.zeros((2, 6), np.int64)
+    meta = np.array({"latents_sizes": np.array(SIZES), "evil": _Payload(marker)}, dtype=object)
+    path = tmp_path / "evil.npz"
+    np.savez(path, imgs=imgs, latents_classes=c, latents_values=c.astype(float), metadata=meta)
+    with pytest.raises(ValueError, match=r"evil\.npz: metadata is not a plain pickled dict .*refusing to load io\.open"):
+        DSprites(path=path)
+    assert not marker.exists()
+    # the same payload as a data array: refused by allow_pickle=False
+    bad = np.array([_Payload(marker)], dtype=object)
+    np.savez(tmp_path / "evil2.npz", imgs=bad, latents_classes=c, latents_values=c.astype(float),
+             metadata=np.array({"latents_sizes": np.array(SIZES)}, dtype=object))
+    with pytest.raises(ValueError, match=r"evil2\.npz: cannot read the dSprites arrays"):
+        DSprites(path=tmp_path / "evil2.npz")
+    assert not marker.exists()
+    # and through the CLI: a clean error, no traceback, no code run
+    from klcontrol.cli import main
+
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress"]) == 1
+    assert not marker.exists()
+
+
+def test_npz_metadata_variants(tmp_path):
+    imgs = np.zeros((2, 64, 64), np.uint8)
+    c = np.zeros((2, 6), np.int64)
+    cases = {
+        "plain.npz": (np.array(SIZES), "must be a pickled dict"),
+        "list.npz": (np.array([1, 2], dtype=object), "must be a dict"),
+        "nosizes.npz": (np.array({"title": "x"}, dtype=object), "no readable 'latents_sizes'"),
+        "zero.npz": (np.array({"latents_sizes": np.array([0, 3])}, dtype=object), "no readable 'latents_sizes'"),
+    }
+    for name, (meta, msg) in cases.items():
+        np.savez(tmp_path / name, imgs=imgs, latents_classes=c, latents_values=c.astype(float), metadata=meta)
+        with pytest.raises(ValueError, match=msg):
+            DSprites(path=tmp_path / name)
+    np.savez(tmp_path / "float_classes.npz", imgs=imgs, latents_classes=c.astype(float),
+             latents_values=c.astype(float), metadata=np.array({"latents_sizes": np.array(SIZES)}, dtype=object))
+    with pytest.raises(ValueError, match="must hold integers"):
+        DSprites(path=tmp_path / "float_classes.npz")

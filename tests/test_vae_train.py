@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from klcontrol.cli import main
-from klcontrol.commands.train import CONTROLLER_NAMES, PRESETS
+from vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
 from klcontrol.controllers import FixedBeta, IncrementalPI
 from klcontrol.setpoints import StepRamp
+from vae_plant import checkpoint as ckpt
 from vae_plant import presets
 from vae_plant.train import Trainer, load_run, train
 from vae_plant.trace_log import read_trace_csv
@@ -134,7 +135,8 @@ def test_nan_kl_stops_with_clear_error_and_keeps_good_state(tmp_path):
     tr.close()
     t = read_trace_csv(os.path.join(out, "trace.csv"))
     assert list(t["step"]) == list(range(9)) and np.all(np.isfinite(t["kl"]))
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["step_00000005.pt", "step_00000010.pt"]
+    assert sorted(f for f in os.listdir(os.path.join(out, "checkpoints")) if f.endswith(".pt")) == [
+        "step_00000005.pt", "step_00000010.pt"]
     good = torch.load(os.path.join(out, "checkpoints", "step_00000010.pt"), weights_only=True)
     assert all(torch.isfinite(v).all() for v in good["model"].values())
 
@@ -202,3 +204,181 @@ def test_controller_presets_match_the_papers():
     assert step(5999 + 6000 * 10) == pytest.approx(ramp(5999 + 6000 * 10))
     assert type(c["dynamicvae-p"]).__name__ == "PositionalPI" and c["dynamicvae-p"].filter.window == 5
     assert c["dynamicvae-p"].beta < 0.01  # no large β(0)
+
+
+# ----------------------------------------------------------------------------- reliability: corrupt, NaN, disk, restart
+
+
+def _trace_bytes(d):
+    return open(os.path.join(d, "trace.csv"), "rb").read()
+
+
+def test_bit_flipped_latest_checkpoint_is_named_and_the_previous_offered(runs, tmp_path, capsys):
+    a, b, _ = runs
+    c = str(tmp_path / "C")
+    shutil.copytree(b, c)
+    latest = os.path.join(c, "checkpoints", "step_00000040.pt")
+    data = bytearray(open(latest, "rb").read())
+    for i in np.random.default_rng(0).choice(len(data), 64, replace=False):
+        data[i] ^= 0xFF
+    open(latest, "wb").write(bytes(data))
+    before = _trace_bytes(c)
+    assert main(["train", "--resume", c, "--steps", "50", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "step_00000040.pt is corrupt: its bytes do not match the SHA-256" in err
+    assert "the previous good checkpoint is checkpoints/step_00000020.pt" in err and "--from-step 20" in err
+    assert _trace_bytes(c) == before
+    # the offer works: from step 20 the run is redone to the same bytes, the bad file is set aside
+    assert main(["train", "--resume", c, "--from-step", "20", "--steps", "40", "--no-progress"]) == 0
+    assert _trace_bytes(c) == _trace_bytes(a)
+    assert os.path.exists(latest + ".discarded") and ckpt.load(latest)["step"] == 40
+    assert main(["train", "--resume", c, "--from-step", "30", "--steps", "40", "--no-progress"]) == 1
+    assert "no checkpoints/step_00000030.pt" in capsys.readouterr().err
+
+
+def test_nan_weights_are_never_called_a_good_checkpoint(tmp_path):
+    ref = train(tmp_path / "ref", steps=16, batch_size=2, checkpoint_every=5, flush_every=5, progress=False)
+    out = str(tmp_path / "nan")
+    tr = Trainer(out, steps=16, batch_size=2, checkpoint_every=5, flush_every=5, progress=False)
+    real_step = tr.opt.step
+
+    def poisoned_step(*a, **kw):  # update 9 turns the weights NaN; its own forward pass (row 8) was fine
+        real_step(*a, **kw)
+        if tr.step == 9:
+            with torch.no_grad():
+                for p in tr.model.parameters():
+                    p.fill_(float("nan"))
+
+    tr.opt.step = poisoned_step
+    with pytest.raises(ValueError, match=r"model became NaN or infinite before step 10 .*every good row and the "
+                                         r"last good checkpoint is checkpoints/step_00000005\.pt"):
+        tr.run()
+    tr.close()
+    assert not os.path.exists(ckpt.checkpoint_path(out, 10))
+    rows = _trace_bytes(out).decode().splitlines()
+    assert len(rows) == 1 + 9  # rows 0…8: every row measured before the NaN
+    assert rows == _trace_bytes(ref.run_dir).decode().splitlines()[:10]
+    res = train(out, resume=True, progress=False)  # from step 5: nothing lost, nothing different
+    assert _trace_bytes(out) == _trace_bytes(ref.run_dir)
+    assert res.step == 16
+
+
+def _fill_disk_at(monkeypatch, call):
+    """Make checkpoint writing fail with ENOSPC on the ``call``-th checkpoint (after writing half its bytes)."""
+    import errno
+
+    real, n = ckpt._write_bytes, {"pt": 0}
+
+    def write(path, data):
+        if path.endswith(".pt.tmp"):
+            n["pt"] += 1
+            if n["pt"] == call:
+                real(path, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_bytes", write)
+
+
+SMALL = ["train", "--steps", "12", "--batch-size", "2", "--checkpoint-every", "4", "--flush-every", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def small_ref(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("small") / "ref")
+    assert main(SMALL + ["--out", d]) == 0
+    return _trace_bytes(d)
+
+
+def test_full_disk_during_a_checkpoint_leaves_a_resumable_run(tmp_path, monkeypatch, capsys, small_ref):
+    out = str(tmp_path / "full")
+    _fill_disk_at(monkeypatch, 2)
+    assert main(SMALL + ["--out", out]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "No space left on device" in err and "step_00000008.pt" in err
+    assert "the last good checkpoint is checkpoints/step_00000004.pt" in err and f"--resume {out}" in err
+    assert not [f for f in os.listdir(os.path.join(out, "checkpoints")) if f.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main(["train", "--resume", out, "--no-progress"]) == 0
+    assert _trace_bytes(out) == small_ref
+
+
+def test_full_disk_at_the_first_checkpoint_then_restart(tmp_path, monkeypatch, capsys, small_ref):
+    out = str(tmp_path / "full1")
+    _fill_disk_at(monkeypatch, 1)
+    assert main(SMALL + ["--out", out]) == 1
+    assert "no good checkpoint was written yet (restart with --resume" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--resume", out, "--no-progress"]) == 1
+    assert f"--resume {out} --restart" in capsys.readouterr().err
+    assert main(SMALL + ["--out", out]) == 1
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert main(["train", "--resume", out, "--restart", "--no-progress"]) == 0
+    assert _trace_bytes(out) == small_ref
+
+
+def test_interrupted_before_the_first_checkpoint_exits_130_and_restarts(tmp_path, monkeypatch, capsys, small_ref):
+    out = str(tmp_path / "ctrlc")
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", interrupt)
+    assert main(SMALL + ["--out", out]) == 130
+    assert "klcontrol train: interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(SMALL + ["--out", out, "--restart"]) == 0  # --out DIR --restart: the given settings
+    assert _trace_bytes(out) == small_ref
+    assert main(SMALL + ["--out", out, "--restart"]) == 1  # now it has a good checkpoint: no restart
+    assert "has a good checkpoint (checkpoints/step_00000012.pt)" in capsys.readouterr().err
+
+
+def test_threads_are_stored_and_a_change_is_refused(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "thr")
+    assert main(SMALL[:2] + ["6"] + SMALL[3:] + ["--out", out, "--threads", "1"]) == 0
+    assert json.load(open(os.path.join(out, "config.json")))["settings"]["threads"] == 1
+    assert main(["train", "--resume", out, "--steps", "12", "--threads", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "threads=2 (the run has 1)" in err and "changes the trace bytes" in err
+    seen = []
+    real = Trainer._update
+    monkeypatch.setattr(Trainer, "_update", lambda self: (seen.append(torch.get_num_threads()), real(self)))
+    torch.set_num_threads(2)
+    try:
+        assert main(["train", "--resume", out, "--steps", "12", "--no-progress"]) == 0
+        assert set(seen) == {1} and torch.get_num_threads() == 2  # the stored count, restored afterwards
+    finally:
+        torch.set_num_threads(1)
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    cfg["provenance"]["torch"] = "0.0.1"
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    assert main(["train", "--resume", out, "--steps", "14", "--no-progress"]) == 0
+    assert f"warning: resuming {out} with torch 0.0.1 → {torch.__version__}" in capsys.readouterr().err
+
+
+def test_read_only_out_is_a_clean_error(tmp_path, capsys):
+    ro = "/sys/kernel"  # read-only even for root
+    if not os.path.isdir(ro) or os.access(ro, os.W_OK) and os.geteuid() != 0:
+        pytest.skip("no read-only directory to try")
+    assert main(["train", "--out", ro, "--steps", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("klcontrol train: error: /sys/kernel/.lock:") and "Traceback" not in err
+    assert main(["train", "--out", "/sys/klcontrol-run", "--steps", "2", "--no-progress"]) == 1
+    assert "/sys/klcontrol-run" in capsys.readouterr().err
+
+
+def test_mixed_trace_is_refused_by_readers(runs, tmp_path):
+    a = runs[0]
+    lines = _trace_bytes(a).decode().splitlines(True)
+    mixed = tmp_path / "trace.csv"
+    mixed.write_text("".join(lines[:11] + lines[1:20] + lines[11:]))  # steps 0–9, 0–18, 10–39: two runs in one file
+    with pytest.raises(ValueError, match=r"not 0, 1, 2, … in order \(line 12 has step 0, expected 10\)"):
+        read_trace_csv(mixed)
+
+
+def test_failed_new_run_leaves_no_directory(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    out = tmp_path / "never"
+    assert main(["train", "--data", str(bad), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
+    assert "not a zip archive" in capsys.readouterr().err and not out.exists()

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import zipfile
 
 import numpy as np
 import torch
@@ -176,22 +178,35 @@ class DSprites:
     def _load_npz(self, path):
         if not os.path.isfile(path):
             raise ValueError(f"dSprites file not found: {path}")
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"cannot read {path} as a dSprites .npz: it is not a zip archive (damaged or another format)")
         try:
-            f = np.load(path, allow_pickle=True, encoding="latin1")
+            # Arrays never unpickle (allow_pickle=False); only the metadata goes through _read_metadata.
+            f = np.load(path, allow_pickle=False)
             keys = set(f.files)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
             raise ValueError(f"cannot read {path} as a dSprites .npz: {exc}") from None
         missing = {"imgs", "latents_classes", "latents_values", "metadata"} - keys
         if missing:
             raise ValueError(f"{path} lacks the dSprites keys {sorted(missing)}")
+        meta = _read_metadata(path)
         try:
-            meta = f["metadata"][()]
             sizes = tuple(int(s) for s in np.asarray(meta["latents_sizes"]).ravel())
+            if not sizes or min(sizes) < 1:
+                raise ValueError(f"sizes must be ≥ 1, got {sizes}")
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"{path}: metadata has no readable 'latents_sizes' ({exc})") from None
-        imgs = np.asarray(f["imgs"])
-        classes = np.asarray(f["latents_classes"]).astype(np.int64)
-        values = np.asarray(f["latents_values"], dtype=np.float64)
+        try:
+            imgs = np.asarray(f["imgs"])
+            classes = np.asarray(f["latents_classes"])
+            values = np.asarray(f["latents_values"], dtype=np.float64)
+            if classes.dtype.kind not in "iu":
+                raise ValueError(f"latents_classes must hold integers, got dtype {classes.dtype}")
+            if imgs.dtype.kind not in "biu":
+                raise ValueError(f"imgs must hold integers 0/1, got dtype {imgs.dtype}")
+            classes = classes.astype(np.int64)
+        except Exception as exc:  # noqa: BLE001 - object arrays (allow_pickle=False), damaged members, bad dtypes
+            raise ValueError(f"{path}: cannot read the dSprites arrays ({type(exc).__name__}: {exc})") from None
         n = imgs.shape[0]
         if imgs.ndim != 3 or imgs.shape[1:] != (_SIZE, _SIZE):
             raise ValueError(f"{path}: imgs must have shape (N, 64, 64), got {imgs.shape}")
@@ -314,6 +329,62 @@ class DSprites:
     def __repr__(self):
         src = "procedural" if self.path is None else repr(self.path)
         return f"DSprites({src}, n={self._n}, device={self.device})"
+
+
+#: The only globals the metadata pickle may name: NumPy's array and dtype reconstructors (what ``np.save``
+#: writes for an object array holding a dict of arrays, strings and tuples).  Nothing else is importable,
+#: so a crafted pickle cannot call ``os.system`` and the like.
+_META_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only :data:`_META_GLOBALS` (plain builtins need no global)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _META_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only NumPy arrays are allowed)")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):
+            module = module.replace("numpy.core", "numpy._core", 1)  # NumPy 2 name, no deprecation warning
+        return super().find_class(module, name)
+
+
+def _read_metadata(path) -> dict:
+    """The ``metadata`` dict of a dSprites ``.npz``, unpickled with :class:`_MetadataUnpickler`.
+
+    The official file stores it as a pickled 0-d object array (written by
+    Python 2, hence ``encoding="latin1"``).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, if the member is missing, damaged, or names any
+        global other than NumPy's array reconstructors.
+    """
+    try:
+        with zipfile.ZipFile(path) as z, z.open("metadata.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            _, _, dtype = read_header(fh)
+            if not dtype.hasobject:
+                raise ValueError(f"metadata must be a pickled dict, got a {dtype} array")
+            meta = _MetadataUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: metadata is not a plain pickled dict ({exc}); nothing from it was run") from None
+    except Exception as exc:  # noqa: BLE001 - zip, header, truncated pickle: all "this file is damaged"
+        raise ValueError(f"{path}: cannot read the metadata ({type(exc).__name__}: {exc})") from None
+    if isinstance(meta, np.ndarray) and meta.dtype.hasobject and meta.shape == ():
+        meta = meta[()]
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: metadata must be a dict holding 'latents_sizes', got {type(meta).__name__}")
+    return meta
 
 
 def save_sample_grid(path, seed: int = 1) -> None:

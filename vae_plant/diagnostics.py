@@ -25,10 +25,11 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, path, title):
+def _finish(fig, path, title, layout=True):
     if title:
         fig.suptitle(title)
-        fig.tight_layout()  # again, now that the title takes room
+        if layout:
+            fig.tight_layout()  # again, now that the title takes room
     if path:
         fig.savefig(path, dpi=110)
         # Saved figures are released from pyplot (as klcontrol.plotting does); the object stays usable.
@@ -190,13 +191,18 @@ def plot_latent_kl(step, kl_per_latent, *, labels=None, show_total: bool = True,
 _PANELS = (("beta", "β(t)"), ("kl", "KL (nats)"), ("recon", "reconstruction"))
 
 
-def _band(ax, t, values, color, label, lw=1.2):
+def _band(ax, t, values, color, label, lw=1.4, ls="-"):
     v = np.asarray(values, dtype=np.float64)
     if v.ndim == 1:
-        ax.plot(t, v, color=color, lw=lw, label=label)
+        ax.plot(t, v, color=color, lw=lw, ls=ls, label=label)
     else:
-        ax.plot(t, np.nanmean(v, axis=1), color=color, lw=lw, label=f"{label} (n={v.shape[1]})")
-        ax.fill_between(t, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color=color, alpha=0.2, lw=0)
+        ax.plot(t, np.nanmean(v, axis=1), color=color, lw=lw, ls=ls, label=label)
+        ax.fill_between(t, np.nanmin(v, axis=1), np.nanmax(v, axis=1), color=color, alpha=0.15, lw=0)
+
+
+#: Line styles cycled with the colours, so that runs stay apart where their curves coincide or the
+#: colours are hard to tell apart.
+_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (10, 3)), (0, (1, 2, 5, 2)), (0, (3, 1, 1, 1)))
 
 
 def _moving_average(v, window):
@@ -230,7 +236,9 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
     Returns
     -------
     matplotlib.figure.Figure
-        Three axes (β, KL, reconstruction) sharing the step axis.
+        Three axes (β, KL, reconstruction) sharing the step axis; one legend for the runs (each
+        has its own colour and line style), set points as wide pale lines in the colour of the
+        first run that has them (identical set points are drawn once, listing their runs).
     """
     if not runs:
         raise ValueError("runs is empty")
@@ -250,27 +258,41 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
             raise ValueError(f"run {name!r} has none of beta, kl, recon, setpoint")
         checked[name] = (t, series)
     plt = _pyplot()
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, setpoints = [], []  # setpoints: [(t, curve, colour, [run names])], identical curves drawn once
     for i, (name, (t, series)) in enumerate(checked.items()):
-        color = colors[i % len(colors)]
+        color, ls = colors[i % len(colors)], _STYLES[i % len(_STYLES)]
+        lw = max(1.0, 2.2 - 0.18 * i)  # later runs thinner: where curves coincide, the earlier ones show beneath
+        n_seeds = max((v.shape[1] for v in series.values() if v.ndim == 2), default=1)
+        label = f"{name} (n={n_seeds})" if n_seeds > 1 else name
         for ax, (key, _) in zip(axes, _PANELS):
             if key in series:
-                _band(ax, t, series[key], color, name)
-        if "setpoint" in series:
-            sp = series["setpoint"]
-            # One legend entry for all set points keeps the legend readable with many runs.
-            first = not any(line.get_linestyle() == "--" for line in axes[1].lines)
-            axes[1].plot(t, sp if sp.ndim == 1 else sp[:, 0], "--", color=color, lw=1.0, alpha=0.8,
-                         label="set point (dashed, run's colour)" if first else None)
+                _band(ax, t, series[key], color, label, lw=lw, ls=ls)
+        handles.append(Line2D([], [], color=color, ls=ls, lw=lw, label=label))
+        if "setpoint" in series and np.any(np.isfinite(series["setpoint"])):
+            sp = series["setpoint"] if series["setpoint"].ndim == 1 else series["setpoint"][:, 0]
+            same = next((e for e in setpoints if e[0].shape == t.shape and np.array_equal(e[0], t)
+                         and np.allclose(e[1], sp, equal_nan=True)), None)
+            if same is None:
+                setpoints.append((t, sp, color, [name]))
+            else:
+                same[3].append(name)
+    sp_handles = []
+    for t, sp, color, names in setpoints:
+        axes[1].plot(t, sp, color=color, lw=3.0, alpha=0.3, solid_capstyle="butt", zorder=0.5)
+        sp_handles.append(Line2D([], [], color=color, lw=3.0, alpha=0.3, label="set point: " + ", ".join(names)))
     for ax, (_, label) in zip(axes, _PANELS):
         ax.set_ylabel(label)
-        if ax.lines:
-            ax.legend(loc="best", fontsize=8)
+    if sp_handles:
+        axes[1].legend(handles=sp_handles, loc="best", fontsize=7, title="wide pale lines", title_fontsize=7)
+    # One legend for all panels, outside the axes: every run by colour and line style.
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     if beta_log:
         axes[0].set_yscale("log")
     elif symlog:
         axes[0].set_yscale("symlog", linthresh=1.0)
     axes[-1].set_xlabel("step")
-    fig.tight_layout()
-    return _finish(fig, path, title)
+    return _finish(fig, path, title, layout=False)

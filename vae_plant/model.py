@@ -12,7 +12,7 @@ Table 3 can also be read as an extra hidden FC layer of 256 units after the
 256-channel conv; ``hidden_fc=True`` adds it (the official code does not have
 it, so the default follows the code).
 
-Bernoulli decoder.  Reductions (DESIGN.md; the quantity set points refer to):
+Bernoulli decoder.  Reductions (docs/design.md; the quantity set points refer to):
 
 * ``recon`` = BCE-with-logits **summed over the 4096 pixels**, **mean over the batch**;
 * ``kl`` = KL(q(z|x) ‖ N(0, I)) **summed over latents**, **mean over the batch**;

@@ -17,7 +17,7 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     DynamicVAE (paper, Appendix A): incremental PI (Eq. 10, feedback sign as
     the official code) with Kp = 0.01, Ki = 0.005, β(0) = 150, moving average
     T = 5, hybrid step-ramp set point 0.5 → 20 nats (+0.15 per 6000 steps, the
-    first 1000 of which ramp).  Clamped-state saturation (DESIGN.md).
+    first 1000 of which ramp).  Clamped-state saturation (docs/design.md).
 ``dynamicvae-official``
     Same, with the official implementation's saturation (unclamped state,
     I-term frozen below β_min = 0.1) and its zero-filled KL window: this
@@ -38,9 +38,10 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     Ablation "DynamicVAE-t": "directly uses the output KL-divergence at time t
     as a feedback ... without using moving average" — window T = 1.
 
-Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it),
+Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it), ``demo``
+(``klcontrol demo``: batch 32, lr 1e-3, 800 updates),
 ``cpu`` (a short real run on a CPU), ``paper`` (batch 128, the full ~800k-step
-DynamicVAE schedule).  All use Adam, lr 1e-4, betas (0.9, 0.999) as the
+DynamicVAE schedule).  All use Adam, lr 1e-4 (``demo``: 1e-3), betas (0.9, 0.999) as the
 official code (the paper text says β2 = 0.99).
 """
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Schedule:
 
 SCHEDULES = {
     "tiny": Schedule(batch_size=8, steps=40, checkpoint_every=0, flush_every=10),
+    # `klcontrol demo`: a ten times higher learning rate, so that a few hundred updates learn factors.
+    "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=50, lr=1e-3),
     "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100),
     "paper": Schedule(batch_size=128, steps=800_000, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
 }

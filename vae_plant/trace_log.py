@@ -1,6 +1,6 @@
 """The training trace: rows collected on the device, written in blocks to CSV and TensorBoard.
 
-Row ``t`` (DESIGN.md indexing): ``beta`` = β(t), the weight of update t;
+Row ``t`` (docs/design.md indexing): ``beta`` = β(t), the weight of update t;
 ``kl`` = y(t), the batch KL of the model after update t; ``recon`` and
 ``kl_0 … kl_{L-1}`` from the same forward pass; ``setpoint`` = C(t), the set
 point the controller used when it turned y(t) into β(t+1).
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["TraceLog", "read_trace_csv", "columns"]
+__all__ = ["TraceLog", "read_trace_csv", "columns", "trace_rows"]
 
 
 def columns(latent_dim: int) -> list[str]:
@@ -61,12 +61,7 @@ class TraceLog:
         self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=first_step or None)
 
     def _truncate(self, keep: int):
-        if not os.path.isfile(self.path):
-            raise ValueError(f"cannot resume: {self.path} is missing")
-        with open(self.path, newline="") as fh:
-            lines = fh.readlines()
-        if not lines or lines[0].rstrip("\r\n").split(",") != self.header:
-            raise ValueError(f"cannot resume: {self.path} does not have the header {','.join(self.header)}")
+        lines = _trace_lines(self.path, self.header)
         if len(lines) - 1 < keep:
             raise ValueError(
                 f"cannot resume: {self.path} has {len(lines) - 1} rows but the checkpoint needs the first {keep}"
@@ -122,6 +117,33 @@ class TraceLog:
         self.writer.close()
 
 
+def _trace_lines(path, header) -> list[str]:
+    """The lines of a trainer ``trace.csv`` (header checked); ``ValueError`` naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"cannot resume: {path} is missing")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot resume: {path} is not a text trace (binary or not UTF-8)") from None
+    if not lines or lines[0].rstrip("\r\n").split(",") != header:
+        raise ValueError(f"cannot resume: {path} does not have the header {','.join(header)}")
+    return lines
+
+
+def trace_rows(path, header) -> int:
+    """Number of data lines of a trainer ``trace.csv`` after checking its header.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, not text or has another header.
+    """
+    lines = _trace_lines(path, header)
+    # A last line without its newline is a row cut by a crash: it does not count.
+    return len(lines) - 1 - (not lines[-1].endswith("\n") and len(lines) > 1)
+
+
 def read_trace_csv(path) -> dict:
     """Read a trainer ``trace.csv`` into arrays.
 
@@ -131,11 +153,26 @@ def read_trace_csv(path) -> dict:
         ``step`` (int), ``beta``, ``kl``, ``recon``, ``setpoint`` (float, shape
         ``(T,)``) and ``kl_latent`` (shape ``(T, L)``).
     """
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a trainer trace (not a text CSV: {exc})") from None
     if not rows or rows[0][:5] != ["step", "beta", "kl", "recon", "setpoint"]:
-        raise ValueError(f"{path} is not a trainer trace (header {rows[0] if rows else 'missing'})")
-    data = np.array(rows[1:], dtype=float).reshape(len(rows) - 1, len(rows[0]))
+        raise ValueError(f"{path} is not a trainer trace (header {rows[0][:8] if rows else 'missing'})")
+    width = len(rows[0])
+    for i, r in enumerate(rows[1:], 2):
+        if len(r) != width:
+            raise ValueError(f"{path}: line {i} has {len(r)} fields, the header has {width} (a row cut by a crash?)")
+    try:
+        data = np.array(rows[1:], dtype=float).reshape(len(rows) - 1, width)
+    except ValueError as exc:
+        raise ValueError(f"{path}: a row does not parse as numbers ({exc})") from None
+    steps = data[:, 0]
+    if not np.array_equal(steps, np.arange(len(steps))):
+        bad = int(np.flatnonzero(steps != np.arange(len(steps)))[0])
+        raise ValueError(f"{path}: the steps are not 0, 1, 2, … in order (line {bad + 2} has step {steps[bad]:g}, "
+                         f"expected {bad}); rows of two runs mixed, or an edited trace")
     return {
         "step": data[:, 0].astype(int),
         "beta": data[:, 1],

@@ -3,7 +3,7 @@
 Loss of update t: ``recon + β(t)·KL`` (reductions in :mod:`vae_plant.model`);
 β may be negative (the capacity relay).
 
-Time indexing (DESIGN.md, delay 0)
+Time indexing (docs/design.md, delay 0)
 ----------------------------------
 ``β(t)`` is the weight of update t; ``y(t)`` is the batch KL of the model
 *after* update t, which is what the forward pass of update t+1 measures.  In
@@ -24,6 +24,20 @@ RNG states (torch, CUDA, NumPy, Python, data sampler, noise) and rows 0…k−2
 are on disk.  Resuming from it cuts ``trace.csv`` to those rows and redoes the
 forward pass of update k, so a resumed run writes the same bytes as an
 uninterrupted one on a CPU.
+
+Safety: the run directory is locked while a trainer uses it
+(:mod:`vae_plant.run_lock`; a second trainer on the same directory is refused,
+naming the holder's pid; the lock dies with its process).  Checkpoints carry
+a SHA-256 checksum and are verified on load (:mod:`vae_plant.checkpoint`); a
+checkpoint is only written when the model and optimizer state are finite.  A
+corrupt latest checkpoint is named with the previous good one, which
+``from_step=`` resumes from (later checkpoints are renamed ``*.discarded``).
+A run that stopped before its first checkpoint restarts from step 0 with
+``restart=True``.  What determines the bytes of the trace besides the
+settings is stored in ``config.json`` (``threads``, ``dtype`` among the
+settings: a resume with another value is refused, and without ``threads``
+it uses the stored thread count; torch/NumPy versions and the machine under
+``provenance``: a change is warned about).
 
 Speed: batches are drawn on the device (:meth:`DSprites.sample`), trace rows
 stay on the device and are copied to the host every ``flush_every`` steps
@@ -49,9 +63,11 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,7 +79,8 @@ from . import checkpoint as ckpt
 from .data import DSprites
 from .model import BetaVAE, vae_losses
 from .presets import CONTROLLERS, make_controller, primes, schedule
-from .trace_log import TraceLog, read_trace_csv
+from .run_lock import RunLock
+from .trace_log import TraceLog, columns, read_trace_csv, trace_rows
 
 __all__ = ["train", "load_run", "Trainer", "RunResult", "resolve_device", "COMPILE_MODES"]
 
@@ -71,6 +88,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 LATENT_DIM = 10
 #: Settings a resumed run may change; all others must equal the stored ones.
 _MAY_CHANGE = {"steps", "checkpoint_every", "flush_every", "tensorboard_every"}
+#: Provenance entries that change the trace bytes without being settings; a change on resume is warned about.
+_REPRODUCIBILITY = ("torch", "numpy", "machine")
 _NEW_RUN_DEFAULTS = dict(preset="tiny", controller="dynamicvae", seed=0, compile="off", amp=False,
                          channels_last=False, fused_adam=False, hidden_fc=False)
 
@@ -101,6 +120,12 @@ def _write_json(path, obj):
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def _reproducibility() -> dict:
+    """What besides the settings decides the trace bytes on this machine."""
+    return dict(torch=torch.__version__, numpy=np.__version__,
+                machine=f"{platform.system()} {platform.machine()} {platform.processor()}".strip())
 
 
 def _positive_int(name, v, allow_zero=False):
@@ -173,24 +198,45 @@ class Trainer:
     def __init__(self, out, preset=None, controller=None, steps=None, seed=None, batch_size=None,
                  device=None, checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None,
                  compile=None, amp=None, channels_last=None, fused_adam=None, hidden_fc=None,
-                 resume=False, progress=True, command=None, prime=None):
+                 resume=False, progress=True, command=None, prime=None, threads=None, restart=False,
+                 from_step=None):
         self.out = os.fspath(out)
         self.progress = progress
         self._prime_arg = prime
+        self._lock = None
+        self._threads_before = None
+        self._created = not os.path.exists(self.out)
+        self.log = None
+        if threads is not None:
+            threads = _positive_int("threads", threads)
+        if from_step is not None:
+            from_step = _positive_int("from_step", from_step, allow_zero=True)
+            if not resume:
+                raise ValueError("from_step (--from-step) picks the checkpoint a resumed run continues from; "
+                                 "it needs resume (--resume DIR)")
         given = dict(preset=preset, steps=steps, seed=seed, batch_size=batch_size, device=device,
                      checkpoint_every=checkpoint_every, flush_every=flush_every,
                      tensorboard_every=tensorboard_every, data=None if data is None else os.fspath(data),
                      compile=compile, amp=amp, channels_last=channels_last, fused_adam=fused_adam,
-                     hidden_fc=hidden_fc)
+                     hidden_fc=hidden_fc, threads=threads)
         ctrl_obj = controller if isinstance(controller, Controller) else None
         if ctrl_obj is not None:
             given["controller"] = repr(controller)
         elif controller is not None:
             given["controller"] = str(controller)
-        if resume:
-            self._init_resume(given, ctrl_obj, command)
-        else:
-            self._init_new(given, ctrl_obj, command)
+        try:
+            if resume:
+                self._init_resume(given, ctrl_obj, command, restart, from_step)
+            else:
+                self._init_new(given, ctrl_obj, command, restart)
+        except BaseException:
+            self._release()
+            if self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
+                # A new run that failed before writing anything leaves no directory behind.
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.out, ".lock"))
+                    os.rmdir(self.out)
+            raise
 
     # -- set-up -----------------------------------------------------------------------
     def _resolve(self, given):
@@ -210,6 +256,8 @@ class Trainer:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got {s['compile']!r}")
         for k in ("amp", "channels_last", "fused_adam", "hidden_fc"):
             s[k] = bool(s[k])
+        s["threads"] = _positive_int("threads", s["threads"]) if s.get("threads") is not None else torch.get_num_threads()
+        s.setdefault("dtype", str(torch.get_default_dtype()))
         s.update(lr=sched.lr, adam_betas=list(sched.adam_betas), latent_dim=LATENT_DIM)
         return s
 
@@ -226,7 +274,7 @@ class Trainer:
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
         return ctrl, prime
 
-    def _init_new(self, given, ctrl_obj, command):
+    def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False):
         s = self._resolve(given)
         if ctrl_obj is None:
             make_controller(s["controller"])  # raises the "unknown controller" error first
@@ -235,16 +283,27 @@ class Trainer:
         out = self.out
         if os.path.exists(out) and not os.path.isdir(out):
             raise ValueError(f"--out {out} exists and is not a directory")
+        os.makedirs(out, exist_ok=True)
+        if not keep_lock:
+            self._lock = RunLock(out)
+        if restart:
+            self._clear_unfinished()
         for name in ("trace.csv", "config.json", "checkpoints"):
             if os.path.exists(os.path.join(out, name)):
-                raise ValueError(f"{out} already holds a run ({name}); resume it or choose another output directory")
+                if ckpt.list_checkpoints(out):
+                    raise ValueError(f"{out} already holds a run ({name}); resume it with --resume {out} "
+                                     "or choose another output directory")
+                raise ValueError(f"{out} already holds a run that stopped before its first checkpoint ({name}); "
+                                 f"start it again with --resume {out} --restart (its stored settings) or "
+                                 f"--out {out} --restart (these settings), or choose another output directory")
+        self._set_threads(s["threads"])
         self.settings = s
         self._build(s, ctrl)
-        os.makedirs(out, exist_ok=True)
         self.config = dict(settings=s, provenance=dict(
             torch=torch.__version__, python=platform.python_version(), git_commit=_git_commit(),
             device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
             command=command if command is not None else " ".join(sys.argv), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **{k: v for k, v in _reproducibility().items() if k != "torch"},
         ), resumes=[])
         _write_json(os.path.join(out, "config.json"), self.config)
         self.step = 0
@@ -252,17 +311,53 @@ class Trainer:
         self.initial_kl = None
         self.log = TraceLog(out, LATENT_DIM, 0, s["tensorboard_every"])
 
-    def _init_resume(self, given, ctrl_obj, command):
+    def _clear_unfinished(self):
+        """``restart``: remove what a run without a good checkpoint left (refused if it has one)."""
+        out = self.out
+        path, _ = ckpt.latest_good(out)
+        if path is not None:
+            raise ValueError(f"{out} has a good checkpoint ({os.path.relpath(path, out)}); --restart only starts "
+                             f"runs that never reached one: resume it with --resume {out}")
+        for _, bad in ckpt.list_checkpoints(out):  # corrupt ones: kept for inspection, out of the way
+            os.replace(bad, bad + ".corrupt")
+        for name in ("trace.csv", "config.json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+        for name in ("tb", "checkpoints"):
+            d = os.path.join(out, name)
+            if name == "checkpoints" and os.path.isdir(d):
+                for f in os.listdir(d):
+                    if f.endswith((".tmp", ".sha256")):
+                        os.remove(os.path.join(d, f))
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only if nothing (no .corrupt file) is left
+                if os.path.isdir(d):
+                    os.replace(d, d + f".corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            elif os.path.isdir(d):
+                shutil.rmtree(d)
+
+    def _set_threads(self, n):
+        if n != torch.get_num_threads():
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(n)
+
+    def _init_resume(self, given, ctrl_obj, command, restart=False, from_step=None):
         out = self.out
         cfg_path = os.path.join(out, "config.json")
         if not os.path.isfile(cfg_path):
-            raise ValueError(f"cannot resume: {out} holds no run (config.json missing)")
+            hint = (f"; it holds files of a run that stopped before writing its settings: start it again with "
+                    f"--out {out} --restart" if os.path.isdir(out) and os.listdir(out) else "")
+            raise ValueError(f"cannot resume: {out} holds no run (config.json missing){hint}")
+        self._lock = RunLock(out)
         try:
-            with open(cfg_path) as fh:
-                self.config = json.load(fh)
+            with open(cfg_path, "rb") as fh:
+                self.config = json.loads(fh.read().decode("utf-8"))
             stored = self.config["settings"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"cannot resume: {cfg_path} is unreadable ({exc})") from None
+            if not isinstance(stored, dict) or "controller" not in stored or "steps" not in stored:
+                raise KeyError("settings")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"cannot resume: {cfg_path} is unreadable ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from None
         if given.get("device") is not None:
             given["device"] = resolve_device(given["device"])
         diffs = []
@@ -271,20 +366,32 @@ class Trainer:
                 continue
             if v != stored[k]:
                 diffs.append(f"{k}={v!r} (the run has {stored[k]!r})")
+        if "dtype" in stored and stored["dtype"] != str(torch.get_default_dtype()):
+            diffs.append(f"default dtype {torch.get_default_dtype()} (the run has {stored['dtype']})")
         if diffs:
-            raise ValueError(f"cannot resume {out} with different settings: {'; '.join(diffs)}")
+            raise ValueError(f"cannot resume {out} with different settings: {'; '.join(diffs)}"
+                             + (" (the thread count changes the trace bytes)" if any(d.startswith("threads=") for d in diffs) else ""))
         if stored["controller"] not in CONTROLLERS and ctrl_obj is None:
             raise ValueError(f"cannot resume {out}: it used a custom controller {stored['controller']}; pass the same controller object")
         s = dict(stored)
         for k in _MAY_CHANGE:
             if given.get(k) is not None:
                 s[k] = given[k]
-        s = {**s, **{k: v for k, v in self._resolve(s).items() if k in _MAY_CHANGE}}
-        path = ckpt.latest(out)
-        state = ckpt.load(path, map_location=s["device"])
+        try:
+            # Every stored setting is checked again: a hand-edited config.json must not reach the training loop.
+            s = self._resolve(s)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot resume: {cfg_path} has invalid settings ({type(exc).__name__}: {exc})") from None
+        if restart:
+            self._restart_from_config(s, given, ctrl_obj, command)
+            return
+        path, state = self._pick_checkpoint(s, from_step)
         k = int(state["step"])
         if s["steps"] < k:
             raise ValueError(f"cannot resume {out} to {s['steps']} steps: its latest checkpoint is already at step {k}")
+        self._check_reproducibility()
+        if s.get("threads") is not None:
+            self._set_threads(int(s["threads"]))
         ctrl, _ = self._controller(s, ctrl_obj)
         self.settings = s
         self._build(s, ctrl)
@@ -293,18 +400,84 @@ class Trainer:
             self.opt.load_state_dict(state["optimizer"])
             self.ctrl.load_state_dict(state["controller"])
             ckpt.restore_rng(state["rng"], self.generators)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"checkpoint {path} does not fit this run ({exc})") from None
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.step = k
         b = self.ctrl.beta
         self.beta = b if torch.is_tensor(b) else torch.tensor(float(b), dtype=torch.float64, device=self.device)
         self.initial_kl = state.get("initial_kl")
+        keep = max(k - 1, 0)
+        rows = trace_rows(os.path.join(out, "trace.csv"), columns(LATENT_DIM))
+        if rows < keep:
+            fits = [j for j, _ in ckpt.list_checkpoints(out) if j < k and max(j - 1, 0) <= rows]
+            hint = (f"resume from an earlier checkpoint with --resume {out} --from-step {fits[-1]}" if fits else
+                    "no earlier checkpoint fits it either; choose another output directory")
+            raise ValueError(f"cannot resume: {os.path.join(out, 'trace.csv')} has {rows} rows but the checkpoint "
+                             f"{os.path.relpath(path, out)} needs the first {keep}; {hint}")
+        if from_step is not None:
+            for j, later in ckpt.list_checkpoints(out):
+                if j > k:
+                    os.replace(later, later + ".discarded")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(later + ".sha256", later + ".sha256.discarded")
         self.config["settings"] = s
         self.config.setdefault("resumes", []).append(dict(
             from_step=k, checkpoint=os.path.relpath(path, out), to_steps=s["steps"],
-            command=command if command is not None else " ".join(sys.argv), time=time.strftime("%Y-%m-%dT%H:%M:%S")))
+            command=command if command is not None else " ".join(sys.argv), time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **_reproducibility()))
         _write_json(cfg_path, self.config)
-        self.log = TraceLog(out, LATENT_DIM, max(k - 1, 0), s["tensorboard_every"])
+        self.log = TraceLog(out, LATENT_DIM, keep, s["tensorboard_every"])
+
+    def _pick_checkpoint(self, s, from_step):
+        """The verified checkpoint to resume from: the latest, or ``from_step``'s; a clear error otherwise."""
+        out = self.out
+        found = ckpt.list_checkpoints(out)
+        if not found:
+            raise ValueError(f"cannot resume: no checkpoint in {os.path.join(out, 'checkpoints')} (the run stopped "
+                             f"before its first checkpoint); start it again from step 0 with its stored settings: "
+                             f"--resume {out} --restart")
+        if from_step is not None:
+            path = ckpt.checkpoint_path(out, from_step)
+            if not os.path.isfile(path):
+                raise ValueError(f"cannot resume {out} from step {from_step}: no {os.path.relpath(path, out)} "
+                                 f"(checkpoints: {', '.join(str(j) for j, _ in found)})")
+            return path, ckpt.load(path, map_location=s["device"])
+        path = found[-1][1]
+        try:
+            return path, ckpt.load(path, map_location=s["device"])
+        except ckpt.CheckpointError as exc:
+            prev, _ = ckpt.latest_good(out, map_location=s["device"], before=found[-1][0])
+            if prev is None:
+                offer = (f"no earlier checkpoint verifies either; start the run again with --resume {out} --restart")
+            else:
+                step = int(os.path.basename(prev)[5:-3])
+                offer = (f"the previous good checkpoint is {os.path.relpath(prev, out)}: resume from it with "
+                         f"--resume {out} --from-step {step} (later checkpoints are set aside as *.discarded)")
+            raise ValueError(f"cannot resume: {exc}; {offer}") from None
+
+    def _restart_from_config(self, s, given, ctrl_obj, command):
+        """``--resume DIR --restart``: the stored settings, from step 0, in place of a run with no good checkpoint."""
+        fresh = {k: s.get(k) for k in given if k != "controller"}
+        fresh["controller"] = given.get("controller") or s["controller"]
+        if s.get("prime") is not None and self._prime_arg is None:
+            self._prime_arg = s["prime"]
+        self._init_new(fresh, ctrl_obj, command, restart=True, keep_lock=True)
+
+    def _check_reproducibility(self):
+        prov = self.config.get("provenance", {})
+        now = _reproducibility()
+        changed = [f"{k} {prov[k]} → {now[k]}" for k in _REPRODUCIBILITY if k in prov and prov[k] != now[k]]
+        if changed:
+            warnings.warn(f"resuming {self.out} with {'; '.join(changed)}: the rest of the trace may differ "
+                          "in the last bits from an uninterrupted run", RuntimeWarning, stacklevel=3)
+
+    def _release(self):
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _build(self, s, ctrl):
         self.device = torch.device(s["device"])
@@ -406,23 +579,38 @@ class Trainer:
         except ValueError as exc:
             raise ValueError(f"{exc}; {self._nan_message(upto)}") from None
 
+    def _good_checkpoint_note(self):
+        path, _ = ckpt.latest_good(self.out)
+        if path is None:
+            return f"no good checkpoint was written yet (restart with --resume {self.out} --restart)"
+        return f"the last good checkpoint is {os.path.relpath(path, self.out)}"
+
     def _nan_message(self, step):
-        last = [f for f in sorted(os.listdir(os.path.join(self.out, "checkpoints")))] if os.path.isdir(
-            os.path.join(self.out, "checkpoints")) else []
-        keep = f"the last good checkpoint is checkpoints/{last[-1]}" if last else "no checkpoint was written yet"
         return (f"the KL (or reconstruction loss) became NaN or infinite at step {step} of {self.out}; "
-                f"trace.csv keeps the rows before it and {keep}")
+                f"trace.csv keeps the rows before it and {self._good_checkpoint_note()}")
 
     def _save(self):
         s = self.settings
         state = dict(
-            format=1, step=self.step, config=s, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+            format=ckpt.FORMAT, step=self.step, config=s, model=self.model.state_dict(), optimizer=self.opt.state_dict(),
             controller=self.ctrl.state_dict(),
             setpoint=dict(description=self.ctrl.setpoint.to_dict() if self.ctrl.setpoint is not None else None,
                           value=float(self.ctrl.setpoint(max(self.step - 1, 0))) if self.ctrl.setpoint is not None else None),
             rng=ckpt.capture_rng(self.generators), initial_kl=self.initial_kl, trace_rows=self.log.next_step,
         )
-        ckpt.save(state, ckpt.checkpoint_path(self.out, self.step))
+        bad = ckpt.non_finite(state)
+        if bad:
+            # The KL of these weights is only measured by the next forward pass: refuse to call them a checkpoint.
+            raise ValueError(f"the model became NaN or infinite before step {self.step} of {self.out} "
+                             f"({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); no checkpoint was written "
+                             f"for it, trace.csv keeps every good row and {self._good_checkpoint_note()}")
+        path = ckpt.checkpoint_path(self.out, self.step)
+        try:
+            ckpt.save(state, path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot write checkpoint {path} ({exc.strerror or exc}); nothing was left "
+                                     f"half-written and {self._good_checkpoint_note()}; free space or fix the "
+                                     f"directory, then run klcontrol train --resume {self.out}", path) from None
 
     def run(self, until: int | None = None) -> RunResult:
         """Train up to ``until`` updates (default: the run's ``steps``).
@@ -457,12 +645,17 @@ class Trainer:
             self._flush(pbar)
         finally:
             pbar.close()
-            self.log.writer.flush()
+            with contextlib.suppress(Exception):  # never mask the error that got us here
+                self.log.writer.flush()
         return self.result()
 
     def close(self):
-        """Close the TensorBoard writer."""
-        self.log.close()
+        """Close the TensorBoard writer, release the run directory and restore the torch thread count."""
+        try:
+            if self.log is not None:
+                self.log.close()
+        finally:
+            self._release()
 
     def result(self) -> RunResult:
         """The run as it is on disk now, with the in-memory model."""
@@ -473,7 +666,7 @@ class Trainer:
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
           checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None, compile=None, amp=None,
           channels_last=None, fused_adam=None, hidden_fc=None, resume=False, progress=True,
-          command=None, prime=None) -> RunResult:
+          command=None, prime=None, threads=None, restart=False, from_step=None) -> RunResult:
     """Train a β-VAE on dSprites with a β controller; write trace, TensorBoard events and checkpoints.
 
     Parameters
@@ -513,6 +706,18 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
     prime : bool, optional
         Whether to prime the controller's KL history with the initial model's
         KL (default: yes, except for the ``dynamicvae-official`` preset).
+    threads : int, optional
+        torch CPU threads for the run (stored; they change the trace bytes).
+        Default: the current count for a new run, the stored one on resume;
+        a different value on resume is refused.  Restored on return.
+    restart : bool
+        Start a run that never reached a good checkpoint again from step 0
+        (with ``resume``: its stored settings), replacing its trace and events.
+        Refused if the run has a good checkpoint.
+    from_step : int, optional
+        With ``resume``: continue from this checkpoint instead of the latest
+        (e.g. when the latest is corrupt); later checkpoints are renamed
+        ``*.discarded``.
 
     Returns
     -------
@@ -522,15 +727,20 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
     ------
     ValueError
         Unknown preset or controller, an output directory that already holds a
-        run (without ``resume``), a missing or corrupt checkpoint, different
-        settings on resume, a KL that turns NaN (rows before it and the last
-        good checkpoint are kept).
+        run (without ``resume``) or is in use by another trainer, a missing or
+        corrupt checkpoint (the previous good one is named), different
+        settings on resume, a KL or model that turns NaN (rows before it and
+        the last good checkpoint are kept).
+    OSError
+        If the directory cannot be written (read-only, full disk); no
+        half-written checkpoint is left and the run stays resumable.
     """
     tr = Trainer(out, preset=preset, controller=controller, steps=steps, seed=seed, batch_size=batch_size,
                  device=device, checkpoint_every=checkpoint_every, flush_every=flush_every,
                  tensorboard_every=tensorboard_every, data=data, compile=compile, amp=amp,
                  channels_last=channels_last, fused_adam=fused_adam, hidden_fc=hidden_fc, resume=resume,
-                 progress=progress, command=command, prime=prime)
+                 progress=progress, command=command, prime=prime, threads=threads, restart=restart,
+                 from_step=from_step)
     try:
         return tr.run()
     finally:
@@ -556,12 +766,23 @@ def load_run(run_dir, device="cpu", step: int | None = None) -> RunResult:
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{run_dir} holds no run (config.json missing)")
-    with open(cfg_path) as fh:
-        config = json.load(fh)
+    try:
+        with open(cfg_path, "rb") as fh:
+            config = json.loads(fh.read().decode("utf-8"))
+        settings = config["settings"]
+        latent_dim, hidden_fc = settings.get("latent_dim", LATENT_DIM), bool(settings.get("hidden_fc", False))
+        latent_dim = _positive_int("latent_dim", latent_dim)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"{cfg_path} is not a run's config.json ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
     path = ckpt.latest(run_dir) if step is None else ckpt.checkpoint_path(run_dir, step)
     state = ckpt.load(path, map_location=device)
-    model = BetaVAE(config["settings"].get("latent_dim", LATENT_DIM), hidden_fc=config["settings"].get("hidden_fc", False))
-    model.load_state_dict(state["model"])
+    model = BetaVAE(latent_dim, hidden_fc=hidden_fc)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path} does not fit the model of {cfg_path} ("
+                         f"{' '.join(str(exc).split())[:300]})") from None
     trace = read_trace_csv(os.path.join(run_dir, "trace.csv"))
     return RunResult(run_dir, config, trace, model.to(device).eval(), int(state["step"]),
                      meta={"initial_kl": state.get("initial_kl"), "checkpoint": path})

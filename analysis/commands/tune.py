@@ -1,6 +1,9 @@
 """``klcontrol tune``: recommend Kp, Ki for a fitted plant and compare with the paper's gains."""
 from __future__ import annotations
 
+from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS
+from klcontrol.registry import LINEAR_KINDS
+
 def register(sub) -> None:
     """Register the ``tune`` command."""
     p = sub.add_parser(
@@ -17,16 +20,18 @@ def register(sub) -> None:
                      help="with --fit: β range the schedule visits (default: the β range of the fitted traces)")
     p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
     p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="measurement delay d (default 0)")
+    p.add_argument("--controller", choices=LINEAR_KINDS, default="incremental",
+                   help="controller whose linearised loop is designed (default incremental)")
     p.add_argument("--settling", type=float, default=None, help="target worst-case 2 %% settling time (steps)")
     p.add_argument("--max-overshoot", type=float, default=0.05, help="largest linear step overshoot (default 0.05)")
-    p.add_argument("--compare", type=float, nargs=2, default=(0.01, 0.005), metavar=("KP", "KI"),
-                   help="reference gains (default: the paper's 0.01 0.005)")
+    p.add_argument("--compare", type=float, nargs=2, default=DYNAMICVAE_GAINS, metavar=("KP", "KI"),
+                   help="reference gains (default: the paper's %g %g)" % DYNAMICVAE_GAINS)
     sch = p.add_argument_group("schedule tuning (simulate the fitted plant over a whole run; needs --fit)")
     sch.add_argument("--schedule-steps", type=int, default=None, metavar="N",
                      help="choose the gains with the least simulated tracking error over DynamicVAE's step-ramp "
                      "schedule run for N updates (compressed to N like `klcontrol compare`), from β0")
     sch.add_argument("--no-compress", action="store_true", help="run the schedule at the paper's speed")
-    sch.add_argument("--beta0", type=float, default=150.0, help="initial β (default 150)")
+    sch.add_argument("--beta0", type=float, default=DYNAMICVAE_BETA0, help="initial β (default %g)" % DYNAMICVAE_BETA0)
     sch.add_argument("--noise-std", type=float, default=0.5,
                      help="KL measurement noise in nats (default 0.5: batch 16 on dSprites)")
     sch.add_argument("--max-jitter", type=float, default=None, help="largest β jitter, std of Δβ (default none)")
@@ -58,7 +63,7 @@ def run(args) -> int:
     plant, a, g = _plant_from_args(args)
     if args.schedule_steps is not None:
         return _run_schedule(args, plant, g)
-    r = tune(a=a, gprime=g, window=args.window, delay=args.delay, settling=args.settling,
+    r = tune(a=a, gprime=g, window=args.window, delay=args.delay, controller=args.controller, settling=args.settling,
              max_overshoot=args.max_overshoot, compare={"paper": tuple(args.compare)})
     if args.plot:
         _plot(r, plant, args.plot)

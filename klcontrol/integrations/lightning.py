@@ -18,7 +18,7 @@ At the end of each training batch the callback reads the KL of that batch
 dict ``training_step`` returns; ``"attribute"``: an attribute of the module),
 averages it across DDP ranks, steps the controller and stores the next β in
 ``pl_module.beta``.  The KL of batch t is measured before update t, so β(t+1)
-comes from y(t−1): the loop has delay d = 1 in the terms of ``DESIGN.md``
+comes from y(t−1): the loop has delay d = 1 in the terms of ``docs/design.md``
 (the DynamicVAE paper's state-space model).  The controller state is saved in
 Lightning checkpoints and restored on resume.
 

@@ -33,7 +33,7 @@ def run(args) -> int:
     from vae_plant.train import load_run
 
     from klcontrol.cli import print_json
-    from .demo import _traversals
+    from vae_plant.demo import traversals_figure
 
     if not os.path.isdir(args.run_dir):
         raise ValueError(f"{args.run_dir} is not a directory written by `klcontrol train`")
@@ -60,7 +60,7 @@ def run(args) -> int:
     plot_runs({os.path.basename(os.path.normpath(args.run_dir)): {k: t[k] for k in ("step", "beta", "kl", "recon", "setpoint")}},
               path=figs["training"])
     plot_latent_kl(t["step"], t["kl_latent"], path=figs["latent_kl"])
-    _traversals(res, figs["traversals"])
+    traversals_figure(res, figs["traversals"])
     out["figures"] = figs
     with open(os.path.join(eval_dir, "metrics.json"), "w") as fh:
         json.dump(out, fh, indent=2)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-# Names only (no torch import): kept in step with vae_plant.presets, which the run checks.
-PRESETS = ("tiny", "cpu", "paper")
-CONTROLLER_NAMES = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-official",
-                    "dynamicvae-p", "dynamicvae-step", "dynamicvae-t")
+from vae_plant.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
+
+PRESETS = tuple(SCHEDULES)
+CONTROLLER_NAMES = tuple(CONTROLLERS)
 
 
 def register(sub) -> None:
@@ -18,7 +18,8 @@ def register(sub) -> None:
         description="Train the DynamicVAE/ControlVAE β-VAE on dSprites (procedural, or the official .npz with "
         "--data) with β set each step by a controller. Writes DIR/trace.csv (step, beta, kl, recon, setpoint, "
         "kl_0..kl_9), TensorBoard events in DIR/tb, checkpoints in DIR/checkpoints and DIR/config.json. "
-        "--resume DIR continues a run up to --steps; the result is byte-identical to an uninterrupted run on a CPU.",
+        "--resume DIR continues a run up to --steps; the result is byte-identical to an uninterrupted run on a CPU. "
+        "The directory is locked while a trainer uses it; checkpoints are verified (SHA-256) on resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--preset", default=None, help=f"schedule: one of {', '.join(PRESETS)} (default tiny)")
@@ -28,6 +29,12 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of initialisation, batches and noise (default 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (new)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR up to --steps")
+    p.add_argument("--from-step", type=int, default=None, metavar="K",
+                   help="with --resume: continue from checkpoint K instead of the latest (e.g. the latest is "
+                   "corrupt); later checkpoints are renamed *.discarded")
+    p.add_argument("--restart", action="store_true",
+                   help="start a run that stopped before its first good checkpoint again from step 0 "
+                   "(--resume DIR: its stored settings; --out DIR: the given ones); refused if it has one")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
                    help="steps between checkpoints (0: only at the end; default: the preset's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
@@ -40,7 +47,9 @@ def register(sub) -> None:
     g.add_argument("--channels-last", action="store_const", const=True, default=None, help="channels-last memory format")
     g.add_argument("--fused-adam", action="store_const", const=True, default=None, help="fused Adam")
     g.add_argument("--flush-every", type=int, default=None, metavar="N", help="steps between trace flushes")
-    g.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's; on resume the run's, which is stored because it "
+                   "changes the trace bytes: another value is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.set_defaults(func=run)
@@ -59,20 +68,17 @@ def run(args) -> int:
     if args.resume is not None and args.out is not None and _norm(args.out) != _norm(args.resume):
         raise ValueError(f"--out {args.out} and --resume {args.resume} name different directories; "
                          "a resumed run continues in its own directory")
-    import torch
-
     from vae_plant.train import train
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
     res = train(
         args.resume or args.out, preset=args.preset, controller=args.controller, steps=args.steps, seed=args.seed,
         batch_size=args.batch_size, device=args.device, checkpoint_every=args.checkpoint_every,
         flush_every=args.flush_every, data=args.data, compile=args.compile, amp=args.amp,
         channels_last=args.channels_last, fused_adam=args.fused_adam, resume=args.resume is not None,
         progress=not (args.no_progress or args.json), command=" ".join(["klcontrol"] + sys.argv[1:]),
+        threads=args.threads, restart=args.restart, from_step=args.from_step,
     )
     t = res.trace
     summary = dict(run_dir=res.run_dir, steps=res.step, final_beta=float(t["beta"][-1]), final_kl=float(t["kl"][-1]),

@@ -1,0 +1,93 @@
+"""vae_plant.run_lock and the trainer's use of it: two trainers on one --out never mix runs; dead holders do not block."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from klcontrol.cli import main
+from vae_plant.run_lock import LOCK_NAME, RunLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+
+
+def test_second_lock_is_refused_and_release_frees_it(tmp_path):
+    a = RunLock(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{tmp_path} is in use by another trainer \(pid {os.getpid()}\)"):
+        RunLock(str(tmp_path))
+    a.release()
+    a.release()  # idempotent
+    b = RunLock(str(tmp_path))
+    assert b.held
+    b.release()
+    assert not b.held
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path):
+    code = ("import sys, time; from vae_plant.run_lock import RunLock; l = RunLock(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"pid {p.pid}\)"):
+            RunLock(str(tmp_path))
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (tmp_path / LOCK_NAME).read_text().strip() == str(p.pid)  # the stale file stays …
+    RunLock(str(tmp_path)).release()  # … but the lock died with its process
+
+
+def test_two_trainers_on_one_out_do_not_mix(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--steps", "400", "--batch-size", "2", "--checkpoint-every", "0", "--no-progress", "--seed", "1"]
+    p = subprocess.Popen([sys.executable, "-m", "klcontrol", *args, "--out", str(out)], env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "trace.csv").exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read()
+        # the same --out, a new run with another seed, and a resume: both refused while the first one runs
+        for argv in (["train", "--out", str(out), "--steps", "10", "--seed", "2", "--no-progress"],
+                     ["train", "--resume", str(out), "--steps", "400", "--no-progress"],
+                     ["train", "--out", str(out), "--steps", "10", "--restart", "--no-progress"]):
+            assert main(argv) == 1
+            err = capsys.readouterr().err
+            assert f"{out} is in use by another trainer (pid {p.pid})" in err, err
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    # the holder is dead: its lock does not block; the run never reached a checkpoint, so it restarts cleanly
+    assert main(["train", "--resume", str(out), "--steps", "400", "--no-progress"]) == 1
+    assert "--restart" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--restart", "--steps", "6", "--no-progress"]) == 0
+    rows = (out / "trace.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(t) for t in range(6)]  # one run, steps 0…5 once
+
+
+def test_two_new_trainers_started_together_give_one_clean_run(tmp_path):
+    out = tmp_path / "race"
+    args = ["-m", "klcontrol", "train", "--out", str(out), "--steps", "30", "--batch-size", "2", "--no-progress"]
+    procs = [subprocess.Popen([sys.executable, *args, "--seed", str(seed)], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 1], results
+    (winner, _), = [(i, err) for i, (rc, err) in enumerate(results) if rc == 0]
+    loser_err = results[1 - winner][1]
+    assert "Traceback" not in loser_err and len(loser_err.strip().splitlines()) == 1
+    assert f"{out} is in use by another trainer" in loser_err or "already holds a run" in loser_err
+    import json
+
+    seed = json.loads((out / "config.json").read_text())["settings"]["seed"]
+    assert seed == (1, 2)[winner]
+    ref = tmp_path / "ref"
+    assert main(["train", "--out", str(ref), "--steps", "30", "--batch-size", "2", "--no-progress",
+                 "--seed", str(seed)]) == 0
+    assert (out / "trace.csv").read_bytes() == (ref / "trace.csv").read_bytes()  # one run, not a mix

@@ -1,0 +1,41 @@
+"""Verdicts on saved fits: the first-order check covers a's interval and the g′ band; file errors name the file."""
+import json
+
+import numpy as np
+import pytest
+
+from analysis.stability import robust_stability
+from analysis.verdicts import check_first_order, check_fit_file, format_verdict, read_fit_file
+from klcontrol import ExpGain, FirstOrderPlant
+
+PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
+
+
+def test_plain_plant_verdict_equals_robust_stability(tmp_path):
+    p = tmp_path / "plant.json"
+    p.write_text(json.dumps(PLANT.to_dict()))
+    fit, kind = read_fit_file(p)
+    assert kind == "first_order_plant"
+    out = check_fit_file(p, 0.01, 0.005, window=5, beta_range=(2.0, 10.0))
+    g = PLANT.g.derivative(np.array([2.0, 10.0]))
+    ref = robust_stability(0.01, 0.005, 1 / 2500, g.min(), g.max(), window=5)
+    assert out["stable"] == ref.stable and out["worst_spectral_radius"] == pytest.approx(ref.worst_spectral_radius)
+    assert "STABLE" in format_verdict(out)
+    # Gains far beyond the loop-gain bound ((Kp + 2Ki)·a·|g′| < 4(2 + a) at T = 1): the same call must say no.
+    bad = check_first_order(PLANT, 1e4, 1e4, beta_range=(2.0, 10.0))
+    assert not bad["stable"] and format_verdict(bad).startswith("NOT robustly stable")
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        read_fit_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json: not JSON"):
+        read_fit_file(bad)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ValueError, match="bin.json"):
+        read_fit_file(binary)
+    with pytest.raises(ValueError, match="β range"):
+        check_first_order(PLANT, 0.01, 0.005)
