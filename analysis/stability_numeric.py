@@ -156,7 +156,18 @@ def _schur_inside(c, radius):
     return ok
 
 
-def _dominant_radius(cs, lcs, iters=5):
+def _companion_roots(ql, idx):
+    """Roots of the λ-polynomials ``ql`` (highest first) at the points ``idx``; shape ``(len(idx), m)``."""
+    m = len(ql) - 1
+    comp = np.zeros((idx.size, m, m))
+    for k in range(m):
+        comp[:, 0, k] = -ql[k + 1][idx] / ql[0][idx]
+    comp[:, np.arange(1, m), np.arange(m - 1)] = 1.0
+    with np.errstate(invalid="ignore"):
+        return np.linalg.eigvals(comp)
+
+
+def _dominant_radius(cs, lcs, iters=5, roots=False):
     """Spectral radius from the polynomial in z = λ − 1, without all the roots.
 
     The slow KL loop's dominant roots are the two nearest z = 0.  They start
@@ -198,25 +209,24 @@ def _dominant_radius(cs, lcs, iters=5):
         sig, pi = np.real(l1 + l2), np.real(l1 * l2)
         rho = np.maximum(np.abs(l1), np.abs(l2))
         if n - 2 < 1:
-            return rho, bad
+            return (np.stack([l1, l2], axis=1) if roots else rho), bad
         rev = [np.asarray(v, dtype=float) for v in lcs[::-1]]  # ascending powers of λ
         dq = [rev[0] / pi]
         dq.append((rev[1] + sig * dq[0]) / pi)
         for k in range(2, n - 1):
             dq.append((rev[k] + sig * dq[k - 1] - dq[k - 2]) / pi)
         ql = dq[::-1]  # the deflated polynomial in λ, degree n − 2, highest first
+    if roots:  # every root: the pair and the deflated polynomial's companion eigenvalues
+        rest = np.zeros((len(rho), n - 2), dtype=complex)
+        good = np.flatnonzero(~bad)
+        if good.size:
+            rest[good] = _companion_roots(ql, good)
+        return np.concatenate([l1[:, None], l2[:, None], rest], axis=1), bad
     inside = _schur_inside(ql, rho) & ~bad
     rest = np.flatnonzero(~inside & ~bad)
     if rest.size:
         # Remaining roots outside ρ (or a marginal test): their companion eigenvalues in λ.
-        m = n - 2
-        comp = np.zeros((rest.size, m, m))
-        for k in range(m):
-            comp[:, 0, k] = -ql[k + 1][rest] / ql[0][rest]
-        comp[:, np.arange(1, m), np.arange(m - 1)] = 1.0
-        with np.errstate(invalid="ignore"):
-            other = np.max(np.abs(np.linalg.eigvals(comp)), axis=-1)
-        rho[rest] = np.maximum(rho[rest], other)
+        rho[rest] = np.maximum(rho[rest], np.max(np.abs(_companion_roots(ql, rest)), axis=-1))
     return rho, bad
 
 
@@ -317,12 +327,31 @@ def _roots_z(cs):
 def eigenvalues(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     """Nonzero eigenvalues of the linearised loop (roots of the characteristic polynomial).
 
+    The two roots nearest λ = 1 come from Newton's method in ``z = λ − 1``, the
+    others from the companion matrix of the deflated polynomial in λ (see
+    :func:`spectral_radius`); where Newton does not settle, all roots from the
+    companion matrix in ``z``.  First two entries: that pair.
+
     Returns
     -------
     ndarray of complex, shape ``broadcast + (n,)``
     """
-    cs, _ = _coeffs("z", kp, ki, a, gprime, window, delay, controller)
-    return 1.0 + _roots_z(cs)
+    window, delay, controller = check_config(window, delay, controller)
+    flat, shape = _flat_params(kp, ki, a, gprime)
+    _, zf, _, lf = coefficient_functions(controller, window, delay)
+    n = len(zf(1.0, 1.0, 1.0, 1.0)) - 1
+    out = np.empty((int(np.prod(shape, dtype=np.int64)), n), dtype=complex)
+    for sl in _blocks(shape):
+        cs = _block_coeffs(zf, flat, sl, n)
+        if n <= 2:
+            out[sl] = 1.0 + _roots_z(cs)
+            continue
+        lam, bad = _dominant_radius(cs, _block_coeffs(lf, flat, sl, n), roots=True)
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            lam[idx] = 1.0 + _roots_z([c[idx] for c in cs])
+        out[sl] = lam
+    return out.reshape(shape + (n,))
 
 
 def spectral_radius(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):

@@ -226,6 +226,10 @@ def test_long_window_radius_matches_the_jacobian(tmp_path, monkeypatch):
             An = np.array(A.subs(dict(zip((SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")), vals))), dtype=float)
             ref = np.max(np.abs(np.linalg.eigvals(An)))
             assert spectral_radius(*vals, window=20) == pytest.approx(ref, rel=1e-9)
+            ev = eigenvalues(*vals, window=20)
+            assert np.max(np.abs(ev)) == pytest.approx(ref, rel=1e-9)
+            big = np.sort(np.abs(np.linalg.eigvals(An)))[::-1][:4]
+            assert np.allclose(np.sort(np.abs(ev))[::-1][:4], big, rtol=1e-6)
             assert is_stable(*vals, window=20) == (ref < 1)
     finally:
         coefficient_functions.cache_clear()
