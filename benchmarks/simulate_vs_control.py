@@ -12,7 +12,9 @@ with a = 1/5000, A = 26.38, k = 0.0476, set point 20 nats, β0 = 100.
 
 Each is timed on its first call in a fresh process (a child process each:
 that call pays the kernel's first-touch page faults of the outputs) and
-repeated in one process (best of ``--repeats``; later calls reuse freed memory).  python-control runs
+repeated in one process (later calls reuse freed memory).  The timings are
+interleaved in rounds with python-control's, and the best of each is kept, so
+that a load spike on a shared machine does not favour either side.  python-control runs
 the same loop as a discrete ``control.nlsys`` (update function written out
 with ``math``) through ``control.input_output_response``, one gain set at a
 time; a few sets are timed and the best is scaled to the full count.  The
@@ -118,26 +120,33 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     kp, ki, plant, ctrl = _setup(args.sets)
-    t_first = {m: min(first_call(m, args.sets, args.steps) for _ in range(args.first_repeats)) for m in RECORDINGS}
-    t_rep = {}
-    for m, kw in RECORDINGS.items():
-        times = []
-        for _ in range(args.repeats):
-            tr = None
-            t0 = time.perf_counter()
-            tr = simulate(ctrl, plant, args.steps, **kw)
-            times.append(time.perf_counter() - t0)
-        t_rep[m] = min(times)
     idx = np.linspace(0, args.sets - 1, args.control_sets).round().astype(int)
-    # The compared sets again, float64, all series (the same arithmetic per set as in the timed calls).
+    # The compared sets, float64, all series (the same arithmetic per set as in the timed calls).
     tr = simulate(IncrementalPI(kp[idx], ki[idx], setpoint=C, beta0=BETA0, beta_min=0.0, filter=WINDOW), plant,
                   args.steps)
+    # Interleaved rounds (the machine may be shared): each round times one first call per recording in a fresh
+    # process, one repeated call per recording and one python-control gain set; the best of each is kept.
+    t_first = {m: [] for m in RECORDINGS}
+    t_rep = {m: [] for m in RECORDINGS}
     t_ctl, worst = [], 0.0
-    for j, i in enumerate(idx):
-        t0 = time.perf_counter()
-        beta, kl = run_control(kp[i], ki[i], args.steps)
-        t_ctl.append(time.perf_counter() - t0)
-        worst = max(worst, np.max(np.abs(beta - tr.beta[:, j])), np.max(np.abs(kl - tr.kl[:, j])))
+    rounds = max(args.repeats, args.control_sets, args.first_repeats)
+    for r in range(rounds):
+        if r < args.first_repeats:
+            for m in RECORDINGS:
+                t_first[m].append(first_call(m, args.sets, args.steps))
+        if r < args.repeats:
+            for m, kw in RECORDINGS.items():
+                t0 = time.perf_counter()
+                simulate(ctrl, plant, args.steps, **kw)
+                t_rep[m].append(time.perf_counter() - t0)
+        if r < args.control_sets:
+            j, i = r, idx[r]
+            t0 = time.perf_counter()
+            beta, kl = run_control(kp[i], ki[i], args.steps)
+            t_ctl.append(time.perf_counter() - t0)
+            worst = max(worst, np.max(np.abs(beta - tr.beta[:, j])), np.max(np.abs(kl - tr.kl[:, j])))
+    t_first = {m: min(v) for m, v in t_first.items()}
+    t_rep = {m: min(v) for m, v in t_rep.items()}
     per_set = min(t_ctl)  # best of the timed sets, as simulate's best of its repeats
     t_ctl_scaled = per_set * args.sets
 
