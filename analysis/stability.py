@@ -23,7 +23,7 @@ The DynamicVAE paper side by side
     ``corrected_theorem``).
 
 Supported: ``controller`` in ``"incremental"``, ``"incremental-official"``,
-``"positional"`` (identical inside the clamps), any ``window ≥ 1`` (code for
+``"positional"``, ``"positional-official"`` (identical inside the clamps), any ``window ≥ 1`` (code for
 1…8 ships, others are generated once and cached on disk), ``delay`` 0 or 1.
 """
 from __future__ import annotations

@@ -248,7 +248,7 @@ def is_stable(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
         Moving-average window ``T``.
     delay : {0, 1}
         0: β(t+1) from y(t) (as trained); 1: from y(t−1) (paper Eq. 15).
-    controller : {"incremental", "incremental-official", "positional"}
+    controller : {"incremental", "incremental-official", "positional", "positional-official"}
         All give the same verdict inside the clamps.
 
     Returns

@@ -1,17 +1,36 @@
 """Read training logs (CSV, JSONL, TensorBoard) into :class:`klcontrol.Trace` objects.
 
-Time convention (docs/design.md): row ``t`` holds ``β(t)``, the weight used in
-update ``t``, and ``y(t)``, the KL *after* update ``t``.  A log whose KL comes
-from the forward pass of the same step holds ``y(t−1)`` in row ``t``; read it
-with ``kl_lag=1`` and the rows are realigned (``kl`` shifted one row up, the
-last β dropped).
+Log conventions (one place: :data:`CONVENTIONS`, the CLI flags of
+:func:`add_reader_arguments`).  Row ``s`` of a log is read as:
+
+- **β, held**: the β logged at step ``s`` is the weight of update
+  ``s + beta_lead`` and of every later update until the next logged row
+  (zero-order hold, ``beta_hold="next"``, default).  ``beta_hold="previous"``
+  (``--beta-hold previous``): the logged β had been in use since the update
+  after the previous row (a value logged at the end of the interval it held).
+  ``beta_lead = 0`` (``--beta-logged before``, default): β was logged before
+  or during update ``s`` (a scheduler's value, the klcontrol trainer,
+  :class:`~klcontrol.integrations.lightning.KLControlCallback`);
+  ``beta_lead = 1`` (``--beta-logged after``): β was logged after update ``s``
+  by a controller that has already stepped (the weight of the *next* update).
+- **KL**: the KL of row ``s`` is ``y(s − kl_lag)``.  ``kl_lag = 0``
+  (default): measured after update ``s`` (the klcontrol trainer,
+  :func:`klcontrol.simulate`); ``kl_lag = 1`` (``--kl-lag 1``): the KL of the
+  forward pass of step ``s``, i.e. before update ``s`` (``self.log("kl", kl)``
+  in a Lightning ``training_step``).
+
+Rows are kept as logged; the conventions are stored in ``trace.meta``
+(``kl_lag``, ``beta_lead``, ``beta_hold``) and applied by the fit, which simulates every
+update between logged rows (sparse logs: Lightning's ``log_every_n_steps``).
+Rows of one step written by separate log calls (W&B-style history, Lightning's
+CSVLogger) are merged; a KL row without a β value holds the last β.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import warnings
 import zlib
 from pathlib import Path
 
@@ -19,59 +38,175 @@ import numpy as np
 
 from klcontrol import Trace
 
-__all__ = ["read_trace", "align_kl", "TRACE_FILES"]
+__all__ = ["read_trace", "read_traces", "align_kl", "log_convention", "add_reader_arguments", "reader_kwargs",
+           "TRACE_FILES", "CONVENTIONS"]
 
 #: File names looked for, in order, when :func:`read_trace` is given a trainer run directory.
 TRACE_FILES = ("trace.csv", "trace.jsonl")
 
+#: The log conventions :func:`read_trace` understands: name → (allowed values, meaning).
+CONVENTIONS = {
+    "beta_hold": (("next", "previous"), "next: a logged β is the weight of every update until the next logged row "
+                  "(zero-order hold); previous: it was the weight of every update since the previous row"),
+    "kl_lag": ((0, 1), "0: row s holds the KL after update s; 1: the KL of the forward pass of step s (before update s)"),
+    "beta_lead": ((0, 1), "0: row s holds the β used in update s; 1: the β set after update s (used from s+1 on)"),
+}
+
 _SHOWN = 8  # rows or steps quoted in an error message before "…"
+_FLAG = {"step": "--step-col", "beta": "--beta-col", "kl": "--kl-col"}  # CLI flag naming each column
+
+
+def log_convention(trace: Trace) -> dict:
+    """``{"kl_lag": 0|1, "beta_lead": 0|1, "beta_hold": "next"|"previous"}`` of a trace (``meta``; defaults 0, 0, "next").
+
+    Parameters
+    ----------
+    trace : Trace
+        A trace from :func:`read_trace` or :func:`klcontrol.simulate`.
+
+    Returns
+    -------
+    dict
+    """
+    out = {}
+    for key in ("kl_lag", "beta_lead", "beta_hold"):
+        v = trace.meta.get(key, "next" if key == "beta_hold" else 0)
+        if v not in CONVENTIONS[key][0]:
+            raise ValueError(f"trace meta {key}={v!r}: must be one of {CONVENTIONS[key][0]}")
+        out[key] = v if key == "beta_hold" else int(v)
+    return out
+
+
+def add_reader_arguments(p) -> None:
+    """Add the log-reading flags (columns, conventions, format, NaN rows, run) to an argparse parser."""
+    g = p.add_argument_group(
+        "reading the logs",
+        "A β logged at step s is held for every update until the next logged row (zero-order hold), so logs "
+        "written every N updates are fitted update by update. Lightning: self.log('kl', kl) in training_step "
+        "gives the KL before the update: pass --kl-lag 1.")
+    g.add_argument("--step-col", default="step", help="step column / key (default step; CSV and JSONL only: "
+                   "TensorBoard scalars carry their own step)")
+    g.add_argument("--beta-col", default="beta", help="β column / key / scalar tag (default beta)")
+    g.add_argument("--kl-col", default="kl", help="KL column / key / scalar tag (default kl)")
+    g.add_argument("--kl-lag", type=int, choices=(0, 1), default=0,
+                   help="0 (default): row s holds the KL after update s; 1: the KL of the forward pass of step s")
+    g.add_argument("--beta-logged", choices=("before", "after"), default="before",
+                   help="before (default): row s holds the β used in update s; after: the β a controller set "
+                   "after update s (used from update s+1 on)")
+    g.add_argument("--beta-hold", choices=("next", "previous"), default="next",
+                   help="next (default): a logged β holds until the next logged row (zero-order hold); previous: "
+                   "it had held since the previous row (logged at the end of the interval it was used in)")
+    g.add_argument("--format", choices=("csv", "jsonl", "tensorboard"), default=None,
+                   help="file format (default: from the file name)")
+    g.add_argument("--drop-nan", action="store_true", help="drop rows whose β or KL is NaN or infinite")
+    g.add_argument("--run", default=None, metavar="NAME",
+                   help="TensorBoard: fit only this run (a sub-directory of PATH; default: every run, each its "
+                   "own trace)")
+
+
+def reader_kwargs(args) -> dict:
+    """Keyword arguments of :func:`read_traces` from the flags of :func:`add_reader_arguments`."""
+    return dict(step=args.step_col, beta=args.beta_col, kl=args.kl_col, kl_lag=args.kl_lag,
+                beta_lead=1 if args.beta_logged == "after" else 0, format=args.format, drop_nan=args.drop_nan,
+                run=args.run, beta_hold=args.beta_hold)
 
 
 def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
-               kl_lag: int = 0, format: str | None = None, drop_nan: bool = False) -> Trace:
+               kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
+               run: str | None = None, beta_hold: str = "next") -> Trace:
     """Read one training log into a :class:`klcontrol.Trace`.
 
     Parameters
     ----------
     path : str or Path
-        A ``.csv`` file (header row), a ``.jsonl`` / ``.ndjson`` file (one JSON
-        object per line), a TensorBoard event file (``events.out.tfevents.*``)
-        or a directory: a trainer run directory (``trace.csv`` or
-        ``trace.jsonl`` inside) or a TensorBoard log directory.
+        A ``.csv`` file (header row; a UTF-8 BOM is fine), a ``.jsonl`` /
+        ``.ndjson`` file (one JSON object per line), a TensorBoard event file
+        (``events.out.tfevents.*``) or a directory: a trainer run directory
+        (``trace.csv`` or ``trace.jsonl`` inside) or a TensorBoard log directory.
     step, beta, kl : str
-        Column names (CSV), keys (JSONL) or scalar tags (TensorBoard).
+        Column names (CSV), keys (JSONL) or scalar tags (TensorBoard; a child
+        run of ``add_scalars("main", {"beta": …})`` is the tag ``main/beta``).
+        ``step`` must be ``"step"`` for TensorBoard.
     setpoint : str
         Optional set-point column; NaN where absent.
     kl_lag : {0, 1}
-        0: row ``t`` holds the KL after update ``t`` (the klcontrol trainer and
-        :func:`klcontrol.simulate`); 1: the KL was logged in the forward pass of
-        step ``t``, i.e. it is ``y(t−1)`` (see :func:`align_kl`).
+        See :data:`CONVENTIONS` (stored in ``meta``; rows are not shifted).
     format : {"csv", "jsonl", "tensorboard"}, optional
         Override detection by file name.
     drop_nan : bool
-        Drop rows with a non-finite β or KL instead of raising.
+        Drop rows with a NaN or infinite β or KL instead of raising.
+    beta_lead : {0, 1}
+        See :data:`CONVENTIONS`.
+    run : str, optional
+        TensorBoard directory with several runs: the run to read.
+    beta_hold : {"next", "previous"}
+        See :data:`CONVENTIONS`.
 
     Returns
     -------
     Trace
-        1-D arrays; ``meta`` holds ``source``, ``format`` and ``kl_lag``.
+        1-D arrays; ``meta`` holds ``source``, ``format``, ``kl_lag``,
+        ``beta_lead``, ``run`` (TensorBoard) and counts of rows merged or dropped.
 
     Raises
     ------
     ValueError
         Missing file, unknown format, empty file, missing columns (naming those
-        that exist), rows that do not parse, non-finite values (naming the rows)
-        or steps that do not strictly increase (naming where).
+        that exist and the flag to pass), the same column for β and KL,
+        epoch-level columns, rows that do not parse, non-finite values (naming
+        the rows), steps that do not increase (naming where), or a TensorBoard
+        directory with several runs and no ``run``.
     """
-    if kl_lag not in (0, 1):
-        raise ValueError(f"kl_lag must be 0 or 1, got {kl_lag!r}")
+    traces = read_traces(path, step, beta, kl, setpoint, kl_lag, format, drop_nan, beta_lead, run, beta_hold)
+    if len(traces) > 1:
+        names = [t.meta["run"] for t in traces]
+        raise ValueError(f"{path}: {len(traces)} TensorBoard runs log {beta!r} and {kl!r}: {_quote(names)}; "
+                         "name one with --run NAME (run= in Python), or use read_traces to get each")
+    return traces[0]
+
+
+def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
+                kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
+                run: str | None = None, beta_hold: str = "next") -> list:
+    """Read a log into one :class:`klcontrol.Trace` per run (never concatenating runs).
+
+    A CSV/JSONL file or trainer run directory is one run; a TensorBoard log
+    directory holds one run per directory of event files (TensorBoard's
+    convention; ``add_scalars`` children belong to their parent run).  Runs
+    whose tags lack β and KL are skipped.  Parameters as :func:`read_trace`.
+
+    Returns
+    -------
+    list of Trace
+        In the order of the runs' paths.
+    """
+    for key, v in (("kl_lag", kl_lag), ("beta_lead", beta_lead), ("beta_hold", beta_hold)):
+        if v not in CONVENTIONS[key][0]:
+            raise ValueError(f"{key} must be {' or '.join(map(repr, CONVENTIONS[key][0]))}, got {v!r}")
+    names = {"step": step, "beta": beta, "kl": kl}
+    for key, v in names.items():
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{_FLAG[key]} ({key}=) must be a non-empty name, got {v!r}")
+    if beta == kl:
+        raise ValueError(f"--beta-col and --kl-col (beta=, kl=) both name {beta!r}: β and the KL must be "
+                         "different columns")
+    for key in ("beta", "kl"):
+        _reject_epoch_level(path, key, names[key])
     p = Path(path)
     if not p.exists():
         raise ValueError(f"trace file not found: {p}")
     fmt, p = _detect(p, format)
-    reader = {"csv": _read_csv, "jsonl": _read_jsonl, "tensorboard": _read_tensorboard}[fmt]
+    if fmt == "tensorboard" and step != "step":
+        raise ValueError(f"{p}: TensorBoard scalars carry their own step; --step-col (step=) applies to CSV and "
+                         f"JSONL only (got {step!r})")
+    if fmt != "tensorboard" and run is not None:
+        raise ValueError(f"{p}: --run (run=) selects a TensorBoard run; a {fmt} file is one run")
     try:
-        cols, labels = reader(p, (step, beta, kl), setpoint)
+        if fmt == "tensorboard":
+            runs = _read_tensorboard(p, beta, kl, setpoint, run)
+        else:
+            reader = _read_csv if fmt == "csv" else _read_jsonl
+            runs = [(None, reader(p, step, beta, kl, setpoint))]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not a text {fmt.upper()} file (byte {exc.start}: {exc.reason}; binary or not "
                          "UTF-8)") from None
@@ -82,22 +217,29 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
                          f"{why}") from None
     except csv.Error as exc:
         raise ValueError(f"{p}: not a CSV file ({exc})") from None
-    tr = _build(p, cols, labels, (step, beta, kl, setpoint), drop_nan)
-    tr.meta.update(format=fmt)
-    return align_kl(tr, kl_lag)
+    out = []
+    for run_name, records in runs:
+        tr = _build(p, records, (step, beta, kl), drop_nan, fmt)
+        tr.meta.update(format=fmt, kl_lag=int(kl_lag), beta_lead=int(beta_lead), beta_hold=beta_hold)
+        if run_name is not None:
+            tr.meta["run"] = run_name
+        out.append(tr)
+    return out
 
 
 def align_kl(trace: Trace, kl_lag: int) -> Trace:
-    """Realign a trace whose KL column lags β by ``kl_lag`` rows.
+    """Shift the KL of a dense (one row per update) trace so that row ``t`` pairs ``β(t)`` with ``y(t)``.
 
     With ``kl_lag = 1`` row ``t`` holds ``y(t−1)``: the result pairs ``β(t)``
-    with ``kl[t+1] = y(t)`` and has one row fewer.  ``kl_lag = 0`` returns the
-    trace unchanged.  Apply it once: each call shifts again.
+    with ``kl[t+1] = y(t)``, has one row fewer and ``meta["kl_lag"] = 0``.
+    ``kl_lag = 0`` returns the trace unchanged.  :func:`read_trace` does not
+    shift (the fit applies ``meta["kl_lag"]`` update by update, which also
+    holds for sparse logs); use this for code that wants aligned rows.
 
     Parameters
     ----------
     trace : Trace
-        A 1-D trace.
+        A 1-D trace, one row per update.
     kl_lag : {0, 1}
 
     Returns
@@ -111,8 +253,12 @@ def align_kl(trace: Trace, kl_lag: int) -> Trace:
         return trace
     if len(trace) < 3:
         raise ValueError(f"kl_lag=1 needs at least 3 rows, the trace has {len(trace)}")
-    meta = dict(trace.meta, kl_lag=1)
-    return Trace(np.asarray(trace.step)[:-1], np.asarray(trace.beta)[:-1], np.asarray(trace.kl)[1:],
+    step = np.asarray(trace.step)
+    if np.any(np.diff(step) != 1):
+        raise ValueError("align_kl shifts rows, which is right only for one row per update; this trace skips "
+                         "steps: keep it as is and set trace.meta['kl_lag'] = 1 (the fit applies it per update)")
+    meta = dict(trace.meta, kl_lag=0, realigned_from_kl_lag=1)
+    return Trace(step[:-1], np.asarray(trace.beta)[:-1], np.asarray(trace.kl)[1:],
                  np.asarray(trace.setpoint)[:-1], None, meta)
 
 
@@ -122,9 +268,9 @@ def align_kl(trace: Trace, kl_lag: int) -> Trace:
 def _detect(p: Path, fmt):
     if fmt is not None:
         if fmt not in ("csv", "jsonl", "tensorboard"):
-            raise ValueError(f"format must be 'csv', 'jsonl' or 'tensorboard', got {fmt!r}")
+            raise ValueError(f"--format (format=) must be csv, jsonl or tensorboard, got {fmt!r}")
         if p.is_dir() and fmt != "tensorboard":
-            raise ValueError(f"{p} is a directory; format={fmt!r} needs a file")
+            raise ValueError(f"{p} is a directory; --format {fmt} needs a file")
         return fmt, p
     if p.is_dir():
         for name in TRACE_FILES:
@@ -143,10 +289,11 @@ def _detect(p: Path, fmt):
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl", p
     raise ValueError(f"cannot tell the format of {p} from its name (.csv, .jsonl, events.out.tfevents.*); "
-                     "pass format='csv', 'jsonl' or 'tensorboard'")
+                     "pass --format csv, jsonl or tensorboard (format= in Python)")
 
 
 def _open_text(p: Path):
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise join the first column name
     if p.name.lower().endswith(".gz"):
         import gzip
 
@@ -154,119 +301,228 @@ def _open_text(p: Path):
     return open(p, newline="", encoding="utf-8-sig")
 
 
-# -- readers: each returns {column: list of floats} and a label per row for messages -----------------------
+# -- readers: each returns records (label, step, {"beta"|"kl"|"setpoint": value}) in file order -------------
+# A key absent from a record was not logged in that row; a present NaN was logged as NaN.
 
 
-def _read_csv(p: Path, required, setpoint):
-    with _open_text(p) as fh:
-        reader = csv.reader(fh)
-        rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+def _read_csv(p: Path, step, beta, kl, setpoint):
+    try:
+        with _open_text(p) as fh:
+            reader = csv.reader(fh)
+            rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it a CSV file?") from None
     if not rows:
         raise ValueError(f"{p}: empty file (no header, no data)")
     header = [h.strip() for h in rows[0][1]]
-    _require(p, required, header, "columns")
-    want = list(required) + ([setpoint] if setpoint in header else [])
-    idx = {c: header.index(c) for c in want}
+    _require(p, {"step": step, "beta": beta, "kl": kl}, header, "columns")
     if len(rows) == 1:
         raise ValueError(f"{p}: no data rows after the header")
-    cols = {c: [] for c in want}
-    labels = []
+    idx = {"step": header.index(step), "beta": header.index(beta), "kl": header.index(kl)}
+    if setpoint in header:
+        idx["setpoint"] = header.index(setpoint)
+    names = {"step": step, "beta": beta, "kl": kl, "setpoint": setpoint}
+    records = []
     for line, row in rows[1:]:
         where = f"line {line}"
         if len(row) != len(header):
             raise ValueError(f"{p}: {where} has {len(row)} fields, the header has {len(header)}")
-        for c in want:
-            cols[c].append(_number(p, where, c, row[idx[c]]))
-        labels.append(where)
-    return cols, labels
+        vals = {}
+        for key, i in idx.items():
+            v = _number(p, where, names[key], row[i])
+            if v is not None:
+                vals[key] = v
+        if "step" not in vals:
+            raise ValueError(f"{p}: {where} has no {step!r} value")
+        records.append((where, vals.pop("step"), vals))
+    return records
 
 
-def _read_jsonl(p: Path, required, setpoint):
-    cols = {c: [] for c in list(required) + [setpoint]}
-    labels = []
-    seen_keys: set = set()
-    with _open_text(p) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"line {i}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{p}: {where} is not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise ValueError(f"{p}: {where} is JSON nested too deeply") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{p}: {where} is not a JSON object")
-            seen_keys.update(obj)
-            missing = [c for c in required if c not in obj]
-            if missing:
-                raise ValueError(f"{p}: {where} lacks key(s) {missing}; it has {sorted(obj)}")
-            for c in required:
-                cols[c].append(_number(p, where, c, obj[c]))
-            cols[setpoint].append(_number(p, where, setpoint, obj.get(setpoint)))
-            labels.append(where)
-    if not labels:
+def _read_jsonl(p: Path, step, beta, kl, setpoint):
+    records = []
+    seen: set = set()
+    names = {"beta": beta, "kl": kl, "setpoint": setpoint}
+    try:
+        with _open_text(p) as fh:
+            lines = list(enumerate(fh, 1))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it a JSONL file?") from None
+    for i, line in lines:
+        if not line.strip():
+            continue
+        where = f"line {i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: {where} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{p}: {where} is JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}: {where} is not a JSON object")
+        seen.update(obj)
+        if step not in obj:
+            _require(p, {"step": step}, sorted(obj), f"key(s) in {where}")
+        s = _number(p, where, step, obj[step])
+        if s is None:
+            raise ValueError(f"{p}: {where} has no {step!r} value")
+        vals = {}
+        for key, name in names.items():
+            if name in obj:
+                v = _number(p, where, name, obj[name])
+                if v is not None:
+                    vals[key] = v
+        records.append((where, s, vals))
+    if not records:
         raise ValueError(f"{p}: empty file (no JSON lines)")
-    if setpoint not in seen_keys:
-        del cols[setpoint]
-    return cols, labels
+    _require(p, {"beta": beta, "kl": kl}, sorted(seen), "keys")
+    return records
 
 
-def _read_tensorboard(p: Path, required, setpoint):
-    from tbparse import SummaryReader
+def _event_dirs(p: Path):
+    if p.is_file():
+        return [p]
+    return sorted({f.parent for f in p.rglob("events.out.tfevents*") if f.is_file()})
 
-    with warnings.catch_warnings():  # tbparse's own pandas deprecation warnings are not the user's concern
-        warnings.simplefilter("ignore")
-        df = SummaryReader(str(p), pivot=False, event_types={"scalars"}).scalars
-    if df is None or len(df) == 0:
-        raise ValueError(f"{p}: no scalar events in the TensorBoard log")
-    tags = sorted(df["tag"].unique())
-    step_name, beta_name, kl_name = required
-    _require(p, (beta_name, kl_name), tags, "scalar tags")
+
+def _load_run(path: Path):
+    """Scalars of one run directory (or event file), with TensorBoard's own purge of restarted steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb_log = logging.getLogger("tensorboard")
+    level = tb_log.level
+    purged = []
+
+    class _Count(logging.Handler):  # TensorBoard reports purges as warnings: count them instead of printing
+        def emit(self, record):
+            purged.append(record.getMessage())
+
+    handler = _Count()
+    tb_log.addHandler(handler)
+    tb_log.setLevel(logging.WARNING)
+    prop = tb_log.propagate
+    tb_log.propagate = False
+    try:
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every event, no reservoir sampling
+        acc.Reload()
+    except Exception as exc:  # a truncated or foreign file: the reader's own error types vary
+        raise ValueError(f"{path}: cannot read the TensorBoard events ({type(exc).__name__}: {exc})") from None
+    finally:
+        tb_log.removeHandler(handler)
+        tb_log.setLevel(level)
+        tb_log.propagate = prop
     series = {}
-    for tag in (beta_name, kl_name) + ((setpoint,) if setpoint in tags else ()):
-        sub = df[df["tag"] == tag]
-        series[tag] = (sub["step"].to_numpy(dtype=np.int64), sub["value"].to_numpy(dtype=float))
-    steps = series[beta_name][0]
-    for tag in (beta_name, kl_name):
-        s = series[tag][0]
-        bad = np.flatnonzero(np.diff(s) <= 0)
-        if len(bad):
-            raise ValueError(f"{p}: steps of tag {tag!r} do not strictly increase at "
-                             f"{_quote([f'step {s[i + 1]} after {s[i]}' for i in bad])} "
-                             "(a resumed run logged some steps twice? keep one copy)")
-    if not np.array_equal(series[kl_name][0], steps):
-        only_b = np.setdiff1d(steps, series[kl_name][0])
-        only_k = np.setdiff1d(series[kl_name][0], steps)
-        raise ValueError(f"{p}: tags {beta_name!r} and {kl_name!r} are logged at different steps "
-                         f"({len(only_b)} step(s) only in {beta_name!r}, e.g. {only_b[:3].tolist()}; "
-                         f"{len(only_k)} only in {kl_name!r}, e.g. {only_k[:3].tolist()})")
-    cols = {step_name: steps.astype(float).tolist(), beta_name: series[beta_name][1].tolist(),
-            kl_name: series[kl_name][1].tolist()}
-    if setpoint in series:
-        sp_steps, sp_vals = series[setpoint]
-        lookup = dict(zip(sp_steps.tolist(), sp_vals.tolist()))
-        cols[setpoint] = [lookup.get(int(s), math.nan) for s in steps]
-    return cols, [f"step {s}" for s in steps]
+    for tag in acc.Tags().get("scalars", []):
+        ev = acc.Scalars(tag)
+        series[tag] = (np.array([e.step for e in ev], dtype=np.int64), np.array([e.value for e in ev], dtype=float))
+    return series, len([m for m in purged if "Purging" in m or "purg" in m.lower()])
+
+
+def _read_tensorboard(p: Path, beta, kl, setpoint, run):
+    dirs = _event_dirs(p)
+    loaded = {d: _load_run(d) for d in dirs}
+    # add_scalars("main", {"key": v}) writes tag "main" into a child run "<parent>/main_key": fold it into the parent
+    children = {}
+    for d, (series, _) in loaded.items():
+        if d.parent in loaded and len(series) == 1:
+            (tag,) = series
+            if d.name.startswith(tag + "_") and len(d.name) > len(tag) + 1:
+                children[d] = (d.parent, f"{tag}/{d.name[len(tag) + 1:]}", series[tag])
+    runs = {}
+    for d, (series, purged) in loaded.items():
+        if d in children:
+            continue
+        runs[d] = (dict(series), purged)
+    for d, (parent, alias, data) in children.items():
+        runs[parent][0].setdefault(alias, data)
+    base = p if p.is_dir() else p.parent
+
+    def name_of(d):
+        return "." if d == base or p.is_file() else d.relative_to(base).as_posix()
+
+    if run is not None:
+        chosen = {d: v for d, v in runs.items() if name_of(d) == run.strip("/")}
+        if not chosen:
+            raise ValueError(f"{p}: no TensorBoard run named {run!r}; runs: {_quote([name_of(d) for d in runs])}")
+        runs = chosen
+    usable = {d: v for d, v in runs.items() if beta in v[0] and kl in v[0]}
+    if not usable:
+        tags = sorted({t for v in runs.values() for t in v[0]})
+        if not tags:
+            raise ValueError(f"{p}: no scalar events in the TensorBoard log")
+        if len(runs) == 1:
+            _require(p, {"beta": beta, "kl": kl}, tags, "scalar tags")
+        per_run = "; ".join(f"{name_of(d)}: {sorted(v[0])}" for d, v in runs.items())
+        raise ValueError(f"{p}: no run logs both {beta!r} and {kl!r} (runs and their tags: {per_run}); pass "
+                         "--beta-col and --kl-col (beta=, kl=)")
+    out = []
+    for d, (series, purged) in sorted(usable.items(), key=lambda kv: name_of(kv[0])):
+        stream = []
+        for key, tag in (("beta", beta), ("kl", kl), ("setpoint", setpoint)):
+            if tag in series:
+                s, v = series[tag]
+                stream += [(int(si), key, float(vi)) for si, vi in zip(s, v)]
+        where = f"run {name_of(d)!r}"
+        for tag in (beta, kl):
+            s = series[tag][0]
+            bad = np.flatnonzero(np.diff(s) <= 0)
+            if len(bad):
+                raise ValueError(f"{p}: {where}: steps of tag {tag!r} do not strictly increase at "
+                                 f"{_quote([f'step {s[i + 1]} after {s[i]}' for i in bad])} (events written "
+                                 "twice without SummaryWriter(purge_step=…)? keep one copy)")
+        stream.sort(key=lambda r: r[0])  # by step; Python's sort is stable, so tags keep their order in a step
+        records = []
+        for s, key, v in stream:
+            if records and records[-1][1] == s:
+                records[-1][2][key] = v
+            else:
+                records.append((f"step {s}", s, {key: v}))
+        out.append((name_of(d), records))
+    return out
 
 
 # -- checks and assembly -------------------------------------------------------------------------------------
 
 
-def _require(p, required, present, what):
-    missing = [c for c in required if c not in present]
-    if missing:
-        raise ValueError(f"{p}: missing {what} {missing}; the file has {list(present)} "
-                         "(pass step=, beta=, kl= to name them)")
+def _reject_epoch_level(path, key, name):
+    low = name.lower()
+    if low == "epoch" or low.endswith(("_epoch", "/epoch")):
+        stem = name[:-len("_epoch")] if low.endswith("_epoch") else "kl"
+        raise ValueError(f"{path}: {_FLAG[key]} {name!r} names an epoch-level value (one row per epoch, as "
+                         "Lightning's self.log(..., on_epoch=True) writes): the plant moves every update, so fit "
+                         f"step-level values: log with on_step=True and pass {_FLAG[key]} {stem}_step (or {stem} "
+                         "when logged with on_step only)")
+
+
+def _suggest(name, present):
+    low = name.lower()
+    cands = [c for c in present if c.lower() in (low, f"{low}_step", f"_{low}", f"train/{low}", f"train_{low}")
+             or c.lower().endswith(f"/{low}")]
+    return cands
+
+
+def _require(p, names: dict, present, what):
+    missing = {k: v for k, v in names.items() if v not in present}
+    if not missing:
+        return
+    present = list(present)
+    hints = []
+    for k, v in missing.items():
+        c = _suggest(v, present)
+        hints.append(f"{_FLAG[k]} {c[0]}" if c else f"{_FLAG[k]} NAME")
+    shown = present if len(present) <= 40 else present[:40] + [f"… ({len(present)} in all)"]
+    raise ValueError(f"{p}: missing {what} {list(missing.values())}; the file has {shown} "
+                     f"(pass {', '.join(hints)} on the command line; step=, beta=, kl= in Python)")
 
 
 def _number(p, where, col, v):
+    """Float of a cell; ``None`` for an empty cell (not logged in this row), NaN for a logged NaN."""
     if v is None:
-        return math.nan
+        return None
     if isinstance(v, str):
         v = v.strip()
-        if v == "" or v.lower() in ("nan", "none", "null", "na"):
+        if v == "":
+            return None
+        if v.lower() in ("nan", "none", "null", "na"):
             return math.nan
     if isinstance(v, bool):
         raise ValueError(f"{p}: {where}, column {col!r}: {v!r} is not a number")
@@ -284,16 +540,59 @@ def _quote(items):
     return ", ".join(str(i) for i in items[:_SHOWN]) + more
 
 
-def _build(p, cols, labels, names, drop_nan):
-    step_name, beta_name, kl_name, sp_name = names
-    step = np.asarray(cols[step_name], dtype=float)
-    beta = np.asarray(cols[beta_name], dtype=float)
-    kl = np.asarray(cols[kl_name], dtype=float)
-    sp = np.asarray(cols[sp_name], dtype=float) if sp_name in cols else np.full(len(step), np.nan)
-    labels = np.asarray(labels, dtype=object)
-    bad_step = ~np.isfinite(step)
-    if bad_step.any():
-        raise ValueError(f"{p}: non-finite {step_name!r} at {_quote(labels[bad_step])}")
+def _build(p, records, names, drop_nan, fmt):
+    """Merge records by step, hold β onto KL-only rows, check values; one Trace."""
+    step_name, beta_name, kl_name = names
+    merged = []  # (label, step, values)
+    back, twice = [], []
+    for label, s, vals in records:
+        if not math.isfinite(s):
+            raise ValueError(f"{p}: {label}: non-finite {step_name!r} ({s})")
+        if s != round(s):
+            raise ValueError(f"{p}: {label}: {step_name!r} must hold whole step numbers, got {s!r}")
+        if merged and s < merged[-1][1]:
+            back.append(f"{label} (step {int(s)} after {int(merged[-1][1])})")
+            continue
+        if merged and s == merged[-1][1]:
+            prev = merged[-1][2]
+            again = [k for k in vals if k in prev and k != "setpoint"]
+            if again:
+                twice.append(f"{label} (step {int(s)} after {int(s)})")
+                continue
+            prev.update(vals)  # separate log calls of one step (W&B-style history, Lightning's CSVLogger)
+            continue
+        merged.append((label, s, dict(vals)))
+    if back or twice:
+        raise ValueError(f"{p}: steps do not strictly increase at {_quote(back + twice)}: a resumed run that "
+                         "logged some steps twice? keep one copy")
+    n_merged = len(records) - len(merged)
+    rows = [(lab, s, v) for lab, s, v in merged if "beta" in v or "kl" in v]
+    n_other = len(merged) - len(rows)  # rows of other metrics only (validation, learning rate, …)
+    if not rows:
+        raise ValueError(f"{p}: no row holds {beta_name!r} or {kl_name!r}")
+    # zero-order hold: a KL row without a β uses the last logged β; rows before the first β cannot be used
+    held, last, before_first, beta_only = 0, None, 0, 0
+    out = []
+    for lab, s, v in rows:
+        if "beta" in v:
+            last = v["beta"]
+        if "kl" not in v:
+            beta_only += 1
+            continue
+        if "beta" not in v:
+            if last is None:
+                before_first += 1
+                continue
+            v["beta"] = last
+            held += 1
+        out.append((lab, s, v))
+    if not out:
+        raise ValueError(f"{p}: no row holds both {beta_name!r} and a later {kl_name!r}")
+    labels = np.asarray([r[0] for r in out], dtype=object)
+    step = np.asarray([r[1] for r in out], dtype=float)
+    beta = np.asarray([r[2]["beta"] for r in out], dtype=float)
+    kl = np.asarray([r[2]["kl"] for r in out], dtype=float)
+    sp = np.asarray([r[2].get("setpoint", math.nan) for r in out], dtype=float)
     bad = ~(np.isfinite(beta) & np.isfinite(kl))
     if bad.any():
         if not drop_nan:
@@ -303,15 +602,11 @@ def _build(p, cols, labels, names, drop_nan):
                 if m.any():
                     what.append(f"{name!r} at {_quote(labels[m])}")
             raise ValueError(f"{p}: {int(bad.sum())} row(s) with NaN or infinite values: {'; '.join(what)} "
-                             "(fix the log or pass drop_nan=True)")
-        step, beta, kl, sp, labels = step[~bad], beta[~bad], kl[~bad], sp[~bad], labels[~bad]
+                             "(fix the log or pass --drop-nan; drop_nan=True in Python)")
+        step, beta, kl, sp = step[~bad], beta[~bad], kl[~bad], sp[~bad]
         if len(step) == 0:
             raise ValueError(f"{p}: every row has a NaN or infinite β or KL")
-    if np.any(step != np.round(step)):
-        raise ValueError(f"{p}: {step_name!r} must hold whole step numbers, got e.g. "
-                         f"{step[step != np.round(step)][:3].tolist()}")
-    dec = np.flatnonzero(np.diff(step) <= 0)
-    if len(dec):
-        raise ValueError(f"{p}: steps do not strictly increase at "
-                         f"{_quote([f'{labels[i + 1]} (step {int(step[i + 1])} after {int(step[i])})' for i in dec])}")
-    return Trace(step.astype(np.int64), beta, kl, sp, None, {"source": str(p)})
+    meta = {"source": str(p), "rows_merged": n_merged, "rows_other_metrics": n_other, "beta_held_rows": held,
+            "kl_rows_before_first_beta": before_first, "beta_rows_without_kl": beta_only,
+            "rows_dropped_nan": int(bad.sum())}
+    return Trace(step.astype(np.int64), beta, kl, sp, None, meta)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_fit_file", "check_first_order", "check_fit_file", "format_verdict"]
+__all__ = ["read_fit_file", "check_first_order", "check_fit_file", "format_verdict", "design_problems"]
 
 
 def read_fit_file(path):
@@ -47,6 +47,31 @@ def read_fit_file(path):
         raise ValueError(f"{p}: not a first-order plant description or fit (kind {kind!r})")
     fit = load_fit(p)
     return fit, getattr(fit, "kind", type(fit).__name__)
+
+
+def design_problems(fit, beta_range=None) -> list:
+    """Why gains should not be checked or tuned on ``fit`` over ``beta_range`` (empty: it may be).
+
+    Parameters
+    ----------
+    fit : object
+        From :func:`read_fit_file`.  A first-order fit answers with
+        :meth:`~analysis.identification.PlantFit.design_problems`; a plain
+        plant (no data behind it) with nothing; another fit kind with its
+        ``identifiability`` reasons when it says ``identifiable`` is false.
+    beta_range : (float, float), optional
+        β range of the design (default: the fit's).
+
+    Returns
+    -------
+    list of str
+    """
+    if callable(getattr(fit, "design_problems", None)):
+        lo, hi = beta_range if beta_range is not None else (None, None)
+        return list(fit.design_problems(lo, hi))
+    if getattr(fit, "identifiable", None) is False:
+        return list((getattr(fit, "identifiability", None) or {}).get("reasons") or ["marked not identifiable"])
+    return []
 
 
 def check_first_order(fit, kp, ki, window=1, delay=0, controller="incremental", beta_range=None,

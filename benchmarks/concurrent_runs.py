@@ -51,7 +51,7 @@ from klcontrol.backend import is_torch
 from klcontrol.controllers import Controller
 from vae_plant.data import DSprites
 from vae_plant.model import BetaVAE, vae_losses
-from vae_plant.presets import CONTROLLERS, make_controller, primes
+from vae_plant.presets import CONTROLLERS, first_update, make_controller, primes
 
 MODES = ("sequential", "processes", "vmap")
 LATENT_DIM = 10
@@ -146,11 +146,11 @@ class Run:
     def update(self, x, noise):
         """One update on a given batch; returns β of this update (a device tensor)."""
         recon, kl, _ = vae_losses(self.model, x, noise)
-        if self.t == 0:
+        if self.t == 0 and first_update(self.name) != "step":
             if primes(self.name):
                 self.ctrl.prime(float(kl.detach()))  # the one host sync of the run
             beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
-        else:
+        else:  # the official presets step already on update 0's KL
             beta = self.ctrl.step(kl.detach().to(torch.float64))
         loss = recon + beta.to(kl.dtype) * kl
         self.opt.zero_grad(set_to_none=True)
@@ -241,7 +241,10 @@ class VmapRuns:
                 for c, y in zip(ctrls, kl0):
                     c.prime(y)
             self.ctrl = stack_controllers(ctrls)
-            beta = torch.as_tensor(np.asarray(self.ctrl.beta, dtype=float), dtype=torch.float64, device=self.device)
+            if first_update(self.name) == "step":  # the official presets step already on update 0's KL
+                beta = self.ctrl.step(kl.detach().to(torch.float64))
+            else:
+                beta = torch.as_tensor(np.asarray(self.ctrl.beta, dtype=float), dtype=torch.float64, device=self.device)
         else:
             beta = self.ctrl.step(kl.detach().to(torch.float64))
         # Runs share no parameters, so the gradient of the sum is each run's own gradient.

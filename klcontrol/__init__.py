@@ -8,6 +8,7 @@ from .controllers import (
     CapacityRamp,
     Controller,
     FixedBeta,
+    ScheduledBeta,
     IncrementalPI,
     PositionalPI,
     beta_from_norm,
@@ -21,7 +22,7 @@ from .simulate import Trace, response_metrics, simulate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Controller", "FixedBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "beta_norm", "beta_from_norm",
+    "Controller", "FixedBeta", "ScheduledBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "beta_norm", "beta_from_norm",
     "Filter", "MovingAverage", "ExponentialAverage",
     "Gain", "ExpGain", "FirstOrderPlant",
     "SetPoint", "Constant", "LinearRamp", "StepRamp", "Sequence",

@@ -22,10 +22,13 @@ import zlib
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS"]
+__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS",
+           "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNSTABLE", "EXIT_UNIDENTIFIED", "EXIT_CODES",
+           "exit_codes_epilog"]
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
-ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "train", "evaluate", "compare")
+ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
+         "compare")
 #: Entry-point group through which packages add commands.
 ENTRY_POINT_GROUP = "klcontrol.commands"
 
@@ -47,6 +50,33 @@ def command_modules() -> dict:
         found.update(getattr(mod, "COMMANDS", {}))
     rank = {n: i for i, n in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+#: Exit statuses (documented in ``--help`` and README "Command line").
+EXIT_OK = 0  # success; for check/stability: stable
+EXIT_ERROR = 1  # bad input or a failed run (the message says which)
+EXIT_USAGE = 2  # command-line usage error (argparse)
+EXIT_UNSTABLE = 3  # check/stability: not (robustly) stable
+EXIT_UNIDENTIFIED = 4  # fit: the data do not identify the plant; check/tune: refused such a fit
+EXIT_CODES = {EXIT_OK: "success (check, stability: stable)", EXIT_ERROR: "error (bad input, failed run)",
+              EXIT_USAGE: "usage error", EXIT_UNSTABLE: "check, stability: not (robustly) stable",
+              EXIT_UNIDENTIFIED: "fit: plant not identifiable from the data; check, tune: refused such a fit"}
+
+
+def exit_codes_epilog(*codes) -> str:
+    """``--help`` epilog listing the exit statuses ``codes`` (all when none given)."""
+    codes = codes or tuple(EXIT_CODES)
+    return "exit status: " + "; ".join(f"{c} {EXIT_CODES[c]}" for c in codes)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("klcontrol")
+    except (ImportError, PackageNotFoundError):  # run from a checkout that is not installed
+        from . import __version__
+
+        return __version__
 
 
 def _jsonable(o):
@@ -76,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klcontrol",
         description="Control of the KL divergence of β-VAEs: simulate, analyse, fit, tune and train.",
+        epilog=exit_codes_epilog(),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in command_modules().values():
         importlib.import_module(module).register(sub)
@@ -114,7 +146,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     prefix = f"klcontrol {args.command}"
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -129,5 +161,5 @@ def main(argv=None) -> int:
         return 130
     except (ValueError,) + FILE_ERRORS as exc:
         print(f"{prefix}: error: {_describe(exc)}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     return int(rc or 0)

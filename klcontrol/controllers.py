@@ -35,6 +35,7 @@ from .setpoints import SetPoint, as_setpoint
 __all__ = [
     "Controller",
     "FixedBeta",
+    "ScheduledBeta",
     "CapacityRamp",
     "PositionalPI",
     "IncrementalPI",
@@ -75,6 +76,11 @@ def _check_dims(latent_dim, input_dim):
 
 
 _KEEP = object()
+
+#: Calls by which the official ControlVAE and DynamicVAE loops' set point leads
+#: klcontrol's ``C(t)``: they raise C (iteration counter from 1) before calling
+#: the PID, so their call t sees ``C(t + 2)``.
+OFFICIAL_SETPOINT_LEAD = 2
 
 
 def _param(name, value, allow_inf=False):
@@ -622,7 +628,9 @@ class Controller:
 
     def __repr__(self):
         ps = ", ".join(f"{k}={v.tolist()!r}" for k, v in self._params.items())
-        return f"{type(self).__name__}({ps}, setpoint={self.setpoint!r}, filter={self.filter!r})"
+        aw = getattr(self, "anti_windup", None)
+        mode = f", anti_windup={aw!r}" if aw == "official" else ""  # defaults stay out: reprs of old runs unchanged
+        return f"{type(self).__name__}({ps}, setpoint={self.setpoint!r}, filter={self.filter!r}{mode})"
 
 
 class FixedBeta(Controller):
@@ -652,6 +660,40 @@ class FixedBeta(Controller):
 
     def _equilibrium(self, beta_star, y_star, p, ops):
         return {"beta": p["beta"]}
+
+
+class ScheduledBeta(Controller):
+    """An open-loop β schedule: ``β(t) = schedule(t)``, whatever the measurement.
+
+    The excitation of an identification experiment (steps, PRBS) as a
+    controller, so the trainer and the simulator run it like any other.
+
+    Parameters
+    ----------
+    schedule : SetPoint, float or callable
+        β as a function of the update index (e.g. a :class:`~klcontrol.setpoints.Sequence`
+        of :class:`~klcontrol.setpoints.Constant` levels).
+    setpoint : optional
+        Recorded in traces only (the law ignores it).
+    """
+
+    kind = "scheduled"
+
+    def __init__(self, schedule, setpoint=None, filter=None, y0: float = 0.0):
+        self.schedule = as_setpoint(schedule)
+        if np.ndim(self.schedule(0)) != 0:
+            raise ValueError("ScheduledBeta drives one loop: its schedule must return a scalar β")
+        super().__init__(setpoint, filter, y0)
+
+    def _initial(self, y0, c0):
+        return {"beta": self.schedule(0)}
+
+    def _law(self, state, m, c, p, ops):
+        # step() is called with the count of steps taken so far and returns β of the next update.
+        return {"beta": self.schedule(self._t + 1) + 0 * m}
+
+    def __repr__(self):
+        return f"ScheduledBeta(schedule={self.schedule!r}, setpoint={self.setpoint!r})"
 
 
 class CapacityRamp(Controller):
@@ -702,8 +744,6 @@ class CapacityRamp(Controller):
 class PositionalPI(Controller):
     """ControlVAE's positional PI: ``β = Kp·σ(m − C) − Ki·Σ(C − m) + β_min``.
 
-    The integral is frozen while β saturates (conditional integration).
-
     Parameters
     ----------
     kp, ki : float or array
@@ -718,14 +758,25 @@ class PositionalPI(Controller):
         Measurement filter.
     y0 : float
         Measurement assumed before step 0.
+    anti_windup : {"conditional", "official"}
+        ``"conditional"`` (default): the integral is not advanced on a step
+        where advancing it would push β further past a clamp
+        (:func:`klcontrol.laws.positional_pi`).  ``"official"``: the official
+        ``P_PID.py``: the integral is frozen whenever the previous unclamped β
+        is below ``beta_min``, in either direction
+        (:func:`klcontrol.laws.positional_pi_official`); it can lock for good.
     """
 
     kind = "positional_pi"
     _inf_ok = ("beta_max",)
 
-    def __init__(self, kp, ki, setpoint, beta_min=0.0, beta_max=math.inf, beta0=None, filter=None, y0: float = 0.0):
+    def __init__(self, kp, ki, setpoint, beta_min=0.0, beta_max=math.inf, beta0=None, filter=None, y0: float = 0.0,
+                 anti_windup: str = "conditional"):
         if setpoint is None:
             raise ValueError("PositionalPI needs a setpoint")
+        if anti_windup not in laws.POSITIONAL_ANTI_WINDUP_MODES:
+            raise ValueError(f"anti_windup must be one of {laws.POSITIONAL_ANTI_WINDUP_MODES}, got {anti_windup!r}")
+        self.anti_windup = anti_windup
         self._beta0 = None if beta0 is None else _param("beta0", beta0)
         super().__init__(
             setpoint,
@@ -743,9 +794,19 @@ class PositionalPI(Controller):
             beta = NUMPY.clip(self._beta0, p["beta_min"], p["beta_max"])
         else:
             beta, _ = laws.positional_pi(0.0, y0, c0, p["kp"], 0.0 * p["ki"], p["beta_min"], p["beta_max"], NUMPY)
+        if self.anti_windup == "official":
+            # The previous unclamped β: only "is it below β_min?" matters, and the
+            # official start (1 = β_min) and this β (≥ β_min) both answer no.
+            raw = beta if self._beta0 is None else self._beta0
+            return {"beta": beta, "integral": 0.0, "raw": raw}
         return {"beta": beta, "integral": 0.0}
 
     def _law(self, state, m, c, p, ops):
+        if self.anti_windup == "official":
+            beta, (integral, raw) = laws.positional_pi_official(
+                (state["integral"], state["raw"]), m, c, p["kp"], p["ki"], p["beta_min"], p["beta_max"], ops
+            )
+            return {"beta": beta, "integral": integral, "raw": raw}
         beta, integral = laws.positional_pi(
             state["integral"], m, c, p["kp"], p["ki"], p["beta_min"], p["beta_max"], ops
         )
@@ -753,7 +814,38 @@ class PositionalPI(Controller):
 
     def _equilibrium(self, beta_star, y_star, p, ops):
         # At m = C the law reads β* = Kp·σ(0) − Ki·I* + β_min.
-        return {"beta": beta_star, "integral": (p["kp"] * ops.sigmoid(0 * y_star) + p["beta_min"] - beta_star) / p["ki"]}
+        st = {"beta": beta_star, "integral": (p["kp"] * ops.sigmoid(0 * y_star) + p["beta_min"] - beta_star) / p["ki"]}
+        if self.anti_windup == "official":
+            st["raw"] = beta_star
+        return st
+
+    @classmethod
+    def controlvae_dsprites(cls, official: bool = False, **kw) -> "PositionalPI":
+        """ControlVAE's dSprites setting (official code; the paper gives no other): Kp 0.01, Ki 0.001, β_min 1.
+
+        Set point 0.5 nats raised by 0.15 every 5000 steps up to 18
+        (:meth:`StepRamp.controlvae_dsprites`), no filter.
+
+        ``official=False`` (the ``controlvae`` trainer preset): conditional
+        integration, and C(t) = ``StepRamp.controlvae_dsprites()(t)`` at the
+        controller's t-th call.  ``official=True`` reproduces the loop of
+        ``solver_light.py`` with ``P_PID.py`` call for call when the
+        controller is stepped already with update 0's KL (the official code
+        uses the PID output for update 0): its anti-windup, and its set-point
+        phase (C is raised before the PID call, so call t sees
+        ``StepRamp.controlvae_dsprites()(t + 2)``: the jump lands on call
+        5000k − 1).
+        """
+        from .papers import CONTROLVAE_BETA_MIN, CONTROLVAE_GAINS
+        from .setpoints import StepRamp
+
+        kp, ki = CONTROLVAE_GAINS
+        args = dict(kp=kp, ki=ki, setpoint=StepRamp.controlvae_dsprites(), beta_min=CONTROLVAE_BETA_MIN)
+        if official:
+            args.update(setpoint=StepRamp.controlvae_dsprites().shift(-OFFICIAL_SETPOINT_LEAD),
+                        anti_windup="official")
+        args.update(kw)
+        return cls(**args)
 
 
 class IncrementalPI(Controller):
@@ -814,18 +906,33 @@ class IncrementalPI(Controller):
 
     @classmethod
     def dynamicvae_dsprites(cls, official: bool = False, **kw) -> "IncrementalPI":
-        """The paper's dSprites setting: Kp 0.01, Ki 0.005, β0 150, window 5, step-ramp to 20 nats.
+        """DynamicVAE's dSprites setting: Kp 0.01, Ki 0.005, window 5, step-ramp to 20 nats.
 
-        ``official=True`` uses the official implementation's saturation (β_min 0.1).
+        ``official=False`` (the paper, Appendix A; the ``dynamicvae`` trainer
+        preset): β0 = 150, clamped-state saturation, C(t) =
+        ``StepRamp.dynamicvae_dsprites()(t)`` at the controller's t-th call.
+
+        ``official=True`` (the official 2D-sprites code, ``I_PID.py`` with
+        ``solver_dynamic.py`` and ``run_dynamic.sh``; the
+        ``dynamicvae-official`` trainer preset): β0 = 50 (``W_k1 = 50``),
+        β_min 0.1 with the official anti-windup, a zero-filled KL window
+        (``y0 = 0``, do not prime), and the official set-point phase: C is
+        raised before the PID call, so call t sees
+        ``StepRamp.dynamicvae_dsprites()(t + 2)``.  Stepped already with
+        update 0's KL (the official loop uses the PID output for update 0),
+        it gives the official β call for call.
         """
-        from .papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
+        from .papers import (DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_OFFICIAL_BETA0,
+                             DYNAMICVAE_OFFICIAL_BETA_MIN, DYNAMICVAE_WINDOW)
         from .setpoints import StepRamp
 
         kp, ki = DYNAMICVAE_GAINS
         args = dict(kp=kp, ki=ki, setpoint=StepRamp.dynamicvae_dsprites(), beta0=DYNAMICVAE_BETA0,
                     filter=DYNAMICVAE_WINDOW)
         if official:
-            args.update(beta_min=0.1, anti_windup="official")
+            args.update(beta0=DYNAMICVAE_OFFICIAL_BETA0, beta_min=DYNAMICVAE_OFFICIAL_BETA_MIN,
+                        anti_windup="official", y0=0.0,
+                        setpoint=StepRamp.dynamicvae_dsprites().shift(-OFFICIAL_SETPOINT_LEAD))
         args.update(kw)
         return cls(**args)
 

@@ -19,14 +19,18 @@ __all__ = [
     "fixed_beta",
     "capacity_relay",
     "positional_pi",
+    "positional_pi_official",
     "incremental_pi",
     "moving_average",
     "exponential_average",
     "ANTI_WINDUP_MODES",
+    "POSITIONAL_ANTI_WINDUP_MODES",
 ]
 
 #: Saturation handling of :func:`incremental_pi`.
 ANTI_WINDUP_MODES = ("clamp", "official")
+#: Saturation handling of the positional PI: :func:`positional_pi` ("conditional") or :func:`positional_pi_official`.
+POSITIONAL_ANTI_WINDUP_MODES = ("conditional", "official")
 
 
 def fixed_beta(beta, m=None, c=None, ops: Ops = NUMPY):
@@ -107,6 +111,41 @@ def positional_pi(integral, m, c, kp, ki, beta_min, beta_max, ops: Ops = NUMPY):
     new_integral = ops.where(windup, integral, candidate)
     beta = ops.clip(p - ki * new_integral + beta_min, beta_min, beta_max)
     return beta, new_integral
+
+
+def positional_pi_official(state, m, c, kp, ki, beta_min, beta_max, ops: Ops = NUMPY):
+    """ControlVAE's positional PI with the official code's anti-windup (``P_PID.py``).
+
+    ``β = Kp·σ(m − C) − Ki·Σ(C − m) + β_min``, as :func:`positional_pi`, but
+    the integral is frozen whenever the *previous unclamped* β is below
+    ``beta_min``, whichever way this step's error points, and it still
+    advances on the step whose result crosses below ``beta_min``.  Only the
+    returned β is clamped.  Once the unclamped β is more than ``Kp`` below
+    ``beta_min`` (so ``Kp·σ`` cannot lift it back) the integral never moves
+    again: β stays at ``beta_min`` whatever the KL (docs/references.md).
+
+    Parameters
+    ----------
+    state : tuple
+        ``(integral, raw_prev)``: ``Σ(C − m)`` so far and the previous
+        unclamped β (the official code starts it at 1 = ``beta_min``).
+    m, c : float, array or tensor
+        Measurement and set point.
+    kp, ki, beta_min, beta_max : float or array
+        Gains and clamps (official dSprites: 0.01, 0.001, 1, no upper clamp).
+    ops : Ops
+        Backend.
+
+    Returns
+    -------
+    beta, (new_integral, raw)
+    """
+    integral, raw_prev = state
+    e = c - m
+    p = kp * ops.sigmoid(m - c)
+    new_integral = ops.where(ops.lt(raw_prev, beta_min), integral + 0 * e, integral + e)
+    raw = p - ki * new_integral + beta_min
+    return ops.clip(raw, beta_min, beta_max), (new_integral, raw)
 
 
 def incremental_pi(state, m, c, kp, ki, beta_min, beta_max, ops: Ops = NUMPY, mode: str = "clamp"):

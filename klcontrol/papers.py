@@ -24,6 +24,8 @@ __all__ = [
     "DYNAMICVAE_GAINS",
     "DYNAMICVAE_WINDOW",
     "DYNAMICVAE_BETA0",
+    "DYNAMICVAE_OFFICIAL_BETA0",
+    "DYNAMICVAE_OFFICIAL_BETA_MIN",
     "DYNAMICVAE_DSPRITES_SETPOINT",
     "CONTROLVAE_GAINS",
     "CONTROLVAE_BETA_MIN",
@@ -74,6 +76,10 @@ DYNAMICVAE_GAINS = (0.01, 0.005)
 DYNAMICVAE_WINDOW = 5
 #: DynamicVAE's β(0) in the paper's dSprites setting.
 DYNAMICVAE_BETA0 = 150.0
+#: DynamicVAE's β(0) in its official 2D-sprites code (``I_PID.py``: ``W_k1 = 50``), not the paper's 150.
+DYNAMICVAE_OFFICIAL_BETA0 = 50.0
+#: DynamicVAE's official lower clamp and I-freeze threshold (``I_PID.py``: ``W_min = 0.1``).
+DYNAMICVAE_OFFICIAL_BETA_MIN = 0.1
 #: DynamicVAE's dSprites set point as ``StepRamp(start, stop, step, period, ramp)`` arguments.
 DYNAMICVAE_DSPRITES_SETPOINT = (0.5, 20.0, 0.15, 6000, 1000)
 

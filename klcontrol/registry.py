@@ -6,6 +6,7 @@ Controller kinds (:data:`CONTROLLER_KINDS`)
     How a user names a control *law* with free gains: ``incremental``
     (DynamicVAE's incremental PI, clamped state), ``incremental-official`` (its
     official code's saturation), ``positional`` (ControlVAE's positional PI),
+    ``positional-official`` (its official code's anti-windup),
     ``capacity`` (Burgess' relay), ``fixed``.  :func:`make_controller` builds one
     from gains; :data:`LINEAR_KINDS` are those the stability analysis linearises.
 Presets (:data:`PRESETS`)
@@ -32,6 +33,7 @@ __all__ = [
     "linear_controller",
     "PRESETS",
     "PRIMED",
+    "STEP_FIRST",
     "make_preset",
     "controlvae_setpoint",
 ]
@@ -73,6 +75,8 @@ CONTROLLER_KINDS = {
         ControllerKind("incremental-official", IncrementalPI, {"anti_windup": "official"}, 0.1, True,
                        "DynamicVAE's incremental PI with the official code's saturation"),
         ControllerKind("positional", PositionalPI, {}, 0.0, True, "ControlVAE's positional PI"),
+        ControllerKind("positional-official", PositionalPI, {"anti_windup": "official"}, 1.0, True,
+                       "ControlVAE's positional PI with the official code's anti-windup"),
         ControllerKind("capacity", CapacityRamp, {}, -math.inf, False, "Burgess' capacity relay γ|KL − C|"),
         ControllerKind("fixed", FixedBeta, {}, 0.0, False, "a constant β"),
     )
@@ -143,7 +147,7 @@ def linear_controller(kind: str, window: int = 1) -> Controller:
 
 def controlvae_setpoint() -> StepRamp:
     """ControlVAE's dSprites set point: 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
-    return StepRamp(*papers.CONTROLVAE_DSPRITES_SETPOINT)
+    return StepRamp.controlvae_dsprites()
 
 
 def _dynamicvae_step() -> IncrementalPI:
@@ -156,16 +160,12 @@ def _dynamicvae_p() -> PositionalPI:
     return PositionalPI(kp, ki, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=papers.DYNAMICVAE_WINDOW)
 
 
-def _controlvae() -> PositionalPI:
-    kp, ki = papers.CONTROLVAE_GAINS
-    return PositionalPI(kp, ki, controlvae_setpoint(), beta_min=papers.CONTROLVAE_BETA_MIN)
-
-
 #: Preset name → factory of a fresh controller (the trainer's ``--controller``; see vae_plant/presets.py).
 PRESETS: dict[str, Callable[[], Controller]] = {
     "fixed": lambda: FixedBeta(papers.HIGGINS_DSPRITES_BETA),
     "capacity": CapacityRamp.burgess_dsprites,
-    "controlvae": _controlvae,
+    "controlvae": PositionalPI.controlvae_dsprites,
+    "controlvae-official": lambda: PositionalPI.controlvae_dsprites(official=True),
     "dynamicvae": IncrementalPI.dynamicvae_dsprites,
     "dynamicvae-official": lambda: IncrementalPI.dynamicvae_dsprites(official=True),
     "dynamicvae-p": _dynamicvae_p,
@@ -173,9 +173,12 @@ PRESETS: dict[str, Callable[[], Controller]] = {
     "dynamicvae-t": lambda: IncrementalPI.dynamicvae_dsprites(filter=1),
 }
 
-#: Presets whose KL history the trainer primes with the initial model's KL
-#: (the official DynamicVAE code starts its window from zeros instead).
-PRIMED = frozenset(PRESETS) - {"dynamicvae-official"}
+#: Presets that reproduce an official training loop: the trainer calls the controller
+#: already in update 0's forward pass (the official loops use that PID output for
+#: update 0) and does not prime it (the official DynamicVAE window starts from zeros).
+STEP_FIRST = frozenset({"dynamicvae-official", "controlvae-official"})
+#: Presets whose KL history the trainer primes with the initial model's KL.
+PRIMED = frozenset(PRESETS) - STEP_FIRST
 
 
 def make_preset(name: str) -> Controller:

@@ -56,7 +56,11 @@ class SetPoint:
     __rmul__ = __mul__
 
     def shift(self, steps: int) -> "SetPoint":
-        """The same schedule started ``steps`` later (held at its t=0 value before)."""
+        """The same schedule started ``steps`` later (held at its t=0 value before).
+
+        A negative ``steps`` makes it lead: ``sp.shift(-2)(t) == sp(t + 2)``
+        (the official ControlVAE/DynamicVAE loops' set-point phase).
+        """
         return _Shifted(self, int(steps))
 
     def compressed(self, factor: float) -> "SetPoint":
@@ -167,6 +171,13 @@ class StepRamp(SetPoint):
 
         return cls(*DYNAMICVAE_DSPRITES_SETPOINT)
 
+    @classmethod
+    def controlvae_dsprites(cls) -> "StepRamp":
+        """ControlVAE's dSprites schedule (official ``solver_light.py``): 0.5 nats, +0.15 every 5000 steps (jumps), up to 18."""
+        from .papers import CONTROLVAE_DSPRITES_SETPOINT
+
+        return cls(*CONTROLVAE_DSPRITES_SETPOINT)
+
     @property
     def total_steps(self) -> int:
         """First step at which the final level ``stop`` is reached."""
@@ -250,6 +261,12 @@ class _Shifted(SetPoint):
 
     def value(self, t):
         return self.sp.value(ops_for(t).clip(t - self.steps, 0, _INF))
+
+    def to_dict(self):
+        return {"kind": "Shifted", "steps": self.steps, "of": self.sp.to_dict()}
+
+    def __repr__(self):
+        return f"{self.sp!r}.shift({self.steps})"
 
 
 class _Compressed(SetPoint):

@@ -80,3 +80,18 @@ def test_usage_errors_from_argparse(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["simulate", "--delay", "2"])
     assert exc.value.code == 2 and "delay" in capsys.readouterr().err
+
+
+def test_progress_only_on_a_terminal_and_never_with_no_progress(monkeypatch):
+    import argparse
+    import sys
+
+    from klcontrol.commands.common import show_progress
+
+    args = argparse.Namespace(no_progress=False, json=False)
+    monkeypatch.setattr(sys, "stderr", type("Pipe", (), {"isatty": lambda self: False})())
+    assert show_progress(args) is False  # redirected stderr: no bar
+    monkeypatch.setattr(sys, "stderr", type("Tty", (), {"isatty": lambda self: True})())
+    assert show_progress(args) is True
+    assert show_progress(argparse.Namespace(no_progress=True, json=False)) is False
+    assert show_progress(argparse.Namespace(no_progress=False, json=True)) is False

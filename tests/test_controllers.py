@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from official_loops import controlvae_official_betas, dynamicvae_official_betas
 
 from klcontrol import (
     CapacityRamp,
@@ -694,3 +695,146 @@ def test_replace_setpoint_and_bad_changes_leave_the_original_untouched():
         ctrl.replace(setpoint=None)
     assert json.dumps(ctrl.state_dict()) == json.dumps(before)
     assert FixedBeta(4.0).replace(beta=2.0).beta == 2.0
+
+
+# ----------------------------------------------------------------------------- official loops, end to end
+# The transcriptions of the official loops are in tests/official_loops.py.
+
+OFFICIAL_ITERATIONS = 13_000  # two set-point ramps/jumps of each schedule
+
+
+def official_kls(rng, n=OFFICIAL_ITERATIONS, sink=0):
+    """A KL record that wanders around a rising set point: stretches below it (saturation), above, far above.
+
+    ``sink``: the record starts with that many steps 4 nats below the set point (drives β to its clamp).
+    """
+    kl, t = np.empty(n), sink
+    kl[:sink] = -4.0
+    base = 0.5 + 0.15 * np.arange(n) / 5500.0
+    while t < n:
+        length = int(rng.integers(150, 2500))
+        offset = rng.choice([-4.0, -1.5, -0.3, 0.0, 0.4, 2.0, 15.0])
+        kl[t : t + length] = offset + rng.normal(0.0, rng.choice([0.05, 0.5, 2.0]), size=len(kl[t : t + length]))
+        t += length
+    return np.maximum(base + kl, 0.0)
+
+
+def run_controller(ctrl, kls):
+    """Step a controller with the KL of every forward pass (update 0's included); β per update."""
+    return np.array([np.atleast_1d(ctrl.step(k)) for k in kls])
+
+
+def test_dynamicvae_official_preset_reproduces_official_loop():
+    kls = official_kls(np.random.default_rng(0))
+    ref = dynamicvae_official_betas(kls)
+    ours = run_controller(IncrementalPI.dynamicvae_dsprites(official=True), kls)[:, 0]
+    assert np.max(np.abs(ours - ref)) < 1e-9
+    assert np.ptp(ref) > 10
+    # The check sees the set-point phase: klcontrol's own phase (2 calls later) is not the official one.
+    lagging = IncrementalPI.dynamicvae_dsprites(official=True, setpoint=IncrementalPI.dynamicvae_dsprites().setpoint)
+    assert np.max(np.abs(run_controller(lagging, kls)[:, 0] - ref)) > 1e-6
+
+
+def test_controlvae_official_preset_reproduces_official_loop():
+    kls = official_kls(np.random.default_rng(10), sink=300)
+    ref = controlvae_official_betas(kls)
+    ours = run_controller(PositionalPI.controlvae_dsprites(official=True), kls)[:, 0]
+    assert np.max(np.abs(ours - ref)) < 1e-9
+    assert np.sum(ref == 1.0) > 100 and np.sum(ref > 1.0) > 100  # saturated and not
+    lagging = PositionalPI.controlvae_dsprites(official=True, setpoint=PositionalPI.controlvae_dsprites().setpoint)
+    assert np.max(np.abs(run_controller(lagging, kls)[:, 0] - ref)) > 1e-6
+
+
+def test_official_presets_with_arrays_of_gains_reproduce_official_loops():
+    # With the official gains DynamicVAE's β cannot fall from 50 to its clamp within 13 000 iterations
+    # (KL ≥ 0 lowers it by at most 0.005·C per step); larger Ki make every loop saturate, freeze and recover.
+    rng = np.random.default_rng(7)
+    kp = np.array([0.01, 0.05, 0.5, 2.0])
+    ki_dyn, ki_ctl = np.array([0.005, 0.05, 0.1, 0.2]), np.array([0.001, 0.01, 0.0005, 0.002])
+    kls = np.stack([official_kls(rng, sink=sink) for sink in (0, 2600, 600, 400)], axis=1)
+    dyn = run_controller(IncrementalPI.dynamicvae_dsprites(official=True, kp=kp, ki=ki_dyn), kls)
+    ctl = run_controller(PositionalPI.controlvae_dsprites(official=True, kp=kp, ki=ki_ctl), kls)
+    ref_dyn = np.stack([dynamicvae_official_betas(kls[:, j], kp[j], -ki_dyn[j]) for j in range(len(kp))], axis=1)
+    ref_ctl = np.stack([controlvae_official_betas(kls[:, j], kp[j], -ki_ctl[j]) for j in range(len(kp))], axis=1)
+    assert np.max(np.abs(dyn - ref_dyn)) < 1e-9
+    assert np.max(np.abs(ctl - ref_ctl)) < 1e-9
+    assert np.sum(ref_dyn == 0.1) > 100 and np.sum((ref_dyn > 0.1) & (ref_dyn < 1)) > 100
+    assert np.sum(ref_ctl == 1.0) > 100 and np.sum(ref_ctl > 1.0) > 100
+
+
+def test_official_presets_on_torch_match_official_loops():
+    kls = official_kls(np.random.default_rng(3), n=800, sink=200)
+    for make, ref_fn, ki in ((IncrementalPI.dynamicvae_dsprites, dynamicvae_official_betas, 0.2),
+                             (PositionalPI.controlvae_dsprites, controlvae_official_betas, 0.001)):
+        ctrl = make(official=True, ki=ki)
+        got = torch.stack([ctrl.step(torch.tensor(k, dtype=torch.float64)) for k in kls]).numpy()
+        np.testing.assert_allclose(got, ref_fn(kls, 0.01, -ki), rtol=0, atol=1e-9)
+
+
+def test_official_setpoint_phase():
+    # Call t of the official loops sees C(t + 2) of klcontrol's schedules: ControlVAE's jump lands on call 4999.
+    ctl = PositionalPI.controlvae_dsprites(official=True).setpoint
+    assert ctl(4998) == 0.5 and ctl(4999) == pytest.approx(0.65) and ctl(9999) == pytest.approx(0.8)
+    dyn = IncrementalPI.dynamicvae_dsprites(official=True).setpoint
+    assert dyn(5998) == 0.5 and dyn(5999) == pytest.approx(0.5 + 0.15 / 1000) and dyn(6998) == pytest.approx(0.65)
+    assert "shift(-2)" in repr(dyn) and dyn.to_dict()["steps"] == -2
+
+
+def test_paper_and_official_presets_are_apart():
+    paper, official = IncrementalPI.dynamicvae_dsprites(), IncrementalPI.dynamicvae_dsprites(official=True)
+    assert paper.beta == 150.0 and official.beta == 50.0  # paper Appendix A vs I_PID.py's W_k1
+    assert paper.anti_windup == "clamp" and official.gains["beta_min"] == 0.1
+    ctl, ctl_off = PositionalPI.controlvae_dsprites(), PositionalPI.controlvae_dsprites(official=True)
+    assert ctl.anti_windup == "conditional" and ctl_off.anti_windup == "official"
+    assert ctl.gains["kp"] == 0.01 and ctl.gains["ki"] == 0.001 and ctl.gains["beta_min"] == 1.0
+    assert "anti_windup='official'" in repr(ctl_off) and "anti_windup" not in repr(ctl)
+    with pytest.raises(ValueError, match="anti_windup"):
+        PositionalPI(0.01, 0.001, 1.0, anti_windup="clamp")
+
+
+# ----------------------------------------------------------------------------- the official lock-up
+
+
+@pytest.mark.parametrize("make, c, bmin", [(IncrementalPI.dynamicvae_dsprites, 20.0, 0.1),
+                                          (PositionalPI.controlvae_dsprites, 18.0, 1.0)])
+def test_official_controllers_lock_below_beta_min_and_klcontrol_defaults_do_not(make, c, bmin):
+    # Official gains (Kp = 0.01), a set point the KL falls far below: one step takes the official unclamped
+    # state more than Kp under β_min.  From then on its I-term is frozen for good, and the P-term alone
+    # (which moves the state by at most Kp) cannot lift it back: β stays at β_min whatever the KL.
+    kp = 0.01
+    below, above = [0.0] * 50, [60.0] * 1500  # KL far below C, then far above it
+    off = make(official=True, setpoint=c, beta0=bmin + 0.05)
+    b_below = run_controller(off, below)[:, 0]
+    state = float(off.state["integrator" if "integrator" in off.state else "raw"])
+    assert state < bmin - kp and np.all(b_below == bmin)
+    b_above = run_controller(off, above)[:, 0]
+    assert np.all(b_above == bmin)  # locked although a live integrator would raise β by Ki·40 nats per step
+    assert float(off.state["integrator" if "integrator" in off.state else "raw"]) < bmin
+    ours = make(setpoint=c, beta0=bmin + 0.05, beta_min=bmin)  # klcontrol's default anti-windup
+    b_ours = run_controller(ours, below + above)[:, 0]
+    assert b_ours[len(below) - 1] == pytest.approx(bmin, abs=1e-6) and b_ours[-1] > bmin + 1  # resumes when the KL rises
+
+
+@given(st.lists(st.tuples(st.floats(-50, 50), st.integers(1, 6)), min_size=1, max_size=6))
+def test_scheduled_beta_follows_its_schedule_on_numpy_and_torch(parts):
+    """β(t) = schedule(t) for t = 0, 1, …: the initial β and each step's output, whatever the KL."""
+    from klcontrol import Constant, ScheduledBeta, Sequence
+
+    sched = Sequence([(Constant(b), n) for b, n in parts[:-1]] + [(Constant(parts[-1][0]), None)])
+    n = sum(h for _, h in parts) + 2
+    expected = [sched(t) for t in range(n)]
+    c = ScheduledBeta(sched)
+    got = [c.beta] + [c.step(float(k % 3)) for k in range(n - 1)]
+    assert got == expected
+    c.reset()
+    got_t = [c.beta] + [float(c.step(torch.tensor(1.5, dtype=torch.float64))) for _ in range(n - 1)]
+    assert got_t == expected
+    with pytest.raises(ValueError, match="NaN"):
+        c.step(math.nan)
+
+
+def test_scheduled_beta_bad_input():
+    from klcontrol import ScheduledBeta
+
+    with pytest.raises(ValueError, match="scalar"):
+        ScheduledBeta(lambda t: np.array([1.0, 2.0]))

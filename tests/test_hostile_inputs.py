@@ -194,7 +194,8 @@ def _(d, base):
     return p
 
 
-@case("tb_truncated", "error", "trace")
+# TensorBoard's own reader keeps the complete records of a file cut mid-record (a log still being written).
+@case("tb_truncated", "ok", "trace")
 def _(d, base):
     ev = _tb_event(d / "tb_truncated")
     ev.write_bytes(ev.read_bytes()[:-7])
@@ -406,8 +407,9 @@ def run_case(name, d, base, capsys):
     err = capsys.readouterr().err
     assert not os.path.exists(Payload.marker), f"{name}: code from the file ran"
     assert "Traceback" not in err, err
-    assert rc in (0, 1), (name, rc, err)
-    got = "ok" if rc == 0 else "error"
+    # 4: read fine, and the fit says (documented exit status) that the short corpus log does not identify the plant.
+    assert rc in (0, 1, 4), (name, rc, err)
+    got = "ok" if rc in (0, 4) else "error"
     if got == "error":
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert len(lines) == 1 and ": error: " in lines[0], err
@@ -425,9 +427,10 @@ def base(tmp_path_factory):
     from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, simulate
 
     paths = []
-    for i, beta in enumerate((5.0, 15.0)):
+    # Long enough (6 time constants) and wide enough in β that the fit is identifiable (exit 0).
+    for i, beta in enumerate((2.0, 8.0, 20.0)):
         p = root / f"sim{i}.csv"
-        simulate(FixedBeta(beta), FirstOrderPlant(1 / 50, ExpGain(26.0, 0.12)), 80, noise_rel=0.05, seed=i).to_csv(p)
+        simulate(FixedBeta(beta), FirstOrderPlant(1 / 50, ExpGain(26.0, 0.12)), 300, noise_rel=0.05, seed=i).to_csv(p)
         paths.append(str(p))
     fit = root / "fit.json"
     assert main(["fit", *paths, "--n-boot", "5", "--out", str(fit), "--json"]) == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, simulate
-from klcontrol.cli import main
+from klcontrol.cli import EXIT_UNIDENTIFIED, EXIT_UNSTABLE, main
 
 PLANT = FirstOrderPlant(1 / 400, ExpGain(3.2 / 0.121, 0.121))
 
@@ -46,7 +46,7 @@ def test_check_stable_and_unstable(fitted, capsys):
     assert out["stable"] is True and out["widened_to_ci"] is True and len(out["a_checked"]) == 3
     assert out["worst_spectral_radius"] < 1
     # Ki < 0: Algorithm 1's sign taken literally, positive feedback
-    assert main(["check", "--fit", f, "--kp", "0.01", "--ki", "-0.005", "--json"]) == 0
+    assert main(["check", "--fit", f, "--kp", "0.01", "--ki", "-0.005", "--json"]) == EXIT_UNSTABLE
     out = json.loads(capsys.readouterr().out)
     assert out["stable"] is False and out["worst_spectral_radius"] > 1
     assert main(["check", "--fit", f, "--kp", "0.01", "--ki", "0.005", "--point"]) == 0
@@ -128,7 +128,7 @@ def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
     assert out["stable"] is (max(rhos) < 1) is True and out["gain_margin"] > 1
     # Large gains: some linearisation goes unstable; explicit set points; no draws with --point.
     assert main(["check", "--fit", str(path), "--kp", "2", "--ki", "1.5", "--setpoint", "5", "20", "--point",
-                 "--json"]) == 0
+                 "--json"]) == EXIT_UNSTABLE
     out = json.loads(capsys.readouterr().out)
     assert out["setpoints"] == [5.0, 20.0] and out["n_plants"] == 2 and out["draws_included"] is False
     assert out["stable"] is False and out["worst_spectral_radius"] > 1
@@ -146,3 +146,22 @@ def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_pa
     (tmp_path / "other.json").write_text(json.dumps({"kind": "mystery"}))
     assert main(["check", "--fit", str(tmp_path / "other.json"), "--kp", "1", "--ki", "1"]) == 1
     assert "kind 'mystery'" in capsys.readouterr().err
+
+
+def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
+    """One-line errors, exit 1, no traceback."""
+    from pathlib import Path
+
+    from klcontrol.cli import main
+
+    d = str(Path(__file__).resolve().parents[1] / "data/traces/identify")
+    assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein"]) == 1
+    assert "--static" in capsys.readouterr().err
+    assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein", "--static", f"{d}/settle_b4.csv.gz",
+                 f"{d}/settle_b2.csv.gz", "--summary", "x.json"]) == 1
+    assert "--summary needs" in capsys.readouterr().err
+    assert main(["verify-stability", "--settled", "nowhere", "--beta-star", "4", "--fit", "x"]) == 1
+    assert "NAME=JSON" in capsys.readouterr().err
+    assert main(["verify-stability", "--settled", "nowhere", "--beta-star", "4",
+                 "--fit", f"a={d}/fit.json"]) == 1
+    assert "--ray or --gain" in capsys.readouterr().err

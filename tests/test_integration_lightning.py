@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -169,12 +170,96 @@ def test_nan_kl_is_skipped_and_reported_at_epoch_end(tmp_path):
     assert torch.equal(cb.controller.beta, ref.beta)
 
 
-def test_log_beta_logs_the_next_beta(tmp_path):
+def test_log_beta_logs_the_beta_used_in_the_batch(tmp_path):
     module = Recorder()
-    cb = KLControlCallback(make_controller(), log_beta="beta")
+    cb = KLControlCallback(make_controller(), log_beta="beta", log_kl="kl_used")
     t = trainer(tmp_path, [cb], max_steps=5)
     t.fit(module, loader())
-    assert torch.equal(t.callback_metrics["beta"], cb.controller.beta.float())
+    # the last batch used the β published after batch 3, not the controller's next β
+    assert torch.equal(t.callback_metrics["beta"], module.betas_used[-1].float())
+    assert not torch.equal(t.callback_metrics["beta"], cb.controller.beta.float())
+    assert torch.equal(t.callback_metrics["kl_used"], module.kls[-1])
+
+
+class PlantModule(L.LightningModule):
+    """A LightningModule whose "KL" is a known first-order plant driven by the β of each batch.
+
+    The forward pass of batch t reports the KL before update t, y(t−1), with 3 % noise (what
+    ``self.log("kl", kl)`` in a training_step reports); the update then applies β(t) through the
+    plant object's own step.
+    """
+
+    def __init__(self, plant, y0=2.0):
+        super().__init__()
+        self.plant, self.y = plant, y0
+        self.w = nn.Parameter(torch.zeros(()))
+        self.beta = 1.0
+        self.rng = torch.Generator().manual_seed(5)
+
+    def training_step(self, batch, batch_idx):
+        kl = torch.tensor(self.y * (1 + 0.03 * float(torch.randn((), generator=self.rng))))
+        self.log("kl", kl)
+        self.y = float(self.plant.step((self.y,), float(self.beta))[0])  # update t uses β(t)
+        return self.w * 0.0
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard"])
+def test_logged_pairs_fit_back_to_the_plant(tmp_path, logger):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from analysis.identification import fit_plant
+    from analysis.trace_io import read_trace
+    from klcontrol import ExpGain, FirstOrderPlant, StepRamp
+
+    plant = FirstOrderPlant(1 / 5, ExpGain(26.0, 0.12))  # fast: a one-row mis-pairing of β and KL shows
+    steps = 800
+    # set-point steps and brisk gains excite the loop: closed-loop data identify a
+    ctrl = IncrementalPI(kp=0.3, ki=0.3, setpoint=StepRamp(3.0, 12.0, 3.0, 150, 1), beta0=15.0)
+    cb = KLControlCallback(ctrl, log_beta="beta")
+    log = CSVLogger(tmp_path, name="run") if logger == "csv" else TensorBoardLogger(tmp_path, name="run")
+    data = DataLoader(TensorDataset(torch.zeros(steps, 1)), batch_size=1)
+    L.Trainer(accelerator="cpu", max_steps=steps, callbacks=[cb], logger=log, log_every_n_steps=1,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False).fit(
+        PlantModule(plant), data)
+    path = tmp_path / "run" / "version_0" / ("metrics.csv" if logger == "csv" else "")
+    tr = read_trace(path, kl_lag=1)  # the callback's documented pairing: β used in batch t, KL before update t
+    assert len(tr) == steps and tr.meta["kl_lag"] == 1
+    fit = fit_plant([tr], n_boot=0)
+    assert abs(fit.a / plant.a - 1) < 0.05, fit.a
+    b = np.linspace(*fit.beta_range, 5)
+    np.testing.assert_allclose(fit.g(b), plant.g(b), rtol=0.05)
+    # read without the lag, the same rows mis-pair β and KL: the fit is visibly off
+    wrong = fit_plant([read_trace(path)], n_boot=0)
+    assert abs(wrong.a / plant.a - 1) > 0.1
+
+
+def test_dotted_attribute_setter_and_scales(tmp_path):
+    class Cfg:
+        beta = 0.0
+
+    module = Recorder(attribute="beta")
+    module.cfg = Cfg()
+    module.beta = 1.0
+    cb = KLControlCallback(make_controller(), attribute="cfg.beta", kl_scale=2.0, beta_scale=0.5)
+    trainer(tmp_path, [cb], max_steps=3).fit(module, loader())
+    ref = make_controller()
+    for kl in module.kls:
+        ref.step(kl * 2.0)  # the controller sees the KL times kl_scale
+    assert torch.equal(module.cfg.beta, ref.beta * 0.5)  # and publishes β times beta_scale at cfg.beta
+    seen = []
+    cb = KLControlCallback(make_controller(), attribute=lambda m, b: (seen.append(float(b)), setattr(m, "beta", b)))
+    trainer(tmp_path, [cb], max_steps=2).fit(Recorder(), loader())
+    assert len(seen) >= 3  # setup, train start, every batch
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        trainer(tmp_path, [KLControlCallback(make_controller(), attribute="nope.beta")], max_steps=1).fit(
+            Recorder(), loader())
+    for bad in ({"attribute": "cfg..beta"}, {"attribute": 3}, {"kl_scale": 0.0}, {"beta_scale": float("inf")},
+                {"log_kl": ""}):
+        with pytest.raises(ValueError):
+            KLControlCallback(make_controller(), **bad)
 
 
 def test_no_host_sync_in_the_per_batch_hook(tmp_path):
@@ -241,6 +326,17 @@ def test_documented_lightning_example_runs_as_written(tmp_path, monkeypatch):
     assert list(tmp_path.rglob("*.ckpt")), "the example's trainer should have written a checkpoint"
     ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
     assert states_equal(ckpt["callbacks"][ns["control"].state_key]["controller"], ctrl.state_dict())
+
+
+def test_documented_fit_recipe_runs_as_written(tmp_path, monkeypatch):
+    blocks = dict(re.findall(r"```python file=(\S+)\n(.*?)```", DOC.read_text(), re.S))
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__main__"}
+    exec(compile(blocks["lightning_fit.py"], "docs/integration.md:lightning_fit.py", "exec"), ns)
+    trace, fit = ns["trace"], ns["fit"]
+    assert len(trace) == 30 and trace.meta["kl_lag"] == 1
+    np.testing.assert_array_equal(trace.step, np.arange(9, 300, 10))  # log_every_n_steps=10
+    assert isinstance(fit.identifiable, bool) and (fit.identifiable or fit.identifiability["reasons"])
 
 
 def test_package_imports_without_lightning():

@@ -10,7 +10,9 @@ from klcontrol import CapacityRamp, FixedBeta, IncrementalPI, LinearRamp, Positi
 from klcontrol.integrations import DistributedController
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
-TESTED_BLOCKS = {"plain_loop.py", "checkpoint.py", "train_ddp.py", "lightning_module.py"}
+# lightning_fit.py: tests/test_integration_lightning.py; disent_betavae.py: tests/test_integration_disent.py
+TESTED_BLOCKS = {"plain_loop.py", "checkpoint.py", "train_ddp.py", "lightning_module.py", "lightning_fit.py",
+                 "disent_betavae.py"}
 
 
 def python_blocks():

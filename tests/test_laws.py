@@ -74,6 +74,34 @@ def test_positional_pi_symbolic_derivatives():
             assert float(d) == pytest.approx(float(sp.diff(smooth, s).subs(sub)), rel=1e-9, abs=1e-12)
 
 
+def test_positional_pi_official_on_every_backend():
+    # One law, three backends: NumPy arrays, torch tensors and sympy agree, branch by branch.
+    import torch
+
+    from klcontrol.backend import ops_for
+
+    rng = np.random.default_rng(5)
+    integ, raw, m, c = (rng.uniform(-30, 30, 64), rng.uniform(0.5, 1.5, 64), rng.uniform(0, 30, 64),
+                        rng.uniform(0, 20, 64))
+    args = (0.01, 0.001, 1.0, INF)
+    b_np, (i_np, r_np) = laws.positional_pi_official((integ, raw), m, c, *args, NUMPY)
+    t = [torch.from_numpy(v) for v in (integ, raw, m, c)]
+    b_t, (i_t, r_t) = laws.positional_pi_official((t[0], t[1]), t[2], t[3], *args, ops_for(t[0]))
+    np.testing.assert_allclose(b_t.numpy(), b_np, rtol=1e-15)
+    np.testing.assert_allclose(i_t.numpy(), i_np, rtol=1e-15)
+    frozen = raw < 1.0
+    np.testing.assert_array_equal(i_np[frozen], integ[frozen])  # frozen whichever way the error points
+    np.testing.assert_allclose(i_np[~frozen], (integ + c - m)[~frozen], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(r_np, 0.01 / (1 + np.exp(c - m)) - 0.001 * i_np + 1.0, rtol=1e-12)
+    assert np.all(b_np == np.maximum(r_np, 1.0))
+    I, R, M, C = sp.symbols("I R m c", real=True)
+    b_s, (i_s, r_s) = laws.positional_pi_official((I, R), M, C, *args[:3], sp.oo, SYMPY)
+    for k in range(5):
+        sub = {I: integ[k], R: raw[k], M: m[k], C: c[k]}
+        assert float(b_s.subs(sub)) == pytest.approx(b_np[k], rel=1e-12)
+        assert float(i_s.subs(sub)) == pytest.approx(i_np[k], rel=1e-12)
+
+
 def test_capacity_relay_and_fixed_symbolic():
     m, c, g, b = syms = sp.symbols("m c gamma beta", real=True)
     relay = laws.capacity_relay(m, c, g, SYMPY)

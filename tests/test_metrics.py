@@ -165,7 +165,47 @@ def test_binned_mi_agrees_with_chen_sampled_estimator():
     # use 12 images each); the binned one is its deterministic limit. Misreading log σ² as log σ
     # would move the diagonal by more than 0.3 nats.
     np.testing.assert_allclose(sampled, binned, atol=0.08)
-    assert mig_tcvae(mu, lv, f, method="sampled", n_samples=1000) == pytest.approx(mig_tcvae(mu, lv, f), abs=0.04)
+    assert mig_tcvae(mu, lv, f, estimator="sampled", n_samples=1000) == pytest.approx(mig_tcvae(mu, lv, f), abs=0.04)
+
+
+def _chen_entropies(z, mu, sigma):
+    """Chen et al.'s estimate_entropies with every sample kept: −mean_n log (1/M) Σ_m N(z_nk; μ_mk, σ_mk²)."""
+    from scipy.special import logsumexp
+
+    logq = -0.5 * ((z[:, None, :] - mu[None]) / sigma[None]) ** 2 - np.log(sigma[None]) - 0.5 * math.log(2 * math.pi)
+    return -np.mean(logsumexp(logq, axis=1) - math.log(mu.shape[0]), axis=0)
+
+
+def test_sampled_estimator_reuses_one_sample_per_image_as_chen_et_al():
+    mu, lv, f = _disentangled(sizes=(3, 4, 5), noise=0.1, extra=1, seed=12)
+    sigma = np.exp(0.5 * lv)
+    z = mu + sigma * np.random.default_rng(12).normal(size=mu.shape)  # one sample per image, shared
+    # Chen et al.'s disentanglement_metrics.py, written out: marginal minus the value-weighted conditionals,
+    # each entropy over the subset's own samples of the same z.
+    expect = np.empty((mu.shape[1], f.shape[1]))
+    for k in range(f.shape[1]):
+        cond = sum(np.mean(f[:, k] == v) * _chen_entropies(z[f[:, k] == v], mu[f[:, k] == v], sigma[f[:, k] == v])
+                   for v in np.unique(f[:, k]))
+        expect[:, k] = _chen_entropies(z, mu, sigma) - cond
+    got = sampled_mutual_info(mu, lv, f, n_samples=len(mu), z=z)
+    np.testing.assert_allclose(got, expect, rtol=0, atol=1e-10)
+    # Shared samples: a factor with one value has a conditional entropy equal to the marginal one.
+    one = sampled_mutual_info(mu, lv, np.zeros((len(mu), 1), dtype=int), n_samples=len(mu), seed=3)
+    assert np.max(np.abs(one)) < 1e-12
+    with pytest.raises(ValueError, match="z must be"):
+        sampled_mutual_info(mu, lv, f, z=z[:-1])
+
+
+def test_mig_tcvae_declared_factor_size_normaliser():
+    mu, lv, f = _disentangled(sizes=(3, 4, 5), noise=0.1, extra=1, seed=13)
+    score, per = mig_tcvae(mu, lv, f, per_factor=True)
+    declared, per_declared = mig_tcvae(mu, lv, f, per_factor=True, factor_sizes=(6, 40, 32))
+    np.testing.assert_allclose(per_declared, per * np.log([3, 4, 5]) / np.log([6, 40, 32]), rtol=1e-12)
+    assert declared == pytest.approx(np.mean(per_declared))
+    with pytest.raises(ValueError, match="factor_sizes"):
+        mig_tcvae(mu, lv, f, factor_sizes=(2, 40, 32))  # fewer than the values present
+    with pytest.raises(ValueError, match="disagree"):
+        mig_tcvae(mu, lv, f, estimator="binned", method="sampled")
 
 
 def test_sampled_estimator_is_seeded():
@@ -205,6 +245,51 @@ def test_beta_vae_score_known_answers():
     assert beta_vae_score(mu[:, perm] * scale[perm], SIZES, seed=1, **kw) == pytest.approx(base, abs=0.01)
 
 
+def _logistic_problem(seed, m, noise, scales=(1.0, 50.0, 0.02, 1.0, 3.0, 0.5, 10.0, 1.0, 1.0, 0.1)):
+    """β-VAE-score-like features: 5 classes, the fixed factor's latent differs less within pairs."""
+    rng = np.random.default_rng(seed)
+    scales = np.asarray(scales)
+    y = rng.integers(0, 5, size=m)
+    x = np.abs(rng.normal(1.0, noise, size=(m, scales.size)))
+    x[np.arange(m), y] *= 0.3 + 0.2 * rng.random(m)
+    return x * scales, y
+
+
+def test_sklearn_logistic_regression_reproduced():
+    import json
+    import os
+
+    from vae_plant.metrics_betavae import fit_logistic_sklearn, predict_softmax
+
+    path = os.path.join(os.path.dirname(__file__), "data", "sklearn_logistic_reference.json")
+    with open(path) as fh:
+        ref = json.load(fh)
+    assert len(ref["problems"]) == 3
+    for p in ref["problems"]:
+        x, y = _logistic_problem(p["seed"], 3000, p["noise"], p["scales"])
+        xe, ye = _logistic_problem(p["seed"] + 100, 2000, p["noise"], p["scales"])
+        w = fit_logistic_sklearn(x, y, 5)
+        np.testing.assert_allclose(w[:-1], np.array(p["coef"]).T, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(w[-1], p["intercept"], rtol=0, atol=1e-5)
+        assert np.mean(predict_softmax(w, xe) == ye) == p["eval_accuracy"]
+    with pytest.raises(ValueError, match="n_classes"):
+        fit_logistic_sklearn(np.zeros((4, 2)), np.array([0, 1, 0, 1]), 2)
+
+
+def test_beta_vae_score_recipes():
+    mu, _, f = _disentangled(seed=9)
+    kw = dict(num_train=1500, num_eval=800, batch_size=32)
+    assert beta_vae_score(mu, SIZES, recipe="disentanglement_lib", **kw) > 0.95
+    # Raw features: latents of very different scales change the sklearn-default classifier's score
+    # (its L2 penalty and 100 iterations see the scale), not the standardised one's.
+    scale = np.array([1e-3, 1.0, 1e-3, 1.0, 30.0, 30.0])
+    std = [beta_vae_score(mu * scale, SIZES, seed=s, **kw) for s in range(2)]
+    dlib = [beta_vae_score(mu * scale, SIZES, seed=s, recipe="disentanglement_lib", **kw) for s in range(2)]
+    assert min(std) > 0.95 and max(dlib) < min(std) - 0.1
+    with pytest.raises(ValueError, match="recipe"):
+        beta_vae_score(mu, SIZES, recipe="sklearn", **kw)
+
+
 def test_beta_vae_score_fixed_factor_subset():
     mu, _, f = _disentangled(seed=10)
     assert beta_vae_score(mu, SIZES, fixed_factors=(2, 3, 4), num_train=600, num_eval=300) > 0.98
@@ -225,7 +310,7 @@ def test_beta_vae_score_fixed_factor_subset():
         (lambda: rmig(np.zeros((10, 3)), np.zeros((10, 2)), np.arange(10)), "logvars"),
         (lambda: rmig(np.zeros((10, 3)), np.full((10, 3), np.inf), np.arange(10)), "logvars"),
         (lambda: rmig(np.zeros((10, 3)), np.zeros((10, 3)), np.arange(10), num_bins=1), "num_bins"),
-        (lambda: mig_tcvae(np.zeros((10, 3)), np.zeros((10, 3)), np.arange(10), method="exact"), "method"),
+        (lambda: mig_tcvae(np.zeros((10, 3)), np.zeros((10, 3)), np.arange(10), estimator="exact"), "estimator"),
         (lambda: mig_tcvae(np.zeros((10, 3)), np.zeros((10, 3)), np.array([0.0] * 9 + [np.nan])), "NaN"),
         (lambda: beta_vae_score(np.zeros((12, 3)), (2, 5)), "grid"),
         (lambda: beta_vae_score(np.zeros((10, 3)), (1, 10)), "two candidate"),
@@ -302,10 +387,11 @@ def test_rmig_equals_do_and_tran_quantised_estimator_written_out():
     mu = np.c_[y[:, 1] / 2.5 - 1.0 + 0.1 * rng.normal(size=n), y[:, 2] - 3.5 + 0.3 * rng.normal(size=n),
                rng.normal(size=n), 5.0 + rng.normal(size=n)]  # the last latent mostly beyond the range
     sigma = np.exp(rng.uniform(np.log(1e-3), np.log(0.8), size=mu.shape))  # some far narrower than a bin
-    expect, expect_per = _do_tran_quantized_rmig(mu, sigma, y)
-    got, per = rmig(mu, 2 * np.log(sigma), y, per_factor=True)
-    assert got == pytest.approx(expect, abs=1e-9)
-    np.testing.assert_allclose(per, expect_per, atol=1e-9)
+    for bins in (200, 100):  # 200: the authors' dSprites driver (the default); 100: their script's own default
+        expect, expect_per = _do_tran_quantized_rmig(mu, sigma, y, num_bins=bins)
+        got, per = rmig(mu, 2 * np.log(sigma), y, per_factor=True, **({} if bins == 200 else {"num_bins": bins}))
+        assert got == pytest.approx(expect, abs=1e-9)
+        np.testing.assert_allclose(per, expect_per, atol=1e-9)
     # With posteriors much wider than a bin, the quantised and exact soft-binned estimators agree.
     wide = np.full(mu.shape, 0.5)
     assert rmig(np.clip(mu, -2, 2), 2 * np.log(wide), y, estimator="cdf") == pytest.approx(

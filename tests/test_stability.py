@@ -28,13 +28,16 @@ C0, BSTAR = 10.0, 5.0
 
 
 def _controller(kp, ki, window, controller):
-    if controller == "positional":
+    if controller in ("positional", "positional-official"):
         # β_min is also the law's offset; start the integral at its equilibrium value.
         bmin = BSTAR - 10.0
-        c = PositionalPI(kp, ki, C0, beta_min=bmin, filter=window, y0=C0)
+        mode = "official" if controller == "positional-official" else "conditional"
+        c = PositionalPI(kp, ki, C0, beta_min=bmin, filter=window, y0=C0, anti_windup=mode)
         sd = c.state_dict()
         sd["state"]["integral"] = (kp / 2 + bmin - BSTAR) / ki
         sd["state"]["beta"] = BSTAR
+        if mode == "official":
+            sd["state"]["raw"] = BSTAR
         c.load_state_dict(sd)
         return c
     mode = "official" if controller == "incremental-official" else "clamp"
@@ -80,7 +83,8 @@ def _true_rho(*args, **kw):
 
 params = st.tuples(
     st.floats(-1.0, 3.0), st.floats(-0.5, 1.5), st.floats(0.02, 1.5), st.floats(-4.0, -0.1),
-    st.integers(1, 8), st.integers(0, 1), st.sampled_from(["incremental", "incremental-official", "positional"]),
+    st.integers(1, 8), st.integers(0, 1),
+    st.sampled_from(["incremental", "incremental-official", "positional", "positional-official"]),
 )
 
 
@@ -88,7 +92,7 @@ params = st.tuples(
 @given(params)
 def test_spectral_radius_and_verdict_match_finite_difference_jacobian(p):
     kp, ki, a, gp, T, d, ctrl = p
-    if ctrl == "positional" and abs(ki) < 1e-3:
+    if ctrl.startswith("positional") and abs(ki) < 1e-3:
         ki = 0.1  # the positional integral's equilibrium needs ki ≠ 0
     rho = _true_rho(kp, ki, a, gp, T, d, ctrl)
     assert abs(spectral_radius(kp, ki, a, gp, T, d, ctrl) - rho) < 1e-6
@@ -175,7 +179,9 @@ def test_shipped_module_has_no_duplicate_bodies_and_one_entry_per_window_and_del
     assert len(bodies) == len(set(bodies))
     assert set(gen.TABLE) == {(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)}
     # every controller maps to its (window, delay) entry
-    for c in ("incremental", "incremental-official", "positional"):
+    from analysis.stability_config import CONTROLLERS
+
+    for c in CONTROLLERS:
         assert coefficient_functions(c, 3, 1) is gen.TABLE[(3, 1)]
 
 
@@ -233,6 +239,17 @@ def test_long_window_radius_matches_the_jacobian(tmp_path, monkeypatch):
             assert is_stable(*vals, window=20) == (ref < 1)
     finally:
         coefficient_functions.cache_clear()
+
+
+@pytest.mark.parametrize("T,d", [(1, 0), (5, 1)])
+def test_positional_official_mode_linearises_like_the_real_controller(T, d):
+    # The official anti-windup only acts below β_min: at an interior equilibrium its loop is the
+    # positional one (an extra copied state, eigenvalue 0), and the shipped code says so.
+    for kp, ki, a, gp in ((0.5, 0.2, 0.3, -1.5), (2.0, 0.9, 0.05, -3.0)):
+        rho = _true_rho(kp, ki, a, gp, T, d, "positional-official")
+        assert abs(spectral_radius(kp, ki, a, gp, T, d, "positional-official") - rho) < 1e-6
+        assert spectral_radius(kp, ki, a, gp, T, d, "positional-official") == pytest.approx(
+            spectral_radius(kp, ki, a, gp, T, d, "positional"), abs=1e-12)
 
 
 def test_jacobian_is_built_from_the_laws():

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from klcontrol.cli import main
+from klcontrol.cli import EXIT_UNSTABLE, main
 
 
 def test_json_contract(capsys):
@@ -19,10 +19,33 @@ def test_text_interval_and_plot(tmp_path, capsys):
     png = tmp_path / "region.png"
     rc = main(["stability", "--kp", "2", "--ki", "1", "--a", "0.0004", "--gprime", "-3.2", "--gprime-max", "-1",
                "--window", "2", "--delay", "1", "--controller", "positional", "--plot", str(png)])
-    assert rc == 0
+    assert rc == EXIT_UNSTABLE == 3  # the verdict is in the exit status too
     text = capsys.readouterr().out
     assert "UNSTABLE" in text and "gain factors" in text
     assert png.stat().st_size > 1000
+
+
+def test_exit_status_is_the_verdict(capsys):
+    stable = ["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2"]
+    assert main(stable) == 0 and main(stable + ["--json"]) == 0
+    unstable = ["stability", "--kp", "0.01", "--ki", "-0.005", "--a", "0.0004", "--gprime", "-3.2"]
+    assert main(unstable) == EXIT_UNSTABLE
+    capsys.readouterr()
+    assert main(unstable + ["--json"]) == EXIT_UNSTABLE
+    assert json.loads(capsys.readouterr().out)["stable"] is False
+
+
+def test_version_and_exit_codes_in_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("klcontrol ")
+    with pytest.raises(SystemExit):
+        main(["stability", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 success" in text and "3 check, stability: not (robustly) stable" in text
+    with pytest.raises(SystemExit) as e:
+        main(["stability", "--kp", "x"])
+    assert e.value.code == 2  # argparse usage errors keep their status
 
 
 def test_bad_input_is_an_error_line(capsys):

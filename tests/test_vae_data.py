@@ -1,5 +1,6 @@
 """Tests of vae_plant.data: the official grid and index order, sprite geometry, the .npz loader."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vae_plant.data import DSprites, render
+from vae_plant.dsprites_reference import GIF_SWEEPS, read_gif, sweep_iou
 
 SIZES = (1, 3, 6, 40, 32, 32)
 
@@ -80,7 +82,7 @@ def test_orientation_rotates_counter_clockwise():
         cov = np.cov(np.stack([u, v]))
         w, vec = np.linalg.eigh(cov)
         major = math.atan2(vec[1, 1], vec[0, 1]) % math.pi
-        expected = (math.pi / 2 + 2 * math.pi * k / 39) % math.pi
+        expected = (2 * math.pi * k / 39) % math.pi  # horizontal at orientation 0, as the official frames
         diff = abs((major - expected + math.pi / 2) % math.pi - math.pi / 2)
         assert diff < math.radians(4), (k, math.degrees(major), math.degrees(expected))
     assert not np.array_equal(img(orient=0), img(orient=10))
@@ -99,6 +101,70 @@ def test_shapes_differ():
     # the heart's lobes are on top: its upper half is wider than its lower half
     mid = rows.mean()
     assert he[rows.min() : int(mid)].sum(1).max() > he[int(mid) + 2 :].sum(1).mean()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# CI checks out ../shared beside the clone; KLCONTROL_DSPRITES_GIF points elsewhere (e.g. from a worktree).
+GIF = os.environ.get("KLCONTROL_DSPRITES_GIF") or os.path.join(ROOT, "..", "shared", "reference", "dsprites", "dsprites.gif")
+
+
+@pytest.fixture(scope="module")
+def official_frames():
+    if not os.path.isfile(GIF):
+        pytest.skip(f"official dsprites.gif not found at {GIF} (deepmind/dsprites-dataset; set KLCONTROL_DSPRITES_GIF)")
+    return read_gif(GIF)
+
+
+def test_sweep_table_covers_the_animation_once():
+    frames = sorted(f for idx, _ in GIF_SWEEPS.values() for f in idx)
+    assert frames == list(range(320))
+
+
+def test_matches_official_frames(official_frames):
+    ious = sweep_iou(official_frames)
+    assert set(ious) == set(GIF_SWEEPS)
+    for name, (mean, low) in ious.items():
+        assert mean >= 0.90, (name, mean)
+        assert low >= 0.85, (name, low)
+
+
+def test_sweep_table_agrees_with_the_frames(official_frames):
+    # The table was read off the frames; check the readings it rests on.
+    area = official_frames.sum((1, 2))
+    for name, (idx, classes) in GIF_SWEEPS.items():
+        cls = np.array(classes)
+        a = area[idx]
+        if name.endswith("scale"):
+            by_scale = [a[cls[:, 2] == s] for s in range(6)]
+            assert all(np.ptp(v) == 0 for v in by_scale) and np.all(np.diff([v[0] for v in by_scale]) > 0), name
+        cols = np.array([np.nonzero(f)[1].mean() + 0.5 for f in official_frames[idx]])
+        rows = np.array([np.nonzero(f)[0].mean() + 0.5 for f in official_frames[idx]])
+        if name == "heart posX":
+            np.testing.assert_allclose(cols, 16 + 32 * cls[:, 4] / 31, atol=0.4)
+        if name == "heart posY":
+            np.testing.assert_allclose(rows - rows[0], 32 * cls[:, 5] / 31, atol=0.5)
+    assert official_frames[[0, 17, 192, 209, 256, 273]].sum((1, 2)).tolist() == [58, 222, 76, 288, 100, 400]
+    # orientation 0 and 39 (0 and 2π) coincide in every orientation sweep
+    for shape in ("heart", "ellipse", "square"):
+        idx = GIF_SWEEPS[f"{shape} orientation"][0]
+        assert np.array_equal(official_frames[idx[0]], official_frames[idx[-1]])
+
+
+def test_no_sprite_touches_the_border(ds):
+    # The extreme corner of the position square with every shape at scale 1 and all orientations.
+    cls = torch.tensor([[0, s, 5, o, x, y] for s in range(3) for o in range(40) for x in (0, 31) for y in (0, 31)])
+    im = render(cls)[:, 0]
+    border = im[:, 0].sum() + im[:, -1].sum() + im[:, :, 0].sum() + im[:, :, -1].sum()
+    assert border == 0
+
+
+def test_reference_reader_rejects_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        read_gif(tmp_path / "missing.gif")
+    bad = tmp_path / "bad.gif"
+    bad.write_bytes(b"not a gif")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_gif(bad)
 
 
 def test_sample_on_device_is_reproducible(ds):

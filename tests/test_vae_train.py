@@ -16,6 +16,8 @@ from vae_plant import presets
 from vae_plant.train import Trainer, load_run, train
 from vae_plant.trace_log import read_trace_csv
 
+from official_loops import controlvae_official_betas, dynamicvae_official_betas
+
 ARGS = ["train", "--preset", "tiny", "--controller", "dynamicvae", "--seed", "3", "--checkpoint-every", "20",
         "--no-progress"]
 
@@ -179,6 +181,22 @@ def test_missing_and_corrupt_checkpoints(runs, tmp_path, capsys):
     assert open(os.path.join(c, "trace.csv"), "rb").read() == before
 
 
+@pytest.mark.parametrize("name, official", [("dynamicvae-official", dynamicvae_official_betas),
+                                            ("controlvae-official", controlvae_official_betas)])
+def test_official_presets_train_with_the_official_beta_call_for_call(tmp_path, name, official):
+    """The official loops use the PID output of update t's own forward pass for update t, from t = 0."""
+    res = train(tmp_path / name, preset="tiny", controller=name, steps=12, seed=1, progress=False)
+    tr = res.trace
+    with open(tmp_path / name / "config.json") as fh:
+        cfg = json.load(fh)
+    kls = np.concatenate([[cfg["initial_kl"]], tr["kl"]])  # forward pass of update t measures y(t − 1)
+    ref = official(kls)
+    np.testing.assert_allclose(tr["beta"], ref[:-1], rtol=0, atol=1e-9)
+    # row t's set point is the C of the call that consumed y(t): official call t + 1 sees C(t + 3)
+    base = presets.make_controller(name.replace("-official", "")).setpoint
+    np.testing.assert_array_equal(tr["setpoint"], base(np.arange(len(tr["beta"])) + 3))
+
+
 def test_presets_and_cli_names_agree():
     assert set(CONTROLLER_NAMES) == set(presets.CONTROLLERS)
     assert set(PRESETS) == set(presets.SCHEDULES)
@@ -195,9 +213,11 @@ def test_controller_presets_match_the_papers():
     assert c["controlvae"].setpoint(4999) == 0.5 and c["controlvae"].setpoint(10**7) == 18.0
     for name in ("dynamicvae", "dynamicvae-official", "dynamicvae-step", "dynamicvae-t"):
         g = c[name].gains
-        assert (g["kp"], g["ki"], g["beta0"]) == (0.01, 0.005, 150.0)
+        assert (g["kp"], g["ki"], g["beta0"]) == (0.01, 0.005, 50.0 if name == "dynamicvae-official" else 150.0)
     assert c["dynamicvae"].filter.window == 5 and c["dynamicvae-t"].filter.window == 1
-    assert c["dynamicvae-official"].anti_windup == "official" and not presets.primes("dynamicvae-official")
+    for name in ("dynamicvae-official", "controlvae-official"):
+        assert c[name].anti_windup == "official" and not presets.primes(name) and presets.first_update(name) == "step"
+    assert presets.first_update("dynamicvae") is True and presets.primes("controlvae")
     # step: same levels as the ramp schedule at period ends, but a jump instead of a 1000-step ramp
     ramp, step = c["dynamicvae"].setpoint, c["dynamicvae-step"].setpoint
     assert step(6001) == pytest.approx(0.65) and ramp(6001) < 0.501
@@ -382,3 +402,35 @@ def test_failed_new_run_leaves_no_directory(tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["train", "--data", str(bad), "--out", str(out), "--steps", "2", "--no-progress"]) == 1
     assert "not a zip archive" in capsys.readouterr().err and not out.exists()
+
+
+def test_warm_start_continues_the_checkpointed_model_with_a_new_controller(runs, tmp_path):
+    """init_from: model and Adam state of the checkpoint, the new run's own controller, seed and trace."""
+    from klcontrol.controllers import ScheduledBeta
+    from klcontrol.setpoints import Constant, Sequence
+
+    a = runs[0]
+    src = load_run(a)
+    sched = ScheduledBeta(Sequence([(Constant(2.0), 3), (Constant(5.0), None)]))
+    tr = Trainer(str(tmp_path / "W"), preset="tiny", controller=sched, steps=6, seed=9, init_from=a, progress=False)
+    for p, q in zip(tr.model.state_dict().values(), src.model.state_dict().values()):
+        torch.testing.assert_close(p, q)
+    assert tr.opt.state_dict()["state"][0]["step"] == 40  # Adam's moments and step count carried over
+    res = tr.run()
+    tr.close()
+    np.testing.assert_array_equal(res.trace["beta"], [2, 2, 2, 5, 5, 5])
+    assert res.config["settings"]["init_from"]["step"] == 40
+    assert res.config["settings"]["init_from"]["checkpoint"].endswith("step_00000040.pt")
+    # the warm model's KL starts where the checkpointed model was, not at a fresh network's
+    fresh = train(str(tmp_path / "F"), preset="tiny", controller=sched, steps=6, seed=9, progress=False)
+    assert abs(res.meta["initial_kl"] - fresh.meta["initial_kl"]) > 1e-6
+
+
+def test_warm_start_bad_input(runs, tmp_path):
+    with pytest.raises(ValueError, match="cannot be combined with resume"):
+        Trainer(str(tmp_path / "X"), preset="tiny", steps=5, init_from=runs[0], resume=True)
+    with pytest.raises(ValueError, match="checkpoint"):
+        Trainer(str(tmp_path / "X"), preset="tiny", steps=5, init_from=str(tmp_path / "nothing_here"))
+    with pytest.raises(ValueError, match="hidden_fc"):
+        Trainer(str(tmp_path / "Y"), preset="tiny", steps=5, init_from=runs[0], hidden_fc=True)
+    assert not os.path.exists(tmp_path / "X") and not os.path.exists(tmp_path / "Y")

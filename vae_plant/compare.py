@@ -63,8 +63,9 @@ DISPLAY = {
     "fixed": "β-VAE_H (β=4)",
     "capacity": "β-VAE_B (γ=1000)",
     "controlvae": "ControlVAE (KL=18)",
+    "controlvae-official": "ControlVAE, official loop",
     "dynamicvae": "DynamicVAE (KL=20)",
-    "dynamicvae-official": "DynamicVAE, official saturation",
+    "dynamicvae-official": "DynamicVAE, official loop",
     "dynamicvae-p": "DynamicVAE-P",
     "dynamicvae-step": "DynamicVAE-step",
     "dynamicvae-t": "DynamicVAE-t",
@@ -257,7 +258,7 @@ def _run_job(job: dict) -> dict:
 
     from . import checkpoint as ckpt
     from .evaluation import disentanglement
-    from .presets import primes
+    from .presets import first_update
     from .trace_log import read_trace_csv
     from .train import load_run, train
 
@@ -276,7 +277,7 @@ def _run_job(job: dict) -> dict:
             row.update(_trace_figures(read_trace_csv(os.path.join(run_dir, "trace.csv"))))
             return row
     t0 = time.perf_counter()
-    prime = primes(method.preset)
+    prime = first_update(method.preset)
     done = os.path.isfile(ckpt.checkpoint_path(run_dir, job["steps"]))
     if done:
         res = load_run(run_dir, device=job["device"])

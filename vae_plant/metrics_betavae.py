@@ -5,9 +5,17 @@ factors independent), and average |μ(x₁) − μ(x₂)| over the pairs. A line
 predicts y from that vector; the score is its held-out accuracy. Codes are looked up by dataset
 index (row-major over the factor grid, as in the official dSprites file), so no encoder runs here.
 
-The classifier is multinomial logistic regression (L-BFGS on the standardised features with a
-weak L2 penalty). Standardising makes the score invariant to a per-latent rescaling of the codes;
-Higgins et al. trained the same model with Adagrad "until convergence".
+Two recipes for the classifier (``recipe=``):
+
+- ``"standardised"`` (default): multinomial logistic regression, L-BFGS to convergence on the
+  standardised features with a weak L2 penalty. Standardising makes the score invariant to a
+  per-latent rescaling of the codes; Higgins et al. trained the same model with Adagrad "until
+  convergence".
+- ``"disentanglement_lib"``: disentanglement_lib's ``compute_beta_vae_sklearn``: raw features and
+  ``sklearn.linear_model.LogisticRegression()`` with its defaults (lbfgs, multinomial, L2 with
+  C = 1 on the weights, not the intercept; at most 100 iterations, tol 1e-4), reproduced with
+  SciPy by :func:`fit_logistic_sklearn` (scikit-learn is not a dependency). scikit-learn < 0.22
+  defaulted to liblinear one-vs-rest instead; results made with it are not reproduced.
 """
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ from scipy.special import log_softmax
 
 from vae_plant.metric_inputs import check_codes
 
-__all__ = ["beta_vae_score", "pair_features", "fit_softmax", "predict_softmax"]
+__all__ = ["beta_vae_score", "pair_features", "fit_softmax", "fit_logistic_sklearn", "predict_softmax", "RECIPES"]
+
+#: Classifier recipes of :func:`beta_vae_score`.
+RECIPES = ("standardised", "disentanglement_lib")
 
 
 def _check_grid(codes, factor_sizes):
@@ -97,18 +108,60 @@ def fit_softmax(x, y, n_classes: int, l2: float = 1e-3):
     """
     m, d = x.shape
     xb = np.hstack([x, np.ones((m, 1))])
-    onehot = np.eye(n_classes)[y]
-
-    def loss(w_flat):
-        w = w_flat.reshape(d + 1, n_classes)
-        logp = log_softmax(xb @ w, axis=1)
-        reg = 0.5 * l2 * np.sum(w[:-1] ** 2)
-        grad = xb.T @ (np.exp(logp) - onehot) / m
-        grad[:-1] += l2 * w[:-1]
-        return -np.sum(onehot * logp) / m + reg, grad.ravel()
-
+    loss = _softmax_loss(xb, np.eye(n_classes)[y], l2, n_classes)
     res = minimize(loss, np.zeros((d + 1) * n_classes), jac=True, method="L-BFGS-B",
                    options={"maxiter": 1000, "gtol": 1e-8})
+    return res.x.reshape(d + 1, n_classes)
+
+
+def _softmax_loss(xb, onehot, l2, n_classes):
+    m, d1 = xb.shape
+
+    def loss(w_flat):
+        w = w_flat.reshape(d1, n_classes)
+        logp = log_softmax(xb @ w, axis=1)
+        grad = xb.T @ (np.exp(logp) - onehot) / m
+        grad[:-1] += l2 * w[:-1]
+        return -np.sum(onehot * logp) / m + 0.5 * l2 * np.sum(w[:-1] ** 2), grad.ravel()
+
+    return loss
+
+
+def fit_logistic_sklearn(x, y, n_classes: int, C: float = 1.0, max_iter: int = 100, tol: float = 1e-4):
+    """``sklearn.linear_model.LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(x, y)``, with SciPy.
+
+    scikit-learn's lbfgs solver (version ≥ 0.22 defaults, multinomial for ≥ 3 classes) minimises
+    mean cross-entropy + ``|W|²/(2·C·M)`` (the intercept unpenalised) with SciPy's L-BFGS-B from
+    zero, ``maxiter=max_iter``, ``gtol=tol``, ``maxls=50``, ``ftol=64·eps``; this does the same
+    on the same parameter layout (scikit-learn's ``(n_classes, d + 1)`` raveled in Fortran order
+    is this function's ``(d + 1, n_classes)`` in C order), so the iterates are the same up to
+    floating-point summation order (docs/metrics.md gives the measured deviation).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (M, d)
+    y : numpy.ndarray of int, shape (M,)
+        Classes ``0 … n_classes − 1``.
+    n_classes : int
+        At least 3 (two classes use scikit-learn's binary parametrisation, not reproduced).
+    C, max_iter, tol
+        scikit-learn's parameters.
+
+    Returns
+    -------
+    numpy.ndarray, shape (d + 1, n_classes)
+        Weights with the intercept as the last row (for :func:`predict_softmax`).
+    """
+    if n_classes < 3:
+        raise ValueError("fit_logistic_sklearn reproduces the multinomial case: n_classes must be ≥ 3")
+    if not C > 0 or max_iter < 1 or not tol > 0:
+        raise ValueError(f"need C > 0, max_iter ≥ 1 and tol > 0, got C={C}, max_iter={max_iter}, tol={tol}")
+    x = np.asarray(x, dtype=float)
+    m, d = x.shape
+    xb = np.hstack([x, np.ones((m, 1))])
+    loss = _softmax_loss(xb, np.eye(n_classes)[y], 1.0 / (C * m), n_classes)
+    res = minimize(loss, np.zeros((d + 1) * n_classes), jac=True, method="L-BFGS-B",
+                   options={"maxiter": int(max_iter), "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
     return res.x.reshape(d + 1, n_classes)
 
 
@@ -118,7 +171,7 @@ def predict_softmax(weights, x) -> np.ndarray:
 
 
 def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int = 64,
-                   num_train: int = 10000, num_eval: int = 5000, seed: int = 0) -> float:
+                   num_train: int = 10000, num_eval: int = 5000, seed: int = 0, recipe: str = "standardised") -> float:
     """Higgins et al.'s β-VAE metric: accuracy of a linear classifier of the fixed factor.
 
     Parameters
@@ -140,12 +193,18 @@ def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int =
         Training and held-out samples (Higgins et al. evaluate on 5000).
     seed : int
         Seed of the pair sampling.
+    recipe : {"standardised", "disentanglement_lib"}
+        Classifier (module docstring): standardised features and a converged weakly penalised
+        softmax, or disentanglement_lib's raw features and scikit-learn-default logistic
+        regression. They differ when latents have very different scales.
 
     Returns
     -------
     float
         Held-out accuracy in [0, 1]; chance is 1/len(fixed_factors).
     """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     if callable(codes):
         sizes = _sizes(factor_sizes)
     else:
@@ -170,6 +229,11 @@ def beta_vae_score(codes, factor_sizes, *, fixed_factors=None, batch_size: int =
     look = _lazy_codes(codes, pairs_train + pairs_eval) if callable(codes) else (lambda idx: z[idx])
     x_train = np.abs(look(pairs_train[0]) - look(pairs_train[1])).mean(axis=1)
     x_eval = np.abs(look(pairs_eval[0]) - look(pairs_eval[1])).mean(axis=1)
+    if recipe == "disentanglement_lib":
+        if fixed.size < 3:
+            raise ValueError("the disentanglement_lib recipe needs at least three candidate fixed factors")
+        w = fit_logistic_sklearn(x_train, y_train, fixed.size)
+        return float(np.mean(predict_softmax(w, x_eval) == y_eval))
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     # A latent that never varies carries no information; dividing by 1 leaves it at zero.

@@ -6,14 +6,15 @@ differences, and the masses are summed per factor value. Its plug-in mutual info
 
     I(b_k; v) = Σ_{v,b} p(v, b) log p(v, b) / (p(v) p(b)),   p(v, b) = (1/N) Σ_{n: v_n = v} P(b | x_n).
 
-- ``rmig``: Do & Tran (ICLR 2020) robust MIG, fixed bins on [-4, 4] (their quantised estimator by
+- ``rmig``: Do & Tran (ICLR 2020) robust MIG, 200 fixed bins on [-4, 4] (their quantised estimator by
   default, the exact soft-binned one with ``estimator="cdf"``).
 - ``mig_tcvae``: Chen et al. (2018) β-TCVAE MIG, reported by ControlVAE and DynamicVAE. Its
   estimand is the continuous I(z_k; v) = H(z_k) − H(z_k | v) of the aggregate posterior
-  q(z_k) = (1/N) Σ_n q(z_k | x_n). ``method="binned"`` (default) evaluates it with bins much
+  q(z_k) = (1/N) Σ_n q(z_k | x_n). ``estimator="binned"`` (default) evaluates it with bins much
   narrower than the posteriors (the −log(width) terms of the two differential entropies cancel;
-  the remaining discretisation error is second order in width/σ); ``method="sampled"`` is Chen et
-  al.'s Monte Carlo estimator (sampled z, exact log-sum-exp over every image of the subset).
+  the remaining discretisation error is second order in width/σ); ``estimator="sampled"`` is Chen et
+  al.'s Monte Carlo estimator (one sampled z per image shared by every entropy, exact log-sum-exp
+  over every image of the subset).
 
 Posterior mass is only evaluated on the bin edges within ±``tail``·σ of each mean, with samples
 grouped by how many edges that is, so the cost is O(N · σ/width) and memory is bounded by chunks.
@@ -194,7 +195,7 @@ def _quantized_joints(mu, sigma, classes, n_values, lo, hi, num_bins, floor=1e-5
     return joints
 
 
-def rmig(means, logvars, factors, *, num_bins: int = 100, value_range=(-4.0, 4.0), per_factor: bool = False,
+def rmig(means, logvars, factors, *, num_bins: int = 200, value_range=(-4.0, 4.0), per_factor: bool = False,
          estimator: str = "quantized"):
     """Robust Mutual Information Gap (Do & Tran, ICLR 2020), the metric of DynamicVAE's Tables 1–2.
 
@@ -210,7 +211,8 @@ def rmig(means, logvars, factors, *, num_bins: int = 100, value_range=(-4.0, 4.0
     factors : array_like, shape (N, K)
         Ground-truth factor classes. DynamicVAE reports shape, scale, orientation, posX, posY.
     num_bins : int
-        Number of quantisation bins (≥ 2); Do & Tran's default 100.
+        Number of quantisation bins (≥ 2). Default 200, the value the authors' dSprites driver
+        passes (``7b_run_interpretability_metrics_v2.py``; the script's own default is 100).
     value_range : (float, float)
         Range covered by the bins; Do & Tran's default (−4, 4).
     per_factor : bool
@@ -266,23 +268,27 @@ def _log_mixture(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tor
     return out - math.log(mu.shape[0])
 
 
-def _sampled_entropy(mu, logvar, n_samples, generator, chunk):
+def _sampled_entropy(z, mu, logvar, n_samples, generator, chunk):
+    """−E log q(z_k) over ``min(n_samples, M)`` of the given samples ``z`` (one per image of the subset)."""
     n = mu.shape[0]
     pick = torch.randperm(n, generator=generator, device="cpu")[:min(n_samples, n)].to(mu.device)
-    eps = torch.randn((pick.numel(), mu.shape[1]), generator=generator, dtype=mu.dtype, device="cpu").to(mu.device)
-    z = mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+    zs = z[pick]
     total = torch.zeros(mu.shape[1], dtype=mu.dtype, device=mu.device)
-    for start in range(0, z.shape[0], chunk):
-        total -= _log_mixture(z[start:start + chunk], mu, logvar).sum(dim=0)
-    return total / z.shape[0]
+    for start in range(0, zs.shape[0], chunk):
+        total -= _log_mixture(zs[start:start + chunk], mu, logvar).sum(dim=0)
+    return total / zs.shape[0]
 
 
 def sampled_mutual_info(means, logvars, factors, *, n_samples: int = 10000, seed: int = 0,
-                        device: str = "cpu", chunk: int = 64) -> np.ndarray:
+                        device: str = "cpu", chunk: int = 64, z=None) -> np.ndarray:
     """Chen et al.'s Monte Carlo estimate of I(z_k; v_f) = H(z_k) − Σ_v p(v) H(z_k | v).
 
-    Each entropy uses ``min(n_samples, subset size)`` images of the subset, one z ~ q(z|x) each,
-    and −log q(z_k) with q(z_k) the mixture of *all* posteriors in the subset. Cost
+    As Chen et al.'s code (``disentanglement_metrics.py``): one sample z_n ~ q(z|x_n) is drawn
+    per image, once, and every entropy — the marginal and each conditional — reuses those
+    samples: it takes ``min(n_samples, subset size)`` images of its subset at random and averages
+    −log q(z_k) over their samples, q(z_k) being the mixture of *all* posteriors in the subset.
+    Sharing the samples makes the estimation errors of H(z_k) and H(z_k | v) cancel to a large
+    extent (on latents independent of the factors the estimate is then close to 0). Cost
     O(n_samples · N · d) per factor: meant for modest N, or a GPU via ``device``.
 
     Parameters
@@ -297,6 +303,8 @@ def sampled_mutual_info(means, logvars, factors, *, n_samples: int = 10000, seed
         Torch device for the log-sum-exp.
     chunk : int
         Samples evaluated at once (memory ∝ chunk · d · 4M elements at most).
+    z : array_like, shape (N, d), optional
+        The samples to use (one per image); default: drawn from q(z|x) with ``seed``.
 
     Returns
     -------
@@ -308,20 +316,29 @@ def sampled_mutual_info(means, logvars, factors, *, n_samples: int = 10000, seed
     gen = torch.Generator().manual_seed(int(seed))
     mu = torch.as_tensor(mu_np, device=device)
     lv = torch.as_tensor(2.0 * np.log(sigma), device=device)
-    marginal = _sampled_entropy(mu, lv, n_samples, gen, chunk)
+    if z is None:
+        eps = torch.randn(mu_np.shape, generator=gen, dtype=mu.dtype, device="cpu").to(device)
+        z = mu + torch.as_tensor(sigma, device=device) * eps
+    else:
+        z_np = np.asarray(z, dtype=np.float64)
+        if z_np.shape != mu_np.shape or not np.all(np.isfinite(z_np)):
+            raise ValueError(f"z must be finite with the shape of means {mu_np.shape}, got {z_np.shape}")
+        z = torch.as_tensor(z_np, device=device)
+    marginal = _sampled_entropy(z, mu, lv, n_samples, gen, chunk)
     out = np.empty((mu_np.shape[1], fac.shape[1]))
     for f in range(fac.shape[1]):
         cls, n_values = encode_factor(fac[:, f])
         cond = torch.zeros_like(marginal)
         for v in range(n_values):
             idx = torch.as_tensor(np.flatnonzero(cls == v), device=device)
-            cond += _sampled_entropy(mu[idx], lv[idx], n_samples, gen, chunk) * (idx.numel() / cls.size)
+            cond += _sampled_entropy(z[idx], mu[idx], lv[idx], n_samples, gen, chunk) * (idx.numel() / cls.size)
         out[:, f] = (marginal - cond).cpu().numpy()
     return out
 
 
-def mig_tcvae(means, logvars, factors, *, method: str = "binned", resolution: float = 2.0,
-              n_samples: int = 10000, seed: int = 0, device: str = "cpu", per_factor: bool = False):
+def mig_tcvae(means, logvars, factors, *, estimator: str | None = None, resolution: float = 2.0,
+              n_samples: int = 10000, seed: int = 0, device: str = "cpu", per_factor: bool = False,
+              factor_sizes=None, method: str | None = None):
     """β-TCVAE Mutual Information Gap (Chen et al. 2018), as reported by ControlVAE and DynamicVAE.
 
     MIG(v_f) = [I(z_i*; v_f) − I(z_j°; v_f)] / log V_f, with the continuous mutual information of
@@ -336,27 +353,45 @@ def mig_tcvae(means, logvars, factors, *, method: str = "binned", resolution: fl
         Gaussian posterior parameters (log σ²), d ≥ 2.
     factors : array_like, shape (N, K)
         Ground-truth factor classes.
-    method : {"binned", "sampled"}
-        "binned": deterministic, fine soft bins (``resolution`` bins per posterior σ), full
-        dSprites in seconds. "sampled": Chen et al.'s Monte Carlo estimator (seeded), minutes
-        on a CPU for the full dSprites set.
+    estimator : {"binned", "sampled"}
+        "binned" (default): deterministic, fine soft bins (``resolution`` bins per posterior σ),
+        full dSprites in seconds. "sampled": Chen et al.'s Monte Carlo estimator, one sample
+        per image shared by every entropy (see ``sampled_mutual_info``; seeded), minutes on a
+        CPU for the full dSprites set.
     resolution : float
         Bins per σ for "binned".
     n_samples, seed, device
         Options of "sampled" (see ``sampled_mutual_info``).
     per_factor : bool
         Also return the per-factor values (NaN for a constant factor).
+    factor_sizes : sequence of int, optional
+        Chen et al.'s normaliser: log of the *declared* size of each factor (dSprites
+        ``(6, 40, 32, 32)`` for scale, orientation, posX, posY), whatever values the sample
+        holds. Default: log of the number of values present (the same on the full grid).
+    method : str, optional
+        Former name of ``estimator`` (still accepted).
 
     Returns
     -------
     float, or (float, numpy.ndarray of shape (K,))
     """
-    if method == "binned":
+    if estimator is not None and method is not None and estimator != method:
+        raise ValueError(f"estimator={estimator!r} and method={method!r} disagree; give one of them")
+    estimator = estimator or method or "binned"
+    if estimator == "binned":
         mi = soft_binned_mutual_info(means, logvars, factors, resolution=resolution)
-    elif method == "sampled":
+    elif estimator == "sampled":
         mi = sampled_mutual_info(means, logvars, factors, n_samples=n_samples, seed=seed, device=device)
     else:
-        raise ValueError(f"method must be 'binned' or 'sampled', got {method!r}")
+        raise ValueError(f"estimator must be 'binned' or 'sampled', got {estimator!r}")
     fac = check_factors(factors, np.shape(means)[0])
-    norm = np.log([encode_factor(fac[:, k])[1] for k in range(fac.shape[1])])
+    present = np.array([encode_factor(fac[:, k])[1] for k in range(fac.shape[1])])
+    if factor_sizes is None:
+        norm = np.log(present)
+    else:
+        sizes = np.asarray(factor_sizes, dtype=float).reshape(-1)
+        if sizes.size != fac.shape[1] or np.any(sizes < present) or not np.all(np.isfinite(sizes)):
+            raise ValueError(f"factor_sizes must give, for each of the {fac.shape[1]} factors, a size at least "
+                             f"the number of values present {present.tolist()}, got {list(np.ravel(factor_sizes))}")
+        norm = np.log(sizes) * (present > 1)  # a constant factor stays excluded
     return _gap_score(np.clip(mi, 0.0, None), norm, per_factor)

@@ -9,19 +9,26 @@ Controllers (``make_controller(name)``), with the reading of each paper:
     linearly from 0 to 25 nats over 100 000 steps, run as the relay
     ``β = γ·sign(KL − C)`` (β is negative while KL < C).
 ``controlvae``
-    ControlVAE (Shao et al. 2020), as its official dSprites code: positional PI
-    ``β = Kp·σ(m − C) − Ki·Σ(C − m) + 1`` with Kp = 0.01, Ki = 0.001, β ≥ 1
-    (β_min = 1 is also the offset), no filter, set point 0.5 nats raised by
-    0.15 every 5000 steps (a pure step schedule) up to 18 nats.
+    ControlVAE (Shao et al. 2020), :meth:`PositionalPI.controlvae_dsprites`
+    (``official=False``): positional PI ``β = Kp·σ(m − C) − Ki·Σ(C − m) + 1``
+    with the official dSprites gains Kp = 0.01, Ki = 0.001, β ≥ 1 (β_min = 1
+    is also the offset), no filter, set point 0.5 nats raised by 0.15 every
+    5000 steps (a pure step schedule) up to 18 nats; klcontrol's conditional
+    integration and set-point phase.
+``controlvae-official``
+    Same gains, ``official=True``: the official ``P_PID.py`` anti-windup and
+    set-point phase, and the controller steps already on update 0's KL, so
+    the run's β follows the official loop call for call.
 ``dynamicvae``
     DynamicVAE (paper, Appendix A): incremental PI (Eq. 10, feedback sign as
     the official code) with Kp = 0.01, Ki = 0.005, β(0) = 150, moving average
     T = 5, hybrid step-ramp set point 0.5 → 20 nats (+0.15 per 6000 steps, the
     first 1000 of which ramp).  Clamped-state saturation (docs/design.md).
 ``dynamicvae-official``
-    Same, with the official implementation's saturation (unclamped state,
-    I-term frozen below β_min = 0.1) and its zero-filled KL window: this
-    preset does *not* prime the controller with the initial model's KL.
+    The official 2D-sprites code instead of the paper: β(0) = 50 (not 150),
+    unclamped state with the I-term frozen below β_min = 0.1, the zero-filled
+    KL window (no priming), the official set-point phase, and the controller
+    steps already on update 0's KL, as the official loop does.
 ``dynamicvae-p``
     Ablation "DynamicVAE-P" (paper Sec. 4.2): "positional PI controller with no
     initialization to a large β(0), instead of the incremental PI initialized
@@ -50,9 +57,9 @@ from dataclasses import dataclass
 
 from klcontrol.controllers import Controller
 from klcontrol.registry import PRESETS as CONTROLLERS
-from klcontrol.registry import PRIMED, controlvae_setpoint, make_preset
+from klcontrol.registry import PRIMED, STEP_FIRST, controlvae_setpoint, make_preset
 
-__all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "controlvae_setpoint"]
+__all__ = ["CONTROLLERS", "SCHEDULES", "Schedule", "make_controller", "primes", "first_update", "controlvae_setpoint"]
 
 
 def make_controller(name: str) -> Controller:
@@ -69,6 +76,20 @@ def make_controller(name: str) -> Controller:
 def primes(name: str) -> bool:
     """Whether the trainer primes this preset's KL history with the initial model's KL."""
     return name in PRIMED
+
+
+def first_update(name: str):
+    """How the trainer starts this preset: its ``prime`` setting.
+
+    Returns
+    -------
+    True or "step"
+        ``True``: prime the KL history with the initial model's KL and use
+        ``controller.beta`` for update 0.  ``"step"`` (the official presets,
+        :data:`klcontrol.registry.STEP_FIRST`): no priming; update 0's β is
+        ``controller.step(KL of update 0's forward pass)``, as the official loops.
+    """
+    return "step" if name in STEP_FIRST else True
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,13 @@ then calls ``controller.step(kl.detach())`` (a device tensor, no host sync),
 which returns β(t+1), the weight of the very update whose forward pass it is.
 Update 0's forward pass measures the initial model's KL y(−1): the trainer
 synchronises once to read it, primes the controller's history with it
-(``controller.prime``) and uses ``controller.beta`` as β(0).  The
-``dynamicvae-official`` preset skips the priming (the official code's KL
-window starts from zeros).  The last row needs one more forward pass without
+(``controller.prime``) and uses ``controller.beta`` as β(0).  The official
+presets (``dynamicvae-official``, ``controlvae-official``; ``prime="step"``)
+skip the priming (the official code's KL window starts from zeros) and take
+β(0) = ``controller.step(y(−1))`` instead, as the official loops use the PID
+output already for update 0; their controller's call t then consumes y(t − 1)
+and the trace's ``setpoint`` column holds the C of call t + 1, the one that
+consumed y(t).  The last row needs one more forward pass without
 an update, run without gradients on the next batch.
 
 Checkpoint k (taken after k updates, before the forward pass of update k)
@@ -78,7 +82,7 @@ from klcontrol.controllers import Controller
 from . import checkpoint as ckpt
 from .data import DSprites
 from .model import BetaVAE, vae_losses
-from .presets import CONTROLLERS, make_controller, primes, schedule
+from .presets import CONTROLLERS, first_update, make_controller, schedule
 from .run_lock import RunLock
 from .trace_log import TraceLog, columns, read_trace_csv, trace_rows
 
@@ -199,7 +203,7 @@ class Trainer:
                  device=None, checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None,
                  compile=None, amp=None, channels_last=None, fused_adam=None, hidden_fc=None,
                  resume=False, progress=True, command=None, prime=None, threads=None, restart=False,
-                 from_step=None):
+                 from_step=None, init_from=None):
         self.out = os.fspath(out)
         self.progress = progress
         self._prime_arg = prime
@@ -207,6 +211,8 @@ class Trainer:
         self._threads_before = None
         self._created = not os.path.exists(self.out)
         self.log = None
+        if init_from is not None and resume:
+            raise ValueError("init_from starts a new run from another run's checkpoint; it cannot be combined with resume")
         if threads is not None:
             threads = _positive_int("threads", threads)
         if from_step is not None:
@@ -228,7 +234,7 @@ class Trainer:
             if resume:
                 self._init_resume(given, ctrl_obj, command, restart, from_step)
             else:
-                self._init_new(given, ctrl_obj, command, restart)
+                self._init_new(given, ctrl_obj, command, restart, init_from=init_from)
         except BaseException:
             self._release()
             if self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
@@ -267,15 +273,33 @@ class Trainer:
             prime = True
         else:
             ctrl = make_controller(s["controller"])
-            prime = primes(s["controller"])
+            prime = first_update(s["controller"])
         if self._prime_arg is not None:
-            prime = bool(self._prime_arg)
+            prime = "step" if self._prime_arg == "step" else bool(self._prime_arg)
         if ctrl.shape != ():
             raise ValueError("the trainer drives one loop: the controller's gains must be scalars, not arrays")
         return ctrl, prime
 
-    def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False):
+    def _warm_state(self, init_from, s):
+        """The checkpoint a warm start loads (a file, or a run directory's latest), checked against ``s``."""
+        init_from = os.fspath(init_from)
+        path = ckpt.latest(init_from) if os.path.isdir(init_from) else init_from
+        state = ckpt.load(path, map_location=s["device"])
+        cfg = state.get("config") or {}
+        for k in ("latent_dim", "hidden_fc"):
+            if k in cfg and cfg[k] != s[k]:
+                raise ValueError(f"cannot warm-start from {path}: its {k} is {cfg[k]!r}, this run's is {s[k]!r}")
+        return path, state
+
+    def _init_new(self, given, ctrl_obj, command, restart=False, keep_lock=False, init_from=None):
         s = self._resolve(given)
+        warm = None
+        if init_from is not None:
+            path, state = self._warm_state(init_from, s)
+            warm = state
+            # Provenance of the starting point; the new run's own steps count from 0.
+            s["init_from"] = dict(checkpoint=os.path.abspath(path), step=int(state["step"]),
+                                  lr=(state.get("config") or {}).get("lr"))
         if ctrl_obj is None:
             make_controller(s["controller"])  # raises the "unknown controller" error first
         ctrl, prime = self._controller(s, ctrl_obj)
@@ -299,6 +323,12 @@ class Trainer:
         self._set_threads(s["threads"])
         self.settings = s
         self._build(s, ctrl)
+        if warm is not None:
+            try:
+                self.model.load_state_dict(warm["model"])
+                self.opt.load_state_dict(warm["optimizer"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot warm-start from {s['init_from']['checkpoint']}: {exc}") from None
         self.config = dict(settings=s, provenance=dict(
             torch=torch.__version__, python=platform.python_version(), git_commit=_git_commit(),
             device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
@@ -461,7 +491,8 @@ class Trainer:
         fresh["controller"] = given.get("controller") or s["controller"]
         if s.get("prime") is not None and self._prime_arg is None:
             self._prime_arg = s["prime"]
-        self._init_new(fresh, ctrl_obj, command, restart=True, keep_lock=True)
+        warm = (s.get("init_from") or {}).get("checkpoint")  # a warm-started run restarts from the same checkpoint
+        self._init_new(fresh, ctrl_obj, command, restart=True, keep_lock=True, init_from=warm)
 
     def _check_reproducibility(self):
         prov = self.config.get("provenance", {})
@@ -526,9 +557,12 @@ class Trainer:
         recon, kl, kl_lat = self._losses(*self._draw())
         if t == 0:
             self.initial_kl = float(kl.detach())  # the one host sync of the run
-            if self.prime:
-                self.ctrl.prime(self.initial_kl)
-            beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
+            if self.prime == "step":
+                beta = self.ctrl.step(kl.detach().to(torch.float64))
+            else:
+                if self.prime:
+                    self.ctrl.prime(self.initial_kl)
+                beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
             self.config["initial_kl"] = self.initial_kl
             _write_json(os.path.join(self.out, "config.json"), self.config)
         else:
@@ -560,7 +594,8 @@ class Trainer:
         first = self.log.next_step
         sp = self.ctrl.setpoint
         steps = np.arange(first, first + len(block))
-        c = np.broadcast_to(np.asarray(sp(steps), dtype=float), steps.shape) if sp is not None else np.full(len(block), np.nan)
+        calls = steps + (1 if self.prime == "step" else 0)  # the controller call that consumed row t's KL
+        c = np.broadcast_to(np.asarray(sp(calls), dtype=float), steps.shape) if sp is not None else np.full(len(block), np.nan)
         bad = np.flatnonzero(~np.all(np.isfinite(block), axis=1))
         good = len(block) if len(bad) == 0 else int(bad[0])
         if good:
@@ -666,7 +701,7 @@ class Trainer:
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
           checkpoint_every=None, flush_every=None, tensorboard_every=None, data=None, compile=None, amp=None,
           channels_last=None, fused_adam=None, hidden_fc=None, resume=False, progress=True,
-          command=None, prime=None, threads=None, restart=False, from_step=None) -> RunResult:
+          command=None, prime=None, threads=None, restart=False, from_step=None, init_from=None) -> RunResult:
     """Train a β-VAE on dSprites with a β controller; write trace, TensorBoard events and checkpoints.
 
     Parameters
@@ -703,9 +738,12 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         tqdm progress bar (steps/s, β, KL).
     command : str, optional
         Command line recorded in ``config.json`` (default ``sys.argv``).
-    prime : bool, optional
+    prime : bool or "step", optional
         Whether to prime the controller's KL history with the initial model's
-        KL (default: yes, except for the ``dynamicvae-official`` preset).
+        KL; ``"step"``: do not prime, and take update 0's β from
+        ``controller.step`` on that KL, as the official loops (default: yes,
+        ``"step"`` for the ``*-official`` presets, see
+        :func:`vae_plant.presets.first_update`).
     threads : int, optional
         torch CPU threads for the run (stored; they change the trace bytes).
         Default: the current count for a new run, the stored one on resume;
@@ -718,6 +756,13 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         With ``resume``: continue from this checkpoint instead of the latest
         (e.g. when the latest is corrupt); later checkpoints are renamed
         ``*.discarded``.
+    init_from : str or path, optional
+        Warm start: a checkpoint file, or a run directory (its latest
+        checkpoint), whose model and optimizer state this new run starts
+        from, with its own controller, seed and trace (step 0 is the first
+        update after the checkpoint).  Recorded as ``settings["init_from"]``.
+        Used to excite a settled model around an operating point
+        (:mod:`vae_plant.identify`).
 
     Returns
     -------
@@ -740,7 +785,7 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
                  tensorboard_every=tensorboard_every, data=data, compile=compile, amp=amp,
                  channels_last=channels_last, fused_adam=fused_adam, hidden_fc=hidden_fc, resume=resume,
                  progress=progress, command=command, prime=prime, threads=threads, restart=restart,
-                 from_step=from_step)
+                 from_step=from_step, init_from=init_from)
     try:
         return tr.run()
     finally:

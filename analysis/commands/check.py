@@ -6,6 +6,8 @@ from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
 
 def register(sub) -> None:
     """Register the ``check`` command."""
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, exit_codes_epilog
+
     p = sub.add_parser(
         "check",
         help="robust stability verdict of PI gains on a fitted plant (klcontrol fit --out)",
@@ -13,7 +15,10 @@ def register(sub) -> None:
         "fitted g takes over the β range (by default the range seen in the traces, widened to the bootstrap band of "
         "g′) and for a at its estimate and both ends of its confidence interval. Any other fit kind (loaded by "
         "analysis.identification.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
-        "(--setpoint, or g(β) over the β range) and at each bootstrap draw it provides (closed-loop eigenvalues).",
+        "(--setpoint, or g(β) over the β range) and at each bootstrap draw it provides (closed-loop eigenvalues). "
+        "A fit that klcontrol fit marked not identifiable, or whose g′ band reaches 0 over the β range, is refused "
+        "(--allow-unidentified checks it anyway, the verdict marked as qualified).",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_UNIDENTIFIED, EXIT_ERROR, 2),
     )
     p.add_argument("--fit", required=True, metavar="JSON", help="fit saved by `klcontrol fit --out` (any kind)")
     p.add_argument("--kp", type=float, required=True, help="proportional gain")
@@ -29,20 +34,41 @@ def register(sub) -> None:
     p.add_argument("--point", action="store_true",
                    help="use the point estimates only (no widening to the confidence band of g′ and a; no "
                    "bootstrap draws)")
+    p.add_argument("--allow-unidentified", action="store_true",
+                   help="check a fit that is not identifiable (or whose g′ band reaches 0) instead of refusing it")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Execute ``klcontrol check``."""
-    from analysis.verdicts import check_fit_file, format_verdict
+    import sys
 
-    from klcontrol.cli import print_json
+    from analysis.verdicts import check_fit_file, design_problems, format_verdict, read_fit_file
 
+    from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, print_json
+
+    problems = design_problems(read_fit_file(args.fit)[0], args.beta_range)
+    if problems and not args.allow_unidentified:
+        if args.json:  # a JSON consumer sees a verdict too: not stable, refused, and why
+            print_json({"stable": False, "refused": True, "identifiable": False, "qualified": problems,
+                        "fit": str(args.fit)})
+        print(f"klcontrol check: refused: {args.fit} does not identify the plant, so no stability verdict can rest "
+              "on it:", file=sys.stderr)
+        for r in problems:
+            print(f"  - {r}", file=sys.stderr)
+        print("refit with longer logs or a wider β range, or pass --allow-unidentified to check it anyway",
+              file=sys.stderr)
+        return EXIT_UNIDENTIFIED
     out = check_fit_file(args.fit, args.kp, args.ki, args.window, args.delay, args.controller,
                          beta_range=args.beta_range, setpoints=args.setpoint, point=args.point)
+    out.update(identifiable=not problems, qualified=problems)
     if args.json:
         print_json(out)
     else:
+        if problems:
+            print("QUALIFIED (--allow-unidentified): the fit does not identify the plant, so this verdict rests on "
+                  "numbers the data do not support:")
+            print("\n".join(f"  - {r}" for r in problems))
         print(format_verdict(out))
-    return 0
+    return EXIT_OK if out["stable"] else EXIT_UNSTABLE

@@ -1,42 +1,167 @@
 """``klcontrol fit``: identify the first-order KL plant (a, g(β)) from training traces."""
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     """Register the ``fit`` command."""
+    from analysis.trace_io import add_reader_arguments
+
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
+
     p = sub.add_parser(
         "fit",
         help="fit a and g(β) of the first-order KL plant to training traces",
         description="Fit y(t) = y(t-1)/(1+a) + a/(1+a)·g(β(t)) to CSV, JSONL or TensorBoard traces (or trainer run "
-        "directories) by simulation-error least squares, with bootstrap confidence intervals. Row t must hold "
-        "β(t) and the KL after update t (use --kl-lag 1 if the KL was logged in the forward pass of step t).",
+        "directories) by simulation-error least squares, with bootstrap confidence intervals. Every update is "
+        "simulated: a β logged at step s is held until the next logged row (zero-order hold), so logs written every "
+        "N updates fit as well as dense ones. Row s must hold the β used in update s and the KL after update s "
+        "(--kl-lag 1 if the KL was logged in the forward pass of step s, --beta-logged after if β was logged by a "
+        "controller after the update). A TensorBoard directory with several runs gives one trace per run (--run "
+        "NAME picks one). Every fit says whether the data identify a, g and g′ (\"identifiable\" in --json and "
+        "the saved file); klcontrol check and tune refuse a fit that is not identifiable.",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_ERROR, 2, EXIT_UNIDENTIFIED)
+        + " (the fit is still printed and saved, flagged)",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="trace files or run directories")
     p.add_argument("--g", choices=("exp", "spline", "auto"), default="exp",
                    help="g model: A·exp(-kβ) (default), monotone spline, or auto (BIC)")
-    p.add_argument("--step-col", default="step", help="step column / tag (default step)")
-    p.add_argument("--beta-col", default="beta", help="β column / tag (default beta)")
-    p.add_argument("--kl-col", default="kl", help="KL column / tag (default kl)")
-    p.add_argument("--kl-lag", type=int, choices=(0, 1), default=0,
-                   help="1 if row t holds the KL before update t (default 0)")
-    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates (default 100; 0: no intervals)")
+    add_reader_arguments(p)
+    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates (default 100; 0: no bootstrap, "
+                   "identifiability judged from linearised intervals)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--out", default=None, metavar="JSON", help="save the fit (for klcontrol check / tune)")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure: data vs model, g(β) and g′(β) with bands")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
+    m = p.add_argument_group("operating-point models and validation (docs/identification.md)")
+    m.add_argument("--model", choices=("first_order", "hammerstein"), default="first_order",
+                   help="first_order: the paper's model above (default); hammerstein: g(β) from --static traces "
+                   "followed by G(q) with unit DC gain, structures first order / two time constants / OE (orders "
+                   "by AIC), the one that predicts --validate traces best is saved")
+    m.add_argument("--static", nargs="+", default=None, metavar="PATH",
+                   help="constant-β settled traces giving g(β) (hammerstein)")
+    m.add_argument("--validate", nargs="+", default=None, metavar="HELDOUT",
+                   help="held-out traces: NRMSE fit %% of the 50-update mean and raw KL, residual whiteness, "
+                   "cross-correlation with β")
+    m.add_argument("--report", default=None, metavar="JSON", help="write the validation report (all candidates)")
+    m.add_argument("--compare", default=None, metavar="FIT",
+                   help="another saved fit (e.g. the first-order data/traces/cpu/fit.json) validated beside (hammerstein)")
+    m.add_argument("--summary", default=None, metavar="JSON",
+                   help="write {held_out: [{trace, fit, closed_loop, fit_percent, first_order_fit_percent, ...}]} "
+                   "(hammerstein; needs --out, --validate and --compare)")
+    from klcontrol.commands.common import add_progress_arg
+
+    add_progress_arg(p)
     p.set_defaults(func=run)
+
+
+def _read(paths, args):
+    from analysis.trace_io import read_trace
+
+    from analysis.trace_io import reader_kwargs
+
+    return [read_trace(p, **reader_kwargs(args)) for p in paths]
+
+
+def _print_validation(rows):
+    print(f"{'held-out trace':<44} {'fit % (50-mean)':>15} {'fit % (raw)':>11} {'Ljung-Box p':>11} {'max|xcorr β|':>12}")
+    for v in rows:
+        print(f"{v['trace']:<44} {v['fit_percent']:>15.1f} {v['fit_percent_raw']:>11.1f} {v['ljung_box_p']:>11.2g} "
+              f"{v['xcorr_max']:>12.3f}")
+
+
+def _run_hammerstein(args) -> int:
+    import json
+
+    from analysis import plant_models as pm
+
+    from klcontrol.cli import _jsonable, print_json
+
+    if not args.static:
+        raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
+    if args.summary and not (args.out and args.validate and args.compare):
+        raise ValueError("--summary needs --out, --validate and --compare")
+    g = pm.static_map_from_traces(_read(args.static, args))
+    held = _read(args.validate or [], args)
+    best, rep = pm.select_model(_read(args.paths, args), g, held, fit_names=args.paths,
+                                held_out_names=args.validate or [])
+    if args.out:
+        best.save(args.out)
+    if args.compare:
+        from analysis.identification import load_fit
+
+        rep["compare"] = dict(fit=args.compare, held_out=pm.validate(load_fit(args.compare), held, args.validate))
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump(_jsonable(rep), fh, indent=1)
+    if args.summary:
+        import os
+
+        import numpy as np
+
+        mine = rep["candidates"][rep["chosen"]]["held_out"]
+        first = {r["structure"]: r for r in rep["candidates"]}["first_order"]["held_out"]
+        rows = []
+        for tr, path, v, c, f1 in zip(held, args.validate, mine, rep["compare"]["held_out"], first):
+            rows.append(dict(trace=os.path.relpath(path), fit=os.path.relpath(args.out),
+                             closed_loop=bool(np.any(np.isfinite(np.asarray(tr.setpoint, dtype=float)))),
+                             fit_percent=v["fit_percent"], first_order_fit_percent=c["fit_percent"],
+                             first_order_fit=os.path.relpath(args.compare), fit_percent_raw=v["fit_percent_raw"],
+                             first_order_fit_percent_raw=c["fit_percent_raw"],
+                             first_order_at_operating_point_fit_percent=f1["fit_percent"],
+                             ljung_box_p=v["ljung_box_p"], xcorr_max=v["xcorr_max"], xcorr_bound=v["bound"]))
+        os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+        with open(args.summary, "w") as fh:
+            json.dump(_jsonable(dict(model=repr(best), selection=rep["rule"], held_out=rows)), fh, indent=1)
+    if args.plot and held:
+        from analysis.identification import load_fit
+        from analysis.validation_plots import plot_validation
+
+        plot_validation(best, held, args.validate, args.plot,
+                        compare=load_fit(args.compare) if args.compare else None)
+    if args.json:
+        print_json(dict(model=best.to_dict(), report=rep, out=args.out))
+        return 0
+    print(f"g(β): log-PCHIP through {len(g.betas)} settled points, β ∈ [{g.betas[0]:g}, {g.betas[-1]:g}]")
+    for i, r in enumerate(rep["candidates"]):
+        tc = ", ".join(f"{t:.3g}" for t in r["time_constants"])
+        ho = "" if r["held_out_min"] is None else (f", worst held-out fit {r['held_out_min']:.1f} % (50-mean), "
+                                                   f"score {r['score']:.1f}")
+        mark = " ← chosen" if i == rep["chosen"] else ""
+        print(f"{r['structure']}{'' if r['orders'] is None else tuple(r['orders'])}: τ = [{tc}] updates, "
+              f"AIC {r['aic']:.1f}{ho}{mark}")
+    print(f"chosen by {rep['rule']}: {best!r}")
+    if held:
+        _print_validation(rep["candidates"][rep["chosen"]]["held_out"])
+    if args.compare:
+        print(f"beside it, {args.compare}:")
+        _print_validation(rep["compare"]["held_out"])
+    if args.out:
+        print(f"fit saved to {args.out}")
+    return 0
 
 
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
     from analysis.identification import fit_plant
+    from analysis.trace_io import read_traces, reader_kwargs
 
-    from klcontrol.cli import print_json
+    if args.model == "hammerstein":
+        return _run_hammerstein(args)
 
-    fit = fit_plant(args.paths, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level, kl_lag=args.kl_lag,
-                    columns={"step": args.step_col, "beta": args.beta_col, "kl": args.kl_col},
-                    progress=not args.json)
+    from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
+    from klcontrol.commands.common import show_progress
+
+    traces = []
+    for path in args.paths:
+        traces += read_traces(path, **reader_kwargs(args))
+    for t in traces:  # name each trace by its file and, for TensorBoard, its run
+        if t.meta.get("run") not in (None, "."):
+            t.meta["source"] = f"{t.meta['source']} (run {t.meta['run']})"
+    fit = fit_plant(traces, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level,
+                    progress=show_progress(args))
     if args.out:
         fit.save(args.out)
     if args.plot:
@@ -45,12 +170,27 @@ def run(args) -> int:
         plot_fit(fit, args.plot)
     s = fit.summary()
     s.update(out=args.out, plot=args.plot)
+    rc = EXIT_OK if fit.identifiable else EXIT_UNIDENTIFIED
+    if args.validate:
+        from analysis.plant_models import validate
+
+        s["validation"] = validate(fit, _read(args.validate, args), args.validate)
+        if args.report:
+            import json
+
+            from klcontrol.cli import _jsonable
+
+            with open(args.report, "w") as fh:
+                json.dump(_jsonable(s["validation"]), fh, indent=1)
     if args.json:
         print_json(s)
-        return 0
+        if rc != EXIT_OK:
+            _explain(fit)
+        return rc
     lvl = f"{100 * fit.level:.0f} %"
     lo, hi = fit.a_ci
-    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {lvl} CI [{lo:.4g}, {hi:.4g}]")
+    ci = f"{lvl} CI [{lo:.4g}, {hi:.4g}]" if fit.boot.gains else "no bootstrap interval (--n-boot 0)"
+    print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {ci}")
     if fit.a_rise_time_mean is not None:
         print(f"paper's 63.2 % rise-time estimate (open-loop traces): a ≈ {fit.a_rise_time_mean:.4g}")
     if fit.gain_model == "exp":
@@ -62,10 +202,28 @@ def run(args) -> int:
     b0, b1 = fit.beta_range
     g0, g1 = s["gprime_range"]
     c0, c1 = s["gprime_range_ci"]
-    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}] (with {lvl} band [{c0:.4g}, {c1:.4g}])")
+    band = f" (with {lvl} band [{c0:.4g}, {c1:.4g}])" if fit.boot.gains else ""
+    print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}]{band}")
     print(f"relative KL noise (robust std of residuals): {100 * fit.noise_rel:.2f} %")
+    if fit.boot.failures:
+        print(f"bootstrap: {fit.boot.failures} of {args.n_boot} replicates failed and were left out")
+    print("identifiable: yes (a, g and g′)" if fit.identifiable else
+          "identifiable: NO (" + ", ".join(k for k in ("a", "g", "gprime") if not fit.identifiability[k])
+          + " not identified)")
+    if args.validate:
+        _print_validation(s["validation"])
     if args.out:
-        print(f"fit saved to {args.out}")
+        print(f"fit saved to {args.out}" + ("" if fit.identifiable else " (flagged not identifiable)"))
     if args.plot:
         print(f"figure written to {args.plot}")
-    return 0
+    if rc != EXIT_OK:
+        _explain(fit)
+    return rc
+
+
+def _explain(fit) -> None:
+    print("klcontrol fit: the data do not identify the plant:", file=sys.stderr)
+    for r in fit.identifiability["reasons"]:
+        print(f"  - {r}", file=sys.stderr)
+    print("klcontrol check and tune refuse this fit (override: --allow-unidentified). Longer logs, a wider β range "
+          "or several open-loop runs at different β identify the plant.", file=sys.stderr)

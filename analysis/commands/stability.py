@@ -6,12 +6,15 @@ from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
 
 def register(sub) -> None:
     """Register the ``stability`` command."""
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
+
     p = sub.add_parser(
         "stability",
         help="stability verdict and margins of the linearised loop",
         description="Linearise the loop (controller law + first-order plant y(t) = y(t-1)/(1+a) + a/(1+a)·g(β)) "
         "at its equilibrium and report whether it is stable, its spectral radius, and margins. With "
         "--gprime-max the verdict holds for every g′ between --gprime and --gprime-max.",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_ERROR, 2),
     )
     p.add_argument("--kp", type=float, required=True, help="proportional gain")
     p.add_argument("--ki", type=float, required=True, help="integral gain (positive = negative feedback)")
@@ -36,7 +39,7 @@ def run(args) -> int:
     from analysis.stability import robust_stability, spectral_radius
     from analysis.stability_codegen import coefficient_functions
 
-    from klcontrol.cli import print_json
+    from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
 
     if args.window < 1:
         raise ValueError(f"--window must be ≥ 1, got {args.window}")
@@ -65,9 +68,10 @@ def run(args) -> int:
     }
     if args.plot:
         _plot(args)
+    rc = EXIT_OK if res.stable else EXIT_UNSTABLE
     if args.json:
         print_json(out)
-        return 0
+        return rc
     interval = (f"g′ = {args.gprime:g}" if args.gprime_max is None
                 else f"every g′ in [{res.gprime_min:g}, {res.gprime_max:g}]")
     print(f"{'STABLE' if res.stable else 'UNSTABLE'} for {interval} "
@@ -84,7 +88,7 @@ def run(args) -> int:
         print("no g′ makes these gains stable")
     if args.plot:
         print(f"region written to {args.plot}")
-    return 0
+    return rc
 
 
 def _progress(args):

@@ -6,11 +6,15 @@ from klcontrol.registry import LINEAR_KINDS
 
 def register(sub) -> None:
     """Register the ``tune`` command."""
+    from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
+
     p = sub.add_parser(
         "tune",
         help="recommend robustly stable, fast, quiet Kp/Ki for a fitted plant",
         description="Choose Kp, Ki stable for every g′ of the fitted range, fastest worst-case decay under "
-        "overshoot and noise-gain bounds (or least noise under a settling target).",
+        "overshoot and noise-gain bounds (or least noise under a settling target). A fit that klcontrol fit "
+        "marked not identifiable, or whose g′ band reaches 0, is refused (override: --allow-unidentified).",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNIDENTIFIED, EXIT_ERROR, 2),
     )
     src = p.add_argument_group("plant (a fit file, or a and a g′ range)")
     src.add_argument("--fit", default=None, help="fit.json written by `klcontrol fit --out`")
@@ -18,6 +22,8 @@ def register(sub) -> None:
     src.add_argument("--gprime", type=float, nargs="+", default=None, metavar="G", help="g′, or g′min g′max")
     src.add_argument("--beta-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                      help="with --fit: β range the schedule visits (default: the β range of the fitted traces)")
+    src.add_argument("--allow-unidentified", action="store_true",
+                     help="tune for a fit that is not identifiable (or whose g′ band reaches 0) instead of refusing")
     p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
     p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="measurement delay d (default 0)")
     p.add_argument("--controller", choices=LINEAR_KINDS, default="incremental",
@@ -47,6 +53,17 @@ def _plant_from_args(args):
 
         fit = PlantFit.load(args.fit)
         lo, hi = args.beta_range or fit.beta_range
+        if not hi >= lo:
+            raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
+        problems = fit.design_problems(lo, hi)
+        if problems:
+            if not args.allow_unidentified:
+                raise _Refused(args.fit, problems)
+            import sys
+
+            print("tune: QUALIFIED (--allow-unidentified): the fit does not identify the plant:", file=sys.stderr)
+            for r in problems:
+                print(f"  - {r}", file=sys.stderr)
         return fit, fit.a, tuple(fit.gprime_range(lo, hi))
     if args.a is None or args.gprime is None:
         raise ValueError("give --fit fit.json, or --a and --gprime")
@@ -56,11 +73,33 @@ def _plant_from_args(args):
     return None, args.a, g
 
 
+class _Refused(Exception):
+    def __init__(self, path, problems):
+        super().__init__(path)
+        self.path, self.problems = path, problems
+
+
 def run(args) -> int:
     """Execute ``klcontrol tune``."""
+    import sys
+
     from analysis.tuning import tune
 
-    plant, a, g = _plant_from_args(args)
+    from klcontrol.cli import EXIT_UNIDENTIFIED
+
+    try:
+        plant, a, g = _plant_from_args(args)
+    except _Refused as r:
+        if args.json:
+            from klcontrol.cli import print_json
+
+            print_json({"refused": True, "identifiable": False, "qualified": list(r.problems), "fit": str(r.path)})
+        print(f"klcontrol tune: refused: {r.path} does not identify the plant, so no gains can be designed on it:",
+              file=sys.stderr)
+        for p in r.problems:
+            print(f"  - {p}", file=sys.stderr)
+        print("refit with longer logs or a wider β range, or pass --allow-unidentified", file=sys.stderr)
+        return EXIT_UNIDENTIFIED
     if args.schedule_steps is not None:
         return _run_schedule(args, plant, g)
     r = tune(a=a, gprime=g, window=args.window, delay=args.delay, controller=args.controller, settling=args.settling,

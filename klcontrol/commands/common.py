@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import numpy as np
 
@@ -27,7 +28,8 @@ def add_controller_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ki", type=float, default=DYNAMICVAE_GAINS[1], help=f"integral gain (default {DYNAMICVAE_GAINS[1]})")
     g.add_argument("--beta0", type=float, default=DYNAMICVAE_BETA0,
                    help=f"initial β of the incremental PI (default {DYNAMICVAE_BETA0:g})")
-    g.add_argument("--beta-min", type=float, default=None, help="lower clamp (default 0; 0.1 for incremental-official)")
+    g.add_argument("--beta-min", type=float, default=None,
+                   help="lower clamp (default 0; 0.1 for incremental-official, 1 for positional-official)")
     g.add_argument("--beta-max", type=float, default=math.inf, help="upper clamp (default none)")
     g.add_argument("--gamma", type=float, default=1000.0, help="capacity relay amplitude (default 1000)")
     g.add_argument("--beta", type=float, default=4.0, help="fixed β (default 4)")
@@ -82,3 +84,19 @@ def controller_from_args(args, setpoint, kp=None, ki=None):
 def as_array(v):
     """Float array from a float or list."""
     return np.asarray(v, dtype=float)
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--no-progress`` (progress bars go to stderr, and only when it is a terminal)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars are drawn on stderr only when it is a terminal, never with --json)")
+
+
+def show_progress(args) -> bool:
+    """Whether to draw a progress bar: not ``--no-progress``, not ``--json``, and stderr is a terminal."""
+    if getattr(args, "no_progress", False) or getattr(args, "json", False):
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return False

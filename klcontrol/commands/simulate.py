@@ -1,7 +1,8 @@
 """``klcontrol simulate``: run a controller on the first-order plant model."""
 from __future__ import annotations
 
-from .common import add_controller_args, add_plant_args, add_setpoint_args, controller_from_args, plant_from_args, setpoint_from_args
+from .common import (add_controller_args, add_plant_args, add_progress_arg, add_setpoint_args, controller_from_args,
+                     plant_from_args, setpoint_from_args, show_progress)
 
 
 def register(sub) -> None:
@@ -23,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="trace.csv", help="CSV path for the trace (default trace.csv)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a figure of β(t) and KL(t)")
     p.add_argument("--json", action="store_true", help="print final KL, overshoot and settling time as JSON")
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args) -> int:
     sp = setpoint_from_args(args)
     ctrl = controller_from_args(args, sp)
     tr = simulate(ctrl, plant_from_args(args), args.steps, delay=args.delay, y0=args.y0, noise_rel=args.noise,
-                  seed=args.seed, progress=not args.json)
+                  seed=args.seed, progress=show_progress(args))
     tr.to_csv(args.out)
     if args.plot:
         from ..plotting import plot_trace

@@ -11,12 +11,13 @@ See ``docs/integration.md``.
 """
 from .distributed import DistributedController, all_reduce_mean, distributed_world_size
 
-__all__ = ["DistributedController", "all_reduce_mean", "distributed_world_size", "KLControlCallback"]
+__all__ = ["DistributedController", "all_reduce_mean", "distributed_world_size", "KLControlCallback",
+           "disent_scales"]
 
 
 def __getattr__(name):
-    if name == "KLControlCallback":
-        from .lightning import KLControlCallback
+    if name in ("KLControlCallback", "disent_scales"):
+        from . import lightning
 
-        return KLControlCallback
+        return getattr(lightning, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

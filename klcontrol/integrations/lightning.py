@@ -17,16 +17,23 @@ At the end of each training batch the callback reads the KL of that batch
 (``source="logged"``: ``self.log("kl", ...)``; ``"outputs"``: the key of the
 dict ``training_step`` returns; ``"attribute"``: an attribute of the module),
 averages it across DDP ranks, steps the controller and stores the next β in
-``pl_module.beta``.  The KL of batch t is measured before update t, so β(t+1)
-comes from y(t−1): the loop has delay d = 1 in the terms of ``docs/design.md``
-(the DynamicVAE paper's state-space model).  The controller state is saved in
-Lightning checkpoints and restored on resume.
+``pl_module.beta`` (or a dotted path such as ``"cfg.beta"``, or a setter).
+The KL of batch t is measured before update t, so β(t+1) comes from y(t−1):
+the loop has delay d = 1 in the terms of ``docs/design.md`` (the DynamicVAE
+paper's state-space model).  The controller state is saved in Lightning
+checkpoints and restored on resume.
+
+Logged pairs (``log_beta``, ``log_kl``) are what ``klcontrol fit`` reads:
+row t holds the β *used* in batch t and the KL measured in its forward pass,
+i.e. before update t: fit them with ``--kl-lag 1`` (β held between rows when
+Lightning logs every ``log_every_n_steps``).
 
 Requires ``lightning`` (``pip install "klcontrol[lightning]"``); the older
 ``pytorch_lightning`` package is used if ``lightning`` is absent.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 try:
@@ -42,7 +49,7 @@ except ImportError:  # the pre-2.0 package name, still common
 from ..backend import is_torch
 from .distributed import all_reduce_mean
 
-__all__ = ["KLControlCallback", "SOURCES"]
+__all__ = ["KLControlCallback", "SOURCES", "disent_scales"]
 
 SOURCES = ("logged", "outputs", "attribute")
 
@@ -64,16 +71,33 @@ class KLControlCallback(Callback):
         ``training_step`` (``{"loss": loss, "kl": kl}``); ``"attribute"`` the
         module attribute ``kl_key``.  Read it every batch: a metric that was
         not logged in the current batch keeps its last value in Lightning.
-    attribute : str
-        Module attribute that receives β (default ``"beta"``); use it in the
-        loss as ``recon + self.beta * kl``.
+    attribute : str or callable
+        Where β goes (default ``"beta"``): a module attribute, used in the loss
+        as ``recon + self.beta * kl``; a dotted path into the module such as
+        ``"cfg.beta"`` (disent's frameworks read ``self.cfg.beta``; no subclass
+        needed); or a setter ``f(pl_module, beta)``.
     sync_dist : bool
         Average the KL over the DDP ranks before each step (default ``True``;
         a no-op without an initialised process group), so every rank computes
         the same β.  Logging with ``self.log(..., sync_dist=True)`` is then
         unnecessary.
     log_beta : str or None
-        If given, also ``pl_module.log(log_beta, β)`` each batch.
+        If given, ``pl_module.log(log_beta, β)`` each batch, β being the weight
+        *used* in this batch (in the controller's units), at this batch's step.
+    log_kl : str or None
+        If given, ``pl_module.log(log_kl, kl)`` each batch: the KL the
+        controller received (rank-averaged, times ``kl_scale``).  With
+        ``log_beta`` these rows are fitted by ``klcontrol fit --kl-lag 1``.
+    kl_scale : float
+        Factor from the KL the module reports to the nats the controller's set
+        point is in (default 1).  disent's default ``loss_reduction="mean"``
+        reports the KL averaged over the latent dimensions: pass
+        ``kl_scale=z_size`` to control total nats (see :func:`disent_scales`).
+    beta_scale : float
+        Factor from the controller's β to the weight the module uses (default
+        1).  disent's ``"mean"`` reduction also averages the reconstruction over
+        the ``x_size`` pixels, so a β of the papers (summed losses) is
+        ``β·z_size/x_size`` there.
 
     Raises
     ------
@@ -92,26 +116,43 @@ class KLControlCallback(Callback):
         attribute: str = "beta",
         sync_dist: bool = True,
         log_beta: str | None = None,
+        log_kl: str | None = None,
+        kl_scale: float = 1.0,
+        beta_scale: float = 1.0,
     ):
         missing = [m for m in ("step", "state_dict", "load_state_dict") if not callable(getattr(controller, m, None))]
         if missing:
             raise ValueError(f"controller must have {', '.join(missing)}; got {type(controller).__name__}")
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        for name, value in (("kl_key", kl_key), ("attribute", attribute)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(kl_key, str) or not kl_key:
+            raise ValueError(f"kl_key must be a non-empty string, got {kl_key!r}")
+        if not callable(attribute) and (not isinstance(attribute, str) or not attribute
+                                        or any(not part.isidentifier() for part in attribute.split("."))):
+            raise ValueError(f"attribute must be an attribute name, a dotted path such as 'cfg.beta', or a setter "
+                             f"f(pl_module, beta); got {attribute!r}")
+        for name, value in (("kl_scale", kl_scale), ("beta_scale", beta_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name, value in (("log_beta", log_beta), ("log_kl", log_kl)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
         self.controller = controller
         self.kl_key = kl_key
         self.source = source
         self.attribute = attribute
         self.sync_dist = bool(sync_dist)
         self.log_beta = log_beta
+        self.log_kl = log_kl
+        self.kl_scale = float(kl_scale)
+        self.beta_scale = float(beta_scale)
 
     @property
     def state_key(self) -> str:
         """Checkpoint key; includes the names so two such callbacks can coexist."""
-        return self._generate_state_key(kl_key=self.kl_key, source=self.source, attribute=self.attribute)
+        attribute = self.attribute if isinstance(self.attribute, str) else getattr(
+            self.attribute, "__qualname__", type(self.attribute).__name__)
+        return self._generate_state_key(kl_key=self.kl_key, source=self.source, attribute=attribute)
 
     @property
     def beta(self):
@@ -120,7 +161,15 @@ class KLControlCallback(Callback):
 
     # -- hooks --------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Give the module the controller's β before anything (sanity checks included) runs."""
+        """Give the module the controller's β before anything (sanity checks included) runs.
+
+        Raises
+        ------
+        ValueError
+            If the dotted path does not lead to an object, or a disent
+            framework also schedules the same β (two writers of ``cfg.beta``).
+        """
+        self._check_framework(pl_module)
         self._publish(pl_module, self.controller.beta)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -132,10 +181,17 @@ class KLControlCallback(Callback):
         kl = self._read_kl(trainer, pl_module, outputs)
         if self.sync_dist:
             kl = all_reduce_mean(kl)
+        if self.kl_scale != 1.0:
+            kl = kl * self.kl_scale
+        used = self.controller.beta  # the β of this batch, before the step below replaces it
+        if self.log_beta:
+            # Logged at this batch's step next to the KL of this batch's forward pass: the pair klcontrol fit
+            # reads with --kl-lag 1 (a torch controller's β is live state: log a copy).
+            pl_module.log(self.log_beta, used.clone() if is_torch(used) else used, on_step=True, on_epoch=False)
+        if self.log_kl:
+            pl_module.log(self.log_kl, kl, on_step=True, on_epoch=False)
         beta = self.controller.step(kl)
         self._publish(pl_module, beta)
-        if self.log_beta:
-            pl_module.log(self.log_beta, beta, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Surface masked NaN/infinite KL measurements (one host sync per epoch)."""
@@ -166,7 +222,42 @@ class KLControlCallback(Callback):
     def _publish(self, pl_module, beta):
         # A torch controller's ``beta`` can be its live state tensor, which the
         # next step updates in place; the module gets a value of its own.
-        setattr(pl_module, self.attribute, beta.clone() if is_torch(beta) else beta)
+        beta = beta.clone() if is_torch(beta) else beta
+        if self.beta_scale != 1.0:
+            beta = beta * self.beta_scale
+        if callable(self.attribute):
+            self.attribute(pl_module, beta)
+            return
+        owner, name = self._owner(pl_module)
+        setattr(owner, name, beta)
+
+    def _owner(self, pl_module):
+        *path, name = self.attribute.split(".")
+        owner = pl_module
+        for i, part in enumerate(path):
+            if not hasattr(owner, part):
+                where = ".".join(["pl_module"] + path[:i])
+                raise ValueError(f"KLControlCallback: attribute={self.attribute!r}: {where} has no attribute "
+                                 f"{part!r}")
+            owner = getattr(owner, part)
+        return owner, name
+
+    def _check_framework(self, pl_module):
+        if callable(self.attribute):
+            return
+        _, name = self._owner(pl_module)  # fails early, naming the missing part of a dotted path
+        # disent frameworks: a registered schedule for the same cfg field would overwrite β every step
+        has_schedule = getattr(pl_module, "has_schedule", None)
+        if self.attribute.startswith("cfg.") and callable(has_schedule) and has_schedule(name):
+            raise ValueError(f"KLControlCallback: the module also schedules {name!r} (register_schedule); remove "
+                             "the schedule, or the schedule and the controller overwrite each other every step")
+        cfg = getattr(pl_module, "cfg", None)
+        if getattr(cfg, "loss_reduction", None) == "mean" and self.kl_scale == 1.0 and self.beta_scale == 1.0:
+            warnings.warn(
+                "KLControlCallback: the module's cfg.loss_reduction is 'mean' (disent's default): its KL is the "
+                "mean over latent dimensions and its reconstruction the mean over pixels, while set points are "
+                "total nats; pass **disent_scales(module) (kl_scale=z_size, beta_scale=z_size/x_size), or "
+                "use loss_reduction='mean_sum'", stacklevel=2)
 
     def _check(self):
         check = getattr(self.controller, "check", None)
@@ -207,5 +298,49 @@ class KLControlCallback(Callback):
     def __repr__(self):
         return (
             f"KLControlCallback({self.controller!r}, kl_key={self.kl_key!r}, source={self.source!r}, "
-            f"attribute={self.attribute!r})"
+            f"attribute={self.attribute!r}, kl_scale={self.kl_scale!r}, beta_scale={self.beta_scale!r})"
         )
+
+
+def disent_scales(framework) -> dict:
+    """``kl_scale`` and ``beta_scale`` for a disent framework's loss reduction.
+
+    disent (``disent.frameworks.vae``) reads β from ``framework.cfg.beta`` and
+    reduces its losses by ``cfg.loss_reduction``: ``"mean_sum"`` sums the KL
+    over latent dimensions and the reconstruction over pixels (the papers'
+    units: both scales 1); ``"mean"`` (its default) averages both, so the KL is
+    per latent dimension (× ``z_size`` gives nats) and the β that weighs it is
+    ``β·z_size/x_size`` in the papers' units.
+
+    Parameters
+    ----------
+    framework : LightningModule
+        A disent framework (anything with ``cfg.loss_reduction`` and a model
+        with ``z_size`` and ``x_size`` or ``x_shape``).
+
+    Returns
+    -------
+    dict
+        ``{"kl_scale": …, "beta_scale": …}`` to pass to :class:`KLControlCallback`.
+
+    Raises
+    ------
+    ValueError
+        If the reduction is unknown or the model sizes cannot be found.
+    """
+    cfg = getattr(framework, "cfg", None)
+    reduction = getattr(cfg, "loss_reduction", None)
+    if reduction == "mean_sum":
+        return {"kl_scale": 1.0, "beta_scale": 1.0}
+    if reduction != "mean":
+        raise ValueError(f"disent_scales: cfg.loss_reduction must be 'mean' or 'mean_sum', got {reduction!r}")
+    model = getattr(framework, "_model", None)
+    z_size = getattr(model, "z_size", None)
+    x_size = getattr(model, "x_size", None)
+    if x_size is None and getattr(model, "x_shape", None) is not None:
+        x_size = 1
+        for n in model.x_shape:
+            x_size *= int(n)
+    if not z_size or not x_size:
+        raise ValueError("disent_scales: the framework's model (framework._model) has no z_size and x_size/x_shape")
+    return {"kl_scale": float(z_size), "beta_scale": float(z_size) / float(x_size)}

@@ -10,4 +10,6 @@ COMMANDS = {
     "train": "vae_plant.commands.train",
     "evaluate": "vae_plant.commands.evaluate",
     "compare": "vae_plant.commands.compare",
+    "identify": "vae_plant.commands.identify",
+    "verify-stability": "vae_plant.commands.verify_stability",
 }

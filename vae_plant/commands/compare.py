@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from klcontrol.commands.common import add_progress_arg, show_progress
+
 BUDGET_NAMES = ("tiny", "cpu", "paper")
 
 
@@ -37,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the aggregated table as JSON")
     p.set_defaults(func=run)
 
@@ -53,7 +55,7 @@ def run(args) -> int:
     res = compare(args.out, args.methods, budget=args.budget, seeds=args.seeds, steps=args.steps,
                   batch_size=args.batch_size, compress=False if args.no_compress else None,
                   n_images=args.n_images, beta_vae=not args.no_beta_vae, jobs=args.jobs, threads=args.threads,
-                  device=args.device, progress=not (args.no_progress or args.json),
+                  device=args.device, progress=show_progress(args),
                   command=" ".join(["klcontrol"] + sys.argv[1:]))
     if args.json:
         print_json({"settings": res.settings, "table": res.table, "figures": res.figures})

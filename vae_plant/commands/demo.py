@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other jobs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no stage lines and no training progress bar")
     p.set_defaults(func=run)
 
 
@@ -40,7 +41,7 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    s = run_demo(args.out, traces=args.traces, device=args.device, steps=steps, progress=not args.json)
+    s = run_demo(args.out, traces=args.traces, device=args.device, steps=steps, progress=not (args.json or args.no_progress))
     if args.json:
         print_json(s)
         return 0

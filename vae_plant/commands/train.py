@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from klcontrol.commands.common import add_progress_arg, show_progress
 from vae_plant.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
 
 PRESETS = tuple(SCHEDULES)
@@ -50,7 +51,7 @@ def register(sub) -> None:
     g.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; on resume the run's, which is stored because it "
                    "changes the trace bytes: another value is refused)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.set_defaults(func=run)
 
@@ -77,7 +78,7 @@ def run(args) -> int:
         batch_size=args.batch_size, device=args.device, checkpoint_every=args.checkpoint_every,
         flush_every=args.flush_every, data=args.data, compile=args.compile, amp=args.amp,
         channels_last=args.channels_last, fused_adam=args.fused_adam, resume=args.resume is not None,
-        progress=not (args.no_progress or args.json), command=" ".join(["klcontrol"] + sys.argv[1:]),
+        progress=show_progress(args), command=" ".join(["klcontrol"] + sys.argv[1:]),
         threads=args.threads, restart=args.restart, from_step=args.from_step,
     )
     t = res.trace

@@ -1,0 +1,94 @@
+"""vae_plant.identify: excitation design, noise measurement, the settle → excite experiment end to end."""
+import gzip
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from klcontrol import ScheduledBeta
+from vae_plant import identify as idf
+
+
+@given(st.integers(1, 3000), st.integers(1, 50), st.integers(0, 200), st.integers(0, 10_000))
+def test_random_binary_levels_hold_times_and_alternation(length, hmin, extra, seed):
+    hmax = hmin + extra
+    lv, holds = idf.random_binary_levels(length, hmin, hmax, seed)
+    assert len(lv) == length and set(np.unique(lv)) <= {-1.0, 1.0}
+    assert sum(h for _, h in holds) == length
+    assert all(hmin <= h <= hmax for _, h in holds[:-1]) and 1 <= holds[-1][1] <= hmax
+    assert all(a[0] == -b[0] for a, b in zip(holds, holds[1:]))
+    np.testing.assert_array_equal(lv, idf.random_binary_levels(length, hmin, hmax, seed)[0])
+
+
+def test_beta_schedule_drives_scheduled_beta_exactly():
+    sched, beta = idf.beta_schedule(4.0, 0.4, 500, 50, 5, 80, seed=3)
+    assert len(beta) == 550 and np.all(beta[:50] == 4.0)
+    np.testing.assert_allclose(np.unique(beta[50:]), [4 * math.exp(-0.4), 4 * math.exp(0.4)])
+    c = ScheduledBeta(sched)
+    got = [c.beta] + [c.step(1.0) for _ in range(549)]
+    np.testing.assert_allclose(got, beta, rtol=1e-15)
+    with pytest.raises(ValueError, match="delta"):
+        idf.beta_schedule(4.0, 0.0, 10, 0, 1, 2, 0)
+
+
+def test_settled_noise_recovers_level_drift_and_mean_noise():
+    rng = np.random.default_rng(0)
+    t = np.arange(4000)
+    kl = 13.0 - 3e-4 * t + rng.normal(scale=0.6, size=4000)
+    nz = idf.settled_noise(kl)
+    assert nz["slope"] == pytest.approx(-3e-4, abs=1e-4)
+    assert nz["sigma"] == pytest.approx(0.6, rel=0.05)
+    assert nz["sigma_mean"] == pytest.approx(0.6 / math.sqrt(50), rel=0.3)
+    assert nz["level_ci"][0] < nz["level"] < nz["level_ci"][1]
+    with pytest.raises(ValueError, match="at least"):
+        idf.settled_noise(kl[:50])
+
+
+def test_design_amplitude_rule():
+    assert idf.design_amplitude(0.13, -7.8) == pytest.approx(0.5)  # capped
+    assert idf.design_amplitude(0.05, -7.8) == pytest.approx(30 * 0.05 / 7.8)
+    assert idf.design_amplitude(0.0, -7.8) == 0.1
+    with pytest.raises(ValueError):
+        idf.design_amplitude(0.1, 0.0)
+
+
+def test_plan_names_seeds_and_roles():
+    settles, excites = idf.plan(betas=(2, 4, 8), main=4, other_betas_excited=True)
+    assert [s["name"] for s in settles] == ["settle_b2", "settle_b4", "settle_b8"]
+    assert [(e["name"], e["role"]) for e in excites] == [
+        ("ol_b4_s1", "fit"), ("ol_b4_s2", "held_out"), ("cl_b4_s3", "held_out"), ("ol_b4_s4", "held_out"),
+        ("ol_b2_s5", "held_out"), ("ol_b8_s6", "held_out")]
+    assert len(idf.plan()[1]) == 4
+    with pytest.raises(ValueError, match="main"):
+        idf.plan(betas=(2,), main=4)
+    with pytest.raises(ValueError, match="lead-in"):
+        idf.plan(fit_steps=150)
+
+
+def test_experiment_end_to_end_tiny(tmp_path):
+    """Settle, excite (open and closed loop) with tiny runs; export with provenance; runs are reused."""
+    root, exp = str(tmp_path / "runs"), str(tmp_path / "export")
+    kw = dict(betas=(4.0,), main=4.0, settle_steps=100, fit_steps=60, val_steps=40, closed_steps=40, lead=20,
+              hold_min=3, hold_max=20)
+    res = idf.run_experiment(root, export=exp, jobs=1, batch_size=2, progress=lambda s: None, **kw)
+    names = sorted(os.listdir(exp))
+    assert "experiment.json" in names and "ol_b4_s1.csv.gz" in names and "cl_b4_s3.config.json" in names
+    with gzip.open(os.path.join(exp, "ol_b4_s1.csv.gz"), "rt") as fh:
+        rows = fh.read().splitlines()
+    assert len(rows) == 61 and rows[0].startswith("step,beta,kl")
+    beta = np.array([float(r.split(",")[1]) for r in rows[1:]])
+    cfg = json.load(open(os.path.join(exp, "ol_b4_s1.config.json")))
+    assert np.all(beta[:20] == 4.0) and len(np.unique(beta)) == 3
+    assert np.allclose(sorted(np.unique(beta[20:])), [4 * math.exp(-cfg["excitation"]["delta"]), 4 * math.exp(cfg["excitation"]["delta"])])
+    assert cfg["settings"]["init_from"]["checkpoint"] == os.path.join("settle_b4", "checkpoints", "step_00000100.pt")
+    assert cfg["provenance"]["git_commit"] is not None and cfg["settings"]["seed"] == 1
+    cl = json.load(open(os.path.join(exp, "cl_b4_s3.config.json")))
+    assert cl["excitation"]["kind"] == "closed_loop" and cl["excitation"]["hold"] == 10
+    assert res["static_points"][0]["beta"] == 4.0
+    mtime = os.path.getmtime(os.path.join(root, "ol_b4_s1", "trace.csv"))
+    idf.run_experiment(root, jobs=1, batch_size=2, progress=lambda s: None, **kw)
+    assert os.path.getmtime(os.path.join(root, "ol_b4_s1", "trace.csv")) == mtime

@@ -1,0 +1,146 @@
+"""Verify predicted loop stability on the real β-VAE.
+
+Each run warm-starts from a settled checkpoint at β* (:mod:`vae_plant.identify`)
+and closes the loop with DynamicVAE's incremental PI at a constant set point
+``C`` (the settled KL), its β started at ``kick·β*`` so that the loop has a
+transient to damp or amplify.  :func:`analysis.loop_verdict.observed_stability`
+decides from the trace; :func:`summarize` puts the observed verdicts beside
+the predictions of any number of plant models (``analysis.stability.spectral_radius``
+with ``plant=``, linearised at ``C``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+__all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets"]
+
+
+def _name(kp, ki, window, seed):
+    return f"pi_kp{kp:g}_ki{ki:g}_T{window}_s{seed}"
+
+
+def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=600, kick=1.25, batch_size=16,
+             device="cpu", command=None):
+    """One closed-loop run from the settled checkpoint (reuses a finished run in ``out``).
+
+    Returns
+    -------
+    str
+        The run directory (``gain.json`` records the design).
+    """
+    from klcontrol.controllers import IncrementalPI
+    from klcontrol.setpoints import Constant
+
+    from .identify import _done, _train
+
+    if _done(out):
+        return os.fspath(out)
+    shutil.rmtree(out, ignore_errors=True)
+    ctrl = IncrementalPI(kp, ki, Constant(setpoint), beta0=kick * beta_star, filter=window)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
+    with open(os.path.join(out, "gain.json"), "w") as fh:
+        json.dump(dict(kp=kp, ki=ki, window=window, delay=0, seed=seed, steps=steps, kick=kick, beta_star=beta_star,
+                       setpoint=setpoint), fh, indent=2)
+    return os.fspath(out)
+
+
+def _job(args):
+    import torch
+
+    torch.set_num_threads(1)
+    root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command = args
+    out = os.path.join(root, _name(g["kp"], g["ki"], g["window"], g["seed"]))
+    return gain_run(out, settled, beta_star, setpoint, g["kp"], g["ki"], g["window"], g["seed"], steps, kick,
+                    batch_size, device, command)
+
+
+def ray_gains(ratio, ki_values, window=5, seeds=(0,)):
+    """Gain sets on the ray ``Kp = ratio·Ki`` (one dict per Ki and seed)."""
+    return [dict(kp=float(ratio) * float(k), ki=float(k), window=int(window), seed=int(s))
+            for k in ki_values for s in seeds]
+
+
+def run_gains(root, settled, beta_star, setpoint, gains, steps=600, kick=1.25, jobs=2, batch_size=16, device="cpu",
+              command=None):
+    """Run every gain set (dicts ``kp, ki, window, seed``); returns the run directories."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.makedirs(root, exist_ok=True)
+    args = [(root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command) for g in gains]
+    with ProcessPoolExecutor(max(1, int(jobs))) as ex:
+        return list(ex.map(_job, args))
+
+
+def summarize(run_dirs, models, names=("identified", "first_order"), export=None, skip=100):
+    """Observed and predicted verdicts of each run.
+
+    Parameters
+    ----------
+    run_dirs : sequence of str
+        Runs of :func:`gain_run` (or exported ``.csv.gz`` with a ``.config.json`` beside).
+    models : sequence
+        Plant objects for ``analysis.stability`` (``plant=``), one per name.
+    names : sequence of str
+        Keys ``predicted_stable_<name>`` and ``spectral_radius_<name>``.
+    export : str, optional
+        Copy the traces there and name them in ``trace``.
+
+    Returns
+    -------
+    list of dict
+        ``kp, ki, window, delay, seed, trace, predicted_stable_<name>, spectral_radius_<name>,
+        observed_stable, observed`` (the criterion's figures).
+    """
+    from analysis.loop_verdict import observed_stability
+    from analysis.stability import spectral_radius
+
+    from .identify import export_run
+    from .trace_log import read_trace_csv
+
+    rows = []
+    for d in run_dirs:
+        with open(os.path.join(d, "gain.json")) as fh:
+            g = json.load(fh)
+        tr = read_trace_csv(os.path.join(d, "trace.csv"))
+        obs = observed_stability(tr["beta"], g["beta_star"], skip=skip)
+        name = os.path.basename(os.path.normpath(d))
+        trace = export_run(d, export, name) if export else os.path.join(d, "trace.csv")
+        row = dict(kp=g["kp"], ki=g["ki"], window=g["window"], delay=g["delay"], seed=g["seed"], trace=trace,
+                   steps=len(tr["beta"]), setpoint=g["setpoint"], beta_star=g["beta_star"])
+        for n, m in zip(names, models):
+            r = float(spectral_radius(g["kp"], g["ki"], plant=m, setpoint=g["setpoint"], window=g["window"],
+                                      delay=g["delay"]))
+            row[f"spectral_radius_{n}"] = r
+            row[f"predicted_stable_{n}"] = bool(r < 1)
+        row["observed_stable"] = bool(obs["stable"])
+        row["observed"] = obs
+        rows.append(row)
+    return rows
+
+
+def observed_brackets(rows, tol=1e-9):
+    """Per ray ``Kp/Ki``: the observed critical ``Ki`` bracket from the runs on it.
+
+    Returns
+    -------
+    dict ratio → dict
+        ``stable_below`` (largest Ki observed stable below every unstable one),
+        ``unstable_from`` (smallest Ki observed unstable), ``monotone`` (no stable
+        run above an unstable one), ``n`` runs.
+    """
+    rays: dict[float, list] = {}
+    for r in rows:
+        ratio = round(r["kp"] / r["ki"], 9) if r["ki"] else float("inf")
+        rays.setdefault(ratio, []).append(r)
+    out = {}
+    for ratio, rs in sorted(rays.items()):
+        uns = [r["ki"] for r in rs if not r["observed_stable"]]
+        sta = [r["ki"] for r in rs if r["observed_stable"]]
+        first_u = min(uns) if uns else None
+        below = [k for k in sta if first_u is None or k < first_u - tol]
+        mixed = sorted({k for k in uns if any(abs(k - j) <= tol for j in sta)})
+        out[ratio] = dict(stable_below=max(below) if below else None, unstable_from=first_u, mixed=mixed,
+                          monotone=not (first_u is not None and any(k > first_u + tol for k in sta)), n=len(rs))
+    return out
