@@ -293,16 +293,35 @@ def _at_equilibrium(expr, lm: LoopMap):
     return out
 
 
-def _partial_at_equilibrium(expr, var, lm: LoopMap):
-    """``∂expr/∂var`` at the equilibrium.
+def _gradient_at_equilibrium(expr, variables, lm: LoopMap) -> dict:
+    """``{v: ∂expr/∂v}`` at the equilibrium for the ``variables`` that ``expr`` depends on.
 
-    The other variables are put at the equilibrium *before* differentiating
-    (the partial derivative is the derivative along the line through the
-    equilibrium), which collapses the moving-average sums and makes the
-    derivative cheap for long windows.
+    One directional derivative instead of one derivative per variable: with
+    ``v = v* + t·u_v``, ``d expr/dt`` at ``t = 0`` is ``Σ u_v·∂expr/∂v``, linear in
+    the direction symbols ``u_v``, whose coefficients are read off.  For a long
+    window (40 history states in one moving average) this is what keeps the
+    linearisation fast.
     """
-    eq = {k: v for k, v in lm.equilibrium.items() if k != var}
-    return _at_equilibrium(sp.diff(expr.xreplace(eq), var), lm)
+    free = expr.free_symbols
+    used = [v for v in variables if v in free]
+    if not used:
+        return {}
+    t = sp.Dummy("t")
+    u = {v: sp.Dummy(f"u_{v}") for v in used}
+    line = dict(lm.equilibrium)
+    line.update({v: lm.equilibrium[v] + t * u[v] for v in used})
+    d = _evaluate(sp.diff(expr.xreplace(line), t).xreplace({t: 0}), {})
+    coeffs, rest = sp.linear_eq_to_matrix([d], [u[v] for v in used])
+    if sp.cancel(rest[0]) != 0:
+        raise RuntimeError("the directional derivative is not linear in the direction")
+    out = {}
+    for v, cf in zip(used, coeffs):
+        cf = sp.cancel(cf)
+        if cf.free_symbols - {kp, ki, a, gp}:
+            raise RuntimeError(f"linearisation still depends on {cf.free_symbols - {kp, ki, a, gp}}: "
+                               "the equilibrium is not interior")
+        out[v] = cf
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -386,11 +405,11 @@ def _charpoly(window: int, delay: int, controller: str) -> sp.Poly:
     for c in core:
         row = [sp.Integer(0)] * n
         row[pos[c]] += lam ** (depth[c] + 1)
-        free = f[c].free_symbols
+        grad = _gradient_at_equilibrium(f[c], x, lm)
         for k, xk in enumerate(x):
-            if xk in free:
+            if xk in grad:
                 r, d = root[k]
-                row[pos[r]] -= _partial_at_equilibrium(f[c], xk, lm) * lam ** (depth[r] - d)
+                row[pos[r]] -= grad[xk] * lam ** (depth[r] - d)
         # Clear the row's denominators (powers of 1 + a and integers): the
         # determinant changes by a factor the normalisation below removes, and
         # the entries land in a polynomial ring where fraction-free elimination
