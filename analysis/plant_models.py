@@ -362,6 +362,16 @@ class HammersteinFit(Plant):
         self.params = dict(params or {})
         self.info = dict(info or {})
 
+    @property
+    def beta_range(self):
+        """β range of the traces the dynamics were fitted on (``None`` if not recorded).
+
+        The dynamics hold around these operating points: :func:`analysis.stability_lti.operating_points`
+        (the default of ``klcontrol check --fit``) linearises here, not over the whole static map.
+        """
+        r = self.info.get("beta_range")
+        return None if r is None else (float(r[0]), float(r[1]))
+
     # -- LTI views --------------------------------------------------------------------------------------
     def transfer_function(self):
         """``G`` as a python-control ``TransferFunction`` in ``z`` (``dt = 1``, unit DC gain)."""
@@ -628,8 +638,9 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
         if a1 < a2:  # fast mode first
             a1, a2, w = a2, a1, 1 - w
         params.update(a_fast=a1, a_slow=a2, w_fast=w, tau_fast=1 / math.log1p(a1), tau_slow=1 / math.log1p(a2))
+    betas = np.concatenate([np.asarray(tr.beta, dtype=float) for tr in traces])
     info = dict(traces=names, rows=n_tot, aic=aic, residual_sigma=math.sqrt(sigma2), n_params=len(theta),
-                drift=drift, success=bool(sol.success))
+                drift=drift, success=bool(sol.success), beta_range=[float(betas.min()), float(betas.max())])
     fit = HammersteinFit(structure, b, f, g, orders, params, info)
     fit.info["fit_percent_fitted"] = [fit_percent(tr.kl, fit.predict(tr)) for tr in traces]
     return fit

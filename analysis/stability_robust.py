@@ -91,7 +91,7 @@ class RobustStability:
 
 def _split(kp, ki, a, window, delay, controller):
     """``(Q0, Q1)``: bilinear coefficients (ascending powers of w) at g′⁰ and g′¹."""
-    _, _, ws = coefficient_functions(controller, window, delay)
+    ws = coefficient_functions(controller, window, delay)[2]
     parts = ws(kp, ki, a)
     if any(len(p) > 2 for p in parts):
         raise RuntimeError("characteristic polynomial is not affine in g′")

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import sympy as sp
+from sympy.polys.matrices import DomainMatrix
 
 from klcontrol.backend import SYMPY
 from klcontrol.loop import LoopState, loop_step
@@ -174,6 +175,50 @@ def loop_map(window: int = 1, delay: int = 0, controller: str = "incremental") -
     return LoopMap(state, nxt, y, eq, c, noise)
 
 
+def _evaluate(expr, eq):
+    """``expr`` at the equilibrium ``eq``, cancelled (``xreplace``, no ``subs``)."""
+    out = expr.xreplace(eq)
+    out = out.replace(sp.exp, lambda x: sp.exp(sp.cancel(x)))  # the sigmoid's argument is 0 there
+    return sp.cancel(out)
+
+
+def _truth(cond, eq):
+    """Truth value of a branch condition at the equilibrium, or None if undecidable.
+
+    ``xreplace`` + ``cancel`` of the difference of the two sides, with the
+    sign taken from the symbols' assumptions (``margin > 0``): much faster
+    than ``subs`` + ``simplify``, which dominated the derivation for long
+    windows.
+    """
+    if cond is sp.true or cond is sp.false:
+        return cond is sp.true
+    if isinstance(cond, (sp.And, sp.Or)):
+        vals = [_truth(c, eq) for c in cond.args]
+        short = isinstance(cond, sp.Or)  # Or: one True decides; And: one False decides
+        if short in vals:
+            return short
+        return None if None in vals else not short
+    if isinstance(cond, sp.Not):
+        v = _truth(cond.args[0], eq)
+        return None if v is None else not v
+    if isinstance(cond, sp.core.relational.Relational):
+        d = _evaluate(cond.lhs - cond.rhs, eq)
+        pos, neg, zero = d.is_positive, d.is_negative, d.is_zero
+        if cond.rel_op == ">":
+            return pos
+        if cond.rel_op == "<":
+            return neg
+        if cond.rel_op == ">=":
+            return None if neg is None else not neg
+        if cond.rel_op == "<=":
+            return None if pos is None else not pos
+        if cond.rel_op == "==":
+            return zero
+        return None if zero is None else not zero
+    v = sp.simplify(cond.xreplace(eq))
+    return (v is sp.true) if v in (sp.true, sp.false) else None
+
+
 @lru_cache(maxsize=None)
 def controller_map(window: int = 1, delay: int = 0, controller: str = "incremental"):
     """The controller's part of the loop update alone, on symbols: measured KL ``y`` in, β out.
@@ -210,21 +255,21 @@ def _interior(expr, eq):
     """
 
     def holds(cond):
-        v = sp.simplify(cond.subs(eq))
-        if v not in (sp.true, sp.false):
+        v = _truth(cond, eq)
+        if v is None:
             raise RuntimeError(f"cannot decide {cond} at the equilibrium")
-        return v is sp.true
+        return v
 
     def pick(node):
         if isinstance(node, sp.Piecewise):
             for e, c in node.args:
-                if c is sp.true or holds(c):
+                if holds(c):
                     return e
         if isinstance(node, (sp.Max, sp.Min)):
-            vals = [sp.simplify(arg.subs(eq)) for arg in node.args]
+            vals = [_evaluate(arg, eq) for arg in node.args]
             best = 0
             for i in range(1, len(vals)):
-                diff = sp.simplify(vals[i] - vals[best])
+                diff = sp.cancel(vals[i] - vals[best])
                 if diff.is_zero or diff.is_positive is None:
                     raise RuntimeError(f"clamp {node} is active at the equilibrium")
                 if diff.is_positive == isinstance(node, sp.Max):
@@ -239,19 +284,56 @@ def _interior(expr, eq):
 
 
 def _at_equilibrium(expr, lm: LoopMap):
-    out = expr.subs(lm.equilibrium)
-    out = out.replace(sp.exp, lambda x: sp.exp(sp.cancel(x)))  # the sigmoid's argument is 0 there
-    out = sp.factor(sp.cancel(out))
+    if expr == 0:
+        return expr
+    out = _evaluate(expr, lm.equilibrium)
     free = out.free_symbols - {kp, ki, a, gp}
     if free:
         raise RuntimeError(f"linearisation still depends on {free}: the equilibrium is not interior")
     return out
 
 
+def _gradient_at_equilibrium(expr, variables, lm: LoopMap) -> dict:
+    """``{v: ∂expr/∂v}`` at the equilibrium for the ``variables`` that ``expr`` depends on.
+
+    One directional derivative instead of one derivative per variable: with
+    ``v = v* + t·u_v``, ``d expr/dt`` at ``t = 0`` is ``Σ u_v·∂expr/∂v``, linear in
+    the direction symbols ``u_v``, whose coefficients are read off.  For a long
+    window (40 history states in one moving average) this is what keeps the
+    linearisation fast.
+    """
+    free = expr.free_symbols
+    used = [v for v in variables if v in free]
+    if not used:
+        return {}
+    t = sp.Dummy("t")
+    u = {v: sp.Dummy(f"u_{v}") for v in used}
+    line = dict(lm.equilibrium)
+    line.update({v: lm.equilibrium[v] + t * u[v] for v in used})
+    d = _evaluate(sp.diff(expr.xreplace(line), t).xreplace({t: 0}), {})
+    coeffs, rest = sp.linear_eq_to_matrix([d], [u[v] for v in used])
+    if sp.cancel(rest[0]) != 0:
+        raise RuntimeError("the directional derivative is not linear in the direction")
+    out = {}
+    for v, cf in zip(used, coeffs):
+        cf = sp.cancel(cf)
+        if cf.free_symbols - {kp, ki, a, gp}:
+            raise RuntimeError(f"linearisation still depends on {cf.free_symbols - {kp, ki, a, gp}}: "
+                               "the equilibrium is not interior")
+        out[v] = cf
+    return out
+
+
+@lru_cache(maxsize=None)
+def _interior_map(window: int, delay: int, controller: str):
+    lm = loop_map(window, delay, controller)
+    return lm, tuple(_interior(e, lm.equilibrium) for e in lm.next_state)
+
+
 @lru_cache(maxsize=None)
 def _linear(window: int, delay: int, controller: str):
-    lm = loop_map(window, delay, controller)
-    f = sp.Matrix([_interior(e, lm.equilibrium) for e in lm.next_state])
+    lm, f = _interior_map(window, delay, controller)
+    f = sp.Matrix(f)
     x = sp.Matrix(lm.state)
     A = f.jacobian(x).applyfunc(lambda e: _at_equilibrium(e, lm))
     B = f.jacobian(sp.Matrix([lm.setpoint, lm.noise])).applyfunc(lambda e: _at_equilibrium(e, lm))
@@ -279,22 +361,77 @@ def jacobian(window: int = 1, delay: int = 0, controller: str = "incremental", i
     return (A, B, C) if inputs else A
 
 
+def _copy_chains(lm: LoopMap, f):
+    """States whose next value is exactly another state: ``{j: (root, depth)}``.
+
+    Read off the loop map (the moving-average history ``h_i ← h_{i−1}``, the
+    delayed measurement), not restated: ``x_j(t+1) = x_k(t)``.  Following the
+    chain ``j → k → …`` to a state that is not a copy gives the root ``r`` and
+    the depth ``d`` with ``x_j(t) = x_r(t − d)``.  A cycle of pure copies (none
+    in this loop) leaves its states as ordinary ones.
+    """
+    index = {s: i for i, s in enumerate(lm.state)}
+    copy_of = {j: index[e] for j, e in enumerate(f) if e in index and index[e] != j}
+    chains = {}
+    for j in copy_of:
+        seen, r, d = {j}, j, 0
+        while r in copy_of:
+            r, d = copy_of[r], d + 1
+            if r in seen:
+                break
+            seen.add(r)
+        else:
+            chains[j] = (r, d)
+    return chains
+
+
 @lru_cache(maxsize=None)
 def _charpoly(window: int, delay: int, controller: str) -> sp.Poly:
-    A = _linear(window, delay, controller)[0]
-    p = A.charpoly(lam).as_expr()
-    num, den = sp.fraction(sp.together(sp.expand(p)))
-    poly = sp.Poly(sp.expand(num), lam)
+    lm, f = _interior_map(window, delay, controller)
+    x = lm.state
+    chains = _copy_chains(lm, f)
+    core = [j for j in range(len(x)) if j not in chains]
+    pos = {j: i for i, j in enumerate(core)}
+    # Eigenvector of a copy: λ·v_j = v_k, so v_j = v_r·λ^(−d).  The Schur complement
+    # of the (nilpotent) copy block gives det(λI − A) = λ^(#copies)·det(λI − M(λ)),
+    # M[c, r] = Σ_k A[c, k]·λ^(−d_k) over the states k rooted at r.  Column r is
+    # scaled by λ^(D_r), D_r the deepest copy of r, so every entry is a polynomial.
+    root = {j: chains.get(j, (j, 0)) for j in range(len(x))}
+    depth = {r: 0 for r in core}
+    for r, d in root.values():
+        depth[r] = max(depth[r], d)
+    n = len(core)
+    N = []
+    for c in core:
+        row = [sp.Integer(0)] * n
+        row[pos[c]] += lam ** (depth[c] + 1)
+        grad = _gradient_at_equilibrium(f[c], x, lm)
+        for k, xk in enumerate(x):
+            if xk in grad:
+                r, d = root[k]
+                row[pos[r]] -= grad[xk] * lam ** (depth[r] - d)
+        # Clear the row's denominators (powers of 1 + a and integers): the
+        # determinant changes by a factor the normalisation below removes, and
+        # the entries land in a polynomial ring where fraction-free elimination
+        # needs no gcds.
+        fr = [sp.fraction(sp.cancel(e)) for e in row]
+        den = sp.lcm([d for _, d in fr])
+        N.append([sp.cancel(num * den / d) for num, d in fr])
+    dom = sp.QQ[kp, ki, a, gp, lam]
+    M = DomainMatrix([[dom.from_sympy(e) for e in row] for row in N], (n, n), dom)
+    det = sp.Poly(dom.to_sympy(M.det()), lam, domain=sp.QQ[kp, ki, a, gp])
     # Drop λ^k factors (zero eigenvalues of states that only copy others).
-    while poly.degree() > 0 and poly.eval(0) == 0:
-        poly = sp.Poly(sp.cancel(poly.as_expr() / lam), lam)
-    lead = sp.factor(poly.LC())
+    while det.degree() > 0 and det.eval(0) == 0:
+        det = det.exquo(sp.Poly(lam, lam, domain=det.domain))
+    _, poly = det.clear_denoms(convert=True)
+    poly = sp.Poly(poly.as_expr(), lam, domain=sp.QQ[kp, ki, a, gp]).primitive()[1]
+    lead = sp.Poly(poly.LC(), a)
     # Normalise so the leading coefficient is a positive power of (1 + a).
-    scale = sp.simplify(lead / sp.Poly(lead, a).LC())
-    poly = sp.Poly(sp.expand(poly.as_expr() / sp.Poly(lead, a).LC()), lam)
+    norm = lead.LC()
+    scale = sp.factor(lead.as_expr() / norm)
     if not (scale.is_positive or scale == 1):
-        raise RuntimeError(f"unexpected leading coefficient {lead}")
-    return poly
+        raise RuntimeError(f"unexpected leading coefficient {lead.as_expr()}")
+    return sp.Poly(poly.as_expr() / norm, lam, domain=sp.QQ[kp, ki, a, gp])
 
 
 def characteristic_polynomial(window: int = 1, delay: int = 0, controller: str = "incremental") -> sp.Poly:
@@ -320,7 +457,8 @@ def shifted_coefficients(window: int = 1, delay: int = 0, controller: str = "inc
     roots keep their relative accuracy.
     """
     p = characteristic_polynomial(window, delay, controller)
-    q = sp.Poly(sp.expand(p.as_expr().subs(lam, 1 + z)), z)
+    # Taylor shift in the polynomial domain: no expression expansion.
+    q = sp.Poly(p.shift(1).as_expr(lam), lam, domain=p.domain)
     return tuple(sp.factor(cf) for cf in q.all_coeffs())
 
 
@@ -334,8 +472,17 @@ def bilinear_coefficients(window: int = 1, delay: int = 0, controller: str = "in
     """
     p = characteristic_polynomial(window, delay, controller)
     n = p.degree()
-    expr = sum(cf * (1 + w) ** k * (1 - w) ** (n - k) for (k,), cf in p.terms())
-    q = sp.Poly(sp.expand(expr), w)
+    dom = p.domain
+    # Σ c_k (1 + w)^k (1 − w)^(n − k) in Poly arithmetic over the parameters'
+    # polynomial ring (expression `expand` is what made long windows slow).
+    plus, minus = sp.Poly(1 + w, w, domain=dom), sp.Poly(1 - w, w, domain=dom)
+    pw_plus, pw_minus = [sp.Poly(1, w, domain=dom)], [sp.Poly(1, w, domain=dom)]
+    for _ in range(n):
+        pw_plus.append(pw_plus[-1] * plus)
+        pw_minus.append(pw_minus[-1] * minus)
+    q = sp.Poly(0, w, domain=dom)
+    for (k,), cf in p.terms():
+        q += (pw_plus[k] * pw_minus[n - k]).mul_ground(cf)
     coeffs = q.all_coeffs()
     coeffs = [0] * (n + 1 - len(coeffs)) + coeffs
     return tuple(sp.factor(cf) for cf in coeffs)

@@ -2,6 +2,9 @@
 
 Prints steps/s of
 
+* ``plain``: a plain PyTorch loop of the same model and data (batches drawn
+  on the device as the trainer does, a constant β, no controller, no trace):
+  the trainer's overhead is ``ours / plain`` (goal ≥ 0.99);
 * ``eager-official``: a plain eager loop as the official ControlVAE/DynamicVAE
   code trains (batch built on the host and copied to the device, ``kl.item()``
   every step, the controller on Python floats);
@@ -17,7 +20,9 @@ Usage::
     python benchmarks/train_speed.py --device cpu --batch-size 8 --steps 20
     python benchmarks/train_speed.py --device cuda --batch-size 128 --steps 2000   # goal ≥ 2000 steps/s on an H100
 
-Rates are medians over ``--rounds`` interleaved rounds (the machine may be shared).
+Rates are medians over ``--rounds`` interleaved rounds (the machine may be shared); ``--clock cpu`` times
+the process's CPU time instead of wall time (on a CPU, with ``--threads 1``, other jobs on the machine then
+disturb the ratio much less).
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ from vae_plant.data import DSprites
 from vae_plant.model import BetaVAE, vae_losses
 from vae_plant.presets import CONTROLLERS, make_controller
 from vae_plant.train import Trainer
+
+
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
 
 
 def _sync(device):
@@ -53,7 +62,7 @@ def eager_official(device, batch, steps, warmup, controller="dynamicvae"):
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = _clock()
         x = host.images(rng.integers(0, len(host), batch)).to(device)
         recon, kl, _ = vae_losses(model, x)
         beta = ctrl.step(kl.item())
@@ -62,7 +71,30 @@ def eager_official(device, batch, steps, warmup, controller="dynamicvae"):
         loss.backward()
         opt.step()
     _sync(device)
-    return steps / (time.perf_counter() - t0)
+    return steps / (_clock() - t0)
+
+
+def plain(device, batch, steps, warmup, beta=4.0):
+    """Steps/s of a plain PyTorch loop: the trainer's model, data and optimizer, nothing else."""
+    torch.manual_seed(0)
+    model = BetaVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
+    data = DSprites(device=device)
+    gen = torch.Generator(device).manual_seed(0)
+    noise_gen = torch.Generator(device).manual_seed(1)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = _clock()
+        x, _ = data.sample(batch, gen)
+        noise = torch.randn(batch, 10, generator=noise_gen, device=device)
+        recon, kl, _ = vae_losses(model, x, noise)
+        loss = recon + beta * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return steps / (_clock() - t0)
 
 
 def ours(device, batch, steps, warmup, controller="dynamicvae", **options):
@@ -73,10 +105,10 @@ def ours(device, batch, steps, warmup, controller="dynamicvae", **options):
                      progress=False, **options)
         tr.run(until=warmup)
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = _clock()
         tr.run(until=warmup + steps)
         _sync(device)
-        rate = steps / (time.perf_counter() - t0)
+        rate = steps / (_clock() - t0)
         tr.close()
     return rate
 
@@ -92,7 +124,14 @@ def main(argv=None):
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (default reduce-overhead on CUDA, default on CPU)")
     p.add_argument("--skip-compile", action="store_true", help="do not measure torch.compile")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--clock", choices=tuple(_CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (all its threads; on a shared CPU less disturbed "
+                        "by other jobs than wall time)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated variants to measure (e.g. plain,ours); default all")
     a = p.parse_args(argv)
+    global _clock
+    _clock = _CLOCKS[a.clock]
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     batch = a.batch_size or (128 if cuda else 8)
@@ -102,6 +141,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     mode = a.compile_mode or ("reduce-overhead" if cuda else "default")
     variants = {
+        "plain": lambda: plain(device, batch, steps, warmup),
         "eager-official": lambda: eager_official(device, batch, steps, warmup),
         "ours": lambda: ours(device, batch, steps, warmup),
         "ours+amp": lambda: ours(device, batch, steps, warmup, amp=True),
@@ -114,30 +154,50 @@ def main(argv=None):
                                             channels_last=True, fused_adam=True)
     for name in CONTROLLERS:
         variants[f"controller:{name}"] = lambda name=name: ours(device, batch, steps, warmup, controller=name)
+    if a.only:
+        keep = [k.strip() for k in a.only.split(",")]
+        unknown = [k for k in keep if k not in variants]
+        if unknown:
+            p.error(f"unknown variants {unknown}; choose from {list(variants)}")
+        variants = {k: variants[k] for k in keep}
     rates = {k: [] for k in variants}
     for _ in range(a.rounds):
         for k, f in variants.items():
             rates[k].append(f())
     med = {k: statistics.median(v) for k, v in rates.items()}
-    fixed = med["controller:fixed"]
+    fixed = med.get("controller:fixed")
+    base = med.get("eager-official")
     result = dict(
         device=torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        clock=a.clock,
         torch=torch.__version__, batch_size=batch, timed_steps=steps, rounds=a.rounds,
         steps_per_s={k: v for k, v in med.items() if not k.startswith("controller:")},
-        speedup_vs_eager={k: v / med["eager-official"] for k, v in med.items() if not k.startswith("controller:")},
+        rounds_steps_per_s={k: v for k, v in rates.items()},
+        speedup_vs_eager={k: v / base for k, v in med.items() if base and not k.startswith("controller:")},
         controller_steps_per_s={k.split(":", 1)[1]: v for k, v in med.items() if k.startswith("controller:")},
-        controller_rate_vs_fixed={k.split(":", 1)[1]: v / fixed for k, v in med.items() if k.startswith("controller:")},
+        controller_rate_vs_fixed={k.split(":", 1)[1]: v / fixed for k, v in med.items()
+                                  if fixed and k.startswith("controller:")},
     )
+    if "plain" in med and "ours" in med:
+        # per round, the two were measured one right after the other: the ratio of a round is less noisy
+        per_round = [o / p for o, p in zip(rates["ours"], rates["plain"])]
+        result["ours_vs_plain"] = dict(median=statistics.median(per_round), rounds=per_round)
     if a.json:
         print(json.dumps(result, indent=2))
         return
     print(f"device {result['device']}, torch {result['torch']}, batch {batch}, {steps} timed steps, "
-          f"median of {a.rounds} rounds")
+          f"median of {a.rounds} rounds, {a.clock} clock")
     for k, v in result["steps_per_s"].items():
-        print(f"  {k:28s} {v:10.2f} steps/s   ×{result['speedup_vs_eager'][k]:.2f} vs eager-official")
-    print("controller cost (our loop, step rate relative to fixed β; goal ≥ 0.99):")
-    for k, v in result["controller_rate_vs_fixed"].items():
-        print(f"  {k:28s} {result['controller_steps_per_s'][k]:10.2f} steps/s   {v:.3f}")
+        vs = f"   ×{result['speedup_vs_eager'][k]:.2f} vs eager-official" if base else ""
+        print(f"  {k:28s} {v:10.2f} steps/s{vs}")
+    if "ours_vs_plain" in result:
+        r = result["ours_vs_plain"]
+        print(f"trainer / plain PyTorch loop (goal ≥ 0.99): median {r['median']:.3f}, rounds "
+              + ", ".join(f"{v:.3f}" for v in r["rounds"]))
+    if result["controller_rate_vs_fixed"]:
+        print("controller cost (our loop, step rate relative to fixed β; goal ≥ 0.99):")
+        for k, v in result["controller_rate_vs_fixed"].items():
+            print(f"  {k:28s} {result['controller_steps_per_s'][k]:10.2f} steps/s   {v:.3f}")
 
 
 if __name__ == "__main__":

@@ -417,11 +417,12 @@ class Controller:
         state = self._state
         c = self._setpoint_now()  # raises for a non-finite float/array set point, before any change
         # One flag per loop: a non-finite KL (or tensor set point) masks only its own loop.
-        ok = torch.isfinite(kl).expand(state["beta"].shape)
+        finite = torch.isfinite(kl)
+        ok = finite.expand(state["beta"].shape)
         if is_torch(c):
             ok = ok & torch.isfinite(c).expand(state["beta"].shape)
             c = torch.where(ok, c, torch.zeros_like(c))
-        safe = torch.where(torch.isfinite(kl), kl, torch.zeros_like(kl))
+        safe = torch.where(finite, kl, 0.0)
         new = self.advance(state, safe, c, p, ops)
         fstate = new.pop("filter")
         # Build every masked value before the first in-place copy: the filter

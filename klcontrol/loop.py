@@ -93,7 +93,12 @@ def loop_step(plant, controller, x: LoopState, c, params: dict, noise=0.0, ops: 
         The plant output y(t), the measured KL(t), and the loop before update ``t + 1``.
     """
     y, plant_state = plant.step(x.plant, x.controller["beta"], ops)
-    kl = noise(y) if callable(noise) else y + noise
+    if callable(noise):
+        kl = noise(y)
+    elif type(noise) is float and noise == 0.0:  # noiseless simulation: skip a no-op array add
+        kl = y
+    else:
+        kl = y + noise
     if x.delayed:
         m_in, delayed = x.delayed[0], x.delayed[1:] + (kl,)
     else:

@@ -90,6 +90,8 @@ class ExpGain(Gain):
         self.k = _positive("k", k)
 
     def __call__(self, beta):
+        if type(beta) is np.ndarray:  # the simulation's hot path: no type probing
+            return self.A * np.exp(-self.k * beta)
         if is_sympy(beta):
             import sympy
 

@@ -252,7 +252,9 @@ def simulate(
         kls = np.empty(full, dtype) if "kl" in record else None
         states = np.empty(full, dtype) if "state" in record else None
     cs = _setpoints(ctrl, steps, shape)
-    params = ctrl.params
+    # An infinite scalar clamp as a Python float, which the backend's clip
+    # skips (0-d arrays otherwise: NumPy handles them faster than floats).
+    params = {k: (float(v) if np.ndim(v) == 0 and np.isinf(v) else v) for k, v in ctrl.params.items()}
     x = initial_loop_state(plant, state, np.full(shape, y0), delay, shape)
     t0 = ctrl.steps_taken
     it = range(steps)

@@ -57,3 +57,17 @@ def test_ops_for_picks_backend():
     assert ops_for(1.0, np.ones(2)) is NUMPY
     assert ops_for(np.ones(2), torch.ones(2)).name == "torch"
     assert ops_for(sp.Symbol("x"), 1.0).name == "sympy"
+
+
+def test_numpy_fast_paths_match_the_plain_formulas():
+    # sigmoid works on its own temporary (the input is untouched) and equals the tanh formula;
+    # clip skips infinite Python-float bounds and otherwise equals np.clip.
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 30, 257)
+    x0 = x.copy()
+    assert np.array_equal(NUMPY.sigmoid(x), 0.5 * np.tanh(0.5 * x0) + 0.5)
+    assert np.array_equal(x, x0)
+    assert NUMPY.sigmoid(0.3) == 0.5 * np.tanh(0.15) + 0.5 and NUMPY.sigmoid(np.array(0.3)) == NUMPY.sigmoid(0.3)
+    for lo, hi in ((-math.inf, math.inf), (0.0, math.inf), (-math.inf, 2.0), (np.array(-1.0), np.array(math.inf)),
+                   (rng.normal(size=257), math.inf)):
+        assert np.array_equal(NUMPY.clip(x, lo, hi), np.clip(x, lo, hi))

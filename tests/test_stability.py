@@ -147,11 +147,104 @@ def test_vectorised_matches_scalar_and_random_eigvals():
         assert is_stable(kp[5], ki[5], a[5], gp[5], T, d) == stable[5]
 
 
-def test_controllers_and_modes_share_the_linearisation():
-    for T, d in ((1, 0), (1, 1), (3, 1)):
-        ref = characteristic_polynomial(T, d, "incremental").as_expr()
-        for c in ("incremental-official", "positional", "positional-official"):
-            assert (characteristic_polynomial(T, d, c).as_expr() - ref).expand() == 0
+@pytest.mark.parametrize("T", range(1, 9))
+def test_copy_chain_charpoly_equals_berkowitz_and_controllers_share_it(T):
+    """The fast characteristic polynomial (copies eliminated as λ^-d weights) is the
+    Berkowitz charpoly of the full Jacobian, for every controller; and all
+    controller kinds give the same polynomial (what lets the generated code be
+    keyed by (window, delay) alone)."""
+    import sympy as sp
+    from sympy.polys.matrices import DomainMatrix
+
+    from analysis.stability_symbolic import CONTROLLERS, SYMBOLS
+
+    lam = SYMBOLS["lambda"]
+    field = sp.QQ.frac_field(*(SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")))
+    for d in (0, 1):
+        ref = characteristic_polynomial(T, d, "incremental")
+        for c in CONTROLLERS:
+            A = jacobian(T, d, c)
+            dm = DomainMatrix.from_Matrix(A)
+            berkowitz = sp.Poly(dm.to_field().charpoly(), lam, domain=dm.domain.get_field())
+            ours = characteristic_polynomial(T, d, c)
+            shifted = sp.Poly(ours.as_expr() * lam ** (A.shape[0] - ours.degree()), lam, domain=field)
+            assert shifted.monic() == sp.Poly(berkowitz.as_expr(), lam, domain=field).monic(), (T, d, c)
+            assert (ours.as_expr() - ref.as_expr()).expand() == 0, (T, d, c)
+
+
+def test_shipped_module_has_no_duplicate_bodies_and_one_entry_per_window_and_delay():
+    import ast
+    import inspect
+
+    from analysis import _stability_generated as gen
+    from analysis.stability_codegen import SHIPPED_WINDOWS
+
+    tree = ast.parse(inspect.getsource(gen))
+    bodies = [ast.dump(ast.Module(body=f.body, type_ignores=[])) + ast.dump(f.args)
+              for f in tree.body if isinstance(f, ast.FunctionDef)]
+    assert len(bodies) == len(set(bodies))
+    assert set(gen.TABLE) == {(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)}
+    # every controller maps to its (window, delay) entry
+    from analysis.stability_config import CONTROLLERS
+
+    for c in CONTROLLERS:
+        assert coefficient_functions(c, 3, 1) is gen.TABLE[(3, 1)]
+
+
+def test_source_hash_covers_every_module_the_derivation_imports():
+    from analysis.stability_codegen import GENERATOR_INPUTS
+
+    code = ("import sys; from analysis import stability_symbolic as ss, stability_codegen as cg;"
+            "cg.module_source([(2, 1)]); ss.characteristic_polynomial(2, 1, 'positional');"
+            "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in list(sys.modules.items())"
+            " if n.split('.')[0] in ('klcontrol', 'analysis'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    used = {Path(f).resolve().relative_to(root).as_posix() for f in out.split() if f}
+    assert used <= set(GENERATOR_INPUTS), used - set(GENERATOR_INPUTS)
+
+
+def test_fast_spectral_radius_agrees_with_companion_eigenvalues():
+    """Newton pair + deflation + Schur–Cohn against batched companion eigenvalues (z basis) on
+    random points: the paper's slow plants and a wide range of plants."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    sets = [(rng.uniform(-0.2, 1.0, n), rng.uniform(-0.05, 0.3, n), np.full(n, 1 / 2500), np.full(n, -3.2)),
+            (rng.uniform(-1, 3, n), rng.uniform(-0.5, 2, n), 10 ** rng.uniform(-4, 0, n), rng.uniform(-4, -0.1, n))]
+    for kp, ki, a, gp in sets:
+        for T, d in ((1, 0), (2, 1), (3, 0), (5, 1), (8, 0)):
+            rho = spectral_radius(kp, ki, a, gp, T, d)
+            ref = np.max(np.abs(1 + sn._roots_z(sn.shifted_coeffs(kp, ki, a, gp, T, d))), axis=-1)
+            assert np.max(np.abs(rho - ref) / ref) < 1e-9, (T, d)
+            far = np.abs(ref - 1) > 1e-9
+            assert np.array_equal((rho < 1)[far], (ref < 1)[far])
+            assert np.array_equal(is_stable(kp, ki, a, gp, T, d)[far], (ref < 1)[far])
+
+
+def test_long_window_radius_matches_the_jacobian(tmp_path, monkeypatch):
+    """T = 20: the z-basis companion is ill conditioned there (roots cluster near λ = 0);
+    the deflated λ polynomial is not.  Reference: eigenvalues of the Jacobian."""
+    monkeypatch.setenv("KLCONTROL_CACHE", str(tmp_path))
+    coefficient_functions.cache_clear()
+    try:
+        import sympy as sp
+
+        from analysis.stability_symbolic import SYMBOLS
+
+        A = jacobian(20, 0)
+        for vals in ((0.01, 0.005, 1 / 2500, -3.2), (0.5, 0.2, 0.05, -1.0)):
+            An = np.array(A.subs(dict(zip((SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")), vals))), dtype=float)
+            ref = np.max(np.abs(np.linalg.eigvals(An)))
+            assert spectral_radius(*vals, window=20) == pytest.approx(ref, rel=1e-9)
+            ev = eigenvalues(*vals, window=20)
+            assert np.max(np.abs(ev)) == pytest.approx(ref, rel=1e-9)
+            big = np.sort(np.abs(np.linalg.eigvals(An)))[::-1][:4]
+            assert np.allclose(np.sort(np.abs(ev))[::-1][:4], big, rtol=1e-6)
+            assert is_stable(*vals, window=20) == (ref < 1)
+    finally:
+        coefficient_functions.cache_clear()
 
 
 @pytest.mark.parametrize("T,d", [(1, 0), (5, 1)])

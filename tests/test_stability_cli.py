@@ -51,3 +51,45 @@ def test_version_and_exit_codes_in_help(capsys):
 def test_bad_input_is_an_error_line(capsys):
     assert main(["stability", "--kp", "0.1", "--ki", "0.1", "--a", "-1", "--gprime", "-1"]) == 1
     assert "a must be > 0" in capsys.readouterr().err
+
+
+def test_progress_only_on_a_terminal_and_not_with_no_progress(tmp_path, monkeypatch, capsys):
+    import argparse
+    import sys
+
+    from analysis.commands.stability import _progress
+    from analysis.stability_codegen import coefficient_functions
+
+    class Tty:
+        def __init__(self):
+            self.lines = []
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.lines.append(s)
+
+        def flush(self):
+            pass
+
+    args = argparse.Namespace(no_progress=False, json=False)
+    assert _progress(args) is None  # pytest's stderr is not a terminal
+    tty = Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert _progress(argparse.Namespace(no_progress=True, json=False)) is None
+    assert _progress(argparse.Namespace(no_progress=False, json=True)) is None
+    report = _progress(args)
+    # a window outside the shipped ones is derived: each stage is reported on the terminal
+    monkeypatch.setenv("KLCONTROL_CACHE", str(tmp_path))
+    coefficient_functions.cache_clear()
+    try:
+        coefficient_functions("incremental", 9, 1, progress=report)
+    finally:
+        coefficient_functions.cache_clear()
+    text = "".join(tty.lines)
+    assert text.count("deriving the stability code") >= 3 and "T=9, delay 1" in text
+    monkeypatch.undo()
+    assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""

@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--controller", choices=CONTROLLERS, default="incremental", help="controller (default incremental)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the stable (Kp, Ki) region as a PNG")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress messages (they go to stderr, only when it is a terminal, never with --json; "
+                        "shown while a window outside 1…8 is derived for the first time)")
     p.set_defaults(func=run)
 
 
@@ -34,6 +37,7 @@ def run(args) -> int:
     import math
 
     from analysis.stability import robust_stability, spectral_radius
+    from analysis.stability_codegen import coefficient_functions
 
     from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
 
@@ -45,6 +49,8 @@ def run(args) -> int:
     if args.a <= 0:
         raise ValueError(f"--a must be > 0, got {args.a}")
     cfg = dict(window=args.window, delay=args.delay, controller=args.controller)
+    # Derive (or load) the generated code first, reporting the stages of a long derivation.
+    coefficient_functions(args.controller, args.window, args.delay, progress=_progress(args))
     res = robust_stability(args.kp, args.ki, args.a, args.gprime, args.gprime_max, **cfg)
     rho = spectral_radius(args.kp, args.ki, args.a, args.gprime, **cfg)
     out = {
@@ -83,6 +89,26 @@ def run(args) -> int:
     if args.plot:
         print(f"region written to {args.plot}")
     return rc
+
+
+def _progress(args):
+    """A stderr reporter for the derivation's stages, or None (``--no-progress``, ``--json``, not a terminal)."""
+    import sys
+    import time
+
+    if getattr(args, "no_progress", False) or getattr(args, "json", False):
+        return None
+    try:
+        if not sys.stderr.isatty():
+            return None
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return None
+    t0 = time.perf_counter()
+
+    def report(msg):
+        print(f"[{time.perf_counter() - t0:5.1f} s] deriving the stability code, {msg}", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _plot(args):
