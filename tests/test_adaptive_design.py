@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis import adaptive_design as ad
 from analysis.stability import spectral_radius
@@ -185,3 +187,20 @@ def test_float_nan_raises_and_changes_nothing(bad):
 def test_bad_parameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         AdaptivePI(20.0, **kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=60), st.floats(0.0, 5.0), st.floats(5.0, 300.0),
+       st.floats(0.9, 1.0))
+def test_beta_inside_clamps_and_gains_are_fallback_or_a_table_design(kls, bmin, bmax, forget):
+    ctrl = AdaptivePI(20.0, kp0=0.01, ki0=0.005, beta0=10.0, beta_min=bmin, beta_max=bmax, forget=forget, n_min=3,
+                      a_prior=0.05)
+    for kl in kls:
+        beta = ctrl.step(kl)
+        st_ = ctrl.state
+        assert math.isfinite(beta) and bmin <= beta <= bmax
+        if st_["adapted"] == 1:
+            g = float(st_["kp"]) / float(st_["ki"])  # = kp_n/ki_n of one table row: the design is the table's
+            assert any(abs(g - p / i) <= 1e-9 * abs(g) for p, i in zip(adaptive_table.KP_N, adaptive_table.KI_N))
+        else:
+            assert (float(st_["kp"]), float(st_["ki"])) == (0.01, 0.005)
