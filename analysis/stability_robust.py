@@ -108,12 +108,52 @@ def _on_imaginary_axis(q):
     return re, im
 
 
+#: Above this degree the ω-polynomial of :func:`_affine_crossings` (degree ≈ 2n in the monomial basis) loses
+#: its roots to rounding, so a frequency sweep adds candidates (long moving-average windows).
+_SWEEP_DEGREE = 12
+
+
+def _ratio_on_circle(q0, q1, theta):
+    """``−Q0(w)/Q1(w)`` at ``w = i·tan(θ/2)``, evaluated without overflow (reversed polynomials for |w| > 1)."""
+    P = np.polynomial.polynomial
+    w = 1j * np.tan(theta / 2)
+    n = max(len(q0), len(q1))
+    a0, a1 = np.pad(q0, (0, n - len(q0))), np.pad(q1, (0, n - len(q1)))
+    big = np.abs(w) > 1
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        num = np.where(big, P.polyval(1 / np.where(big, w, 1), a0[::-1]), P.polyval(np.where(big, 1, w), a0))
+        den = np.where(big, P.polyval(1 / np.where(big, w, 1), a1[::-1]), P.polyval(np.where(big, 1, w), a1))
+        return -num / den
+
+
+def _sweep_crossings(q0, q1, points: int = 6000):
+    """Candidates of :func:`_affine_crossings` from sign changes of ``Im(−Q0/Q1)`` along the unit circle."""
+    from scipy.optimize import brentq
+
+    theta = np.unique(np.r_[np.geomspace(1e-9, 0.5, points), np.linspace(0.5, math.pi - 1e-9, points // 3)])
+    r = _ratio_on_circle(q0, q1, theta)
+    im, re = r.imag, r.real
+    ok = np.isfinite(r)
+    found = []
+    for i in np.flatnonzero(ok[:-1] & ok[1:] & (np.sign(im[:-1]) * np.sign(im[1:]) < 0)):
+        # A sign change through a pole of the ratio is no crossing: its |Im| is large on both sides.
+        if min(abs(im[i]), abs(im[i + 1])) > 1e3 * (1 + max(abs(re[i]), abs(re[i + 1]))):
+            continue
+        th = brentq(lambda t: float(_ratio_on_circle(q0, q1, np.array([t]))[0].imag), theta[i], theta[i + 1],
+                    xtol=1e-15, rtol=1e-14)
+        g = _ratio_on_circle(q0, q1, np.array([th]))[0]
+        if math.isfinite(g.real) and abs(g.imag) <= 1e-6 * (1 + abs(g.real)):
+            found.append((g.real, th))
+    return found
+
+
 def _affine_crossings(q0, q1):
     """Candidate ``(p, arg λ)`` where ``Q0(w) + p·Q1(w)`` (ascending coefficients) has a root on the imaginary axis.
 
     The root ``w = iω`` is ``λ = e^{iθ}`` with ``ω = tan(θ/2)``; a real ``p``
     needs ``Re Q0(iω)·Im Q1(iω) − Im Q0(iω)·Re Q1(iω) = 0``.  A vanishing
-    leading coefficient (``w = ∞``) is ``λ = −1``.  Unverified, unsorted.
+    leading coefficient (``w = ∞``) is ``λ = −1``.  For high degrees a
+    frequency sweep adds candidates (:func:`_sweep_crossings`).  Unverified, unsorted.
     """
     P = np.polynomial.polynomial
     r0, i0 = _on_imaginary_axis(q0)
@@ -145,7 +185,9 @@ def _affine_crossings(q0, q1):
             found.append((g.real, 2 * math.atan(om)))
     if q1[-1] != 0:  # leading coefficient vanishes: root at λ = −1
         found.append((-q0[-1] / q1[-1], math.pi))
-    return found
+    if max(len(q0), len(q1)) - 1 > _SWEEP_DEGREE:
+        found += _sweep_crossings(q0, q1)
+    return sorted(found)
 
 
 def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
