@@ -6,7 +6,7 @@ import numpy as np
 from .stability_numeric import is_stable
 from .stability_paper import PAPER_GAINS, PRESETS, default_boxes, theorem_appendix, theorem_main
 
-__all__ = ["region_figure", "plot_region"]
+__all__ = ["region_figure", "plot_region", "gains_region_figure"]
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
@@ -145,4 +145,44 @@ def region_figure(preset=None, a=None, gprime=None, box="near", windows=(1, 2, 5
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
+    return fig
+
+
+def gains_region_figure(kp, ki, a, gprime, window=1, delay=0, controller="incremental", path=None):
+    """The stable (Kp, Ki) region at one g′, drawn around the paper's "near" box and the given gains.
+
+    Parameters
+    ----------
+    kp, ki : float
+        Gains to mark (the box is widened to contain them).
+    a, gprime : float
+        Plant rate and slope (g′ ≠ 0).
+    window, delay, controller
+        Loop configuration; the paper's claimed regions are drawn for its own loop (T = 1, delay 1).
+    path : str, optional
+        PNG path.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if gprime == 0:
+        raise ValueError("the region needs a nonzero g′")
+    lo_p, hi_p, lo_i, hi_i = default_boxes(a, gprime)["near"]
+    # Make sure the requested gains are inside the drawn box.
+    hi_p, hi_i = max(hi_p, 1.3 * kp), max(hi_i, 1.3 * ki)
+    lo_p, lo_i = min(lo_p, kp - 0.3 * abs(kp)), min(lo_i, ki - 0.3 * abs(ki))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    plot_region(ax, a, gprime, (lo_p, hi_p, lo_i, hi_i), windows=(window,), delay=delay, controller=controller,
+                paper=delay == 1 and window == 1, gains=(kp, ki))
+    ax.set_title(f"stable region at g′={gprime:g} (a={a:g}, T={window}, delay {delay})")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
     return fig

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_fit_file", "check_first_order", "check_fit_file", "format_verdict", "design_problems"]
+__all__ = ["stability_verdict", "format_stability", "read_fit_file", "check_first_order", "check_fit_file", "format_verdict", "design_problems"]
 
 
 def read_fit_file(path):
@@ -198,4 +198,75 @@ def format_verdict(out: dict) -> str:
     if not out["stable"] and out.get("gain_range") is not None:
         lo, hi = out["gain_range"]
         lines.append(f"  stable on every linearisation for gain factors s in ({lo:.4g}, {hi:.4g}): (s·Kp, s·Ki)")
+    return "\n".join(lines)
+
+
+def stability_verdict(kp, ki, a, gprime, gprime_max=None, window=1, delay=0, controller="incremental",
+                      progress=None) -> dict:
+    """Verdict, spectral radius and margins of the linearised first-order loop (``klcontrol stability``).
+
+    Parameters
+    ----------
+    kp, ki : float
+        Gains.
+    a : float
+        Plant rate, > 0.
+    gprime, gprime_max : float
+        Slope g′(β*), or with ``gprime_max`` the interval every g′ of which must be stable.
+    window, delay, controller
+        Loop configuration.
+    progress : callable, optional
+        ``progress(message)`` for the stages of a long derivation (windows without shipped code).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``stable``, ``spectral_radius`` at ``gprime``, the worst case over the interval, the gain
+        margin and range, the stable g′ range and every crossing.
+    """
+    from .stability import robust_stability, spectral_radius
+    from .stability_codegen import coefficient_functions
+
+    if int(window) < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
+    for name, v in (("kp", kp), ("ki", ki), ("a", a), ("gprime", gprime)):
+        if not math.isfinite(v):
+            raise ValueError(f"--{name} must be finite")
+    if a <= 0:
+        raise ValueError(f"--a must be > 0, got {a}")
+    cfg = dict(window=window, delay=delay, controller=controller)
+    # Derive (or load) the generated code first, so a long derivation reports its stages.
+    coefficient_functions(controller, window, delay, progress=progress)
+    res = robust_stability(kp, ki, a, gprime, gprime_max, **cfg)
+    return {
+        "stable": res.stable,
+        "spectral_radius": spectral_radius(kp, ki, a, gprime, **cfg),
+        "worst_spectral_radius": res.worst_spectral_radius,
+        "worst_gprime": res.worst_gprime,
+        "gain_margin": res.gain_margin,
+        "gain_range": res.gain_range,
+        "stable_gprime_range": res.stable_gprime_range,
+        "crossings": [c.gprime for c in res.crossings],
+        "gprime_interval": [res.gprime_min, res.gprime_max],
+        "kp": kp, "ki": ki, "a": a, "gprime": gprime, "interval_given": gprime_max is not None, **cfg,
+    }
+
+
+def format_stability(out: dict) -> str:
+    """The verdict of :func:`stability_verdict` as lines of text."""
+    lo_g, hi_g = out["gprime_interval"]
+    interval = f"every g′ in [{lo_g:g}, {hi_g:g}]" if out["interval_given"] else f"g′ = {out['gprime']:g}"
+    lines = [f"{'STABLE' if out['stable'] else 'UNSTABLE'} for {interval} ({out['controller']} PI, "
+             f"Kp={out['kp']:g}, Ki={out['ki']:g}, a={out['a']:g}, T={out['window']}, delay={out['delay']})",
+             f"spectral radius {out['spectral_radius']:.9f} at g′ = {out['gprime']:g}; worst "
+             f"{out['worst_spectral_radius']:.9f} at g′ = {out['worst_gprime']:g}"]
+    if out["stable"]:
+        lines.append(f"gain margin: (Kp, Ki) may be scaled together by up to {out['gain_margin']:.6g}")
+    elif out["gain_range"] is not None:
+        lines.append(f"robustly stable for gain factors in ({out['gain_range'][0]:.6g}, {out['gain_range'][1]:.6g})")
+    if out["stable_gprime_range"] is not None:
+        lo, hi = out["stable_gprime_range"]
+        lines.append(f"stable g′ range: ({lo:.6g}, {hi:.6g})")
+    else:
+        lines.append("no g′ makes these gains stable")
     return "\n".join(lines)

@@ -39,3 +39,26 @@ def test_file_errors_name_the_file(tmp_path):
         read_fit_file(binary)
     with pytest.raises(ValueError, match="β range"):
         check_first_order(PLANT, 0.01, 0.005)
+
+
+def test_stability_verdict_and_its_text():
+    from analysis.verdicts import format_stability, stability_verdict
+
+    ok = stability_verdict(0.01, 0.005, 0.0004, -3.2, -1.0, window=5)
+    assert ok["stable"] and ok["interval_given"] and ok["gprime_interval"] == [-3.2, -1.0]
+    assert format_stability(ok).startswith("STABLE for every g′ in [-3.2, -1]")
+    bad = stability_verdict(1e4, 5e3, 0.0004, -3.2)
+    assert not bad["stable"] and bad["spectral_radius"] > 1
+    assert format_stability(bad).startswith("UNSTABLE for g′ = -3.2")
+    with pytest.raises(ValueError, match="--a must be > 0"):
+        stability_verdict(0.01, 0.005, 0.0, -3.2)
+
+
+def test_gains_region_figure_writes_a_png(tmp_path):
+    from analysis.plots import gains_region_figure
+
+    out = tmp_path / "r.png"
+    gains_region_figure(0.01, 0.005, 0.0004, -3.2, window=5, path=str(out))
+    assert out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="nonzero"):
+        gains_region_figure(0.01, 0.005, 0.0004, 0.0)
