@@ -31,6 +31,7 @@ __all__ = [
     "DYNAMICVAE_OFFICIAL_BETA0",
     "DYNAMICVAE_OFFICIAL_BETA_MIN",
     "DYNAMICVAE_DSPRITES_SETPOINT",
+    "DYNAMICVAE_DSPRITES_STEPS",
     "CONTROLVAE_GAINS",
     "CONTROLVAE_BETA_MIN",
     "CONTROLVAE_DSPRITES_SETPOINT",
@@ -94,6 +95,8 @@ DYNAMICVAE_BETA0 = 150.0
 DYNAMICVAE_OFFICIAL_BETA0 = 50.0
 #: DynamicVAE's official lower clamp and I-freeze threshold (``I_PID.py``: ``W_min = 0.1``).
 DYNAMICVAE_OFFICIAL_BETA_MIN = 0.1
+#: Length of DynamicVAE's dSprites training (updates): the reference for compressing schedules to a budget.
+DYNAMICVAE_DSPRITES_STEPS = 800_000
 #: DynamicVAE's dSprites set point as ``StepRamp(start, stop, step, period, ramp)`` arguments.
 DYNAMICVAE_DSPRITES_SETPOINT = (0.5, 20.0, 0.15, 6000, 1000)
 
@@ -134,4 +137,4 @@ CYCLICAL_CYCLES = 4
 CYCLICAL_RATIO = 0.5
 CYCLICAL_RANGE = (0.0, 1.0)
 #: klcontrol's choice of T for the ``cyclical`` preset: DynamicVAE's dSprites budget (its set point's length).
-CYCLICAL_DSPRITES_STEPS = 800_000
+CYCLICAL_DSPRITES_STEPS = DYNAMICVAE_DSPRITES_STEPS

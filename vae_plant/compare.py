@@ -36,12 +36,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from klcontrol.controllers import ScheduledBeta
+from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
 
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
            "compare", "CompareResult", "aggregate", "markdown_tables", "paper_table_markdown", "PAPER_TABLES"]
 
 #: Length of the paper's dSprites training, the reference for schedule compression.
-PAPER_STEPS = 800_000
+PAPER_STEPS = DYNAMICVAE_DSPRITES_STEPS
 
 #: The paper's rows (DynamicVAE, ICLR 2021 submission, Tables 1–2; RMIG, 5 seeds):
 #: method → (posX, posY, shape, scale, orientation, RMIG mean, RMIG std).

@@ -69,6 +69,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from klcontrol.controllers import Controller
+from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
 from klcontrol.registry import PRESETS as CONTROLLERS
 from klcontrol.registry import PRIMED, STEP_FIRST, controlvae_setpoint, make_preset
 
@@ -137,7 +138,7 @@ SCHEDULES = {
     # `klcontrol demo`: a ten times higher learning rate, so that a few hundred updates learn factors.
     "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=50, lr=1e-3),
     "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100),
-    "paper": Schedule(batch_size=128, steps=800_000, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
+    "paper": Schedule(batch_size=128, steps=DYNAMICVAE_DSPRITES_STEPS, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
 }
 
 

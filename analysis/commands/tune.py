@@ -1,7 +1,7 @@
 """``klcontrol tune``: recommend Kp, Ki for a fitted plant and compare with the paper's gains."""
 from __future__ import annotations
 
-from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS
+from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_DSPRITES_STEPS, DYNAMICVAE_GAINS
 from klcontrol.registry import LINEAR_KINDS
 
 def register(sub) -> None:
@@ -119,14 +119,15 @@ def _plot(r, plant, path):
 
     if plant is None:
         raise ValueError("--plot simulates the fitted plant: give --fit fit.json")
-    sp = StepRamp(0.5, 20.0, 0.15, 6000, 1000)
+    sp = StepRamp.dynamicvae_dsprites()
     ref = r.references.get("paper")
     kp = np.array([r.kp] + ([ref.kp] if ref else []))
     ki = np.array([r.ki] + ([ref.ki] if ref else []))
-    ctrl = IncrementalPI(kp, ki, sp, beta0=150.0, filter=r.window)
+    ctrl = IncrementalPI(kp, ki, sp, beta0=DYNAMICVAE_BETA0, filter=r.window)
     tr = simulate(ctrl, plant, 60_000, delay=r.delay, noise_rel=0.03, seed=0)
     plot_trace(tr, path, labels=["tuned", "paper"][: len(kp)],
-               title=f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper (0.01, 0.005), 3 % KL noise")
+               title=f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper ({ref.kp:g}, {ref.ki:g}), 3 % KL noise"
+               if ref else f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}), 3 % KL noise")
 
 
 def _run_schedule(args, plant, g):
@@ -140,7 +141,7 @@ def _run_schedule(args, plant, g):
         raise ValueError(f"--schedule-steps must be ≥ 2, got {args.schedule_steps}")
     sp = StepRamp.dynamicvae_dsprites()
     if not args.no_compress:
-        sp = sp.compressed(800_000 / args.schedule_steps)
+        sp = sp.compressed(DYNAMICVAE_DSPRITES_STEPS / args.schedule_steps)
     r = tune_schedule(plant, sp, args.schedule_steps, gprime=g, beta0=args.beta0, window=args.window,
                       delay=args.delay, noise_std=args.noise_std, max_overshoot=args.max_overshoot_nats,
                       max_jitter=args.max_jitter, compare={"paper": tuple(args.compare)})
