@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status.
 
     Errors are one line on stderr, never a traceback: ``ValueError`` (bad
-    input, named by the readers) and file errors (:data:`FILE_ERRORS`: the
+    input, named by the readers), ``ImportError`` (an optional extra missing) and file errors (:data:`FILE_ERRORS`: the
     file is named when the OS gives it) exit 1, Ctrl-C exits 130.  Warnings
     are printed as ``klcontrol CMD: warning: …``.
     """
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError,) + FILE_ERRORS as exc:
+    except (ValueError, ImportError) + FILE_ERRORS as exc:  # ImportError: an optional extra not installed
         print(f"{prefix}: error: {_describe(exc)}", file=sys.stderr)
         return EXIT_ERROR
     return int(rc or 0)

@@ -1259,6 +1259,23 @@ class AdaptivePI(Controller):
         new.update(beta=beta, p_prev=p_now, kp=kp, ki=ki, adapted=ops.where(trusted, 1 + 0 * m, 0 * m))
         return new
 
+    @classmethod
+    def dynamicvae_dsprites(cls, **kw) -> "AdaptivePI":
+        """DynamicVAE's dSprites loop with adaptive gains (the ``adaptive`` trainer preset).
+
+        Set point, β(0) = 150, window 5 and fallback gains are DynamicVAE's
+        (:meth:`IncrementalPI.dynamicvae_dsprites`); the prior is the paper's dSprites plant
+        (a = 1/2500, ``a_factor`` 4 admits the batch-16 plant's a ≈ 8.3e-4 of ``data/traces/cpu/fit.json``).
+        """
+        from .papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
+        from .setpoints import StepRamp
+
+        kp, ki = DYNAMICVAE_GAINS
+        args = dict(setpoint=StepRamp.dynamicvae_dsprites(), kp0=kp, ki0=ki, beta0=DYNAMICVAE_BETA0,
+                    filter=DYNAMICVAE_WINDOW)
+        args.update(kw)
+        return cls(**args)
+
     def estimate(self):
         """The current plant estimate ``(a, g′)`` from the RLS state (floats or arrays; synchronises on tensors)."""
         st = {k: (v.detach().cpu().numpy() if is_torch(v) else np.asarray(v)) for k, v in self._state.items()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import papers
-from .controllers import (GECO, CapacityRamp, Controller, FixedBeta, IncrementalPI, PIDLagrangian, PositionalPI,
-                          ScheduledBeta)
+from .controllers import (GECO, AdaptivePI, CapacityRamp, Controller, FixedBeta, IncrementalPI, PIDLagrangian,
+                          PositionalPI, ScheduledBeta)
 from .setpoints import StepRamp
 
 __all__ = [
@@ -177,6 +177,7 @@ PRESETS: dict[str, Callable[[], Controller]] = {
     "geco": GECO.dsprites,
     "pid-lagrangian": PIDLagrangian.dsprites,
     "cyclical": ScheduledBeta.cyclical_dsprites,
+    "adaptive": AdaptivePI.dynamicvae_dsprites,
 }
 
 #: Presets that reproduce an official training loop: the trainer calls the controller

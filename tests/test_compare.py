@@ -82,6 +82,10 @@ def test_tracking_figures_of_a_known_trace():
     assert smooth["overshoot"] == pytest.approx(1.0)  # a 60-step excess survives a 21-step average
     none = tracking({"step": t, "beta": beta, "kl": kl, "setpoint": np.full(400, np.nan)})
     assert math.isnan(none["tracking_rmse"]) and none["final_beta"] == pytest.approx(1.25)
+    # GECO tracks the reconstruction loss: the same figures on that column, the KL ignored.
+    geco = tracking({"step": t, "beta": beta, "kl": np.zeros(400), "recon": kl + 95, "setpoint": c + 95},
+                    smooth=1, measured="recon")
+    assert geco["overshoot"] == pytest.approx(1.0) and geco["tracking_rmse"] == pytest.approx(f["tracking_rmse"])
 
 
 def test_aggregate_of_one_seed_has_zero_spread():
@@ -117,3 +121,58 @@ def test_a_label_reused_for_other_gains_is_refused(tiny):
     with pytest.raises(ValueError, match="holds a run of another experiment.*label="):
         compare(tiny.out, ["dynamicvae:kp=0.7,ki=0.01,label=fast"], budget="tiny", seeds=1, device="cpu",
                 progress=False)
+
+
+def test_ray_resources_request_a_gpu_per_run_on_cuda_only():
+    from vae_plant.compare import ray_resources
+
+    assert ray_resources("cuda") == {"cpus_per_run": 1, "gpus_per_run": 1.0}
+    assert ray_resources("cpu", threads=2) == {"cpus_per_run": 2, "gpus_per_run": 0.0}
+    assert ray_resources("cuda", 0.5)["gpus_per_run"] == 0.5
+
+
+def test_missing_ray_is_one_clear_error_before_any_run(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
+    out = tmp_path / "c"
+    assert main(["compare", "--out", str(out), "--budget", "tiny", "--methods", "fixed", "--executor", "ray",
+                 "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "klcontrol[ray]" in err and "Traceback" not in err
+    assert not (out / "runs").exists()
+    with pytest.raises(ValueError, match="need executor='ray'"):
+        compare(out, ["fixed"], budget="tiny", device="cpu", address="auto")
+    with pytest.raises(ValueError, match="unknown executor"):
+        compare(out, ["fixed"], budget="tiny", device="cpu", executor="dask")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_executor_gives_the_local_results_and_reuses_finished_runs(tiny, local_ray, tmp_path):
+    on_ray = compare(tmp_path / "ray", ["fixed", "dynamicvae:kp=0.5,ki=0.01,label=fast"], budget="tiny",
+                     device="cpu", progress=False, executor="ray")
+    assert on_ray.settings["executor"] == "ray"
+    timing = {"run_dir", "train_seconds", "eval_seconds", "tracking_rmse", "overshoot"}  # NaN ≠ NaN for "fixed"
+    for a, b in zip(tiny.rows, on_ray.rows, strict=True):
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+        assert a["tracking_rmse"] == b["tracking_rmse"] or math.isnan(a["tracking_rmse"])
+    # The same directory again on Ray: every run is found finished, nothing is retrained.
+    traces = [os.path.join(r["run_dir"], "trace.csv") for r in tiny.rows]
+    before = [os.stat(t).st_mtime_ns for t in traces]
+    again = compare(tiny.out, ["fixed", "dynamicvae:kp=0.5,ki=0.01,label=fast"], budget="tiny", device="cpu",
+                    progress=False, executor="ray")
+    assert [os.stat(t).st_mtime_ns for t in traces] == before
+    assert [r["rmig"] for r in again.rows] == [r["rmig"] for r in tiny.rows]
+
+
+def test_a_failing_ray_task_raises_the_runs_own_error(tiny, local_ray):
+    with pytest.raises(ValueError, match="holds a run of another experiment"):
+        compare(tiny.out, ["dynamicvae:kp=0.7,ki=0.01,label=fast"], budget="tiny", seeds=1, device="cpu",
+                progress=False, executor="ray")

@@ -39,7 +39,8 @@ from klcontrol.controllers import ScheduledBeta
 from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
 
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
-           "compare", "CompareResult", "aggregate", "markdown_tables", "paper_table_markdown", "PAPER_TABLES"]
+           "compare", "CompareResult", "aggregate", "run_ray", "ray_resources", "EXECUTORS", "markdown_tables", "paper_table_markdown",
+           "PAPER_TABLES"]
 
 #: Length of the paper's dSprites training, the reference for schedule compression.
 PAPER_STEPS = DYNAMICVAE_DSPRITES_STEPS
@@ -75,6 +76,7 @@ DISPLAY = {
     "geco": "GECO (recon ≤ 100)",
     "pid-lagrangian": "PID Lagrangian (KL=20)",
     "cyclical": "cyclical β (M=4, R=0.5)",
+    "adaptive": "adaptive PI (KL=20)",
 }
 
 
@@ -199,29 +201,32 @@ def parse_methods(specs) -> list:
     return methods
 
 
-def tracking(trace: dict, smooth: int = 25) -> dict:
-    """How a run's KL followed its set point and how much β jittered.
+def tracking(trace: dict, smooth: int = 25, measured: str = "kl") -> dict:
+    """How a run's measured loss followed its set point and how much β jittered.
 
     Parameters
     ----------
     trace : dict
-        ``step, beta, kl, setpoint`` arrays of a run (``RunResult.trace``).
+        ``step, beta, kl, recon, setpoint`` arrays of a run (``RunResult.trace``).
     smooth : int
-        Centred moving-average window applied to the KL first, so minibatch noise
+        Centred moving-average window applied to the measured loss first, so minibatch noise
         is not counted as overshoot.
+    measured : {"kl", "recon"}
+        What the controller tracks (:attr:`klcontrol.controllers.Controller.measures`; GECO: the
+        reconstruction loss).
 
     Returns
     -------
     dict
-        ``tracking_rmse`` (nats, smoothed KL − C over the run), ``overshoot`` (nats:
-        largest excess of the smoothed KL over C after it first reaches C),
+        ``tracking_rmse`` (nats, smoothed measured loss − C over the run), ``overshoot`` (nats:
+        largest excess of the smoothed loss over C after it first reaches C),
         ``beta_jitter`` (standard deviation of β(t+1) − β(t)), ``final_beta`` (mean over the
         last 5 % of the run: a relay's effective β); NaN tracking figures for a run without a set point.
     """
     from klcontrol.simulate import Trace, response_metrics
 
     beta = np.asarray(trace["beta"], dtype=float)
-    kl = np.asarray(trace["kl"], dtype=float)
+    kl = np.asarray(trace[measured], dtype=float)
     c = np.asarray(trace["setpoint"], dtype=float)
     out = {"beta_jitter": float(np.std(np.diff(beta))) if beta.size > 1 else math.nan,
            "final_beta": float(np.mean(beta[-max(1, beta.size // 20):]))}
@@ -236,10 +241,11 @@ def tracking(trace: dict, smooth: int = 25) -> dict:
     return {"tracking_rmse": m["tracking_rmse"], "overshoot": m["overshoot"], **out}
 
 
-def _trace_figures(t) -> dict:
-    """Reconstruction and KL over the last 5 % of the run, and :func:`tracking`."""
+def _trace_figures(t, measured="kl") -> dict:
+    """Reconstruction and KL over the last 5 % of the run, and :func:`tracking` of what the controller measures."""
     tail = max(1, len(t["recon"]) // 20)
-    return {"recon": float(np.mean(t["recon"][-tail:])), "kl": float(np.mean(t["kl"][-tail:])), **tracking(t)}
+    return {"recon": float(np.mean(t["recon"][-tail:])), "kl": float(np.mean(t["kl"][-tail:])),
+            **tracking(t, measured=measured)}
 
 
 def _run_dir(out, label, seed):
@@ -282,7 +288,7 @@ def _run_job(job: dict) -> dict:
             row = json.load(fh)
         if row.get("steps") == job["steps"] and row.get("evaluation") == job["evaluation"]:
             # Only the encoder metrics are cached; the trace figures are cheap and always recomputed.
-            row.update(_trace_figures(read_trace_csv(os.path.join(run_dir, "trace.csv"))))
+            row.update(_trace_figures(read_trace_csv(os.path.join(run_dir, "trace.csv")), ctrl.measures))
             return row
     t0 = time.perf_counter()
     prime = first_update(method.preset)
@@ -304,7 +310,7 @@ def _run_job(job: dict) -> dict:
     train_s = time.perf_counter() - t0
     row = {"label": method.label, "display": method.display, "preset": method.preset,
            "overrides": method.overrides, "seed": job["seed"], "steps": job["steps"], "run_dir": run_dir,
-           **_trace_figures(res.trace)}
+           **_trace_figures(res.trace, ctrl.measures)}
     t1 = time.perf_counter()
     row.update(disentanglement(res.model, n_images=job["evaluation"]["n_images"], seed=0,
                                beta_vae=job["evaluation"]["beta_vae"]))
@@ -414,6 +420,91 @@ class CompareResult:
         return markdown_tables(self.table)
 
 
+#: Where :func:`compare` runs its training jobs.
+EXECUTORS = ("process", "ray")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor 'ray' needs Ray, which is not installed; install the extra with "
+                          "pip install 'klcontrol[ray]' (or pip install ray)") from None
+    return ray
+
+
+def ray_resources(device: str, gpus_per_run: float | None = None, threads: int = 1) -> dict:
+    """What each Ray task of a comparison requests: ``cpus_per_run`` (= torch threads) and ``gpus_per_run``.
+
+    Default: one GPU per run on CUDA, none on CPU.
+    """
+    gpus = gpus_per_run if gpus_per_run is not None else (1.0 if device == "cuda" else 0.0)
+    return {"cpus_per_run": int(threads), "gpus_per_run": float(gpus)}
+
+
+def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_done=None) -> list:
+    """Run compare jobs as Ray tasks, one task per run, and return their rows in job order.
+
+    Parameters
+    ----------
+    jobs_list : list of dict
+        Jobs as built by :func:`compare`.
+    address : str, optional
+        Cluster address for ``ray.init`` (default: start a local instance, or use the one this process
+        already joined).
+    gpus_per_run, cpus_per_run : float
+        Resources each task requests, so Ray places at most as many runs on a node as it has GPUs/CPUs.
+    on_done : callable, optional
+        Called with each row as its task finishes (progress).
+
+    Returns
+    -------
+    list of dict
+        One row per job, in the order of ``jobs_list``.
+
+    Notes
+    -----
+    A run's directory is its cache (:func:`_run_job` reuses a finished run), so a comparison that
+    stopped half way continues on any executor. A local instance started here is shut down on return.
+    """
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs = dict(address=address) if address else dict(include_dashboard=False)
+        ray.init(log_to_driver=False, **kwargs)
+        started = address is None
+    try:
+        if started and gpus_per_run > ray.cluster_resources().get("GPU", 0):
+            # Ray would queue the tasks for ever, waiting for a GPU that never comes.
+            raise ValueError(f"each run asks for {gpus_per_run:g} GPU but the local Ray instance has "
+                             f"{ray.cluster_resources().get('GPU', 0):g}; use --device cpu, --gpus-per-run 0 "
+                             "or --address of a cluster with GPUs")
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_run_job)
+        refs = [task.remote(j) for j in jobs_list]
+        index = {r: i for i, r in enumerate(refs)}
+        rows = [None] * len(refs)
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    rows[index[ref]] = row = ray.get(ref)
+                    if on_done is not None:
+                        on_done(row)
+        except ray.exceptions.RayTaskError as e:
+            for ref in pending:
+                ray.cancel(ref)
+            # The run's own error (a bad run directory, a full disk), not Ray's wrapper with a remote traceback.
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+        return rows
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _figures(out, methods, rows):
     from .diagnostics import _pyplot, plot_runs
     from .trace_log import read_trace_csv
@@ -449,7 +540,8 @@ def _figures(out, methods, rows):
 def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None, steps: int | None = None,
             batch_size: int | None = None, compress: bool | None = None, n_images: int | None = None,
             beta_vae: bool = True, jobs: int = 1, threads: int = 1, device=None, progress: bool = True,
-            command: str | None = None) -> CompareResult:
+            command: str | None = None, executor: str = "process", address: str | None = None,
+            gpus_per_run: float | None = None) -> CompareResult:
     """Train every method over seeds, evaluate each run, and write tables and figures.
 
     Parameters
@@ -477,6 +569,14 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
         Progress bar over runs.
     command : str, optional
         Recorded in the runs' provenance.
+    executor : {"process", "ray"}
+        ``"process"``: ``jobs`` local processes (the default). ``"ray"``: every run is a Ray task
+        (:func:`run_ray`); ``jobs`` is then ignored and Ray's resources decide how many run at once.
+    address : str, optional
+        Ray cluster to join (``"auto"``, ``"ray://host:10001"``, …); default: a local Ray instance. On a
+        cluster of several nodes ``out`` must be on a filesystem every node mounts at the same path.
+    gpus_per_run : float, optional
+        GPUs each Ray task requests (default 1 on CUDA, 0 on CPU; fractions share a GPU).
 
     Returns
     -------
@@ -485,7 +585,9 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
     Raises
     ------
     ValueError
-        Unknown budget or method, non-positive sizes.
+        Unknown budget, method or executor, non-positive sizes.
+    ImportError
+        ``executor="ray"`` without Ray installed (the ``ray`` extra).
     """
     import multiprocessing
 
@@ -508,9 +610,18 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if int(n_images) != n_images or n_images < 0:
         raise ValueError(f"n_images must be a non-negative integer, got {n_images!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if executor != "ray" and (address is not None or gpus_per_run is not None):
+        raise ValueError("address and gpus_per_run need executor='ray'")
+    if gpus_per_run is not None and not (math.isfinite(gpus_per_run) and gpus_per_run >= 0):
+        raise ValueError(f"gpus_per_run must be a finite number ≥ 0, got {gpus_per_run!r}")
+    if executor == "ray":
+        _import_ray()  # fail before any run starts
     device = resolve_device(device)
     factor = PAPER_STEPS / steps if compress else 1.0
-    out = os.fspath(out)
+    # Absolute, so that workers started elsewhere (Ray) write where the driver reads.
+    out = os.path.abspath(os.fspath(out))
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     # The estimator is part of the key so cached metrics are recomputed when it changes.
     evaluation = {"n_images": int(n_images), "beta_vae": b.beta_vae if beta_vae else None, "rmig": "quantized"}
@@ -523,7 +634,10 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
     bar = tqdm(total=len(jobs_list), unit="run", desc="compare", disable=not progress)
     t0 = time.perf_counter()
     try:
-        if jobs == 1:
+        if executor == "ray":
+            rows = run_ray(jobs_list, address=address, **ray_resources(device, gpus_per_run, threads),
+                           on_done=lambda _: bar.update(1))
+        elif jobs == 1:
             for j in jobs_list:
                 rows.append(_run_job(j))
                 bar.update(1)
@@ -534,11 +648,16 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
                     bar.update(1)
     finally:
         bar.close()
+    missing = [r["run_dir"] for r in rows if not os.path.isfile(os.path.join(r["run_dir"], "trace.csv"))]
+    if missing:
+        raise ValueError(f"{missing[0]} (and {len(missing) - 1} more runs) were written where this machine cannot "
+                         "read them; on a Ray cluster, --out must be a directory every node mounts at the same path")
     order = {m.label: i for i, m in enumerate(methods)}
     rows.sort(key=lambda r: (order[r["label"]], r["seed"]))
     table = aggregate(rows)
     settings = dict(budget=budget, seeds=int(seeds), steps=int(steps), batch_size=int(batch_size),
                     compress=factor, evaluation=evaluation, device=device, jobs=int(jobs), threads=int(threads),
+                    executor=executor,
                     methods=[asdict(m) for m in methods], command=command,
                     wall_seconds=time.perf_counter() - t0)
     figures = _figures(out, methods, rows)

@@ -39,6 +39,13 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    p.add_argument("--executor", choices=("process", "ray"), default="process",
+                   help="process: --jobs local processes (default); ray: one Ray task per run (extra: klcontrol[ray])")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (auto, ray://HOST:10001; default: a local Ray instance); --out must "
+                   "then be on a filesystem every node mounts at the same path")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
+                   help="GPUs each Ray task requests (default 1 with --device cuda, else 0; 0.5 puts two runs on a GPU)")
     add_progress_arg(p)
     p.add_argument("--json", action="store_true", help="print the aggregated table as JSON")
     p.set_defaults(func=run)
@@ -55,7 +62,8 @@ def run(args) -> int:
     res = compare(args.out, args.methods, budget=args.budget, seeds=args.seeds, steps=args.steps,
                   batch_size=args.batch_size, compress=False if args.no_compress else None,
                   n_images=args.n_images, beta_vae=not args.no_beta_vae, jobs=args.jobs, threads=args.threads,
-                  device=args.device, progress=show_progress(args),
+                  device=args.device, progress=show_progress(args), executor=args.executor, address=args.address,
+                  gpus_per_run=args.gpus_per_run,
                   command=" ".join(["klcontrol"] + sys.argv[1:]))
     if args.json:
         print_json({"settings": res.settings, "table": res.table, "figures": res.figures})
