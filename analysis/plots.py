@@ -6,7 +6,7 @@ import numpy as np
 from .stability_numeric import is_stable
 from .stability_paper import PAPER_GAINS, PRESETS, default_boxes, theorem_appendix, theorem_main
 
-__all__ = ["region_figure", "plot_region", "gains_region_figure"]
+__all__ = ["region_figure", "plot_region", "gains_region_figure", "tuned_response_figure"]
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
@@ -186,3 +186,51 @@ def gains_region_figure(kp, ki, a, gprime, window=1, delay=0, controller="increm
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def tuned_response_figure(result, plant, setpoint, steps: int, *, path=None, controller: str = "incremental",
+                          beta0: float = 150.0, y0: float = 0.0, reference=None, noise_std: float = 0.0,
+                          noise_rel: float = 0.0, seed: int = 0):
+    """Simulated β and KL of designed gains (and of reference gains) on a fitted plant.
+
+    Parameters
+    ----------
+    result : TuneResult or ScheduleTuneResult
+        The design (``kp``, ``ki``, ``window``, ``delay``).
+    plant : Plant or fit
+        The plant simulated.
+    setpoint : SetPoint
+        The schedule tracked.
+    steps : int
+        Updates simulated.
+    path : str, optional
+        PNG path.
+    controller : str
+        Controller kind (:data:`klcontrol.registry.CONTROLLER_KINDS`).
+    beta0, y0 : float
+        Initial β and KL.
+    reference : (float, float), optional
+        Gains drawn beside the design (e.g. the paper's).
+    noise_std, noise_rel, seed
+        KL measurement noise (:func:`klcontrol.simulate`).
+
+    Returns
+    -------
+    klcontrol.simulate.Trace
+        The simulated runs (column 0 the design, column 1 the reference).
+    """
+    from klcontrol.plotting import plot_trace
+    from klcontrol.registry import make_controller
+    from klcontrol.simulate import simulate
+
+    kp = np.array([result.kp] + ([reference[0]] if reference is not None else []))
+    ki = np.array([result.ki] + ([reference[1]] if reference is not None else []))
+    ctrl = make_controller(controller, setpoint, kp, ki, window=result.window, beta0=beta0)
+    tr = simulate(ctrl, plant, steps, delay=result.delay, y0=y0, noise_std=noise_std, noise_rel=noise_rel, seed=seed)
+    noise = f"{noise_std:g}-nat" if noise_std else f"{100 * noise_rel:g} %"
+    title = f"tuned (Kp={result.kp:.3g}, Ki={result.ki:.3g})"
+    if reference is not None:
+        title += f" vs paper ({reference[0]:g}, {reference[1]:g})"
+    if path:
+        plot_trace(tr, path, labels=["tuned", "paper"][: len(kp)], title=f"{title}, {noise} KL noise")
+    return tr

@@ -66,7 +66,7 @@ class ScheduleTuneResult:
     figures : ScheduleFigures
     references : dict
         Name → :class:`ScheduleFigures`.
-    steps, noise_std, beta0, window : ...
+    steps, noise_std, beta0, window, delay : ...
         The simulated experiment.
     objective : str
     """
@@ -80,6 +80,7 @@ class ScheduleTuneResult:
     beta0: float = 0.0
     window: int = 1
     objective: str = ""
+    delay: int = 0
 
     def to_dict(self) -> dict:
         """JSON-able dict."""
@@ -236,4 +237,4 @@ def tune_schedule(plant, setpoint, steps: int, *, gprime=None, beta0: float = 15
     objective = (f"min simulated tracking RMSE over {steps} steps from β0={beta0:g} s.t. robust stability, "
                  f"overshoot ≤ {max_overshoot} nats" + ("" if max_jitter is None else f", β jitter ≤ {max_jitter}"))
     return ScheduleTuneResult(best.kp, best.ki, best, refs, int(steps), float(noise_std), float(beta0), int(window),
-                              objective)
+                              objective, int(delay))

@@ -12,7 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["stability_verdict", "format_stability", "read_fit_file", "check_first_order", "check_fit_file", "format_verdict", "design_problems"]
+__all__ = ["stability_verdict", "format_stability", "read_fit_file", "check_first_order", "check_fit_file",
+           "format_verdict", "design_problems", "Unidentified"]
+
+
+class Unidentified(ValueError):
+    """A fit that does not identify the plant, so no gains can be designed or verified on it.
+
+    Attributes
+    ----------
+    path : str
+        The fit file.
+    problems : list of str
+        Why (:func:`design_problems`).
+    """
+
+    def __init__(self, path, problems):
+        super().__init__(f"{path} does not identify the plant: {'; '.join(problems)}")
+        self.path, self.problems = str(path), list(problems)
 
 
 def read_fit_file(path):

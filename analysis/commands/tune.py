@@ -1,8 +1,9 @@
 """``klcontrol tune``: recommend Kp, Ki for a fitted plant and compare with the paper's gains."""
 from __future__ import annotations
 
-from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_DSPRITES_STEPS, DYNAMICVAE_GAINS
+from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS
 from klcontrol.registry import LINEAR_KINDS
+
 
 def register(sub) -> None:
     """Register the ``tune`` command."""
@@ -47,123 +48,37 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _plant_from_args(args):
-    if args.fit:
-        from analysis.identification import PlantFit
-
-        fit = PlantFit.load(args.fit)
-        lo, hi = args.beta_range or fit.beta_range
-        if not hi >= lo:
-            raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
-        problems = fit.design_problems(lo, hi)
-        if problems:
-            if not args.allow_unidentified:
-                raise _Refused(args.fit, problems)
-            import sys
-
-            print("tune: QUALIFIED (--allow-unidentified): the fit does not identify the plant:", file=sys.stderr)
-            for r in problems:
-                print(f"  - {r}", file=sys.stderr)
-        return fit, fit.a, tuple(fit.gprime_range(lo, hi))
-    if args.a is None or args.gprime is None:
-        raise ValueError("give --fit fit.json, or --a and --gprime")
-    if len(args.gprime) not in (1, 2):
-        raise ValueError("--gprime takes one value or two (g′min g′max)")
-    g = tuple(args.gprime) if len(args.gprime) == 2 else args.gprime[0]
-    return None, args.a, g
-
-
-class _Refused(Exception):
-    def __init__(self, path, problems):
-        super().__init__(path)
-        self.path, self.problems = path, problems
-
-
 def run(args) -> int:
     """Execute ``klcontrol tune``."""
     import sys
 
-    from analysis.tuning import tune
+    from analysis.tuning import design_gains
+    from analysis.verdicts import Unidentified
 
-    from klcontrol.cli import EXIT_UNIDENTIFIED
+    from klcontrol.cli import EXIT_UNIDENTIFIED, print_json
 
     try:
-        plant, a, g = _plant_from_args(args)
-    except _Refused as r:
+        r, qualified = design_gains(
+            fit=args.fit, a=args.a, gprime=args.gprime, beta_range=args.beta_range,
+            allow_unidentified=args.allow_unidentified, window=args.window, delay=args.delay,
+            controller=args.controller, settling=args.settling, max_overshoot=args.max_overshoot,
+            compare=tuple(args.compare), schedule_steps=args.schedule_steps, compress=not args.no_compress,
+            beta0=args.beta0, noise_std=args.noise_std, max_jitter=args.max_jitter,
+            max_overshoot_nats=args.max_overshoot_nats, plot=args.plot)
+    except Unidentified as r:
         if args.json:
-            from klcontrol.cli import print_json
-
-            print_json({"refused": True, "identifiable": False, "qualified": list(r.problems), "fit": str(r.path)})
+            print_json({"refused": True, "identifiable": False, "qualified": r.problems, "fit": r.path})
         print(f"klcontrol tune: refused: {r.path} does not identify the plant, so no gains can be designed on it:",
               file=sys.stderr)
         for p in r.problems:
             print(f"  - {p}", file=sys.stderr)
         print("refit with longer logs or a wider β range, or pass --allow-unidentified", file=sys.stderr)
         return EXIT_UNIDENTIFIED
-    if args.schedule_steps is not None:
-        return _run_schedule(args, plant, g)
-    r = tune(a=a, gprime=g, window=args.window, delay=args.delay, controller=args.controller, settling=args.settling,
-             max_overshoot=args.max_overshoot, compare={"paper": tuple(args.compare)})
-    if args.plot:
-        _plot(r, plant, args.plot)
-    return _report(r, args.json)
-
-
-def _plot(r, plant, path):
-    import numpy as np
-
-    from klcontrol.controllers import IncrementalPI
-    from klcontrol.plotting import plot_trace
-    from klcontrol.setpoints import StepRamp
-    from klcontrol.simulate import simulate
-
-    if plant is None:
-        raise ValueError("--plot simulates the fitted plant: give --fit fit.json")
-    sp = StepRamp.dynamicvae_dsprites()
-    ref = r.references.get("paper")
-    kp = np.array([r.kp] + ([ref.kp] if ref else []))
-    ki = np.array([r.ki] + ([ref.ki] if ref else []))
-    ctrl = IncrementalPI(kp, ki, sp, beta0=DYNAMICVAE_BETA0, filter=r.window)
-    tr = simulate(ctrl, plant, 60_000, delay=r.delay, noise_rel=0.03, seed=0)
-    plot_trace(tr, path, labels=["tuned", "paper"][: len(kp)],
-               title=f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper ({ref.kp:g}, {ref.ki:g}), 3 % KL noise"
-               if ref else f"tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}), 3 % KL noise")
-
-
-def _run_schedule(args, plant, g):
-    from analysis.schedule_tuning import tune_schedule
-
-    from klcontrol.setpoints import StepRamp
-
-    if plant is None:
-        raise ValueError("--schedule-steps simulates the fitted plant: give --fit fit.json")
-    if args.schedule_steps < 2:
-        raise ValueError(f"--schedule-steps must be ≥ 2, got {args.schedule_steps}")
-    sp = StepRamp.dynamicvae_dsprites()
-    if not args.no_compress:
-        sp = sp.compressed(DYNAMICVAE_DSPRITES_STEPS / args.schedule_steps)
-    r = tune_schedule(plant, sp, args.schedule_steps, gprime=g, beta0=args.beta0, window=args.window,
-                      delay=args.delay, noise_std=args.noise_std, max_overshoot=args.max_overshoot_nats,
-                      max_jitter=args.max_jitter, compare={"paper": tuple(args.compare)})
-    if args.plot:
-        import numpy as np
-
-        from klcontrol.controllers import IncrementalPI
-        from klcontrol.plotting import plot_trace
-        from klcontrol.simulate import simulate
-
-        ctrl = IncrementalPI(np.array([r.kp, args.compare[0]]), np.array([r.ki, args.compare[1]]), sp,
-                             beta0=args.beta0, filter=args.window)
-        tr = simulate(ctrl, plant, args.schedule_steps, delay=args.delay, y0=0.5, noise_std=args.noise_std, seed=0)
-        plot_trace(tr, args.plot, labels=["tuned", "paper"],
-                   title=f"schedule-tuned (Kp={r.kp:.3g}, Ki={r.ki:.3g}) vs paper, {args.noise_std:g}-nat KL noise")
-    return _report(r, args.json)
-
-
-def _report(r, as_json):
-    from klcontrol.cli import print_json
-
-    if as_json:
+    if qualified:
+        print("tune: QUALIFIED (--allow-unidentified): the fit does not identify the plant:", file=sys.stderr)
+        for q in qualified:
+            print(f"  - {q}", file=sys.stderr)
+    if args.json:
         print_json(r.to_dict())
     else:
         print(f"objective: {r.objective}")
