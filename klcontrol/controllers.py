@@ -379,8 +379,12 @@ class Controller:
         new = self.advance(state, y, self._setpoint_now(), self._params, NUMPY)
         shape = np.broadcast_shapes(self.shape, y.shape)
         fstate = new.pop("filter")
-        new = {k: np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for k, v in new.items()}
-        new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
+        if shape == ():  # one loop (a trainer's): owned 0-d arrays, without broadcast_to's cost
+            new = {k: np.array(v, dtype=float) for k, v in new.items()}
+            new["filter"] = tuple(np.array(v, dtype=float) for v in fstate)
+        else:
+            new = {k: np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for k, v in new.items()}
+            new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
         self._state = new
         self._t += 1
         return self.beta

@@ -458,3 +458,20 @@ def test_warm_start_bad_input(runs, tmp_path):
     with pytest.raises(ValueError, match="hidden_fc"):
         Trainer(str(tmp_path / "Y"), preset="tiny", steps=5, init_from=runs[0], hidden_fc=True)
     assert not os.path.exists(tmp_path / "X") and not os.path.exists(tmp_path / "Y")
+
+
+@pytest.mark.parametrize("preset", ["dynamicvae", "geco"])
+def test_on_a_cpu_the_law_runs_on_floats_with_the_tensor_paths_betas(tmp_path, preset):
+    from vae_plant.train import Trainer
+
+    runs = {}
+    for host in (True, False):
+        tr = Trainer(str(tmp_path / f"{preset}{host}"), preset="tiny", controller=preset, steps=25, seed=3,
+                     device="cpu", checkpoint_every=0, flush_every=5, progress=False)
+        assert tr._host_control  # CPU, one loop, NumPy state
+        tr._host_control = host
+        runs[host] = tr.run()
+        tr.close()
+        assert torch.is_tensor(tr.ctrl.state["beta"]) is not host
+    np.testing.assert_allclose(runs[True].trace["beta"], runs[False].trace["beta"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(runs[True].trace["kl"], runs[False].trace["kl"], rtol=1e-5)
