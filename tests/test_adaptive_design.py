@@ -204,3 +204,20 @@ def test_beta_inside_clamps_and_gains_are_fallback_or_a_table_design(kls, bmin, 
             assert any(abs(g - p / i) <= 1e-9 * abs(g) for p, i in zip(adaptive_table.KP_N, adaptive_table.KI_N))
         else:
             assert (float(st_["kp"]), float(st_["ki"])) == (0.01, 0.005)
+
+
+def test_the_dsprites_preset_keeps_the_tables_margin_with_its_window_5():
+    """The table is designed for window 1; the ``adaptive`` preset filters with DynamicVAE's window 5."""
+    from analysis.stability import robust_stability
+
+    from klcontrol.registry import make_preset
+
+    ctrl = make_preset("adaptive")
+    assert ctrl.filter.window == 5 and ctrl.params["beta0"] == 150.0
+    edges = adaptive_table.A_EDGES
+    for i in range(len(edges) - 1):
+        if edges[i] > 1e-2:  # the plants the preset admits: a within a_factor 4 of 1/2500
+            break
+        for a in (edges[i], math.sqrt(edges[i] * edges[i + 1]), edges[i + 1]):
+            r = robust_stability(adaptive_table.KP_N[i], adaptive_table.KI_N[i], a, -3.0, -1 / 3, window=5)
+            assert r.stable, (a, r.worst_spectral_radius)
