@@ -86,6 +86,40 @@ def run_control(kp, ki, steps, y0=0.0):
     return res.outputs[0], res.outputs[1]
 
 
+def fused_numpy(kp, ki, steps, y0=0.0):
+    """The same loop written out by hand in NumPy, every constant folded: the floor of NumPy at this size.
+
+    A reference for the benchmark only (klcontrol never runs it): it shows what any NumPy
+    implementation of this loop can reach, so a ratio above it needs compiled code. Records the
+    KL in float32, like the sweep recording.
+    """
+    n = len(kp)
+    phi = np.float64(1 / (1 + A_RATE))
+    gain = np.float64(A_RATE / (1 + A_RATE) * A_GAIN)
+    neg_k, c, half = np.float64(-K_DECAY), np.float64(C), np.float64(0.5)
+    y = np.full(n, y0)
+    hist = [y] * (WINDOW - 1)
+    beta = np.full(n, BETA0)
+    p_prev = np.full(n, 1.0 / (1.0 + math.exp(-(y0 - C))))
+    floor = np.zeros(n)
+    out = np.empty((steps, n), np.float32)
+    for t in range(steps):
+        y = y * phi + gain * np.exp(neg_k * beta)
+        out[t] = y
+        total = y
+        for h in hist:
+            total = total + h
+        m = total / WINDOW
+        hist = [y] + hist[:-1]
+        dm = m - c
+        p = np.tanh(dm * half)
+        p *= half
+        p += half
+        beta = np.maximum(beta + kp * (p - p_prev) + ki * dm, floor)
+        p_prev = p
+    return out
+
+
 RECORDINGS = {
     "default": {},
     "sweep": {"record": ("kl",), "dtype": np.float32},
@@ -128,7 +162,9 @@ def main(argv=None):
     # process, one repeated call per recording and one python-control gain set; the best of each is kept.
     t_first = {m: [] for m in RECORDINGS}
     t_rep = {m: [] for m in RECORDINGS}
-    t_ctl, worst = [], 0.0
+    t_ctl, t_fused, worst = [], [], 0.0
+    fused = fused_numpy(kp[idx], ki[idx], args.steps)
+    worst_fused = float(np.max(np.abs(fused - tr.kl.astype(np.float32))))
     rounds = max(args.repeats, args.control_sets, args.first_repeats)
     for r in range(rounds):
         if r < args.first_repeats:
@@ -139,6 +175,9 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 simulate(ctrl, plant, args.steps, **kw)
                 t_rep[m].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            fused_numpy(kp, ki, args.steps)
+            t_fused.append(time.perf_counter() - t0)
         if r < args.control_sets:
             j, i = r, idx[r]
             t0 = time.perf_counter()
@@ -157,6 +196,9 @@ def main(argv=None):
         print(f"simulate, {m} recording: {args.sets} gain sets x {args.steps} steps: first call in a fresh process "
               f"{t_first[m]:.2f} s ({t_ctl_scaled / t_first[m]:.0f}x; goal >= 300x), repeated {t_rep[m]:.2f} s "
               f"({t_ctl_scaled / t_rep[m]:.0f}x; goal >= 1000x)")
+    print(f"reference, the loop hand-written in NumPy (benchmark only): repeated {min(t_fused):.2f} s "
+          f"({t_ctl_scaled / min(t_fused):.0f}x): the most a NumPy implementation reaches here; "
+          f"KL equal to simulate's to {worst_fused:.1e} (float32)")
     print(f"max |difference| on the {len(idx)} compared sets (beta and KL, all steps): {worst:.2e}")
     if worst > 1e-9:
         raise SystemExit(f"trajectories differ by {worst:.2e} > 1e-9")
