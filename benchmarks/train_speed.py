@@ -13,7 +13,9 @@ Prints steps/s of
 * ``ours+<option>``: each speed option alone (compile, amp, channels_last,
   fused_adam) and all together;
 * the cost of each controller preset: our loop's step rate with that
-  controller over its rate with ``fixed`` (goal ≥ 0.99).
+  controller over its rate with ``fixed`` (goal ≥ 0.99);
+* ``--overhead``: the trainer-only parts of each update (controller, trace rows, flushes), timed inside
+  the run, and the ratio to a plain loop they imply (:func:`overhead`).
 
 Usage::
 
@@ -100,7 +102,7 @@ def plain(device, batch, steps, warmup, beta=4.0):
 def ours(device, batch, steps, warmup, controller="dynamicvae", **options):
     """Steps/s of the trainer's loop (trace flushes and writing included)."""
     with tempfile.TemporaryDirectory() as d:
-        tr = Trainer(d + "/run", controller=controller, steps=warmup + steps + 1, batch_size=batch,
+        tr = Trainer(d + "/run", preset="cpu", controller=controller, steps=warmup + steps + 1, batch_size=batch,
                      device=str(device), checkpoint_every=0, flush_every=max(10, min(1000, steps // 2)),
                      progress=False, **options)
         tr.run(until=warmup)
@@ -111,6 +113,41 @@ def ours(device, batch, steps, warmup, controller="dynamicvae", **options):
         rate = steps / (_clock() - t0)
         tr.close()
     return rate
+
+
+def overhead(device, batch, steps, warmup, controller="dynamicvae"):
+    """Trainer-only work per update, timed inside one run: (µs per step of each part, step µs).
+
+    The parts are what a plain loop does not do: the controller (``Trainer._control``), the trace
+    rows (``_record``) and their flushes to CSV and TensorBoard (``_flush``). Everything else of an
+    update (batch draw, forward, backward, Adam) is the plain loop's own work. Timing the parts in
+    the same updates as the whole step makes ``1 − parts/step`` a far steadier estimate of
+    ``ours / plain`` than the ratio of two separately timed rates on a shared machine.
+    """
+    parts = {"controller": "_control", "trace rows": "_record", "flushes": "_flush"}
+    spent = dict.fromkeys(parts, 0.0)
+    with tempfile.TemporaryDirectory() as d:
+        tr = Trainer(d + "/run", preset="cpu", controller=controller, steps=warmup + steps + 1, batch_size=batch,
+                     device=str(device), checkpoint_every=0, flush_every=max(10, min(1000, steps // 2)),
+                     progress=False)
+        tr.run(until=warmup)
+        for key, name in parts.items():
+            f = getattr(tr, name)
+
+            def timed(*a, _f=f, _k=key):
+                t = _clock()
+                try:
+                    return _f(*a)
+                finally:
+                    spent[_k] += _clock() - t
+            setattr(tr, name, timed)
+        _sync(device)
+        t0 = _clock()
+        tr.run(until=warmup + steps)
+        _sync(device)
+        total = _clock() - t0
+        tr.close()
+    return {k: v / steps * 1e6 for k, v in spent.items()}, total / steps * 1e6
 
 
 def main(argv=None):
@@ -129,6 +166,9 @@ def main(argv=None):
                         "by other jobs than wall time)")
     p.add_argument("--only", default=None,
                    help="comma-separated variants to measure (e.g. plain,ours); default all")
+    p.add_argument("--overhead", action="store_true",
+                   help="only time the trainer-only parts of each update inside the run (controller, trace rows, "
+                        "flushes) and print the ratio to a plain loop they imply")
     a = p.parse_args(argv)
     global _clock
     _clock = _CLOCKS[a.clock]
@@ -139,6 +179,17 @@ def main(argv=None):
     warmup = a.warmup or (200 if cuda else 3)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.overhead:
+        runs = [overhead(device, batch, steps, warmup) for _ in range(a.rounds)]
+        fractions = [sum(parts.values()) / step for parts, step in runs]
+        print(f"device {device}, batch {batch}, {steps} timed steps × {a.rounds} rounds, {a.clock} clock; "
+              "trainer-only work per update (µs), of the whole step:")
+        for k in runs[0][0]:
+            print(f"  {k:12s} " + ", ".join(f"{parts[k]:7.1f}" for parts, _ in runs))
+        print("  step         " + ", ".join(f"{step:7.0f}" for _, step in runs))
+        print("implied trainer / plain loop (1 − parts/step; goal ≥ 0.99): "
+              + ", ".join(f"{1 - f:.4f}" for f in fractions) + f"; worst {1 - max(fractions):.4f}")
+        return
     mode = a.compile_mode or ("reduce-overhead" if cuda else "default")
     variants = {
         "plain": lambda: plain(device, batch, steps, warmup),

@@ -364,6 +364,8 @@ class Controller:
         """
         if is_torch(kl):
             return self._step_torch(kl)
+        if type(kl) is float and not self.shape and not is_torch(self._state["beta"]):
+            return self._step_scalar(kl)
         try:
             y = np.asarray(kl, dtype=float)
         except (TypeError, ValueError):
@@ -388,6 +390,21 @@ class Controller:
         self._state = new
         self._t += 1
         return self.beta
+
+    def _step_scalar(self, kl: float):
+        # One loop fed a Python float (a trainer on a CPU): the same checks and law as step(), without the
+        # array broadcasting; in a training process each step runs with cold caches, so every call counts.
+        if not math.isfinite(kl):
+            raise ValueError(f"KL measurement is NaN or infinite ({kl!r}); controller state unchanged")
+        c = self._setpoint_now()
+        c = float(c) if type(c) is not float and np.ndim(c) == 0 else c
+        new = self.advance(self._state, kl, c, self._params, NUMPY)
+        fstate = new.pop("filter")
+        new = {k: np.array(v, dtype=float) for k, v in new.items()}
+        new["filter"] = tuple(np.array(v, dtype=float) for v in fstate)
+        self._state = new
+        self._t += 1
+        return float(new["beta"])
 
     def _check_shape(self, shape):
         if len(shape) > 1:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from official_loops import controlvae_official_betas, dynamicvae_official_betas
 
@@ -838,3 +838,27 @@ def test_scheduled_beta_bad_input():
 
     with pytest.raises(ValueError, match="scalar"):
         ScheduledBeta(lambda t: np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("preset", sorted(__import__("klcontrol.registry", fromlist=["PRESETS"]).PRESETS))
+@settings(max_examples=15, deadline=None)
+@given(kls=st.lists(st.floats(0.0, 60.0, allow_nan=False), min_size=1, max_size=40))
+def test_a_float_measurement_steps_like_an_array_one(preset, kls):
+    """Python floats take the one-loop fast path (a trainer on a CPU); it must agree with the array path."""
+    from klcontrol.registry import make_preset
+
+    fast, ref = make_preset(preset), make_preset(preset)
+    fast.prime(kls[0])
+    ref.prime(kls[0])
+    for kl in kls:
+        b_fast, b_ref = fast.step(float(kl)), ref.step(np.asarray(kl))
+        assert type(b_fast) is float and b_fast == b_ref
+    assert fast.steps_taken == ref.steps_taken
+    for k, v in ref.state.items():
+        if k == "filter":
+            assert all(np.array_equal(a, b) for a, b in zip(fast.state[k], v))
+        else:
+            assert np.array_equal(fast.state[k], v), k
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fast.step(float("nan"))
+    assert fast.steps_taken == ref.steps_taken

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -442,7 +443,8 @@ class Trainer:
         self.step = k
         self._sync_host_control()
         b = self.ctrl.beta
-        self.beta = b if torch.is_tensor(b) else torch.tensor(float(b), dtype=torch.float64, device=self.device)
+        self.beta = b if torch.is_tensor(b) or self._host_control else torch.tensor(float(b), dtype=torch.float64,
+                                                                                     device=self.device)
         self.initial_kl = state.get("initial_kl")
         keep = max(k - 1, 0)
         rows = trace_rows(os.path.join(out, "trace.csv"), columns(LATENT_DIM))
@@ -573,14 +575,15 @@ class Trainer:
             else:
                 if self.prime:
                     self.ctrl.prime(initial_recon if self.ctrl.measures == "recon" else self.initial_kl)
-                beta = torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device)
+                beta = (float(self.ctrl.beta) if self._host_control else
+                        torch.tensor(float(self.ctrl.beta), dtype=torch.float64, device=self.device))
             self.config["initial_kl"] = self.initial_kl
             self.config["initial_recon"] = initial_recon
             _write_json(os.path.join(self.out, "config.json"), self.config)
         else:
             self._record(self.beta, kl, recon, kl_lat)
             beta = self._control(measured)
-        loss = recon + beta.to(kl.dtype) * kl
+        loss = recon + (beta * kl if isinstance(beta, float) else beta.to(kl.dtype) * kl)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -593,7 +596,7 @@ class Trainer:
                               and not torch.is_tensor(self.ctrl.state["beta"]))
 
     def _control(self, measured):
-        """β of the next update from the measured loss (a 0-d tensor on the device), as a float64 tensor.
+        """β of the next update from the measured loss (a 0-d tensor on the device): a float64 tensor, or a float.
 
         On a GPU the law runs on tensors, so nothing waits for the device. On a CPU, reading the
         loss costs nothing and the law runs on floats: one call instead of some thirty tensor
@@ -603,8 +606,8 @@ class Trainer:
         """
         if self._host_control:
             v = measured.item()
-            if np.isfinite(v):
-                return torch.tensor(self.ctrl.step(v), dtype=torch.float64)
+            if math.isfinite(v):
+                return self.ctrl.step(v)  # a float: the loss multiplies it as it would β cast to the KL's dtype
             self._host_control = False
         return self.ctrl.step(measured.detach().to(torch.float64))
 
@@ -620,7 +623,7 @@ class Trainer:
             return
         d = torch.float64
         cols = list(zip(*self.rows))
-        block = torch.cat([torch.stack(cols[0]).reshape(-1, 1).to(d), torch.stack(cols[1]).reshape(-1, 1).to(d),
+        block = torch.cat([_stack_betas(cols[0], d, self.device), torch.stack(cols[1]).reshape(-1, 1).to(d),
                            torch.stack(cols[2]).reshape(-1, 1).to(d), torch.stack(cols[3]).to(d)], dim=1)
         block = block.cpu().numpy()
         self.rows = []
@@ -729,6 +732,14 @@ class Trainer:
         """The run as it is on disk now, with the in-memory model."""
         return RunResult(self.out, self.config, read_trace_csv(self.log.path), self.model.eval(), self.step,
                          meta={"initial_kl": self.initial_kl})
+
+
+def _stack_betas(betas, dtype, device):
+    """The β column of a block of trace rows: floats (a CPU run) or tensors (a GPU run; no host sync)."""
+    if all(isinstance(b, float) for b in betas):
+        return torch.tensor(betas, dtype=dtype, device=device).reshape(-1, 1)
+    return torch.stack([b if torch.is_tensor(b) else torch.tensor(b, dtype=dtype, device=device)
+                        for b in betas]).reshape(-1, 1).to(dtype)
 
 
 def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=None, device=None,
