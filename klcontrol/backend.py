@@ -67,6 +67,9 @@ class Ops(ABC):
 _HALF = np.array(0.5)
 
 
+_PY_NUMBERS = (int, float)
+
+
 class NumpyOps(Ops):
     """NumPy backend; also used for plain Python floats."""
 
@@ -86,6 +89,11 @@ class NumpyOps(Ops):
         return t
 
     def clip(self, x, lo, hi):
+        if (type(x) in _PY_NUMBERS and type(lo) in _PY_NUMBERS and type(hi) in _PY_NUMBERS
+                and lo == lo and hi == hi):  # a NaN bound takes NumPy's path (it returns NaN)
+            # Python numbers (a set point evaluated at one step): no ufunc calls; x first, so NaN propagates
+            # as in np.maximum/np.minimum.
+            return min(max(x, lo), hi)
         # An infinite bound given as a Python float (simulate passes scalar
         # parameters so) clips nothing: skip its ufunc call.
         if not (type(lo) is float and lo == -math.inf):

@@ -71,3 +71,18 @@ def test_numpy_fast_paths_match_the_plain_formulas():
     for lo, hi in ((-math.inf, math.inf), (0.0, math.inf), (-math.inf, 2.0), (np.array(-1.0), np.array(math.inf)),
                    (rng.normal(size=257), math.inf)):
         assert np.array_equal(NUMPY.clip(x, lo, hi), np.clip(x, lo, hi))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_numbers = st.one_of(st.integers(-10, 10), st.floats(allow_nan=True, allow_infinity=True, width=64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(x=_numbers, lo=_numbers, hi=_numbers)
+def test_clip_of_python_numbers_equals_the_ufunc_clip(x, lo, hi):
+    """Python numbers skip NumPy (a set point at one step); the value must be NumPy's, NaN included."""
+    fast = NUMPY.clip(x, lo, hi)
+    ref = np.minimum(np.maximum(np.float64(x), lo), hi)
+    assert (math.isnan(fast) and math.isnan(ref)) or fast == ref
