@@ -57,6 +57,11 @@ Controllers (``make_controller(name)``), with the reading of each paper:
 ``cyclical``
     Cyclical annealing (Fu et al. 2019): β rises from 0 to 1 over the first
     half of each of 4 cycles of an 800 000-step budget, open loop.
+``adaptive``
+    :class:`klcontrol.AdaptivePI` in DynamicVAE's loop (set point, β0 = 150,
+    window 5, fallback gains 0.01, 0.005): RLS estimate of the plant, gains
+    from the offline robust table while the estimate is trusted (prior
+    a = 1/2500, the paper's dSprites plant).
 
 Schedules (``SCHEDULES``): ``tiny`` (seconds on a laptop CPU; tests use it), ``demo``
 (``klcontrol demo``: batch 32, lr 1e-3, 800 updates),
