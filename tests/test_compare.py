@@ -176,3 +176,13 @@ def test_a_failing_ray_task_raises_the_runs_own_error(tiny, local_ray):
     with pytest.raises(ValueError, match="holds a run of another experiment"):
         compare(tiny.out, ["dynamicvae:kp=0.7,ki=0.01,label=fast"], budget="tiny", seeds=1, device="cpu",
                 progress=False, executor="ray")
+
+
+def test_cli_ray_executor_and_its_flags(tmp_path, capsys, local_ray):
+    out = tmp_path / "c"
+    assert main(["compare", "--out", str(out), "--budget", "tiny", "--methods", "fixed", "--seeds", "1",
+                 "--no-beta-vae", "--device", "cpu", "--executor", "ray", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["settings"]["executor"] == "ray" and list(r["table"]) == ["fixed"]
+    assert main(["compare", "--out", str(out), "--budget", "tiny", "--address", "auto"]) == 1
+    assert "need executor='ray'" in capsys.readouterr().err

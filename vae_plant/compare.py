@@ -613,7 +613,7 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if executor != "ray" and (address is not None or gpus_per_run is not None):
-        raise ValueError("address and gpus_per_run need executor='ray'")
+        raise ValueError("address and gpus_per_run (--address, --gpus-per-run) need executor='ray' (--executor ray)")
     if gpus_per_run is not None and not (math.isfinite(gpus_per_run) and gpus_per_run >= 0):
         raise ValueError(f"gpus_per_run must be a finite number ≥ 0, got {gpus_per_run!r}")
     if executor == "ray":
