@@ -165,3 +165,27 @@ def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
     assert main(["verify-stability", "--settled", "nowhere", "--beta-star", "4",
                  "--fit", f"a={d}/fit.json"]) == 1
     assert "--ray or --gain" in capsys.readouterr().err
+
+
+def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys):
+    """The README's identification command (analysis.fit_files) gives the shipped held-out figures."""
+    import json
+    from pathlib import Path
+
+    from klcontrol.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    d, cpu = root / "data/traces/identify", root / "data/traces/cpu"
+    summary = tmp_path / "summary.json"
+    assert main(["fit", str(d / "ol_b4_s1.csv.gz"), "--model", "hammerstein", "--static",
+                 str(d / "settle_b2.csv.gz"), str(d / "settle_b4.csv.gz"),
+                 *(str(cpu / f"fixed_beta{b}.csv.gz") for b in (1, 8, 16)),
+                 "--validate", *(str(d / n) for n in ("ol_b4_s2.csv.gz", "cl_b4_s3.csv.gz", "ol_b4_s4.csv.gz")),
+                 "--compare", str(cpu / "fit.json"), "--out", str(tmp_path / "fit.json"),
+                 "--summary", str(summary), "--no-progress"]) == 0
+    assert "← chosen" in capsys.readouterr().out
+    got = json.loads(summary.read_text())["held_out"]
+    shipped = json.loads((root / "docs/results/plant_validation/summary.json").read_text())["held_out"]
+    for g, s in zip(got, shipped, strict=True):
+        assert abs(g["fit_percent"] - s["fit_percent"]) < 1e-6
+        assert abs(g["first_order_fit_percent"] - s["first_order_fit_percent"]) < 1e-6

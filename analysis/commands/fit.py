@@ -57,14 +57,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read(paths, args):
-    from analysis.trace_io import read_trace
-
-    from analysis.trace_io import reader_kwargs
-
-    return [read_trace(p, **reader_kwargs(args)) for p in paths]
-
-
 def _print_validation(rows):
     print(f"{'held-out trace':<44} {'fit % (50-mean)':>15} {'fit % (raw)':>11} {'Ljung-Box p':>11} {'max|xcorr β|':>12}")
     for v in rows:
@@ -73,54 +65,16 @@ def _print_validation(rows):
 
 
 def _run_hammerstein(args) -> int:
-    import json
+    from analysis.fit_files import fit_hammerstein_files
+    from analysis.trace_io import reader_kwargs
 
-    from analysis import plant_models as pm
+    from klcontrol.cli import print_json
 
-    from klcontrol.cli import _jsonable, print_json
-
-    if not args.static:
-        raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
-    if args.summary and not (args.out and args.validate and args.compare):
-        raise ValueError("--summary needs --out, --validate and --compare")
-    g = pm.static_map_from_traces(_read(args.static, args))
-    held = _read(args.validate or [], args)
-    best, rep = pm.select_model(_read(args.paths, args), g, held, fit_names=args.paths,
-                                held_out_names=args.validate or [])
-    if args.out:
-        best.save(args.out)
-    if args.compare:
-        from analysis.identification import load_fit
-
-        rep["compare"] = dict(fit=args.compare, held_out=pm.validate(load_fit(args.compare), held, args.validate))
-    if args.report:
-        with open(args.report, "w") as fh:
-            json.dump(_jsonable(rep), fh, indent=1)
-    if args.summary:
-        import os
-
-        import numpy as np
-
-        mine = rep["candidates"][rep["chosen"]]["held_out"]
-        first = {r["structure"]: r for r in rep["candidates"]}["first_order"]["held_out"]
-        rows = []
-        for tr, path, v, c, f1 in zip(held, args.validate, mine, rep["compare"]["held_out"], first):
-            rows.append(dict(trace=os.path.relpath(path), fit=os.path.relpath(args.out),
-                             closed_loop=bool(np.any(np.isfinite(np.asarray(tr.setpoint, dtype=float)))),
-                             fit_percent=v["fit_percent"], first_order_fit_percent=c["fit_percent"],
-                             first_order_fit=os.path.relpath(args.compare), fit_percent_raw=v["fit_percent_raw"],
-                             first_order_fit_percent_raw=c["fit_percent_raw"],
-                             first_order_at_operating_point_fit_percent=f1["fit_percent"],
-                             ljung_box_p=v["ljung_box_p"], xcorr_max=v["xcorr_max"], xcorr_bound=v["bound"]))
-        os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
-        with open(args.summary, "w") as fh:
-            json.dump(_jsonable(dict(model=repr(best), selection=rep["rule"], held_out=rows)), fh, indent=1)
-    if args.plot and held:
-        from analysis.identification import load_fit
-        from analysis.validation_plots import plot_validation
-
-        plot_validation(best, held, args.validate, args.plot,
-                        compare=load_fit(args.compare) if args.compare else None)
+    best, rep = fit_hammerstein_files(args.paths, static=args.static, reader=reader_kwargs(args),
+                                      validate=args.validate, out=args.out, compare=args.compare,
+                                      report=args.report, summary=args.summary, plot=args.plot)
+    g = best.g
+    held = args.validate
     if args.json:
         print_json(dict(model=best.to_dict(), report=rep, out=args.out))
         return 0
@@ -145,43 +99,18 @@ def _run_hammerstein(args) -> int:
 
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
-    from analysis.identification import fit_plant
-    from analysis.trace_io import read_traces, reader_kwargs
-
-    if args.model == "hammerstein":
-        return _run_hammerstein(args)
+    from analysis.fit_files import fit_first_order_files
+    from analysis.trace_io import reader_kwargs
 
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
     from klcontrol.commands.common import show_progress
 
-    traces = []
-    for path in args.paths:
-        traces += read_traces(path, **reader_kwargs(args))
-    for t in traces:  # name each trace by its file and, for TensorBoard, its run
-        if t.meta.get("run") not in (None, "."):
-            t.meta["source"] = f"{t.meta['source']} (run {t.meta['run']})"
-    fit = fit_plant(traces, g=args.g, n_boot=args.n_boot, seed=args.seed, level=args.level,
-                    progress=show_progress(args))
-    if args.out:
-        fit.save(args.out)
-    if args.plot:
-        from analysis.fit_plots import plot_fit
-
-        plot_fit(fit, args.plot)
-    s = fit.summary()
-    s.update(out=args.out, plot=args.plot)
+    if args.model == "hammerstein":
+        return _run_hammerstein(args)
+    fit, s = fit_first_order_files(args.paths, reader=reader_kwargs(args), g=args.g, n_boot=args.n_boot,
+                                   seed=args.seed, level=args.level, out=args.out, plot=args.plot,
+                                   validate=args.validate, report=args.report, progress=show_progress(args))
     rc = EXIT_OK if fit.identifiable else EXIT_UNIDENTIFIED
-    if args.validate:
-        from analysis.plant_models import validate
-
-        s["validation"] = validate(fit, _read(args.validate, args), args.validate)
-        if args.report:
-            import json
-
-            from klcontrol.cli import _jsonable
-
-            with open(args.report, "w") as fh:
-                json.dump(_jsonable(s["validation"]), fh, indent=1)
     if args.json:
         print_json(s)
         if rc != EXIT_OK:
