@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 
-__all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets"]
+__all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets", "verify_stability"]
 
 
 def _name(kp, ki, window, seed):
@@ -144,3 +144,84 @@ def observed_brackets(rows, tol=1e-9):
         out[ratio] = dict(stable_below=max(below) if below else None, unstable_from=first_u, mixed=mixed,
                           monotone=not (first_u is not None and any(k > first_u + tol for k in sta)), n=len(rs))
     return out
+
+
+def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoint=None, window=5, seeds=(0,),
+                     steps=600, kick=1.25, jobs=2, batch_size=16, device="cpu", export=None, summary=None,
+                     plot=None, command=None) -> dict:
+    """Run gain sets on the real β-VAE and put the observed verdicts beside the fits' predictions.
+
+    What ``klcontrol verify-stability`` does, in one call.
+
+    Parameters
+    ----------
+    out : str
+        Root of the run directories.
+    settled : str
+        Settled run (``klcontrol identify``) every gain run warm-starts from.
+    beta_star : float
+        β of the settled run.
+    fits : dict
+        Name → path of a saved fit (:func:`analysis.identification.load_fit`) whose predictions are compared.
+    rays : sequence of sequences
+        ``(ratio, ki, ki, …)``: gains on the ray ``Kp = ratio·Ki`` (:func:`ray_gains`).
+    gains : sequence of (kp, ki, seed)
+        Further single gain sets.
+    setpoint : float, optional
+        Constant set point (default: the settled run's KL level, rounded to 0.01 nats).
+    window, seeds, steps, kick, jobs, batch_size, device, export, command
+        As in :func:`run_gains` and :func:`summarize`.
+    summary, plot : str, optional
+        Write the summary (JSON) and the stability-plane figure (PNG).
+
+    Returns
+    -------
+    dict
+        ``setpoint``, ``rows`` (one per run, :func:`summarize`), ``predicted_critical_ki`` (fit name →
+        ratio → Ki) and ``observed_critical_ki`` (:func:`observed_brackets`).
+
+    Raises
+    ------
+    ValueError
+        A ray with no Ki, no gains at all.
+    """
+    import json
+    import os
+
+    from analysis.identification import load_fit
+    from analysis.validation_plots import critical_gain
+
+    from klcontrol.cli import _jsonable
+
+    from .identify import settled_noise
+    from .trace_log import read_trace_csv
+
+    models = [(n, load_fit(p)) for n, p in fits.items()]
+    for r in rays:
+        if len(r) < 2:
+            raise ValueError(f"--ray takes a ratio and at least one Ki, got {list(r)}")
+    if not rays and not gains:
+        raise ValueError("give at least one --ray or --gain")
+    c = setpoint
+    if c is None:
+        c = round(settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])["level"], 2)
+    todo = [g for r in rays for g in ray_gains(r[0], r[1:], window, seeds)]
+    todo += [dict(kp=kp, ki=ki, window=window, seed=int(sd)) for kp, ki, sd in gains]
+    dirs = run_gains(out, settled, beta_star, c, todo, steps, kick, jobs, batch_size, device, command=command)
+    rows = summarize(dirs, [m for _, m in models], [n for n, _ in models], export)
+    ratios = sorted({r[0] for r in rays} | {kp / ki for kp, ki, _ in gains if ki > 0})
+    crit = {n: {f"{r:g}": critical_gain(m, r, c, window) for r in ratios} for n, m in models}
+    observed = {f"{k:g}": v for k, v in observed_brackets(rows).items()}
+    if summary:
+        os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
+        with open(summary, "w") as fh:
+            json.dump(_jsonable(dict(setpoint=c, beta_star=beta_star,
+                                     fits={n: os.path.relpath(p) for n, p in fits.items()},
+                                     criterion="analysis.loop_verdict.observed_stability (defaults)", runs=rows,
+                                     predicted_critical_ki=crit, observed_critical_ki=observed)), fh, indent=1)
+    if plot:
+        from analysis.validation_plots import plot_stability_plane
+
+        plot_stability_plane(rows, dict(models), c, plot, window)
+    return dict(setpoint=c, rows=rows, predicted_critical_ki=crit, observed_critical_ki=observed,
+                names=[n for n, _ in models])

@@ -41,70 +41,32 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol verify-stability``."""
-    import json
-    import os
     import sys
 
-    from analysis.identification import load_fit
-    from vae_plant.identify import settled_noise
-    from vae_plant.stability_runs import observed_brackets, ray_gains, run_gains, summarize
-    from vae_plant.trace_log import read_trace_csv
+    from vae_plant.stability_runs import observed_brackets, verify_stability
 
-    from klcontrol.cli import _jsonable
-
-    models, paths = [], {}
+    fits = {}
     for spec in args.fit:
         if "=" not in spec:
             raise ValueError(f"--fit takes NAME=JSON, got {spec!r}")
         n, path = spec.split("=", 1)
-        models.append((n, load_fit(path)))
-        paths[n] = os.path.relpath(path)
-    for r in args.ray:
-        if len(r) < 2:
-            raise ValueError(f"--ray takes a ratio and at least one Ki, got {r}")
-    if not args.ray and not args.gain:
-        raise ValueError("give at least one --ray or --gain")
-    c = args.setpoint
-    if c is None:
-        c = round(settled_noise(read_trace_csv(os.path.join(args.settled, "trace.csv"))["kl"])["level"], 2)
-    gains = [g for r in args.ray for g in ray_gains(r[0], r[1:], args.window, args.seeds)]
-    gains += [dict(kp=kp, ki=ki, window=args.window, seed=int(sd)) for kp, ki, sd in args.gain]
-    dirs = run_gains(args.out, args.settled, args.beta_star, c, gains, args.steps, args.kick, args.jobs,
-                     args.batch_size, args.device, command="klcontrol " + " ".join(sys.argv[1:]))
-    rows = summarize(dirs, [m for _, m in models], [n for n, _ in models], args.export)
-    if args.summary:
-        os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
-        with open(args.summary, "w") as fh:
-            json.dump(_jsonable(dict(setpoint=c, beta_star=args.beta_star, fits=paths,
-                                     criterion="analysis.loop_verdict.observed_stability (defaults)", runs=rows)),
-                      fh, indent=1)
-    crit = {}
-    for n, m in models:
-        from analysis.validation_plots import critical_gain
-
-        ratios = sorted({r[0] for r in args.ray} | {kp / ki for kp, ki, _ in args.gain if ki > 0})
-        crit[n] = {f"{r:g}": critical_gain(m, r, c, args.window) for r in ratios}
-    if args.summary:
-        with open(args.summary) as fh:
-            d = json.load(fh)
-        d["predicted_critical_ki"] = crit
-        d["observed_critical_ki"] = {f"{k:g}": v for k, v in observed_brackets(rows).items()}
-        with open(args.summary, "w") as fh:
-            json.dump(_jsonable(d), fh, indent=1)
-    if args.plot:
-        from analysis.validation_plots import plot_stability_plane
-
-        plot_stability_plane(rows, dict(models), c, args.plot, args.window)
-    head = f"{'Kp':>8} {'Ki':>8} {'T':>2} {'seed':>4} " + " ".join(f"{n:>14}" for n, _ in models) + "   observed"
+        fits[n] = path
+    res = verify_stability(args.out, args.settled, args.beta_star, fits, args.ray, args.gain, setpoint=args.setpoint,
+                           window=args.window, seeds=args.seeds, steps=args.steps, kick=args.kick, jobs=args.jobs,
+                           batch_size=args.batch_size, device=args.device, export=args.export,
+                           summary=args.summary, plot=args.plot, command="klcontrol " + " ".join(sys.argv[1:]))
+    rows, names = res["rows"], res["names"]
+    head = f"{'Kp':>8} {'Ki':>8} {'T':>2} {'seed':>4} " + " ".join(f"{n:>14}" for n in names) + "   observed"
     print(head)
     for r in rows:
         pred = " ".join(f"{('stable' if r[f'predicted_stable_{n}'] else 'UNSTABLE'):>9} {r[f'spectral_radius_{n}']:.3f}"[:14].rjust(14)
-                        for n, _ in models)
+                        for n in names)
         obs = "stable" if r["observed_stable"] else "UNSTABLE (" + ", ".join(r["observed"]["reasons"]) + ")"
         print(f"{r['kp']:>8.4g} {r['ki']:>8.4g} {r['window']:>2} {r['seed']:>4} {pred}   {obs}")
-    for n, _ in models:
+    for n in names:
         agree = sum(r[f"predicted_stable_{n}"] == r["observed_stable"] for r in rows)
-        cg = ", ".join(f"Kp/Ki={k}: {('%.3g' % v) if v is not None else 'none'}" for k, v in crit[n].items())
+        cg = ", ".join(f"Kp/Ki={k}: {('%.3g' % v) if v is not None else 'none'}"
+                       for k, v in res["predicted_critical_ki"][n].items())
         print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts; predicted critical Ki {cg}")
     for k, v in observed_brackets(rows).items():
         print(f"observed on Kp/Ki = {k:g}: stable at Ki ≤ {v['stable_below']}, unstable from Ki = {v['unstable_from']}"
