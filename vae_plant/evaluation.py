@@ -17,7 +17,7 @@ import torch
 from .data import DSprites
 from .metrics import DSPRITES_FACTOR_NAMES, beta_vae_score, mig, mig_tcvae, rmig
 
-__all__ = ["encode_indices", "disentanglement"]
+__all__ = ["encode_indices", "disentanglement", "evaluate_run"]
 
 
 @torch.no_grad()
@@ -93,4 +93,60 @@ def disentanglement(model, dataset: DSprites | None = None, *, n_images: int = 2
     if beta_vae is not None:
         kw = {"fixed_factors": (2, 3, 4, 5), "seed": seed, **beta_vae}
         out["beta_vae_score"] = float(beta_vae_score(lambda i: encode_indices(model, ds, i)[0], ds.factor_sizes, **kw))
+    return out
+
+
+def evaluate_run(run_dir, *, n_images: int = 20000, seed: int = 0, beta_vae: bool = False, device=None) -> dict:
+    """Metrics and figures of a ``klcontrol train`` run, written to ``RUN_DIR/eval`` (``klcontrol evaluate``).
+
+    Parameters
+    ----------
+    run_dir : str
+        Run directory.
+    n_images, seed : int
+        Images for MIG, β-TCVAE MIG and RMIG (0: all 737 280) and their sampling seed.
+    beta_vae : bool
+        Also compute Higgins' β-VAE score (at its paper sizes).
+    device : str, optional
+        Where the model is evaluated (default: the run's).
+
+    Returns
+    -------
+    dict
+        ``run_dir``, ``updates``, ``final_recon`` and ``final_kl`` (means of the last 100 rows), the metrics of
+        :func:`disentanglement` and ``figures`` (training curves, per-latent KL, traversals); also written to
+        ``RUN_DIR/eval/metrics.json``.
+
+    Raises
+    ------
+    ValueError
+        ``run_dir`` is not a run directory, or ``n_images`` < 0.
+    """
+    import json
+    import os
+
+    from .demo import traversals_figure
+    from .diagnostics import plot_latent_kl, plot_runs
+    from .train import load_run
+
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"{run_dir} is not a directory written by `klcontrol train`")
+    if n_images < 0:
+        raise ValueError(f"--n-images must be ≥ 0, got {n_images}")
+    res = load_run(run_dir, device=device)
+    out = {"run_dir": run_dir, "updates": res.step, "final_recon": float(np.mean(res.trace["recon"][-100:])),
+           "final_kl": float(np.mean(res.trace["kl"][-100:]))}
+    out.update(disentanglement(res.model, n_images=n_images, seed=seed, beta_vae={} if beta_vae else None))
+    eval_dir = os.path.join(run_dir, "eval")
+    os.makedirs(eval_dir, exist_ok=True)
+    t = res.trace
+    figs = {name: os.path.join(eval_dir, f"{name}.png") for name in ("training", "latent_kl", "traversals")}
+    plot_runs({os.path.basename(os.path.normpath(run_dir)): {k: t[k] for k in ("step", "beta", "kl", "recon",
+                                                                               "setpoint")}},
+              path=figs["training"])
+    plot_latent_kl(t["step"], t["kl_latent"], path=figs["latent_kl"])
+    traversals_figure(res, figs["traversals"])
+    out["figures"] = figs
+    with open(os.path.join(eval_dir, "metrics.json"), "w") as fh:
+        json.dump(out, fh, indent=2)
     return out
