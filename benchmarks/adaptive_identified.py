@@ -47,12 +47,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     plant = load_fit(FIT)
     print(f"plant: {plant!r}")
-    print(f"{"method":52s} {'adapted':>8} {'Kp when adapted':>18} {'RMSE':>7} {'β jitter':>9} {'final β':>8}")
+    print(f"{'method':52s} {'adapted':>8} {'Kp when adapted':>18} {'RMSE':>7} {'β jitter':>9} {'final β':>8}")
     for spec in SPECS:
         for seed in range(args.seeds):
             r = run(spec, plant, seed)
             kp = "–" if r["kp"] is None else f"{r['kp'][0]:.3g} … {r['kp'][1]:.3g}"
-            print(f"{spec + f" (seed {seed})":52s} {100 * r['adapted']:7.1f}% {kp:>18} {r['rmse']:7.2f} "
+            print(f"{spec + f' (seed {seed})':52s} {100 * r['adapted']:7.1f}% {kp:>18} {r['rmse']:7.2f} "
                   f"{r['jitter']:9.4f} {r['final_beta']:8.3g}")
 
 
