@@ -40,21 +40,24 @@ def replay(run_dir, preset="adaptive", compress=160.0) -> dict:
     ctrl.prime(cfg["initial_kl"])
     n = len(kl)
     rep = np.empty(n)
-    kp, ki, adapted = np.empty(n), np.empty(n), np.empty(n, bool)
+    kp, ki, adapted, a_hat = np.empty(n), np.empty(n), np.empty(n, bool), np.empty(n)
     rep[0] = ctrl.beta
     for t in range(n - 1):  # β(t+1) from KL(t)
         rep[t + 1] = ctrl.step(kl[t])
         st = ctrl.state
         kp[t], ki[t], adapted[t] = float(st["kp"]), float(st["ki"]), bool(st["adapted"])
+        a_hat[t] = 1 / float(st["phi"]) - 1
     kp, ki, adapted = kp[:-1], ki[:-1], adapted[:-1]
-    a_hat, g_hat = ctrl.estimate()
+    a_range = np.percentile(a_hat[100:-1], [5, 95])  # after the first 100 updates, the middle 90 %
+    a_end, g_hat = ctrl.estimate()
     first = int(np.argmax(adapted)) if adapted.any() else None
     return {
         "run": run_dir, "updates": n, "max_beta_difference": float(np.max(np.abs(rep - beta))),
         "adapted_fraction": float(adapted.mean()), "first_adapted_update": first,
         "kp_range_adapted": [float(kp[adapted].min()), float(kp[adapted].max())] if adapted.any() else None,
         "ki_range_adapted": [float(ki[adapted].min()), float(ki[adapted].max())] if adapted.any() else None,
-        "final_estimate": {"a": a_hat, "gprime": g_hat}, "final_beta": float(beta[-1]),
+        "final_estimate": {"a": a_end, "gprime": g_hat}, "final_beta": float(beta[-1]),
+        "a_estimate_5_95_percent": [float(a_range[0]), float(a_range[1])],
     }
 
 
@@ -72,7 +75,8 @@ def main(argv=None):
     for r in out:
         print(f"{r['run']}: β replayed to {r['max_beta_difference']:.1e}; adapted on {100 * r['adapted_fraction']:.1f} % "
               f"of {r['updates']} updates (first at {r['first_adapted_update']}); Kp {r['kp_range_adapted']}, "
-              f"Ki {r['ki_range_adapted']}; final â = {r['final_estimate']['a']:.3g}, "
+              f"Ki {r['ki_range_adapted']}; â (5–95 %) {r['a_estimate_5_95_percent'][0]:.3g}–"
+              f"{r['a_estimate_5_95_percent'][1]:.3g}, final â = {r['final_estimate']['a']:.3g}, "
               f"ĝ′ = {r['final_estimate']['gprime']:.3g}, final β = {r['final_beta']:.3g}")
 
 
