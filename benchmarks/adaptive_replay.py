@@ -5,7 +5,7 @@ one of them (the KL in float32, as the trainer measured it).  Replaying them thr
 built from the run's method reproduces the run's β (checked here) and shows what the trace does not log:
 when the estimate was trusted, the gains it chose, and the plant it estimated.
 
-Run:  python benchmarks/adaptive_replay.py RUN_DIR [RUN_DIR ...] [--label adaptive] [--compress 160]
+Run:  python benchmarks/adaptive_replay.py RUN_DIR [RUN_DIR ...] [--method adaptive] [--compress 160]
       e.g. python benchmarks/adaptive_replay.py cmp/runs/adaptive/seed*
 """
 from __future__ import annotations
@@ -29,12 +29,12 @@ def _kl_column(path):
     return kl, beta
 
 
-def replay(run_dir, preset="adaptive", compress=160.0) -> dict:
-    """Replay one run's KL through a fresh controller of ``preset``; the figures of what it did."""
+def replay(run_dir, method="adaptive", compress=160.0) -> dict:
+    """Replay one run's KL through a fresh controller of ``method`` (a compare spec); what it did."""
     with open(os.path.join(run_dir, "config.json")) as fh:
         cfg = json.load(fh)
     kl, beta = _kl_column(os.path.join(run_dir, "trace.csv"))
-    ctrl = Method(preset).controller(compress)
+    ctrl = Method.parse(method).controller(compress)
     if repr(ctrl) != cfg["settings"]["controller"]:
         raise SystemExit(f"{run_dir} was trained with {cfg['settings']['controller']}, not {ctrl!r}")
     ctrl.prime(cfg["initial_kl"])
@@ -64,11 +64,12 @@ def replay(run_dir, preset="adaptive", compress=160.0) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories of the adaptive preset")
-    ap.add_argument("--label", default="adaptive", help="preset the runs were trained with (default adaptive)")
+    ap.add_argument("--method", default="adaptive",
+                    help="compare method the runs were trained with (default adaptive; e.g. adaptive:beta0=4)")
     ap.add_argument("--compress", type=float, default=160.0, help="set-point compression of the runs (cpu budget: 160)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    out = [replay(r, args.label, args.compress) for r in args.runs]
+    out = [replay(r, args.method, args.compress) for r in args.runs]
     if args.json:
         print(json.dumps(out, indent=2))
         return
