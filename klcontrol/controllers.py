@@ -256,6 +256,10 @@ class Controller:
         if self.setpoint is None:
             return math.nan
         c = self.setpoint(t)
+        if type(c) is float:  # the common case (an int step): no array round trip
+            if not math.isfinite(c):
+                raise ValueError(f"set point C({t}) is NaN or infinite ({c!r}); controller state unchanged")
+            return c
         if not is_torch(c):
             try:
                 arr = np.asarray(c, dtype=float)
