@@ -513,7 +513,7 @@ def _figures(out, methods, rows):
     for m in methods:
         traces = [read_trace_csv(os.path.join(r["run_dir"], "trace.csv")) for r in rows if r["label"] == m.label]
         n = min(len(t["step"]) for t in traces)
-        runs[m.display] = {"step": traces[0]["step"][:n],
+        runs[m.display] = {"step": traces[0]["step"][:n], "measures": m.controller().measures,
                            **{k: np.stack([t[k][:n] for t in traces], axis=1)
                               for k in ("beta", "kl", "recon", "setpoint")}}
     fig = plot_runs(runs, symlog=True, smooth=50,

@@ -222,7 +222,10 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
     ----------
     runs : dict
         name → mapping with ``step`` (T,) and any of ``beta``, ``kl``, ``recon``, ``setpoint``,
-        each (T,) or (T, seeds). Several seeds draw the mean and a min–max band.
+        each (T,) or (T, seeds). Several seeds draw the mean and a min–max band. An optional
+        ``measures`` (``"kl"`` or ``"recon"``, :attr:`klcontrol.controllers.Controller.measures`) puts the
+        set point on the panel of what the controller holds (GECO: the reconstruction). A KL panel whose
+        curves exceed 100 nats, or a panel above 500, gets a symmetric-log axis.
     beta_log : bool
         Logarithmic β axis (useful when β falls from ~100 to below 1).
     symlog : bool
@@ -274,20 +277,29 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
         handles.append(Line2D([], [], color=color, ls=ls, lw=lw, label=label))
         if "setpoint" in series and np.any(np.isfinite(series["setpoint"])):
             sp = series["setpoint"] if series["setpoint"].ndim == 1 else series["setpoint"][:, 0]
-            same = next((e for e in setpoints if e[0].shape == t.shape and np.array_equal(e[0], t)
+            panel = 2 if runs[name].get("measures") == "recon" else 1  # GECO holds the reconstruction loss
+            same = next((e for e in setpoints if e[4] == panel and e[0].shape == t.shape and np.array_equal(e[0], t)
                          and np.allclose(e[1], sp, equal_nan=True)), None)
             if same is None:
-                setpoints.append((t, sp, color, [name]))
+                setpoints.append((t, sp, color, [name], panel))
             else:
                 same[3].append(name)
-    sp_handles = []
-    for t, sp, color, names in setpoints:
-        axes[1].plot(t, sp, color=color, lw=3.0, alpha=0.3, solid_capstyle="butt", zorder=0.5)
-        sp_handles.append(Line2D([], [], color=color, lw=3.0, alpha=0.3, label="set point: " + ", ".join(names)))
+    sp_handles = {1: [], 2: []}
+    for t, sp, color, names, panel in setpoints:
+        axes[panel].plot(t, sp, color=color, lw=3.0, alpha=0.3, solid_capstyle="butt", zorder=0.5)
+        sp_handles[panel].append(Line2D([], [], color=color, lw=3.0, alpha=0.3,
+                                        label="set point: " + ", ".join(names)))
     for ax, (_, label) in zip(axes, _PANELS):
         ax.set_ylabel(label)
-    if sp_handles:
-        axes[1].legend(handles=sp_handles, loc="best", fontsize=7, title="wide pale lines", title_fontsize=7)
+    for panel, hs in sp_handles.items():
+        if hs:
+            axes[panel].legend(handles=hs, loc="best", fontsize=7, title="wide pale lines", title_fontsize=7)
+    kl_max = max((np.nanmax(series["kl"]) for _, series in checked.values() if "kl" in series), default=0.0)
+    if kl_max > 100:  # one run's KL far above the set points (GECO at β ≈ 0): keep the others readable
+        axes[1].set_yscale("symlog", linthresh=25.0)
+    for ax in axes[1:]:
+        if ax.get_yscale() == "linear" and np.nanmax([ln.get_ydata().max() for ln in ax.get_lines()] or [0]) > 500:
+            ax.set_yscale("symlog", linthresh=200.0)
     # One legend for all panels, outside the axes: every run by colour and line style.
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
     if beta_log:
