@@ -383,7 +383,11 @@ class Controller:
         if any(is_torch(v) for v in self._flat(state)):
             raise ValueError("this controller runs on torch tensors; pass the KL as a tensor")
         new = self.advance(state, y, self._setpoint_now(), self._params, NUMPY)
-        shape = np.broadcast_shapes(self.shape, y.shape)
+        self._store(new, np.broadcast_shapes(self.shape, y.shape))
+        return self.beta
+
+    def _store(self, new: dict, shape: tuple):
+        """Accept a NumPy step's new state as owned float arrays of ``shape`` and count the step."""
         fstate = new.pop("filter")
         if shape == ():  # one loop (a trainer's): owned 0-d arrays, without broadcast_to's cost
             new = {k: np.array(v, dtype=float) for k, v in new.items()}
@@ -393,7 +397,6 @@ class Controller:
             new["filter"] = tuple(np.broadcast_to(np.asarray(v, dtype=float), shape).copy() for v in fstate)
         self._state = new
         self._t += 1
-        return self.beta
 
     def _step_scalar(self, kl: float):
         # One loop fed a Python float (a trainer on a CPU): the same checks and law as step(), without the
@@ -402,13 +405,8 @@ class Controller:
             raise ValueError(f"KL measurement is NaN or infinite ({kl!r}); controller state unchanged")
         c = self._setpoint_now()
         c = float(c) if type(c) is not float and np.ndim(c) == 0 else c
-        new = self.advance(self._state, kl, c, self._params, NUMPY)
-        fstate = new.pop("filter")
-        new = {k: np.array(v, dtype=float) for k, v in new.items()}
-        new["filter"] = tuple(np.array(v, dtype=float) for v in fstate)
-        self._state = new
-        self._t += 1
-        return float(new["beta"])
+        self._store(self.advance(self._state, kl, c, self._params, NUMPY), ())
+        return float(self._state["beta"])
 
     def _check_shape(self, shape):
         if len(shape) > 1:
