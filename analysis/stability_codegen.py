@@ -42,6 +42,8 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
+from klcontrol._cache import cache_dir
+
 from .stability_config import CONTROLLERS, check_config
 
 __all__ = [
@@ -63,6 +65,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 #: (``tests/test_stability.py`` checks this list against ``sys.modules``).
 GENERATOR_INPUTS = (
     "klcontrol/__init__.py",
+    "klcontrol/_cache.py",
     "klcontrol/backend.py",
     "klcontrol/controllers.py",
     "klcontrol/filters.py",
@@ -192,8 +195,7 @@ def _load(path: Path, name: str):
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("KLCONTROL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "klcontrol")
-    return Path(base) / "stability"
+    return cache_dir("stability")
 
 
 @lru_cache(maxsize=None)

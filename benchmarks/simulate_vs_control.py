@@ -4,22 +4,28 @@ The loop: DynamicVAE's incremental PI (window-5 moving average, delay 0,
 β_min = 0) on the paper's MNIST plant ``y(t) = y(t−1)/(1+a) + a/(1+a)·A·exp(−kβ)``
 with a = 1/5000, A = 26.38, k = 0.0476, set point 20 nats, β0 = 100.
 
-``simulate`` runs all gain sets in one vectorised call, with two recordings:
+``simulate`` runs all gain sets in one vectorised call, with two engines
+(``engine="numpy"``: :func:`klcontrol.loop.loop_step` on NumPy arrays;
+``engine="compiled"``: the same update traced into a numba kernel) and two
+recordings:
 
 * default: β, KL and state in float64 (2 × 160 MB here: the KL is the state
   without noise);
 * sweep: what a gain sweep needs, ``record=("kl",), dtype=np.float32`` (80 MB).
 
 Each is timed on its first call in a fresh process (a child process each:
-that call pays the kernel's first-touch page faults of the outputs) and
-repeated in one process (later calls reuse freed memory).  The timings are
-interleaved in rounds with python-control's, and the best of each is kept, so
-that a load spike on a shared machine does not favour either side.  python-control runs
-the same loop as a discrete ``control.nlsys`` (update function written out
-with ``math``) through ``control.input_output_response``, one gain set at a
-time; a few sets are timed and the best is scaled to the full count.  The
+that call pays the kernel's first-touch page faults of the outputs, and the
+compiled engine its numba import and the load of the kernel from the disk
+cache, which the parent fills first) and repeated in one process.  The
+compiled engine's one-off compilation (a fresh, empty ``KLCONTROL_CACHE``) is
+timed separately.  The timings are interleaved in rounds with
+python-control's, and the best of each is kept, so that a load spike on a
+shared machine does not favour either side.  python-control runs the same
+loop as a discrete ``control.nlsys`` (update function written out with
+``math``) through ``control.input_output_response``, one gain set at a time;
+a few sets are timed and the best is scaled to the full count.  The
 trajectories of the timed sets are compared with ``simulate``'s (β and KL,
-max abs difference ≤ 1e-9).
+max abs difference ≤ 1e-9, both engines).  Everything runs on one thread.
 
 Run:  python benchmarks/simulate_vs_control.py [--sets 1000] [--steps 20000] [--control-sets 3] [--repeats 3]
       [--first-repeats 2]
@@ -29,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -124,6 +132,7 @@ RECORDINGS = {
     "default": {},
     "sweep": {"record": ("kl",), "dtype": np.float32},
 }
+ENGINES = ("numpy", "compiled")
 
 
 def _setup(n):
@@ -133,14 +142,24 @@ def _setup(n):
     return kp, ki, plant, ctrl
 
 
-def first_call(mode, sets, steps):
-    """Seconds of the first ``simulate`` call of a fresh process (run in a child)."""
+def first_call(engine, mode, sets, steps, cache=None):
+    """Seconds of the first ``simulate`` call of a fresh process (run in a child).
+
+    ``cache``: a ``KLCONTROL_CACHE`` for the child (an empty one times the compilation).
+    """
     here = str(Path(__file__).resolve().parent)
     code = (f"import json, sys, time; sys.path.insert(0, {here!r}); import simulate_vs_control as b; "
             f"kp, ki, plant, ctrl = b._setup({sets}); t = time.perf_counter(); "
-            f"b.simulate(ctrl, plant, {steps}, **b.RECORDINGS[{mode!r}]); print(json.dumps(time.perf_counter() - t))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+            f"tr = b.simulate(ctrl, plant, {steps}, engine={engine!r}, **b.RECORDINGS[{mode!r}]); "
+            f"print(json.dumps([time.perf_counter() - t, tr.meta['engine']]))")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    if cache is not None:
+        env["KLCONTROL_CACHE"] = str(cache)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    seconds, ran = json.loads(out.strip().splitlines()[-1])
+    if ran != engine:
+        raise SystemExit(f"asked for engine {engine!r}, simulate ran {ran!r}")
+    return seconds
 
 
 def main(argv=None):
@@ -156,25 +175,33 @@ def main(argv=None):
     kp, ki, plant, ctrl = _setup(args.sets)
     idx = np.linspace(0, args.sets - 1, args.control_sets).round().astype(int)
     # The compared sets, float64, all series (the same arithmetic per set as in the timed calls).
-    tr = simulate(IncrementalPI(kp[idx], ki[idx], setpoint=C, beta0=BETA0, beta_min=0.0, filter=WINDOW), plant,
-                  args.steps)
-    # Interleaved rounds (the machine may be shared): each round times one first call per recording in a fresh
-    # process, one repeated call per recording and one python-control gain set; the best of each is kept.
-    t_first = {m: [] for m in RECORDINGS}
-    t_rep = {m: [] for m in RECORDINGS}
+    small = IncrementalPI(kp[idx], ki[idx], setpoint=C, beta0=BETA0, beta_min=0.0, filter=WINDOW)
+    tr = {e: simulate(small, plant, args.steps, engine=e) for e in ENGINES}
+    # The compiled kernel's one-off compilation, in a child with an empty cache (then the parent's cache
+    # is filled for the first-call timings below).
+    with tempfile.TemporaryDirectory() as empty:
+        t_compile = first_call("compiled", "sweep", args.sets, args.steps, cache=empty)
+    for kw in RECORDINGS.values():
+        simulate(ctrl, plant, 10, engine="compiled", **kw)
+    # Interleaved rounds (the machine may be shared): each round times one first call per engine and
+    # recording in a fresh process, one repeated call of each and one python-control gain set; the best
+    # of each is kept.
+    runs = [(e, m) for e in ENGINES for m in RECORDINGS]
+    t_first = {r: [] for r in runs}
+    t_rep = {r: [] for r in runs}
     t_ctl, t_fused, worst = [], [], 0.0
     fused = fused_numpy(kp[idx], ki[idx], args.steps)
-    worst_fused = float(np.max(np.abs(fused - tr.kl.astype(np.float32))))
+    worst_fused = float(np.max(np.abs(fused - tr["numpy"].kl.astype(np.float32))))
     rounds = max(args.repeats, args.control_sets, args.first_repeats)
     for r in range(rounds):
         if r < args.first_repeats:
-            for m in RECORDINGS:
-                t_first[m].append(first_call(m, args.sets, args.steps))
+            for e, m in runs:
+                t_first[e, m].append(first_call(e, m, args.sets, args.steps))
         if r < args.repeats:
-            for m, kw in RECORDINGS.items():
+            for e, m in runs:
                 t0 = time.perf_counter()
-                simulate(ctrl, plant, args.steps, **kw)
-                t_rep[m].append(time.perf_counter() - t0)
+                simulate(ctrl, plant, args.steps, engine=e, **RECORDINGS[m])
+                t_rep[e, m].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             fused_numpy(kp, ki, args.steps)
             t_fused.append(time.perf_counter() - t0)
@@ -183,23 +210,28 @@ def main(argv=None):
             t0 = time.perf_counter()
             beta, kl = run_control(kp[i], ki[i], args.steps)
             t_ctl.append(time.perf_counter() - t0)
-            worst = max(worst, np.max(np.abs(beta - tr.beta[:, j])), np.max(np.abs(kl - tr.kl[:, j])))
-    t_first = {m: min(v) for m, v in t_first.items()}
-    t_rep = {m: min(v) for m, v in t_rep.items()}
+            for t in tr.values():
+                worst = max(worst, np.max(np.abs(beta - t.beta[:, j])), np.max(np.abs(kl - t.kl[:, j])))
+    t_first = {k: min(v) for k, v in t_first.items()}
+    t_rep = {k: min(v) for k, v in t_rep.items()}
     per_set = min(t_ctl)  # best of the timed sets, as simulate's best of its repeats
     t_ctl_scaled = per_set * args.sets
 
-    print(f"loop: IncrementalPI window {WINDOW}, delay 0, plant a=1/5000 A={A_GAIN} k={K_DECAY}, C={C}")
+    print(f"loop: IncrementalPI window {WINDOW}, delay 0, plant a=1/5000 A={A_GAIN} k={K_DECAY}, C={C}; one thread")
     print(f"python-control: {per_set:.3f} s per gain set (best of {len(idx)}), scaled to {args.sets} sets: "
           f"{t_ctl_scaled:.1f} s")
-    for m in RECORDINGS:
-        print(f"simulate, {m} recording: {args.sets} gain sets x {args.steps} steps: first call in a fresh process "
-              f"{t_first[m]:.2f} s ({t_ctl_scaled / t_first[m]:.0f}x; goal >= 300x), repeated {t_rep[m]:.2f} s "
-              f"({t_ctl_scaled / t_rep[m]:.0f}x; goal >= 1000x)")
+    for e, m in runs:
+        print(f"simulate, engine {e}, {m} recording: {args.sets} gain sets x {args.steps} steps: first call in a "
+              f"fresh process {t_first[e, m]:.2f} s ({t_ctl_scaled / t_first[e, m]:.0f}x; goal >= 300x), "
+              f"repeated {t_rep[e, m]:.2f} s ({t_ctl_scaled / t_rep[e, m]:.0f}x; goal >= 1000x)")
+    print(f"compiled engine, one-off compilation (first call with an empty cache, sweep recording): "
+          f"{t_compile:.2f} s ({t_ctl_scaled / t_compile:.0f}x); engine='auto' compiles only runs that pay for it")
     print(f"reference, the loop hand-written in NumPy (benchmark only): repeated {min(t_fused):.2f} s "
-          f"({t_ctl_scaled / min(t_fused):.0f}x): the most a NumPy implementation reaches here; "
-          f"KL equal to simulate's to {worst_fused:.1e} (float32)")
-    print(f"max |difference| on the {len(idx)} compared sets (beta and KL, all steps): {worst:.2e}")
+          f"({t_ctl_scaled / min(t_fused):.0f}x); KL equal to simulate's to {worst_fused:.1e} (float32)")
+    dif = float(np.max([np.max(np.abs(tr["numpy"].beta - tr["compiled"].beta)),
+                        np.max(np.abs(tr["numpy"].kl - tr["compiled"].kl))]))
+    print(f"max |difference| on the {len(idx)} compared sets (beta and KL, all steps): python-control vs each "
+          f"engine {worst:.2e}; numpy vs compiled {dif:.2e}")
     if worst > 1e-9:
         raise SystemExit(f"trajectories differ by {worst:.2e} > 1e-9")
 

@@ -153,6 +153,13 @@ class Controller:
     measures = "kl"
     #: Parameters that may be ±inf (clamps); every other parameter must be finite.
     _inf_ok = ("beta_min", "beta_max")
+    #: True if the law reads the step clock (:attr:`steps_taken`) rather than only its state, the
+    #: measurement and the set point (an open-loop schedule): the simulator then keeps the clock, and the
+    #: compiled engine (:mod:`klcontrol.compiled`) refuses it.
+    clocked = False
+    #: Attributes besides the parameters and the filter that change the law's formula (e.g. an
+    #: anti-windup mode); part of :meth:`structure`.
+    _structural: tuple = ()
 
     def __init__(self, setpoint=None, filter=None, y0: float = 0.0, **params):
         self.setpoint: SetPoint | None = None if setpoint is None else as_setpoint(setpoint)
@@ -221,6 +228,23 @@ class Controller:
         st = self._equilibrium(beta_star, y_star, params, ops)
         st["filter"] = tuple(self.filter.initial_state(y_star))
         return st
+
+    def structure(self) -> tuple:
+        """What the formula of :meth:`advance` depends on, besides the values of parameters and state.
+
+        Two controllers with equal structures run the same update with other numbers: the compiled
+        engine reuses one kernel for both.  A subclass whose law reads an attribute other than its
+        parameters and filter lists it in ``_structural``.
+
+        Returns
+        -------
+        tuple
+            Class, filter, parameter names, state entries, structural attributes.
+        """
+        cls = type(self)
+        state = tuple((k, len(v)) if k == "filter" else (k, None) for k, v in self._state.items())
+        return (f"{cls.__module__}.{cls.__qualname__}", repr(self.filter), tuple(self._params), state,
+                tuple((a, getattr(self, a)) for a in self._structural))
 
     @property
     def state(self) -> dict:
@@ -711,6 +735,7 @@ class ScheduledBeta(Controller):
     """
 
     kind = "scheduled"
+    clocked = True
 
     def __init__(self, schedule, setpoint=None, filter=None, y0: float = 0.0):
         self.schedule = as_setpoint(schedule)
@@ -811,6 +836,7 @@ class PositionalPI(Controller):
     """
 
     kind = "positional_pi"
+    _structural = ("anti_windup",)
     _inf_ok = ("beta_max",)
 
     def __init__(self, kp, ki, setpoint, beta_min=0.0, beta_max=math.inf, beta0=None, filter=None, y0: float = 0.0,
@@ -918,6 +944,7 @@ class IncrementalPI(Controller):
     """
 
     kind = "incremental_pi"
+    _structural = ("anti_windup",)
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .backend import NUMPY, Ops
 
-__all__ = ["LoopState", "initial_loop_state", "loop_step"]
+__all__ = ["LoopState", "initial_loop_state", "loop_step", "measurement_noise"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,15 @@ def initial_loop_state(plant, controller_state: dict, y0, delay: int = 0, shape=
     LoopState
     """
     return LoopState(plant.initial_state(y0, shape), controller_state, (y0,) * int(delay))
+
+
+def measurement_noise(y, z, std, rel):
+    """The KL as measured: ``y + z·(std + rel·|y|)``, ``z`` a standard normal draw per loop.
+
+    The simulator's noise model, written once for NumPy and for the compiled engine (which traces it
+    with sympy symbols).
+    """
+    return y + z * (std + rel * abs(y))
 
 
 def loop_step(plant, controller, x: LoopState, c, params: dict, noise=0.0, ops: Ops = NUMPY):

@@ -70,6 +70,14 @@ class Gain:
         """JSON-able description."""
         raise TypeError("Gain subclasses define to_dict")
 
+    def parameters(self) -> dict:
+        """The numbers ``__call__`` reads, by name (see :meth:`Plant.parameters`)."""
+        raise TypeError(f"{type(self).__name__} does not list its parameters")
+
+    def with_parameters(self, values: dict) -> "Gain":
+        """The same gain with these parameter values (e.g. sympy symbols), unvalidated."""
+        raise TypeError(f"{type(self).__name__} does not list its parameters")
+
 
 @register_gain
 class ExpGain(Gain):
@@ -109,6 +117,14 @@ class ExpGain(Gain):
 
     def to_dict(self):
         return {"kind": self.kind, "A": np.asarray(self.A).tolist(), "k": np.asarray(self.k).tolist()}
+
+    def parameters(self):
+        return {"A": self.A, "k": self.k}
+
+    def with_parameters(self, values):
+        new = object.__new__(ExpGain)
+        new.A, new.k = values["A"], values["k"]
+        return new
 
     @classmethod
     def from_dict(cls, d):
@@ -153,6 +169,12 @@ class LinearGain(Gain):
     def to_dict(self):
         return {"kind": self.kind, "y_star": float(self.y_star), "slope": float(self.slope),
                 "beta_star": float(self.beta_star)}
+
+    def parameters(self):
+        return {"y_star": self.y_star, "slope": self.slope, "beta_star": self.beta_star}
+
+    def with_parameters(self, values):
+        return LinearGain(values["y_star"], values["slope"], values["beta_star"])
 
     @classmethod
     def from_dict(cls, d):
@@ -271,6 +293,25 @@ class Plant:
         """JSON-able description."""
         raise TypeError(f"{type(self).__name__} cannot be saved")
 
+    def parameters(self) -> dict:
+        """The numbers :meth:`step` reads, by name (scalars or arrays of one value per loop).
+
+        With :meth:`with_parameters` this lets the compiled engine (:mod:`klcontrol.compiled`) trace
+        :meth:`step` on symbols once and run it for any values.  A plant that does not define them is
+        simulated with NumPy only.
+        """
+        raise TypeError(f"{type(self).__name__} does not list its parameters (simulated with NumPy only)")
+
+    def with_parameters(self, values: dict) -> "Plant":
+        """The same plant with these parameter values (e.g. sympy symbols), unvalidated.
+
+        Parameters
+        ----------
+        values : dict
+            One value for every name of :meth:`parameters`.
+        """
+        raise TypeError(f"{type(self).__name__} does not list its parameters (simulated with NumPy only)")
+
 
 @register_plant
 class FirstOrderPlant(Plant):
@@ -308,6 +349,16 @@ class FirstOrderPlant(Plant):
         a = self.a
         y = y_prev / (1 + a) + a / (1 + a) * self.g(beta)
         return y, (y,)
+
+    def parameters(self) -> dict:
+        """``a`` and the gain's parameters (as ``g.<name>``)."""
+        return {"a": self.a, **{f"g.{k}": v for k, v in self.g.parameters().items()}}
+
+    def with_parameters(self, values: dict) -> "FirstOrderPlant":
+        new = object.__new__(FirstOrderPlant)
+        new.a = values["a"]
+        new.g = self.g.with_parameters({k[2:]: v for k, v in values.items() if k.startswith("g.")})
+        return new
 
     def equilibrium(self, setpoint):
         """``(β*, y*)`` with ``g(β*) = y* = setpoint``."""

@@ -16,10 +16,10 @@ import numpy as np
 
 from .backend import NUMPY, is_torch
 from .controllers import Controller
-from .loop import initial_loop_state, loop_step
+from .loop import initial_loop_state, loop_step, measurement_noise
 from .plant import Plant
 
-__all__ = ["Trace", "simulate", "response_metrics", "RECORDABLE"]
+__all__ = ["Trace", "simulate", "response_metrics", "RECORDABLE", "ENGINES"]
 
 
 @dataclass
@@ -172,6 +172,7 @@ def simulate(
     progress: bool = False,
     record=RECORDABLE,
     dtype=np.float64,
+    engine: str = "auto",
 ) -> Trace:
     """Run the closed loop for ``steps`` updates.
 
@@ -208,6 +209,14 @@ def simulate(
     dtype : numpy dtype
         Storage type of the recorded series (``np.float32`` halves the memory);
         the loop itself always computes in float64.
+    engine : {"auto", "numpy", "compiled"}
+        ``"numpy"`` steps :func:`~klcontrol.loop.loop_step` with NumPy arrays; ``"compiled"`` runs the
+        same update traced into a numba kernel (:mod:`klcontrol.compiled`; needs the ``fast`` extra and
+        a loop it can trace, else ``ValueError``), several times faster on large sweeps.  ``"auto"``
+        compiles when numba is installed, the loop traces and compiling pays: the kernel is already
+        loaded or on disk and the NumPy run would take more than about 0.3 s, or the NumPy run would
+        take more than about 5 s (a first compilation costs 2–5 s; later processes load it from disk).  The engines agree to rounding
+        (``tests/test_compiled.py``); ``trace.meta["engine"]`` says which one ran.
 
     Returns
     -------
@@ -229,6 +238,8 @@ def simulate(
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not isinstance(controller, Controller):
         raise ValueError(f"controller must be a klcontrol Controller, got {type(controller).__name__}")
     if not isinstance(plant, Plant):
@@ -252,6 +263,14 @@ def simulate(
         kls = np.empty(full, dtype) if "kl" in record else None
         states = np.empty(full, dtype) if "state" in record else None
     cs = _setpoints(ctrl, steps, shape)
+    meta = {"delay": delay, "y0": y0, "controller": repr(controller), "plant": repr(plant), "record": record}
+    kernel = _compiled_kernel(engine, plant, ctrl, delay, rng is not None, cs, shape, record, steps)
+    if kernel is not None:
+        meta["engine"] = "compiled"
+        _run_compiled(kernel, plant, ctrl, state, cs, shape, y0, delay, rng, noise_std, noise_rel, progress,
+                      betas, kls, states, steps)
+        return Trace(step=np.arange(steps), beta=betas, kl=kls, setpoint=cs, state=states, meta=meta)
+    meta["engine"] = "numpy"
     # An infinite scalar clamp as a Python float, which the backend's clip skips; every other
     # parameter at the loops' full shape (NumPy broadcasts a 0-d array against 1000 elements about 3×
     # slower than it combines two arrays of equal shape).
@@ -267,8 +286,11 @@ def simulate(
         noise = 0.0
     else:
         def noise(y):
-            return y + rng.standard_normal(shape) * (noise_std + noise_rel * np.abs(y))
+            return measurement_noise(y, rng.standard_normal(shape), noise_std, noise_rel)
+    clocked = ctrl.clocked
     for t in it:
+        if clocked:  # an open-loop schedule reads the clock: keep the copy's in step with the loop
+            ctrl._t = t0 + t
         beta = x.controller["beta"]
         last_y, last_kl, x = loop_step(plant, ctrl, x, cs[t], params, noise, NUMPY)
         if betas is not None:
@@ -279,17 +301,109 @@ def simulate(
             kls[t] = last_kl
     # y(t) non-finite keeps y(t+1) non-finite, so the last output tells whether
     # any step went bad (the measured KL adds finite noise to y).
+    _check_finite(last_y, last_kl, kls, states, steps, t0)
+    return Trace(step=np.arange(steps), beta=betas, kl=kls, setpoint=cs, state=states, meta=meta)
+
+
+#: The engines of :func:`simulate`.
+ENGINES = ("auto", "numpy", "compiled")
+# Seconds a NumPy step takes, per step and per loop (measured on the benchmark loop); "auto" compiles
+# when the predicted NumPy run exceeds the cost of loading (cached) or compiling the kernel.
+_NUMPY_STEP_S, _NUMPY_LOOP_S = 2e-5, 3e-9
+_LOAD_PAYS_S, _COMPILE_PAYS_S = 0.3, 5.0
+
+
+def _check_finite(last_y, last_kl, kls, states, steps, t0):
+    # y(t) non-finite keeps y(t+1) non-finite, so the last output tells whether
+    # any step went bad (the measured KL adds finite noise to y).
     if not (np.all(np.isfinite(last_y)) and np.all(np.isfinite(last_kl))):
         probe = kls if kls is not None else states
         where = ""
         if probe is not None:
             where = f" at step {t0 + int(np.argmax((~np.isfinite(probe)).reshape(steps, -1).any(axis=1)))}"
         raise ValueError(f"the plant output became NaN or infinite{where}; check the plant and the clamps")
-    return Trace(
-        step=np.arange(steps),
-        beta=betas,
-        kl=kls,
-        setpoint=cs,
-        state=states,
-        meta={"delay": delay, "y0": y0, "controller": repr(controller), "plant": repr(plant), "record": record},
-    )
+
+
+def _shared_setpoint(cs, shape):
+    return not shape or all(st == 0 for st in cs.strides[1:])
+
+
+def _compiled_kernel(engine, plant, ctrl, delay, noisy, cs, shape, record, steps):
+    """The kernel ``engine`` asks for, or ``None`` for NumPy."""
+    if engine == "numpy":
+        return None
+    from . import compiled
+
+    shared = _shared_setpoint(cs, shape)
+    try:
+        if not compiled.available():
+            raise compiled.NotCompilable("numba is not installed: pip install 'klcontrol[fast]'")
+        if engine == "auto":
+            key = compiled.structure_key(plant, ctrl, delay, noisy, shared)
+            est = steps * (_NUMPY_STEP_S + _NUMPY_LOOP_S * math.prod(shape))
+            if not (est > _COMPILE_PAYS_S or (est > _LOAD_PAYS_S and compiled.is_cached(key, plant, ctrl))
+                    or key in compiled._KERNELS):
+                return None
+        return compiled.kernel_for(plant, ctrl, delay, noisy, shared)
+    except compiled.NotCompilable as e:
+        if engine == "compiled":
+            raise ValueError(f"engine='compiled' cannot run this loop: {e}") from None
+        return None
+
+
+def _run_compiled(kernel, plant, ctrl, state, cs, shape, y0, delay, rng, noise_std, noise_rel, progress,
+                  betas, kls, states, steps):
+    from .compiled import empty_rows, run_kernel
+
+    n = math.prod(shape)
+    x = initial_loop_state(plant, state, np.full(shape, y0), delay, shape)
+    leaves = {("plant", j): v for j, v in enumerate(x.plant)}
+    leaves.update({("ctrl", k): v for k, v in x.controller.items() if k != "filter"})
+    leaves.update({("filter", j): v for j, v in enumerate(x.controller["filter"])})
+    leaves.update({("delayed", j): v for j, v in enumerate(x.delayed)})
+    S = np.empty((len(kernel.state), n))
+    for r, tag in enumerate(kernel.state):
+        S[r] = np.broadcast_to(np.asarray(leaves[tag], dtype=float), shape).reshape(n)
+    N = np.empty_like(S)
+    pvals = plant.parameters()
+    cvals = ctrl.params
+    P = np.empty((len(kernel.params), n))
+    for r, (owner, name) in enumerate(kernel.params):
+        P[r] = np.broadcast_to(np.asarray(pvals[name] if owner == "plant" else cvals[name], dtype=float),
+                               shape).reshape(n)
+    if _shared_setpoint(cs, shape):
+        C = np.ascontiguousarray(cs[(slice(None),) + (0,) * len(shape)], dtype=float)
+    else:
+        C = np.ascontiguousarray(cs.reshape(steps, n), dtype=float)
+    W = np.empty((kernel.n_work, n))
+    LAST = np.empty((2, n))
+    # Unrecorded series as empty rows of the recorded dtype: one compiled signature per dtype.
+    dtype = next(a.dtype for a in (betas, kls, states) if a is not None)
+    rows = lambda a: empty_rows(n, dtype) if a is None else a.reshape(steps, n)  # noqa: E731
+    RB, RY = rows(betas), rows(states if states is not None else kls)
+    RK = rows(kls if rng is not None else None)
+    # Noise is drawn in blocks of steps, in the order NumPy's engine draws it (same seed, same samples);
+    # a progress bar advances per block.
+    block = steps
+    if rng is not None:
+        block = max(1, min(steps, (1 << 20) // max(n, 1)))
+    if progress:
+        block = max(1, min(block, -(-steps // 100)))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="simulate", unit="step", mininterval=0.5)
+    Z = empty_rows(n)
+    try:
+        for t0 in range(0, steps, block):
+            t1 = min(steps, t0 + block)
+            if rng is not None:
+                Z = rng.standard_normal((t1 - t0,) + shape).reshape(t1 - t0, n)
+            run_kernel(kernel, t0, t1, S, N, P, C, Z, noise_std, noise_rel, W, RB, RY, RK, LAST)
+            if bar is not None:
+                bar.update(t1 - t0)
+    finally:
+        if bar is not None:
+            bar.close()
+    _check_finite(LAST[0], LAST[1], kls, states, steps, ctrl.steps_taken)

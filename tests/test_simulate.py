@@ -219,3 +219,20 @@ def test_bad_objects_and_diverging_plant():
     nan_plant = FirstOrderPlant(0.5, lambda b: np.where(b < 3.0, np.nan, 1.0))
     with pytest.raises(ValueError, match="NaN or infinite at step 0"):
         simulate(FixedBeta([1.0, 5.0]), nan_plant, 10)
+
+
+def test_an_open_loop_schedule_follows_the_clock():
+    """A schedule reads the step clock: the simulator keeps the copy's clock with the loop (it once froze at β(1))."""
+    from klcontrol import ScheduledBeta
+    from klcontrol.setpoints import Cyclical
+
+    sched = Cyclical(100, cycles=2)
+    ctrl = ScheduledBeta(sched)
+    tr = simulate(ctrl, FirstOrderPlant(0.01, lambda b: 20 * np.exp(-0.1 * b)), 100, engine="numpy")
+    np.testing.assert_array_equal(tr.beta, [sched(t) for t in range(100)])
+    # and the same as a trainer stepping the controller
+    live = ScheduledBeta(sched)
+    betas = [live.beta]
+    for y in tr.kl[:-1]:
+        betas.append(live.step(float(y)))
+    np.testing.assert_array_equal(tr.beta, betas)

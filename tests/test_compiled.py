@@ -1,0 +1,271 @@
+"""klcontrol.compiled: the numba engine of simulate against the NumPy engine, its exp, its cache, its refusals."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from klcontrol import (
+    GECO,
+    AdaptivePI,
+    CapacityRamp,
+    ExpGain,
+    ExponentialAverage,
+    FirstOrderPlant,
+    FixedBeta,
+    IncrementalPI,
+    LinearGain,
+    PIDLagrangian,
+    PositionalPI,
+    ScheduledBeta,
+    StepRamp,
+    simulate,
+)
+from klcontrol import compiled
+from klcontrol.setpoints import Cyclical
+
+numba = pytest.importorskip("numba")
+from klcontrol._jit_math import exp as jit_exp  # noqa: E402  (needs numba)
+
+PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.38, 0.0476))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """One kernel cache for the module: each loop structure compiles once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KLCONTROL_CACHE", str(tmp_path_factory.mktemp("kernels")))
+    compiled._KERNELS.clear()
+    yield
+    compiled._KERNELS.clear()
+    mp.undo()
+
+
+def _both(ctrl, plant=PLANT, steps=400, **kw):
+    a = simulate(ctrl, plant, steps, engine="numpy", **kw)
+    b = simulate(ctrl, plant, steps, engine="compiled", **kw)
+    assert a.meta["engine"] == "numpy" and b.meta["engine"] == "compiled"
+    return a, b
+
+
+def _close(a, b, rtol=1e-10, atol=1e-10):
+    for name in ("beta", "kl", "state"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=name)
+    np.testing.assert_array_equal(a.setpoint, b.setpoint)
+
+
+# -- the exponential ------------------------------------------------------------------------------------------
+
+@numba.njit
+def _vexp(x, out):
+    for i in range(x.shape[0]):
+        out[i] = jit_exp(x[i])
+
+
+def _exp(x):
+    x = np.asarray(x, dtype=float)
+    out = np.empty_like(x)
+    _vexp(x, out)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-800, 800, allow_nan=False), min_size=1, max_size=64))
+def test_exp_within_two_ulp_of_libm(xs):
+    got = _exp(xs)
+    for x, g in zip(xs, got):
+        ref = math.exp(x) if x < 709.7 else (math.exp(x) if x <= 709.782712893384 else math.inf)
+        if ref == 0.0 or ref == math.inf:
+            assert g == ref, x
+        elif ref < 2.2250738585072014e-308:  # subnormal: absolute error within a few of the smallest step
+            assert abs(g - ref) <= 4 * 5e-324, x
+        else:
+            assert abs(g - ref) <= 2 * math.ulp(ref), (x, g, ref)
+
+
+def test_exp_special_values():
+    got = _exp([math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, -745.2, 709.79, 709.78])
+    assert math.isnan(got[0])
+    assert got[1] == math.inf and got[2] == 0.0 and got[3] == 1.0 and got[4] == 1.0
+    assert abs(got[5] - math.e) <= math.ulp(math.e)
+    assert got[6] == 0.0 and got[7] == math.inf
+    assert abs(got[8] - math.exp(709.78)) <= 2 * math.ulp(math.exp(709.78))
+
+
+# -- the engines agree ----------------------------------------------------------------------------------------
+
+def _controllers():
+    kp, ki = np.array([0.005, 0.01, 0.02]), np.array([0.001, 0.005, 0.01])
+    sp = StepRamp(2.0, 15.0, 3.0, 100, 50)
+    return {
+        "fixed": FixedBeta(np.array([0.5, 1.0, 4.0])),
+        "capacity": CapacityRamp(np.array([10.0, 100.0, 1000.0]), setpoint=sp, beta_min=0.0, beta_max=1e3),
+        "positional": PositionalPI(kp * 10, ki / 10, setpoint=sp, beta_min=0.0, beta_max=200.0),
+        "positional-official": PositionalPI(kp * 10, ki / 10, setpoint=sp, anti_windup="official"),
+        "incremental": IncrementalPI(kp, ki, setpoint=sp, beta0=100.0, filter=5),
+        "incremental-ema": IncrementalPI(kp, ki, setpoint=12.0, beta0=20.0, beta_max=150.0,
+                                         filter=ExponentialAverage(0.3)),
+        "incremental-paper": IncrementalPI.dynamicvae_dsprites(),
+        "geco": GECO(kappa=15.0, eta=np.array([0.001, 0.01, 0.05])),
+        "pid-lagrangian": PIDLagrangian(kp, ki, setpoint=sp, kd=0.01, alpha_d=0.5),
+        "adaptive": AdaptivePI.dynamicvae_dsprites(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_controllers()))
+def test_engines_agree_for_every_controller_kind(name):
+    ctrl = _controllers()[name]
+    a, b = _both(ctrl, steps=600, y0=2.0)
+    _close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_engines_agree_with_noise_delay_and_per_loop_plants(delay):
+    plant = FirstOrderPlant(np.array([1 / 2500, 1 / 500, 1 / 100]), ExpGain(np.array([26.0, 30.0, 20.0]), 0.05))
+    ctrl = IncrementalPI(np.array([0.005, 0.01, 0.02]), 0.002, setpoint=15.0, beta0=50.0, filter=3)
+    a, b = _both(ctrl, plant, steps=500, delay=delay, noise_std=0.3, noise_rel=0.01, seed=4)
+    _close(a, b, rtol=1e-9, atol=1e-9)
+    assert not np.array_equal(a.kl, a.state)  # the noise was drawn, and drawn alike
+
+
+def test_engines_agree_on_a_per_loop_set_point_and_a_linear_plant():
+    plant = FirstOrderPlant(0.01, LinearGain(20.0, -0.1, 30.0))
+    ctrl = IncrementalPI(np.array([0.01, 0.02, 0.03]), 0.003, setpoint=np.array([15.0, 20.0, 25.0]), beta0=30.0,
+                         beta_min=-np.inf)
+    a, b = _both(ctrl, plant, steps=300)
+    _close(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kp=st.floats(0.0, 0.05), ki=st.floats(0.0, 0.02), beta0=st.floats(0.0, 300.0), y0=st.floats(0.0, 30.0),
+       c=st.floats(1.0, 25.0))
+def test_engines_agree_for_any_gains(kp, ki, beta0, y0, c):
+    ctrl = IncrementalPI(kp, ki, setpoint=c, beta0=beta0, filter=5)
+    a, b = _both(ctrl, steps=300, y0=y0)
+    _close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("record", [("kl",), ("beta",), ("state",), ("beta", "kl")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recording_choices(record, dtype):
+    ctrl = IncrementalPI(np.array([0.01, 0.02]), 0.005, setpoint=15.0, beta0=80.0, filter=5)
+    a, b = _both(ctrl, steps=200, record=record, dtype=dtype)
+    for name in ("beta", "kl", "state"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert y.dtype == dtype
+            np.testing.assert_allclose(y, x, rtol=1e-6 if dtype == np.float32 else 1e-10)
+
+
+def test_a_scalar_loop_keeps_its_shape():
+    a, b = _both(IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0), steps=100)
+    assert b.beta.shape == (100,) and b.n_loops == 1
+    _close(a, b)
+
+
+# -- structure, cache, refusals ------------------------------------------------------------------------------
+
+def test_one_kernel_serves_every_gain_set_of_a_structure():
+    simulate(IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0, filter=4), PLANT, 10, engine="compiled")
+    n = len(compiled._KERNELS)
+    simulate(IncrementalPI(np.array([0.02, 0.03]), 0.001, setpoint=StepRamp(1.0, 10.0, 1.0, 5, 2), beta0=10.0,
+                           filter=4), FirstOrderPlant(0.2, ExpGain(5.0, 0.1)), 10, engine="compiled")
+    assert len(compiled._KERNELS) == n
+    simulate(IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0, filter=6), PLANT, 10, engine="compiled")
+    assert len(compiled._KERNELS) == n + 1  # another window is another loop
+
+
+def test_a_cached_kernel_loads_without_tracing(monkeypatch):
+    ctrl = IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0, filter=2)
+    first = simulate(ctrl, PLANT, 50, engine="compiled")
+    compiled._KERNELS.clear()
+
+    def no_trace(*a, **k):
+        raise AssertionError("traced again")
+
+    monkeypatch.setattr(compiled, "_trace", no_trace)
+    key = compiled.structure_key(PLANT, ctrl, 0, False, True)
+    assert compiled.is_cached(key, PLANT, ctrl)
+    again = simulate(ctrl, PLANT, 50, engine="compiled")
+    np.testing.assert_array_equal(first.beta, again.beta)
+
+
+def test_a_damaged_kernel_file_is_named_and_never_run(monkeypatch):
+    ctrl = PositionalPI(0.5, 0.001, setpoint=10.0, filter=3)
+    simulate(ctrl, PLANT, 5, engine="compiled")
+    k = compiled.kernel_for(PLANT, ctrl)
+    compiled._KERNELS.clear()
+    original = k.path.read_text()
+    k.path.write_text(original.replace("def kernel(", "raise SystemExit('damaged')\ndef kernel("))
+    try:
+        with pytest.raises(ValueError, match=str(k.path.name)):
+            simulate(ctrl, PLANT, 5, engine="compiled")
+        assert simulate(ctrl, PLANT, 5000, engine="auto").meta["engine"] == "numpy"
+    finally:
+        k.path.write_text(original)
+        compiled._KERNELS.clear()
+
+
+def test_the_kernel_name_changes_when_a_law_changes(monkeypatch, tmp_path):
+    ctrl = IncrementalPI(0.01, 0.005, setpoint=15.0)
+    key = compiled.structure_key(PLANT, ctrl, 0, False, True)
+    before = compiled._path(key, PLANT, ctrl)
+    monkeypatch.setattr(compiled, "_sources_hash", lambda files: "edited")
+    assert compiled._path(key, PLANT, ctrl) != before
+
+
+def test_a_clocked_schedule_is_refused_and_auto_uses_numpy():
+    ctrl = ScheduledBeta(Cyclical(200))
+    with pytest.raises(ValueError, match="clock"):
+        simulate(ctrl, PLANT, 100, engine="compiled")
+    tr = simulate(ctrl, PLANT, 100_000, engine="auto", record=("beta",))
+    assert tr.meta["engine"] == "numpy"
+
+
+def test_a_plant_without_parameters_is_refused():
+    plant = FirstOrderPlant(0.01, lambda b: 20.0 * np.exp(-0.05 * b))
+    with pytest.raises(ValueError, match="compiled.*parameters"):
+        simulate(IncrementalPI(0.01, 0.005, setpoint=15.0), plant, 10, engine="compiled")
+    assert simulate(IncrementalPI(0.01, 0.005, setpoint=15.0), plant, 10).meta["engine"] == "numpy"
+
+
+def test_without_numba_compiled_names_the_extra(monkeypatch):
+    monkeypatch.setattr(compiled, "available", lambda: False)
+    with pytest.raises(ValueError, match=r"klcontrol\[fast\]"):
+        simulate(IncrementalPI(0.01, 0.005, setpoint=15.0), PLANT, 10, engine="compiled")
+    assert simulate(IncrementalPI(0.01, 0.005, setpoint=15.0), PLANT, 400_000,
+                    record=("kl",)).meta["engine"] == "numpy"
+
+
+def test_auto_compiles_only_what_pays(monkeypatch):
+    ctrl = IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0, filter=7)
+    assert simulate(ctrl, PLANT, 100).meta["engine"] == "numpy"  # tiny, nothing compiled yet
+    simulate(ctrl, PLANT, 10, engine="compiled")
+    assert simulate(ctrl, PLANT, 100).meta["engine"] == "compiled"  # loaded: always worth it
+
+
+def test_bad_engine_and_nan_are_reported():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        simulate(IncrementalPI(0.01, 0.005, setpoint=15.0), PLANT, 10, engine="fast")
+    with pytest.raises(ValueError, match="NaN or infinite at step 0"):
+        simulate(FixedBeta(-1e6), FirstOrderPlant(0.5, ExpGain(1.0, 1.0)), 50, engine="compiled")
+
+
+def test_progress_bar_runs_in_blocks(capsys):
+    ctrl = IncrementalPI(np.array([0.01, 0.02]), 0.005, setpoint=15.0, beta0=80.0, filter=5)
+    a = simulate(ctrl, PLANT, 1000, engine="numpy")
+    b = simulate(ctrl, PLANT, 1000, engine="compiled", progress=True)
+    _close(a, b)
+
+
+def test_core_import_does_not_load_numba():
+    code = "import sys, klcontrol; klcontrol.simulate; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
