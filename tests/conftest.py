@@ -22,6 +22,16 @@ def _torch_one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fresh_kernel_cache(tmp_path_factory):
+    # simulate(engine="auto") compiles when a kernel is on disk: a fresh cache per session makes the engine
+    # every test gets independent of what earlier runs or benchmarks left in ~/.cache/klcontrol.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KLCONTROL_CACHE", str(tmp_path_factory.mktemp("klcontrol-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def fit_file(tmp_path, capsys):
     """``make(plant, betas, steps)``: fit.json written by ``klcontrol fit`` from open-loop runs of a plant."""

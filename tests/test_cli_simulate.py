@@ -95,3 +95,24 @@ def test_progress_only_on_a_terminal_and_never_with_no_progress(monkeypatch):
     assert show_progress(args) is True
     assert show_progress(argparse.Namespace(no_progress=True, json=False)) is False
     assert show_progress(argparse.Namespace(no_progress=False, json=True)) is False
+
+
+def test_engine_option(tmp_path, capsys):
+    pytest.importorskip("numba")
+    rows = {}
+    for engine in ("numpy", "compiled"):
+        out = tmp_path / f"{engine}.csv"
+        assert main(["simulate", "--steps", "500", "--setpoint", "20", "--beta0", "100", "--window", "5",
+                     "--engine", engine, "--out", str(out), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["engine"] == engine
+        rows[engine] = np.loadtxt(out, delimiter=",", skiprows=1)
+    np.testing.assert_allclose(rows["compiled"], rows["numpy"], rtol=1e-12, atol=1e-12)
+
+
+def test_engine_compiled_without_numba_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    from klcontrol import compiled
+
+    monkeypatch.setattr(compiled, "available", lambda: False)
+    assert main(["simulate", "--steps", "10", "--engine", "compiled", "--out", str(tmp_path / "c.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "klcontrol[fast]" in err and "Traceback" not in err and not (tmp_path / "c.csv").exists()

@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="trace.csv", help="CSV path for the trace (default trace.csv)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write a figure of β(t) and KL(t)")
     p.add_argument("--json", action="store_true", help="print final KL, overshoot and settling time as JSON")
+    p.add_argument("--engine", choices=("auto", "numpy", "compiled"), default="auto",
+                   help="numpy, compiled (numba: pip install 'klcontrol[fast]'), or auto: compiled when it pays "
+                        "(default)")
     add_progress_arg(p)
     p.set_defaults(func=run)
 
@@ -36,14 +39,14 @@ def run(args) -> int:
     sp = setpoint_from_args(args)
     ctrl = controller_from_args(args, sp)
     tr = simulate(ctrl, plant_from_args(args), args.steps, delay=args.delay, y0=args.y0, noise_rel=args.noise,
-                  seed=args.seed, progress=show_progress(args))
+                  seed=args.seed, progress=show_progress(args), engine=args.engine)
     tr.to_csv(args.out)
     if args.plot:
         from ..plotting import plot_trace
 
         plot_trace(tr, args.plot, title=f"{args.controller}: Kp={args.kp}, Ki={args.ki}, T={args.window}, d={args.delay}")
     m = tr.metrics()
-    m.update(trace=args.out, plot=args.plot, final_beta=float(tr.beta[-1]))
+    m.update(trace=args.out, plot=args.plot, final_beta=float(tr.beta[-1]), engine=tr.meta["engine"])
     if args.json:
         print_json(m)
     else:
