@@ -270,6 +270,11 @@ class Controller:
     def _initial_state(self, y0):
         # Unchecked: a set point that is NaN at 0 is refused by the first step (construction never raises for it).
         c0 = self.setpoint(0) if self.setpoint is not None else math.nan
+        try:
+            np.broadcast_shapes(self.shape, np.shape(c0))
+        except ValueError:
+            raise ValueError(f"the set point C(0) has shape {np.shape(c0)}, the gains drive {self.shape[0]} "
+                             "loops") from None
         y = self._broadcast(y0)
         st = {k: self._broadcast(v) for k, v in self._initial(y, c0).items()}
         st["filter"] = tuple(self._broadcast(v) for v in self.filter.initial_state(y))

@@ -130,6 +130,21 @@ def response_metrics(trace: Trace, tol: float = 0.02) -> dict:
     return out
 
 
+def _loops_shape(ctrl, plant, state):
+    """The shape of the loops: gains, plant parameters, set point and state may each be per loop."""
+    try:
+        pshapes = [np.shape(v) for v in plant.parameters().values()]
+    except TypeError:
+        pshapes = [np.shape(getattr(plant, "a", 0.0))]
+    leaves = [x for k, v in state.items() for x in (v if k == "filter" else (v,))]
+    c0 = () if ctrl.setpoint is None else np.shape(ctrl.setpoint(ctrl.steps_taken))
+    try:
+        return np.broadcast_shapes(ctrl.shape, *pshapes, *(np.shape(x) for x in leaves), c0)
+    except ValueError:
+        raise ValueError(f"the controller ({ctrl.shape or 'one loop'}), its set point ({c0 or 'scalar'}) and the "
+                         f"plant ({', '.join(str(s) for s in pshapes)}) disagree on the number of loops") from None
+
+
 def _full(v, shape):
     return np.array(np.broadcast_to(np.asarray(v, dtype=float), shape))
 
@@ -247,9 +262,9 @@ def simulate(
     ctrl = controller.copy()
     if ctrl.steps_taken == 0:
         ctrl.prime(y0)
-    shape = np.broadcast_shapes(ctrl.shape, np.shape(getattr(plant, "a", 0.0)))
     rng = np.random.default_rng(seed) if (noise_std or noise_rel) else None
     state = ctrl.state
+    shape = _loops_shape(ctrl, plant, state)
     if any(is_torch(v) for k, v in state.items() for v in (v if k == "filter" else (v,))):
         raise ValueError("simulate() runs on NumPy; this controller holds torch state (load a NumPy state dict)")
     state = {k: (tuple(_full(x, shape) for x in v) if k == "filter" else _full(v, shape)) for k, v in state.items()}

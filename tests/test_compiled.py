@@ -269,3 +269,21 @@ def test_core_import_does_not_load_numba():
     code = "import sys, klcontrol; klcontrol.simulate; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_set_point_or_the_state_may_set_the_number_of_loops():
+    # Per-loop set points with scalar gains, and GECO with a per-loop κ: once refused by broadcasting.
+    a, b = _both(IncrementalPI(0.01, 0.003, setpoint=np.array([15.0, 20.0, 25.0]), beta0=30.0), steps=300)
+    assert a.beta.shape == (300, 3)
+    _close(a, b)
+    np.testing.assert_array_equal(a.setpoint[-1], [15.0, 20.0, 25.0])
+    one = simulate(IncrementalPI(0.01, 0.003, setpoint=20.0, beta0=30.0), PLANT, 300, engine="numpy")
+    np.testing.assert_array_equal(a.beta[:, 1], one.beta)  # each loop is the loop it would be alone
+    a, b = _both(GECO(kappa=np.array([10.0, 15.0, 20.0]), eta=0.01), steps=300)
+    assert a.beta.shape == (300, 3)
+    _close(a, b)
+    with pytest.raises(ValueError, match=r"set point C\(0\) has shape \(3,\), the gains drive 2 loops"):
+        IncrementalPI(np.array([0.01, 0.02]), 0.003, setpoint=np.array([15.0, 20.0, 25.0]))
+    three = FirstOrderPlant(np.array([0.01, 0.02, 0.03]), ExpGain(26.0, 0.05))
+    with pytest.raises(ValueError, match="disagree on the number of loops"):
+        simulate(IncrementalPI(np.array([0.01, 0.02]), 0.003, setpoint=15.0), three, 10)
