@@ -175,12 +175,11 @@ def _trace(key, plant, controller, delay, noisy, shared_setpoint):
         names[s] = code
         return s
 
-    params, prow = {}, []
-    for j, name in enumerate(plant.parameters()):
-        params[("plant", name)] = sym(f"P{len(prow)}[i]")
+    prow, pparams, cparams = [], {}, {}
+    for name in plant.parameters():
+        pparams[name] = sym(f"P{len(prow)}[i]")
         prow.append(("plant", name))
-    splant = plant.with_parameters({name: params[("plant", name)] for name in plant.parameters()})
-    cparams = {}
+    splant = plant.with_parameters(pparams)
     for name in controller.params:
         cparams[name] = sym(f"P{len(prow)}[i]")
         prow.append(("ctrl", name))
