@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from analysis.adaptive_design import drift_run
+from klcontrol.analysis.tuning.adaptive import drift_run
 from klcontrol import AdaptivePI, IncrementalPI, adaptive_table
 
 

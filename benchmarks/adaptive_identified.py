@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.identification import load_fit
+from klcontrol.analysis.identification.first_order import load_fit
 from klcontrol import simulate
-from vae_plant.compare import Method
+from klcontrol.vae_plant.experiments.compare import Method
 
 FIT = Path(__file__).resolve().parents[1] / "data/traces/identify/fit.json"
 SPECS = ("adaptive", "dynamicvae", "adaptive:beta0=4,a_factor=64", "dynamicvae:beta0=4",

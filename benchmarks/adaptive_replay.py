@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from vae_plant.compare import Method
+from klcontrol.vae_plant.experiments.compare import Method
 
 
 def _kl_column(path):

@@ -12,7 +12,7 @@ Modes (each trains ``--runs`` independent runs for ``--steps`` timed updates per
   model its own gradient because the models share nothing, and one Adam
   updates the stacked parameters (Adam is elementwise, so this is N Adams).
 
-Each update is the trainer's (``vae_plant.train.Trainer._update``): draw a
+Each update is the trainer's (``klcontrol.vae_plant.training.trainer.Trainer._update``): draw a
 batch on the device, ``recon, kl = vae_losses(...)``, β from the controller
 stepped on the device KL (no host sync; the first update synchronises once to
 prime the controller with the initial KL), loss ``recon + β·kl``, Adam
@@ -49,9 +49,9 @@ from torch import nn
 
 from klcontrol.backend import is_torch
 from klcontrol.controllers import Controller
-from vae_plant.data import DSprites
-from vae_plant.model import BetaVAE, vae_losses
-from vae_plant.presets import CONTROLLERS, first_update, make_controller, primes
+from klcontrol.vae_plant.data.dsprites import DSprites
+from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
+from klcontrol.vae_plant.training.presets import CONTROLLERS, first_update, make_controller, primes
 
 MODES = ("sequential", "processes", "vmap")
 LATENT_DIM = 10
@@ -120,7 +120,7 @@ class Run:
     seed : int
         Seeds the model initialisation (as the trainer), data and noise generators.
     controller : str
-        Preset name of :data:`vae_plant.presets.CONTROLLERS`.
+        Preset name of :data:`klcontrol.vae_plant.training.presets.CONTROLLERS`.
     data : DSprites, optional
         Shared procedural set on ``device`` (default: a new one).
     """

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from vae_plant.metrics import (
+from klcontrol.vae_plant.metrics import (
     DSPRITES_FACTOR_SIZES,
     beta_vae_score,
     discretize,

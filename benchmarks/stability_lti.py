@@ -1,7 +1,7 @@
-"""Cross-check figures and speed of the LTI-plant stability path (:mod:`analysis.stability_lti`).
+"""Cross-check figures and speed of the LTI-plant stability path (:mod:`klcontrol.analysis.stability.lti`).
 
 1. First-order plant given as a ``control.TransferFunction`` against the exact generated path
-   (:func:`analysis.stability_numeric.spectral_radius`): every controller, windows 1–8, delays 0/1, random gains
+   (:func:`klcontrol.analysis.stability.numeric.spectral_radius`): every controller, windows 1–8, delays 0/1, random gains
    on random plants and on the paper's dSprites-scale plant (a = 1/2500); max |Δρ| and verdict disagreements.
 2. Random stable 2nd- and 3rd-order plants (negative DC gain, feedthrough in about half) against
    ``control.feedback(P, K, sign=1).poles()`` with the controller ``K(z)`` written by hand from the equations;
@@ -18,8 +18,8 @@ import time
 import control
 import numpy as np
 
-from analysis import stability_numeric as sn
-from analysis.stability import spectral_radius
+from klcontrol.analysis.stability import numeric as sn
+from klcontrol.analysis.stability import spectral_radius
 # The random plants and the hand-written controller are the test suite's, so the figures are of the same check.
 from tests.test_stability_lti import independent_rho, random_plant
 

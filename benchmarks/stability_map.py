@@ -2,7 +2,7 @@
 
 The map: the paper's dSprites plant (a = 1/2500, g′ = −3.2), incremental PI,
 a 1000 × 1000 grid of (Kp, Ki) in the "near" box of
-:func:`analysis.stability_paper.default_boxes`.
+:func:`klcontrol.analysis.stability.paper.default_boxes`.
 
 * ``is_stable``: generated Routh–Hurwitz code on the bilinear-mapped
   characteristic polynomial, vectorised over the grid.
@@ -10,7 +10,7 @@ a 1000 × 1000 grid of (Kp, Ki) in the "near" box of
   polynomial in z = λ − 1, divided out, and a Schur–Cohn test that the rest lie
   inside (closed form for degree ≤ 2), vectorised in blocks.
 * python-control: ``control.ss(A, B, C, D, dt=1).poles()`` per point, with
-  ``(A, B, C, D)`` from :func:`analysis.stability_control.linear_matrices` built beforehand (untimed);
+  ``(A, B, C, D)`` from :func:`klcontrol.analysis.stability.control.linear_matrices` built beforehand (untimed);
   1000 random grid points are timed (best of ``--repeat`` passes, as ours) and
   the mean is scaled to 10⁶.
   Its verdicts (max |pole| < 1) and radii are compared with ours on those points.
@@ -25,9 +25,9 @@ import time
 import control
 import numpy as np
 
-from analysis.stability import is_stable, spectral_radius
-from analysis.stability_control import linear_matrices
-from analysis.stability_paper import PRESETS, default_boxes
+from klcontrol.analysis.stability import is_stable, spectral_radius
+from klcontrol.analysis.stability.control import linear_matrices
+from klcontrol.analysis.stability.paper import PRESETS, default_boxes
 
 
 def best_of(fn, repeat):

@@ -8,7 +8,7 @@ Prints steps/s of
 * ``eager-official``: a plain eager loop as the official ControlVAE/DynamicVAE
   code trains (batch built on the host and copied to the device, ``kl.item()``
   every step, the controller on Python floats);
-* ``ours``: :class:`vae_plant.train.Trainer` (batches drawn on the device, no
+* ``ours``: :class:`klcontrol.vae_plant.training.trainer.Trainer` (batches drawn on the device, no
   per-step host sync, trace flushed in blocks to CSV and TensorBoard), plain;
 * ``ours+<option>``: each speed option alone (compile, amp, channels_last,
   fused_adam) and all together;
@@ -37,10 +37,10 @@ import time
 import numpy as np
 import torch
 
-from vae_plant.data import DSprites
-from vae_plant.model import BetaVAE, vae_losses
-from vae_plant.presets import CONTROLLERS, make_controller
-from vae_plant.train import Trainer
+from klcontrol.vae_plant.data.dsprites import DSprites
+from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
+from klcontrol.vae_plant.training.presets import CONTROLLERS, make_controller
+from klcontrol.vae_plant.training.trainer import Trainer
 
 
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

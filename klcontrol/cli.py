@@ -2,10 +2,10 @@
 
 The core registers its own commands (:mod:`klcontrol.commands`) and those of
 every package that declares an entry point in the group ``klcontrol.commands``
-(``analysis`` and ``vae_plant`` do, in ``pyproject.toml``): the entry point
+(``klcontrol.analysis`` and ``klcontrol.vae_plant`` do, in ``pyproject.toml``): the entry point
 names a module whose ``COMMANDS`` maps command names to modules that define
-``register(subparsers)``.  So the core never imports ``analysis`` or
-``vae_plant`` by name, and the dependencies run one way (docs/design.md).
+``register(subparsers)``.  So the core never imports ``klcontrol.analysis`` or
+``klcontrol.vae_plant`` by name, and the dependencies run one way (docs/design.md).
 Heavy imports (torch, sympy) happen inside the command functions so
 ``klcontrol --help`` is fast.
 """

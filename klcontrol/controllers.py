@@ -1180,7 +1180,7 @@ class AdaptivePI(Controller):
     forgetting, of the first-order model ``y(t) = φ·y(t−1) + b·β(t) + d``, i.e. of
     ``â = 1/φ − 1`` and ``ĝ′ = b/(1 − φ)``.  When the estimate is trusted the gains are read from the gain
     table :mod:`klcontrol.adaptive_table` (designed offline with the exact analysis,
-    :mod:`analysis.adaptive_design`): ``Kp = kp_n(â)/|ĝ′|``, ``Ki = ki_n(â)/|ĝ′|``, which by construction keep
+    :mod:`klcontrol.analysis.tuning.adaptive`): ``Kp = kp_n(â)/|ĝ′|``, ``Ki = ki_n(â)/|ĝ′|``, which by construction keep
     the linearised loop stable for any true slope within a factor ``G_FACTOR`` (2) of ``ĝ′`` and any ``a`` in
     the bin of ``â``.  Otherwise the fixed gains ``kp0, ki0`` are used.  Trusted means: at least ``n_min``
     updates, ``â`` inside the table and within ``a_factor`` of ``a_prior``, ``ĝ′`` negative with ``g_min ≤ |ĝ′| ≤ g_max``, and the standard errors
@@ -1209,7 +1209,7 @@ class AdaptivePI(Controller):
         Trusted range of ``|ĝ′|``.
     a_prior, g_prior : float or array
         Initial estimate (default: DynamicVAE's dSprites a = 1/2500 and g′ = −1); ``a`` is usually known
-        from an offline fit (:mod:`analysis.identification`), the slope is what drifts.
+        from an offline fit (:mod:`klcontrol.analysis.identification.first_order`), the slope is what drifts.
     a_factor : float or array
         ``â`` is trusted only within this factor of ``a_prior``.
     filter : Filter or int, optional

@@ -4,7 +4,7 @@ A law is a pure function ``law(state, m, c, gains..., ops) -> (beta, new_state)`
 of the controller state, the filtered measurement ``m`` (KL, nats), the set
 point ``c`` and the gains, using only arithmetic and the primitives of an
 :class:`~klcontrol.backend.Ops` backend.  Controllers run these functions on
-floats, NumPy arrays or torch tensors; :mod:`analysis.stability` calls the very
+floats, NumPy arrays or torch tensors; :mod:`klcontrol.analysis.stability` calls the very
 same functions with sympy symbols to build the closed-loop Jacobian.
 
 Sign conventions (docs/design.md): the error is ``e = C - m``; ``sigmoid(m - C)``

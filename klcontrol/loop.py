@@ -8,7 +8,7 @@ Order of one update ``t`` (docs/design.md, "The loop")::
     filter+law β(t+1) = controller.advance(...)        moving average, then the controller's law
 
 :func:`loop_step` is that sequence.  :func:`klcontrol.simulate` calls it with
-NumPy arrays, :mod:`analysis.stability_symbolic` with sympy symbols to build
+NumPy arrays, :mod:`klcontrol.analysis.stability.symbolic` with sympy symbols to build
 the linearised loop, and :meth:`klcontrol.Controller.step` runs the last stage
 (``advance``) on the KL a real trainer measured — so the simulator, the
 analysis and training share one order and one set of formulas.

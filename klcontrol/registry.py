@@ -57,7 +57,7 @@ class ControllerKind:
     default_beta_min : float
         β_min when the user gives none.
     linear : bool
-        Whether :mod:`analysis.stability` linearises it (a PI law with gains Kp, Ki).
+        Whether :mod:`klcontrol.analysis.stability` linearises it (a PI law with gains Kp, Ki).
     help : str
         One line for ``--help``.
     """
@@ -163,7 +163,7 @@ def _dynamicvae_p() -> PositionalPI:
     return PositionalPI(kp, ki, StepRamp.dynamicvae_dsprites(), beta_min=0.0, filter=papers.DYNAMICVAE_WINDOW)
 
 
-#: Preset name → factory of a fresh controller (the trainer's ``--controller``; see vae_plant/presets.py).
+#: Preset name → factory of a fresh controller (the trainer's ``--controller``; see vae_plant/training/presets.py).
 PRESETS: dict[str, Callable[[], Controller]] = {
     "fixed": lambda: FixedBeta(papers.HIGGINS_DSPRITES_BETA),
     "capacity": CapacityRamp.burgess_dsprites,

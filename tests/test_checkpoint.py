@@ -1,4 +1,4 @@
-"""vae_plant.checkpoint: checksums verified on load, non-finite weights refused, atomic writes that survive a full disk."""
+"""klcontrol.vae_plant.training.checkpoint: checksums verified on load, non-finite weights refused, atomic writes that survive a full disk."""
 import errno
 import hashlib
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from vae_plant import checkpoint as ckpt
+from klcontrol.vae_plant.training import checkpoint as ckpt
 
 
 def _state(step=3, fill=1.0):

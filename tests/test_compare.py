@@ -8,7 +8,7 @@ import pytest
 
 from klcontrol import StepRamp
 from klcontrol.cli import main
-from vae_plant.compare import Method, aggregate, compare, parse_methods, tracking
+from klcontrol.vae_plant.experiments.compare import Method, aggregate, compare, parse_methods, tracking
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_tiny_comparison_writes_every_run_the_table_and_the_figures(tiny):
 
 
 def test_runs_follow_the_compressed_schedule_and_the_overridden_gains(tiny):
-    from vae_plant.train import load_run
+    from klcontrol.vae_plant.training.trainer import load_run
 
     run = load_run(os.path.join(tiny.out, "runs", "fast", "seed0"))
     t = run.trace
@@ -110,7 +110,7 @@ def test_cli_runs_jobs_in_processes_and_rejects_bad_budgets(tmp_path, capsys):
 
 
 def test_transcribed_paper_rows_average_to_their_rmig():
-    from vae_plant.compare import PAPER_TABLES, paper_table_markdown
+    from klcontrol.vae_plant.experiments.compare import PAPER_TABLES, paper_table_markdown
 
     for name, vals in PAPER_TABLES.items():
         assert np.mean(vals[:5]) == pytest.approx(vals[5], abs=6e-4), name  # the papers round to 4 digits
@@ -124,7 +124,7 @@ def test_a_label_reused_for_other_gains_is_refused(tiny):
 
 
 def test_ray_resources_request_a_gpu_per_run_on_cuda_only():
-    from vae_plant.compare import ray_resources
+    from klcontrol.vae_plant.experiments.compare import ray_resources
 
     assert ray_resources("cuda") == {"cpus_per_run": 1, "gpus_per_run": 1.0}
     assert ray_resources("cpu", threads=2) == {"cpus_per_run": 2, "gpus_per_run": 0.0}

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vae_plant.model import vae_losses
-from vae_plant.presets import make_controller
+from klcontrol.vae_plant.training.model import vae_losses
+from klcontrol.vae_plant.training.presets import make_controller
 
 # The spawned workers of the processes mode import the benchmark by name, so it must be on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

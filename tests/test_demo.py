@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from klcontrol.cli import main
-from vae_plant import demo
+from klcontrol.vae_plant.experiments import demo
 
 
 def _check_step_test_claims(summary, report):

@@ -32,8 +32,8 @@ def test_core_never_imports_analysis_or_vae_plant():
 
 def test_the_checker_sees_a_back_import(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("import os\nfrom analysis.stability import is_stable\nimportlib.import_module('vae_plant.train')\n")
-    assert [m for _, m in _imports(f) if m.split(".")[0] in UPPER] == ["analysis.stability", "vae_plant.train"]
+    f.write_text("import os\nfrom klcontrol.analysis.stability import is_stable\nimportlib.import_module('klcontrol.vae_plant.training.trainer')\n")
+    assert [m for _, m in _imports(f) if m.split(".")[0] in UPPER] == ["klcontrol.analysis.stability", "klcontrol.vae_plant.training.trainer"]
 
 
 def test_importing_the_core_stays_light():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vae_plant.diagnostics import plot_latent_kl, plot_runs, plot_traversals, traversal_values
+from klcontrol.vae_plant.metrics.diagnostics import plot_latent_kl, plot_runs, plot_traversals, traversal_values
 
 
 def _decode_recording(calls):

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from klcontrol.cli import main
-from vae_plant import checkpoint as ckpt
+from klcontrol.vae_plant.training import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--steps", "12", "--batch-size", "2", "--checkpoint-every", "4", "--flush-every", "3", "--seed", "5",
@@ -40,7 +40,7 @@ def hit():
     return calls["n"] == n
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
-import vae_plant.checkpoint as ckpt, vae_plant.train as train, vae_plant.trace_log as trace_log
+import klcontrol.vae_plant.training.checkpoint as ckpt, klcontrol.vae_plant.training.trainer as train, klcontrol.vae_plant.training.trace_log as trace_log
 if point == "checkpoint_bytes":
     real = ckpt._write_bytes
     def write(path, data):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analysis.identification import MonotoneSplineGain, PlantFit, _ExpParam, _Problem, _Series, _SplineParam, fit_plant, rise_time_a, simulate_plant
+from klcontrol.analysis.identification.first_order import MonotoneSplineGain, PlantFit, _ExpParam, _Problem, _Series, _SplineParam, fit_plant, rise_time_a, simulate_plant
 from klcontrol import Constant, ExpGain, FirstOrderPlant, FixedBeta, IncrementalPI, LinearRamp, Trace, simulate
 from klcontrol.plant import gain_from_dict
 
@@ -395,7 +395,7 @@ def test_no_overflow_or_nan_reaches_the_user_on_any_data(kl, beta, seed):
 
 
 def test_bootstrap_failures_are_counted(open_loop_csvs, monkeypatch):
-    from analysis import identification
+    from klcontrol.analysis.identification import first_order as identification
 
     calls = {"n": 0}
     real = identification._Problem.refine
@@ -437,7 +437,7 @@ def test_beta_held_since_the_previous_row_is_a_stated_convention(tmp_path):
             rows.append((t, beta, y * (1 + 0.05 * rng.standard_normal())))
     p = tmp_path / "end_of_interval.csv"
     p.write_text("step,beta,kl\n" + "".join(f"{s},{b!r},{k!r}\n" for s, b, k in rows))
-    from analysis.trace_io import read_trace
+    from klcontrol.analysis.identification.traces import read_trace
 
     stated = fit_plant([read_trace(p, beta_hold="previous")], n_boot=0)
     assert abs(stated.a / plant.a - 1) < 0.05 and stated.info["traces"][0]["beta_hold"] == "previous"

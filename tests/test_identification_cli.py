@@ -104,7 +104,7 @@ class TwoPoleFit:
 
 @pytest.fixture
 def two_pole_fit(tmp_path, monkeypatch):
-    import analysis.identification as ident
+    import klcontrol.analysis.identification.first_order as ident
 
     fit = TwoPoleFit((0.9, 0.5), ExpGain(30.0, 0.1), (2.0, 10.0), draws=[(0.92, 0.5), (0.88, 0.55), (0.95, 0.4)])
     p = tmp_path / "two_pole.json"
@@ -114,7 +114,7 @@ def two_pole_fit(tmp_path, monkeypatch):
 
 
 def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
-    from analysis.stability import spectral_radius
+    from klcontrol.analysis.stability import spectral_radius
 
     path, fit = two_pole_fit
     assert main(["check", "--fit", str(path), "--kp", "0.05", "--ki", "0.02", "--window", "2", "--json"]) == 0
@@ -138,7 +138,7 @@ def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
 
 
 def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_path, capsys, monkeypatch):
-    import analysis.identification as ident
+    import klcontrol.analysis.identification.first_order as ident
 
     assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", "5"]) == 1
     assert "--setpoint applies to non-first-order fits" in capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
 
 
 def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys):
-    """The README's identification command (analysis.fit_files) gives the shipped held-out figures."""
+    """The README's identification command (klcontrol.analysis.identification.files) gives the shipped held-out figures."""
     import json
     from pathlib import Path
 

@@ -107,7 +107,7 @@ def test_scheduled_beta_follows_the_schedule_by_update():
 
 
 def test_compare_compresses_the_cyclical_schedule_to_its_budget():
-    from vae_plant.compare import Method
+    from klcontrol.vae_plant.experiments.compare import Method
 
     ctrl = Method.parse("cyclical").controller(compress=160.0)
     betas = [ctrl.beta] + [ctrl.step(0.0) for _ in range(4999)]

@@ -1,9 +1,9 @@
-"""analysis.loop_verdict: the observed-stability criterion on synthetic loops of known verdict."""
+"""klcontrol.analysis.verdicts.observed: the observed-stability criterion on synthetic loops of known verdict."""
 import numpy as np
 import pytest
 
-from analysis.loop_verdict import observed_stability
-from analysis.stability import spectral_radius
+from klcontrol.analysis.verdicts.observed import observed_stability
+from klcontrol.analysis.stability import spectral_radius
 from klcontrol import Constant, ExpGain, FirstOrderPlant, IncrementalPI, simulate
 
 PLANT = FirstOrderPlant(0.05, ExpGain(29.0, 0.1))
@@ -57,8 +57,8 @@ def test_shipped_stability_summary_is_consistent_with_its_traces():
     import json
     from pathlib import Path
 
-    from analysis.identification import load_fit
-    from analysis.trace_io import read_trace
+    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.traces import read_trace
 
     root = Path(__file__).resolve().parents[1]
     s = json.loads((root / "docs/results/stability_real/summary.json").read_text())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vae_plant.metrics import (
+from klcontrol.vae_plant.metrics import (
     beta_vae_score,
     discretize,
     factor_grid,
@@ -259,7 +259,7 @@ def test_sklearn_logistic_regression_reproduced():
     import json
     import os
 
-    from vae_plant.metrics_betavae import fit_logistic_sklearn, predict_softmax
+    from klcontrol.vae_plant.metrics.betavae import fit_logistic_sklearn, predict_softmax
 
     path = os.path.join(os.path.dirname(__file__), "data", "sklearn_logistic_reference.json")
     with open(path) as fh:
@@ -324,7 +324,7 @@ def test_bad_input_raises_clear_value_error(call, match):
 
 
 def test_beta_vae_score_from_an_encoder_equals_the_grid_codes():
-    from vae_plant.metrics import beta_vae_score, factor_grid
+    from klcontrol.vae_plant.metrics import beta_vae_score, factor_grid
 
     sizes = (1, 3, 6, 10, 8, 8)
     f = factor_grid(sizes).astype(float)
@@ -401,7 +401,7 @@ def test_rmig_equals_do_and_tran_quantised_estimator_written_out():
 
 
 def test_mutual_information_survives_denormal_joint_masses():
-    from vae_plant.metrics_posterior import _mi_from_joint
+    from klcontrol.vae_plant.metrics.posterior import _mi_from_joint
 
     joint = np.zeros((3, 3))
     joint[0, 0] = joint[1, 1] = 0.5

@@ -1,4 +1,4 @@
-"""analysis.plant_models: static map, filters, estimators, figures of merit, persistence, cross-checks."""
+"""klcontrol.analysis.identification.models: static map, filters, estimators, figures of merit, persistence, cross-checks."""
 import json
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import plant_models as pm
+from klcontrol.analysis.identification import models as pm
 from klcontrol import FirstOrderPlant, Trace
 
 
@@ -136,8 +136,8 @@ def test_step_linearize_and_transfer_function_agree_with_simulation():
 
 
 def test_loop_verdicts_through_the_lti_api_match_the_exact_first_order_path():
-    """A first-order Hammerstein fit given to analysis.stability (plant=) agrees with the symbolic-code path."""
-    from analysis.stability import spectral_radius
+    """A first-order Hammerstein fit given to klcontrol.analysis.stability (plant=) agrees with the symbolic-code path."""
+    from klcontrol.analysis.stability import spectral_radius
     from klcontrol.plant import plant_from_dict
 
     a = 0.03
@@ -223,8 +223,8 @@ def test_shipped_validation_summary_is_reproduced_by_load_fit_predict():
     """docs/results/plant_validation/summary.json: load_fit(fit).predict(read_trace(trace)) gives each fit % (±2)."""
     from pathlib import Path
 
-    from analysis.identification import load_fit
-    from analysis.trace_io import read_trace
+    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.traces import read_trace
 
     root = Path(__file__).resolve().parents[1]
     summary = json.loads((root / "docs/results/plant_validation/summary.json").read_text())

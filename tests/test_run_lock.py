@@ -1,4 +1,4 @@
-"""vae_plant.run_lock and the trainer's use of it: two trainers on one --out never mix runs; dead holders do not block."""
+"""klcontrol.vae_plant.training.run_lock and the trainer's use of it: two trainers on one --out never mix runs; dead holders do not block."""
 import os
 import signal
 import subprocess
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from klcontrol.cli import main
-from vae_plant.run_lock import LOCK_NAME, RunLock
+from klcontrol.vae_plant.training.run_lock import LOCK_NAME, RunLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ def test_second_lock_is_refused_and_release_frees_it(tmp_path):
 
 
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
-    code = ("import sys, time; from vae_plant.run_lock import RunLock; l = RunLock(sys.argv[1]); "
+    code = ("import sys, time; from klcontrol.vae_plant.training.run_lock import RunLock; l = RunLock(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=_env())
     try:

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from analysis import stability
-from analysis.schedule_tuning import schedule_figures, tune_schedule
+from klcontrol.analysis import stability
+from klcontrol.analysis.tuning.schedule import schedule_figures, tune_schedule
 from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, StepRamp, simulate
 from klcontrol.cli import main
 from klcontrol.simulate import response_metrics

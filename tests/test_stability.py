@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import stability_numeric as sn
-from analysis.stability import (
+from klcontrol.analysis.stability import numeric as sn
+from klcontrol.analysis.stability import (
     characteristic_polynomial,
     conditions,
     eigenvalues,
@@ -21,7 +21,7 @@ from analysis.stability import (
     jacobian,
     spectral_radius,
 )
-from analysis.stability_codegen import _shipped, coefficient_functions, source_hash
+from klcontrol.analysis.stability.codegen import _shipped, coefficient_functions, source_hash
 from klcontrol import FirstOrderPlant, IncrementalPI, PIDLagrangian, PositionalPI, simulate
 
 C0, BSTAR = 10.0, 5.0
@@ -134,7 +134,7 @@ def test_vectorised_matches_scalar_and_random_eigvals():
         # companion eigenvalues of the λ-polynomial (lambdified from sympy) as a second root finder
         import sympy as sp
 
-        from analysis.stability_symbolic import SYMBOLS
+        from klcontrol.analysis.stability.symbolic import SYMBOLS
 
         poly = characteristic_polynomial(T, d)
         f = sp.lambdify([SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")], poly.all_coeffs())
@@ -156,7 +156,7 @@ def test_copy_chain_charpoly_equals_berkowitz_and_controllers_share_it(T):
     import sympy as sp
     from sympy.polys.matrices import DomainMatrix
 
-    from analysis.stability_symbolic import CONTROLLERS, SYMBOLS
+    from klcontrol.analysis.stability.symbolic import CONTROLLERS, SYMBOLS
 
     lam = SYMBOLS["lambda"]
     field = sp.QQ.frac_field(*(SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")))
@@ -176,8 +176,8 @@ def test_shipped_module_has_no_duplicate_bodies_and_one_entry_per_window_and_del
     import ast
     import inspect
 
-    from analysis import _stability_generated as gen
-    from analysis.stability_codegen import SHIPPED_WINDOWS
+    from klcontrol.analysis.stability import _generated as gen
+    from klcontrol.analysis.stability.codegen import SHIPPED_WINDOWS
 
     tree = ast.parse(inspect.getsource(gen))
     bodies = [ast.dump(ast.Module(body=f.body, type_ignores=[])) + ast.dump(f.args)
@@ -185,16 +185,16 @@ def test_shipped_module_has_no_duplicate_bodies_and_one_entry_per_window_and_del
     assert len(bodies) == len(set(bodies))
     assert set(gen.TABLE) == {(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)}
     # every controller maps to its (window, delay) entry
-    from analysis.stability_config import CONTROLLERS
+    from klcontrol.analysis.stability.config import CONTROLLERS
 
     for c in CONTROLLERS:
         assert coefficient_functions(c, 3, 1) is gen.TABLE[(3, 1)]
 
 
 def test_source_hash_covers_every_module_the_derivation_imports():
-    from analysis.stability_codegen import GENERATOR_INPUTS
+    from klcontrol.analysis.stability.codegen import GENERATOR_INPUTS
 
-    code = ("import sys; from analysis import stability_symbolic as ss, stability_codegen as cg;"
+    code = ("import sys; from klcontrol.analysis.stability import symbolic as stability_symbolic as ss, stability_codegen as cg;"
             "cg.module_source([(2, 1)]); ss.characteristic_polynomial(2, 1, 'positional');"
             "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in list(sys.modules.items())"
             " if n.split('.')[0] in ('klcontrol', 'analysis'))))")
@@ -231,7 +231,7 @@ def test_long_window_radius_matches_the_jacobian(tmp_path, monkeypatch):
     try:
         import sympy as sp
 
-        from analysis.stability_symbolic import SYMBOLS
+        from klcontrol.analysis.stability.symbolic import SYMBOLS
 
         A = jacobian(20, 0)
         for vals in ((0.01, 0.005, 1 / 2500, -3.2), (0.5, 0.2, 0.05, -1.0)):
@@ -266,7 +266,7 @@ def test_jacobian_is_built_from_the_laws():
     # numeric state: (y_prev, meas_prev, beta, integrator, p_prev)
     import sympy as sp
 
-    from analysis.stability_symbolic import SYMBOLS
+    from klcontrol.analysis.stability.symbolic import SYMBOLS
 
     An = np.array(A.subs({SYMBOLS["kp"]: 0.4, SYMBOLS["ki"]: 0.2, SYMBOLS["a"]: 0.1, SYMBOLS["gprime"]: -2.0}),
                   dtype=float)
@@ -281,7 +281,7 @@ def test_conditions_t1_readable_and_exact():
     assert all(len(str(r)) < 90 for r in rel)
     import sympy as sp
 
-    from analysis.stability_symbolic import SYMBOLS
+    from klcontrol.analysis.stability.symbolic import SYMBOLS
 
     syms = [SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")]
     f = sp.lambdify(syms, sp.And(*rel), "numpy")
@@ -336,7 +336,7 @@ def test_bad_input():
 
 def test_shipped_code_is_current_and_fresh_process_skips_sympy():
     assert _shipped() is not None and _shipped().SOURCE_HASH == source_hash()
-    code = ("import sys; from analysis.stability import is_stable, spectral_radius;"
+    code = ("import sys; from klcontrol.analysis.stability import is_stable, spectral_radius;"
             "import numpy as np; is_stable(np.ones(3), 0.1, 0.01, -1.0, window=8, delay=1);"
             "spectral_radius(0.1, 0.1, 0.01, -1.0, window=5); assert 'sympy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

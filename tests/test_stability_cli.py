@@ -57,8 +57,8 @@ def test_progress_only_on_a_terminal_and_not_with_no_progress(tmp_path, monkeypa
     import argparse
     import sys
 
-    from analysis.commands.stability import _progress
-    from analysis.stability_codegen import coefficient_functions
+    from klcontrol.analysis.commands.stability import _progress
+    from klcontrol.analysis.stability.codegen import coefficient_functions
 
     class Tty:
         def __init__(self):

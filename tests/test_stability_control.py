@@ -6,8 +6,8 @@ import control
 import numpy as np
 import pytest
 
-from analysis.stability import eigenvalues, open_loop, spectral_radius, to_statespace, to_transfer_function
-from analysis.stability_control import loop_margins, state_names
+from klcontrol.analysis.stability import eigenvalues, open_loop, spectral_radius, to_statespace, to_transfer_function
+from klcontrol.analysis.stability.control import loop_margins, state_names
 
 P2 = control.tf([-0.3, 0.12, 0.0], [1, -1.2, 0.45], dt=1)  # 2nd-order plant with feedthrough
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import stability_lti as sl
-from analysis import stability_numeric as sn
-from analysis.stability import (
+from klcontrol.analysis.stability import lti as sl
+from klcontrol.analysis.stability import numeric as sn
+from klcontrol.analysis.stability import (
     RobustLTI,
     eigenvalues,
     is_stable,
@@ -191,7 +191,7 @@ class LinearPlant(Plant):
 @pytest.mark.parametrize("T,d", [(1, 0), (1, 1), (4, 0), (3, 1)])
 @pytest.mark.parametrize("controller", ["incremental", "positional"])
 def test_time_indexing_matches_klcontrol_simulate(T, d, controller):
-    from analysis.stability import to_statespace
+    from klcontrol.analysis.stability import to_statespace
 
     P = control.tf([-0.3, 0.12, 0.0], [1, -1.2, 0.45], dt=1)  # 2nd order with feedthrough
     ystar, bstar, delta = 10.0, 2.0, -1e-4

@@ -2,8 +2,8 @@
 import numpy as np
 import sympy as sp
 
-from analysis.stability import characteristic_polynomial, eigenvalues, is_stable, spectral_radius, to_statespace
-from analysis.stability_paper import (
+from klcontrol.analysis.stability import characteristic_polynomial, eigenvalues, is_stable, spectral_radius, to_statespace
+from klcontrol.analysis.stability.paper import (
     PAPER_GAINS,
     PRESETS,
     compare,
@@ -15,7 +15,7 @@ from analysis.stability_paper import (
     theorem_appendix,
     theorem_main,
 )
-from analysis.stability_symbolic import SYMBOLS, bilinear_coefficients
+from klcontrol.analysis.stability.symbolic import SYMBOLS, bilinear_coefficients
 
 a = SYMBOLS["a"]
 

@@ -5,7 +5,7 @@ import control
 import numpy as np
 import pytest
 
-from analysis.stability import (
+from klcontrol.analysis.stability import (
     RobustStability,
     crossings,
     eigenvalues,
@@ -128,7 +128,7 @@ def test_linear_step_response_matches_simulate_near_equilibrium(T, d, controller
 @pytest.mark.parametrize("window", [12, 20, 40])
 def test_long_windows_have_a_finite_verified_gain_margin(window):
     """The ω-polynomial of high degree loses its roots to rounding; the sweep must still find the crossing."""
-    from analysis.stability import is_stable
+    from klcontrol.analysis.stability import is_stable
 
     r = robust_stability(0.01, 0.005, 0.0004, -3.2, window=window)
     gm = r.gain_margin

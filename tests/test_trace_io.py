@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis.trace_io import align_kl, read_trace, read_traces
+from klcontrol.analysis.identification.traces import align_kl, read_trace, read_traces
 from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, simulate
 
 
@@ -196,7 +196,7 @@ def test_bad_values_and_formats(tmp_path):
 def test_gzip_csv_is_read_like_plain_csv(tmp_path):
     import gzip
 
-    from analysis.trace_io import read_trace
+    from klcontrol.analysis.identification.traces import read_trace
 
     text = "step,beta,kl\n0,4.0,1.5\n1,4.0,1.75\n2,4.0,2.0\n"
     plain, packed = tmp_path / "t.csv", tmp_path / "t.csv.gz"
@@ -219,7 +219,7 @@ def _writer(path):
 def test_resumed_klcontrol_run_honours_purge_step(tmp_path):
     import time
 
-    from vae_plant.trace_log import TraceLog
+    from klcontrol.vae_plant.training.trace_log import TraceLog
 
     def block(lo, hi, offset):
         t = np.arange(lo, hi, dtype=float)

@@ -32,7 +32,7 @@ def test_tune_rejects_nan_bounds(capsys):
     for extra, name in ((["--max-overshoot", "nan"], "max_overshoot"), (["--max-overshoot", "-0.1"], "max_overshoot")):
         assert main(base + extra) == 1
         assert f"{name} must be a number ≥ 0" in capsys.readouterr().err
-    from analysis.schedule_tuning import tune_schedule
+    from klcontrol.analysis.tuning.schedule import tune_schedule
     from klcontrol.setpoints import Constant
 
     import pytest

@@ -5,7 +5,7 @@ import control
 import numpy as np
 import pytest
 
-from analysis.tuning import PAPER_GAINS, gain_figures, loop_transfer_functions, noise_gain, tune
+from klcontrol.analysis.tuning.design import PAPER_GAINS, gain_figures, loop_transfer_functions, noise_gain, tune
 from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, simulate
 
 
@@ -32,7 +32,7 @@ def _hand_tf(kp, ki, a, g, window, delay, which):
 
 
 def _poles_rho(kp, ki, a, g, window, delay):
-    # Independent of analysis.stability: the poles of the hand-derived closed loop in python-control.
+    # Independent of klcontrol.analysis.stability: the poles of the hand-derived closed loop in python-control.
     return float(np.max(np.abs(control.poles(_hand_tf(kp, ki, a, g, window, delay, "noise_to_beta")))))
 
 
@@ -143,19 +143,19 @@ def test_unstable_gains_have_infinite_noise_gain():
 
 
 def test_design_gains_is_tune_in_one_call():
-    from analysis.tuning import design_gains, tune
+    from klcontrol.analysis.tuning.design import design_gains, tune
 
     r, problems = design_gains(a=1e-3, gprime=(-3.0, -1.0), window=5)
     ref = tune(a=1e-3, gprime=(-3.0, -1.0), window=5, compare={"paper": PAPER_GAINS})
     assert (r.kp, r.ki, problems) == (ref.kp, ref.ki, [])
     with pytest.raises(ValueError, match="simulates the fitted plant"):
         design_gains(a=1e-3, gprime=-2.0, schedule_steps=100)
-    # Refusing an unidentified fit (analysis.verdicts.Unidentified) is checked through the CLI in
+    # Refusing an unidentified fit (klcontrol.analysis.verdicts.fits.Unidentified) is checked through the CLI in
     # tests/test_identification.py (exit 4).
 
 
 def test_the_response_figure_simulates_the_designed_controller_kind(tmp_path):
-    from analysis.plots import tuned_response_figure
+    from klcontrol.analysis.stability.plots import tuned_response_figure
 
     from klcontrol import ExpGain, FirstOrderPlant, StepRamp
 

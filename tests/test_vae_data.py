@@ -1,4 +1,4 @@
-"""Tests of vae_plant.data: the official grid and index order, sprite geometry, the .npz loader."""
+"""Tests of klcontrol.vae_plant.data.dsprites: the official grid and index order, sprite geometry, the .npz loader."""
 import math
 import os
 
@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vae_plant.data import DSprites, render
-from vae_plant.dsprites_reference import GIF_SWEEPS, read_gif, sweep_iou
+from klcontrol.vae_plant.data.dsprites import DSprites, render
+from klcontrol.vae_plant.data.reference import GIF_SWEEPS, read_gif, sweep_iou
 
 SIZES = (1, 3, 6, 40, 32, 32)
 
@@ -227,7 +227,7 @@ def test_npz_loader_bad_files(tmp_path):
 
 def test_bit_packing_round_trip(ds):
     """The CUDA path keeps the set bit-packed; packing and unpacking must be lossless."""
-    from vae_plant.data import _pack, _unpack
+    from klcontrol.vae_plant.data.dsprites import _pack, _unpack
 
     x = ds.images(torch.arange(0, 737280, 9973))
     packed = _pack(x)

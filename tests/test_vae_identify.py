@@ -1,4 +1,4 @@
-"""vae_plant.identify: excitation design, noise measurement, the settle → excite experiment end to end."""
+"""klcontrol.vae_plant.experiments.identify: excitation design, noise measurement, the settle → excite experiment end to end."""
 import gzip
 import json
 import math
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from klcontrol import ScheduledBeta
-from vae_plant import identify as idf
+from klcontrol.vae_plant.experiments import identify as idf
 
 
 @given(st.integers(1, 3000), st.integers(1, 50), st.integers(0, 200), st.integers(0, 10_000))

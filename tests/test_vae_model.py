@@ -1,4 +1,4 @@
-"""Tests of vae_plant.model: architecture, shapes and the loss reductions against hand computations."""
+"""Tests of klcontrol.vae_plant.training.model: architecture, shapes and the loss reductions against hand computations."""
 import math
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from vae_plant.model import BetaVAE, bernoulli_recon, gaussian_kl, vae_losses
+from klcontrol.vae_plant.training.model import BetaVAE, bernoulli_recon, gaussian_kl, vae_losses
 
 
 

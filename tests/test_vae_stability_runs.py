@@ -1,16 +1,16 @@
-"""vae_plant.stability_runs: a closed-loop gain run from a settled checkpoint and its summary row."""
+"""klcontrol.vae_plant.experiments.stability_runs: a closed-loop gain run from a settled checkpoint and its summary row."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from analysis.loop_verdict import observed_stability
-from analysis.stability import spectral_radius
+from klcontrol.analysis.verdicts.observed import observed_stability
+from klcontrol.analysis.stability import spectral_radius
 from klcontrol import ExpGain, FirstOrderPlant
-from vae_plant import identify as idf
-from vae_plant import stability_runs as sr
-from vae_plant.trace_log import read_trace_csv
+from klcontrol.vae_plant.experiments import identify as idf
+from klcontrol.vae_plant.experiments import stability_runs as sr
+from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
 
 def test_ray_gains():

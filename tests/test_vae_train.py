@@ -1,4 +1,4 @@
-"""Tests of vae_plant.train and `klcontrol train`: time indexing, controllers in the loop, exact resume, bad input."""
+"""Tests of klcontrol.vae_plant.training.trainer and `klcontrol train`: time indexing, controllers in the loop, exact resume, bad input."""
 import json
 import os
 import shutil
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from klcontrol.cli import main
-from vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
+from klcontrol.vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
 from klcontrol.controllers import FixedBeta, IncrementalPI
 from klcontrol.setpoints import StepRamp
-from vae_plant import checkpoint as ckpt
-from vae_plant import presets
-from vae_plant.train import Trainer, load_run, train
-from vae_plant.trace_log import read_trace_csv
+from klcontrol.vae_plant.training import checkpoint as ckpt
+from klcontrol.vae_plant.training import presets
+from klcontrol.vae_plant.training.trainer import Trainer, load_run, train
+from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
 from official_loops import controlvae_official_betas, dynamicvae_official_betas
 
@@ -89,7 +89,7 @@ def test_load_run_gives_trace_and_model(runs):
 
 
 def indices_dataset():
-    from vae_plant.data import DSprites
+    from klcontrol.vae_plant.data.dsprites import DSprites
 
     class Few(DSprites):
         def batches(self, batch_size=1024, indices=None):
@@ -462,7 +462,7 @@ def test_warm_start_bad_input(runs, tmp_path):
 
 @pytest.mark.parametrize("preset", ["dynamicvae", "geco"])
 def test_on_a_cpu_the_law_runs_on_floats_with_the_tensor_paths_betas(tmp_path, preset):
-    from vae_plant.train import Trainer
+    from klcontrol.vae_plant.training.trainer import Trainer
 
     runs = {}
     for host in (True, False):

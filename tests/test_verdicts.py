@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from analysis.stability import robust_stability
-from analysis.verdicts import check_first_order, check_fit_file, format_verdict, read_fit_file
+from klcontrol.analysis.stability import robust_stability
+from klcontrol.analysis.verdicts.fits import check_first_order, check_fit_file, format_verdict, read_fit_file
 from klcontrol import ExpGain, FirstOrderPlant
 
 PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
@@ -42,7 +42,7 @@ def test_file_errors_name_the_file(tmp_path):
 
 
 def test_stability_verdict_and_its_text():
-    from analysis.verdicts import format_stability, stability_verdict
+    from klcontrol.analysis.verdicts.fits import format_stability, stability_verdict
 
     ok = stability_verdict(0.01, 0.005, 0.0004, -3.2, -1.0, window=5)
     assert ok["stable"] and ok["interval_given"] and ok["gprime_interval"] == [-3.2, -1.0]
@@ -55,7 +55,7 @@ def test_stability_verdict_and_its_text():
 
 
 def test_gains_region_figure_writes_a_png(tmp_path):
-    from analysis.plots import gains_region_figure
+    from klcontrol.analysis.stability.plots import gains_region_figure
 
     out = tmp_path / "r.png"
     gains_region_figure(0.01, 0.005, 0.0004, -3.2, window=5, path=str(out))

@@ -1,4 +1,4 @@
-"""``klcontrol`` subcommands owned by :mod:`analysis` (registered through the ``klcontrol.commands`` entry point).
+"""``klcontrol`` subcommands owned by :mod:`klcontrol.analysis` (registered through the ``klcontrol.commands`` entry point).
 
 Each module defines ``register(subparsers)``; its command parses arguments,
 calls one library function and prints.
@@ -6,8 +6,8 @@ calls one library function and prints.
 
 #: Command name → module, found by :func:`klcontrol.cli.build_parser`.
 COMMANDS = {
-    "stability": "analysis.commands.stability",
-    "fit": "analysis.commands.fit",
-    "check": "analysis.commands.check",
-    "tune": "analysis.commands.tune",
+    "stability": "klcontrol.analysis.commands.stability",
+    "fit": "klcontrol.analysis.commands.fit",
+    "check": "klcontrol.analysis.commands.check",
+    "tune": "klcontrol.analysis.commands.tune",
 }

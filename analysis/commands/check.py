@@ -14,7 +14,7 @@ def register(sub) -> None:
         description="Check that (Kp, Ki) stabilise the linearised loop. First-order fit: exactly, for every g′ the "
         "fitted g takes over the β range (by default the range seen in the traces, widened to the bootstrap band of "
         "g′) and for a at its estimate and both ends of its confidence interval. Any other fit kind (loaded by "
-        "analysis.identification.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
+        "klcontrol.analysis.identification.first_order.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
         "(--setpoint, or g(β) over the β range) and at each bootstrap draw it provides (closed-loop eigenvalues). "
         "A fit that klcontrol fit marked not identifiable, or whose g′ band reaches 0 over the β range, is refused "
         "(--allow-unidentified checks it anyway, the verdict marked as qualified).",
@@ -44,7 +44,7 @@ def run(args) -> int:
     """Execute ``klcontrol check``."""
     import sys
 
-    from analysis.verdicts import check_fit_file, design_problems, format_verdict, read_fit_file
+    from klcontrol.analysis.verdicts.fits import check_fit_file, design_problems, format_verdict, read_fit_file
 
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, print_json
 

@@ -6,7 +6,7 @@ import sys
 
 def register(sub) -> None:
     """Register the ``fit`` command."""
-    from analysis.trace_io import add_reader_arguments
+    from klcontrol.analysis.identification.traces import add_reader_arguments
 
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
 
@@ -65,8 +65,8 @@ def _print_validation(rows):
 
 
 def _run_hammerstein(args) -> int:
-    from analysis.fit_files import fit_hammerstein_files
-    from analysis.trace_io import reader_kwargs
+    from klcontrol.analysis.identification.files import fit_hammerstein_files
+    from klcontrol.analysis.identification.traces import reader_kwargs
 
     from klcontrol.cli import print_json
 
@@ -99,8 +99,8 @@ def _run_hammerstein(args) -> int:
 
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
-    from analysis.fit_files import fit_first_order_files
-    from analysis.trace_io import reader_kwargs
+    from klcontrol.analysis.identification.files import fit_first_order_files
+    from klcontrol.analysis.identification.traces import reader_kwargs
 
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
     from klcontrol.commands.common import show_progress

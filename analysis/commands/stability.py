@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol stability``."""
-    from analysis.verdicts import format_stability, stability_verdict
+    from klcontrol.analysis.verdicts.fits import format_stability, stability_verdict
 
     from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
 
@@ -42,7 +42,7 @@ def run(args) -> int:
                             args.controller, progress=_progress(args))
     out["plot"] = args.plot
     if args.plot:
-        from analysis.plots import gains_region_figure
+        from klcontrol.analysis.stability.plots import gains_region_figure
 
         gains_region_figure(args.kp, args.ki, args.a, args.gprime, args.window, args.delay, args.controller,
                             path=args.plot)

@@ -52,8 +52,8 @@ def run(args) -> int:
     """Execute ``klcontrol tune``."""
     import sys
 
-    from analysis.tuning import design_gains
-    from analysis.verdicts import Unidentified
+    from klcontrol.analysis.tuning.design import design_gains
+    from klcontrol.analysis.verdicts.fits import Unidentified
 
     from klcontrol.cli import EXIT_UNIDENTIFIED, print_json
 

@@ -1,4 +1,4 @@
-"""``klcontrol`` subcommands owned by :mod:`vae_plant` (registered through the ``klcontrol.commands`` entry point).
+"""``klcontrol`` subcommands owned by :mod:`klcontrol.vae_plant` (registered through the ``klcontrol.commands`` entry point).
 
 Each module defines ``register(subparsers)``; its command parses arguments,
 calls one library function and prints.
@@ -6,10 +6,10 @@ calls one library function and prints.
 
 #: Command name → module, found by :func:`klcontrol.cli.build_parser`.
 COMMANDS = {
-    "demo": "vae_plant.commands.demo",
-    "train": "vae_plant.commands.train",
-    "evaluate": "vae_plant.commands.evaluate",
-    "compare": "vae_plant.commands.compare",
-    "identify": "vae_plant.commands.identify",
-    "verify-stability": "vae_plant.commands.verify_stability",
+    "demo": "klcontrol.vae_plant.commands.demo",
+    "train": "klcontrol.vae_plant.commands.train",
+    "evaluate": "klcontrol.vae_plant.commands.evaluate",
+    "compare": "klcontrol.vae_plant.commands.compare",
+    "identify": "klcontrol.vae_plant.commands.identify",
+    "verify-stability": "klcontrol.vae_plant.commands.verify_stability",
 }

@@ -53,7 +53,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol compare``."""
-    from vae_plant.compare import compare
+    from klcontrol.vae_plant.experiments.compare import compare
 
     from klcontrol.cli import print_json
 

@@ -1,4 +1,4 @@
-"""``klcontrol demo``: train, fit, check, tune end to end (:func:`vae_plant.demo.run_demo`)."""
+"""``klcontrol demo``: train, fit, check, tune end to end (:func:`klcontrol.vae_plant.experiments.demo.run_demo`)."""
 from __future__ import annotations
 
 
@@ -28,7 +28,7 @@ def run(args) -> int:
     """Execute ``klcontrol demo``."""
     import os
 
-    from vae_plant.demo import DEMO_STEPS, comparison_sentence, run_demo
+    from klcontrol.vae_plant.experiments.demo import DEMO_STEPS, comparison_sentence, run_demo
 
     from klcontrol.cli import print_json
 

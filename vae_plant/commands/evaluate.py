@@ -26,7 +26,7 @@ def register(sub) -> None:
 def run(args) -> int:
     """Execute ``klcontrol evaluate``."""
     from klcontrol.cli import print_json
-    from vae_plant.evaluation import evaluate_run
+    from klcontrol.vae_plant.metrics.evaluation import evaluate_run
 
     out = evaluate_run(args.run_dir, n_images=args.n_images, seed=args.seed, beta_vae=args.beta_vae,
                        device=args.device)

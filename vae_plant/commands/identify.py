@@ -45,7 +45,7 @@ def run(args) -> int:
     """Execute ``klcontrol identify``."""
     import sys
 
-    from vae_plant.identify import run_experiment
+    from klcontrol.vae_plant.experiments.identify import run_experiment
 
     from klcontrol.cli import print_json
 

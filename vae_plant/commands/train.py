@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from klcontrol.commands.common import add_progress_arg, show_progress
-from vae_plant.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
+from klcontrol.vae_plant.training.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
 
 PRESETS = tuple(SCHEDULES)
 CONTROLLER_NAMES = tuple(CONTROLLERS)
@@ -69,7 +69,7 @@ def run(args) -> int:
     if args.resume is not None and args.out is not None and _norm(args.out) != _norm(args.resume):
         raise ValueError(f"--out {args.out} and --resume {args.resume} name different directories; "
                          "a resumed run continues in its own directory")
-    from vae_plant.train import train
+    from klcontrol.vae_plant.training.trainer import train
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be ≥ 1, got {args.threads}")

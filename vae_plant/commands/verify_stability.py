@@ -11,8 +11,8 @@ def register(sub) -> None:
         help="run PI gain sets on the real β-VAE from a settled checkpoint; observed vs predicted stability",
         description="Warm-start the dSprites β-VAE from a settled checkpoint (klcontrol identify), close the loop "
         "with DynamicVAE's incremental PI at a constant set point for each gain set on rays Kp = r·Ki, decide "
-        "from each trace whether the loop was stable (analysis.loop_verdict), and put the verdicts beside the "
-        "predictions of the given fits (analysis.stability with plant=, linearised at the set point).",
+        "from each trace whether the loop was stable (klcontrol.analysis.verdicts.observed), and put the verdicts beside the "
+        "predictions of the given fits (klcontrol.analysis.stability with plant=, linearised at the set point).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--settled", required=True, metavar="DIR", help="settled run (its latest checkpoint)")
@@ -43,7 +43,7 @@ def run(args) -> int:
     """Execute ``klcontrol verify-stability``."""
     import sys
 
-    from vae_plant.stability_runs import observed_brackets, verify_stability
+    from klcontrol.vae_plant.experiments.stability_runs import observed_brackets, verify_stability
 
     fits = {}
     for spec in args.fit:

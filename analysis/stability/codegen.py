@@ -1,0 +1,270 @@
+"""Generated NumPy code for the stability polynomials, shipped and cached on disk.
+
+Deriving the polynomials takes sympy seconds; evaluating them must not.  For
+every loop configuration ``(window, delay)`` this module prints the
+coefficients of :func:`~klcontrol.analysis.stability.symbolic.bilinear_coefficients` and
+:func:`~klcontrol.analysis.stability.symbolic.shifted_coefficients` as plain Python
+arithmetic (works on floats and NumPy arrays).
+
+The code is keyed by what it depends on: the window and the delay.  Every
+controller kind of :data:`klcontrol.registry.LINEAR_KINDS` linearises to the
+same polynomial inside its clamps (``tests/test_stability.py`` proves it for
+``T ≤ 8`` and both delays), so the code is derived once, from the first kind,
+and :func:`coefficient_functions` maps any linearisable controller to it.
+Identical function bodies are printed once and aliased in ``TABLE``.
+
+The code for ``T = 1 … 8`` and both delays ships in
+:mod:`klcontrol.analysis.stability._generated`; other windows are generated on first use
+and cached under ``$KLCONTROL_CACHE`` (default ``~/.cache/klcontrol``), so only
+the first process ever pays for sympy.
+
+Every generated module records :func:`source_hash`: a hash of every input of
+the generator, i.e. the source files of the modules the derivation imports and
+runs (:data:`GENERATOR_INPUTS`: the klcontrol laws, controllers, filters,
+plant, loop, registry, backend and what they import; the symbolic derivation
+and its configuration; and this module, whose printer writes the code).  A
+mismatch (someone changed a law or the printer) makes the loader ignore stale
+code and derive afresh.  The sympy version is deliberately *not* hashed: the
+derivation is exact, so another sympy prints the same polynomials (perhaps
+with terms in another order); hashing it would make a sympy upgrade silently
+invalidate the shipped code for every user, and checking it would import
+sympy in processes that only evaluate.
+
+Regenerate the shipped module with ``python -m klcontrol.analysis.stability.codegen``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import types
+from functools import lru_cache
+from pathlib import Path
+
+from klcontrol._cache import cache_dir
+
+from klcontrol.analysis.stability.config import CONTROLLERS, check_config
+
+__all__ = [
+    "SHIPPED_WINDOWS",
+    "GENERATOR_INPUTS",
+    "source_hash",
+    "module_source",
+    "coefficient_functions",
+    "write_shipped",
+]
+
+#: Windows whose code ships in :mod:`klcontrol.analysis.stability._generated`.
+SHIPPED_WINDOWS = tuple(range(1, 9))
+_SHIPPED = Path(__file__).with_name("_generated.py")
+
+#: Modules the generated code depends on: every klcontrol module a derivation imports
+#: (``tests/test_stability.py`` checks this list against ``sys.modules``). Names, not paths, so the hash is
+#: the same from a clone, an editable install and a wheel.
+GENERATOR_INPUTS = (
+    "klcontrol",
+    "klcontrol._cache",
+    "klcontrol.backend",
+    "klcontrol.controllers",
+    "klcontrol.filters",
+    "klcontrol.laws",
+    "klcontrol.loop",
+    "klcontrol.papers",
+    "klcontrol.plant",
+    "klcontrol.registry",
+    "klcontrol.setpoints",
+    "klcontrol.simulate",
+    "klcontrol.analysis",
+    "klcontrol.analysis.stability.config",
+    "klcontrol.analysis.stability.symbolic",
+    "klcontrol.analysis.stability.codegen",
+)
+
+
+@lru_cache(maxsize=None)
+def source_hash() -> str:
+    """Hash of every input of the generator (:data:`GENERATOR_INPUTS`), sympy excluded (see the module doc)."""
+    h = hashlib.sha256()
+    for name in GENERATOR_INPUTS:
+        h.update(name.encode() + b"\0")
+        h.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _name(window, delay):
+    return f"T{window}_d{delay}"
+
+
+def _body(args, exprs, nested=False):
+    """Body lines of ``def _(args): return tuple(exprs)`` with common subexpressions shared."""
+    import sympy as sp
+
+    flat = [e for group in exprs for e in group] if nested else list(exprs)
+    subs, reduced = sp.cse([sp.sympify(e) for e in flat], symbols=sp.numbered_symbols("x"))
+    lines = [f"({', '.join(args)}):"]
+    for s, e in subs:
+        lines.append(f"    {s} = {sp.pycode(e)}")
+    body = [sp.pycode(e) for e in reduced]
+    if nested:
+        out, i = [], 0
+        for group in exprs:
+            out.append("(" + "".join(f"{body[i + j]}, " for j in range(len(group))) + ")")
+            i += len(group)
+        body = out
+    lines.append("    return (" + "".join(f"{b}, " for b in body) + ")")
+    return "\n".join(lines) + "\n"
+
+
+def _config_bodies(window, delay, progress=None):
+    """Bodies ``(w, z, ws, l)`` of one configuration (see :func:`module_source`)."""
+    import sympy as sp
+
+    from klcontrol.analysis.stability import symbolic as ss
+
+    say = progress or (lambda msg: None)
+    controller = CONTROLLERS[0]  # every linear kind gives this polynomial (see the module doc)
+    say(f"T={window}, delay {delay}: linearising the loop, characteristic polynomial")
+    ss.characteristic_polynomial(window, delay, controller)
+    say(f"T={window}, delay {delay}: bilinear and shifted coefficients")
+    kp, ki, a, gp = (ss.SYMBOLS[k] for k in ("kp", "ki", "a", "gprime"))
+    sym = {kp: sp.Symbol("kp"), ki: sp.Symbol("ki"), a: sp.Symbol("a"), gp: sp.Symbol("gp")}
+    wc = [sp.sympify(c).xreplace(sym) for c in ss.bilinear_coefficients(window, delay, controller)]
+    zc = [sp.sympify(c).xreplace(sym) for c in ss.shifted_coefficients(window, delay, controller)]
+    lc = [sp.sympify(c).xreplace(sym) for c in ss.characteristic_polynomial(window, delay, controller).all_coeffs()]
+    gps = sp.Symbol("gp")
+    split = [tuple(reversed(sp.Poly(c, gps).all_coeffs())) if c.has(gps) else (c,) for c in wc]
+    say(f"T={window}, delay {delay}: printing code")
+    return (
+        _body(("kp", "ki", "a", "gp"), wc),
+        _body(("kp", "ki", "a", "gp"), zc),
+        _body(("kp", "ki", "a"), split, nested=True),
+        _body(("kp", "ki", "a", "gp"), lc),
+    )
+
+
+def module_source(configs, progress=None) -> str:
+    """Python source of a module holding the coefficient code of ``configs``.
+
+    Parameters
+    ----------
+    configs : iterable of (window, delay)
+    progress : callable, optional
+        Called with a short message at each stage of a derivation.
+
+    Returns
+    -------
+    str
+        Defines ``SOURCE_HASH`` and ``TABLE[(window, delay)] = (w, z, ws, l)``:
+        ``w(kp, ki, a, gp)``, ``z(kp, ki, a, gp)`` and ``l(kp, ki, a, gp)``
+        return the bilinear, shifted (``z = λ − 1``) and plain (``λ``)
+        coefficients (highest power first); ``ws(kp, ki, a)`` returns, per
+        bilinear coefficient, its coefficients in ascending powers of g′.
+        A body shared by several entries is defined once.
+    """
+    configs = [tuple(c) for c in configs]
+    parts = [
+        '"""Generated by klcontrol.analysis.stability.codegen from the klcontrol laws; regenerate, do not edit."""\n',
+        "# flake8: noqa\n",
+        f"SOURCE_HASH = {source_hash()!r}\n\n",
+    ]
+    defined = {}  # body -> function name
+    table = []
+    for t, d in configs:
+        names = []
+        for kind, body in zip(("w", "z", "ws", "l"), _config_bodies(t, d, progress)):
+            if body not in defined:
+                defined[body] = f"{kind}_{_name(t, d)}"
+                parts.append(f"def {defined[body]}{body}")
+            names.append(defined[body])
+        parts.append("\n")
+        table.append(((t, d), names))
+    parts.append("TABLE = {\n")
+    for (t, d), names in table:
+        parts.append(f"    ({t}, {d}): ({', '.join(names)}),\n")
+    parts.append("}\n")
+    return "".join(parts)
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cache_dir() -> Path:
+    return cache_dir("stability")
+
+
+@lru_cache(maxsize=None)
+def _shipped():
+    try:
+        from klcontrol.analysis.stability import _generated as mod
+    except ImportError:
+        return None
+    return mod if mod.SOURCE_HASH == source_hash() else None
+
+
+def coefficient_functions(controller: str, window: int, delay: int, progress=None):
+    """``(w, z, ws, l)`` coefficient functions of one configuration (see :func:`module_source`).
+
+    ``controller`` is any kind of :data:`~klcontrol.analysis.stability.config.CONTROLLERS`;
+    they share one linearisation, so the code is looked up by ``(window,
+    delay)``: in the shipped module, then the disk cache; derived with sympy
+    (and the cache written) only when both miss or are stale.
+
+    Parameters
+    ----------
+    controller : str
+        A linearisable controller kind.
+    window, delay : int
+        Loop configuration.
+    progress : callable, optional
+        Called with a short message at each stage when a derivation runs.
+
+    Returns
+    -------
+    tuple of callables
+    """
+    window, delay, _ = check_config(window, delay, controller)
+    return _functions(window, delay, progress)
+
+
+@lru_cache(maxsize=None)
+def _functions(window: int, delay: int, progress=None):
+    key = (window, delay)
+    mod = _shipped()
+    if mod is not None and key in mod.TABLE:
+        return mod.TABLE[key]
+    path = _cache_dir() / f"{_name(*key)}_{source_hash()}.py"
+    if path.exists():
+        try:
+            return _load(path, f"_klcontrol_stability_{path.stem}").TABLE[key]
+        except Exception:  # a truncated or foreign file: regenerate below
+            pass
+    src = module_source([key], progress)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(src)
+        os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+        return _load(path, f"_klcontrol_stability_{path.stem}").TABLE[key]
+    except OSError:
+        mod = types.ModuleType("_klcontrol_stability_mem")
+        exec(compile(src, "<stability generated>", "exec"), mod.__dict__)
+        return mod.TABLE[key]
+
+
+coefficient_functions.cache_clear = _functions.cache_clear  # tests reset the in-process cache
+
+
+def write_shipped(path: Path = _SHIPPED) -> Path:
+    """(Re)write the shipped module for ``T = 1 … 8`` and both delays."""
+    configs = [(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)]
+    path.write_text(module_source(configs))
+    return path
+
+
+if __name__ == "__main__":
+    print(write_shipped(Path(sys.argv[1]) if len(sys.argv) > 1 else _SHIPPED))

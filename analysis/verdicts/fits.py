@@ -1,0 +1,289 @@
+"""Stability verdicts of given gains on a saved fit or plant, whatever its kind (``klcontrol check``).
+
+First-order fits and plants are checked exactly (:func:`klcontrol.analysis.stability.robust_stability`) over every g′
+that the fitted g takes on a β range, widened to the bootstrap band of g′, and at the estimate of ``a`` and both
+ends of its confidence interval; any other fit kind through its linearisations
+(:func:`klcontrol.analysis.stability.lti.check_fit`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["stability_verdict", "format_stability", "read_fit_file", "check_first_order", "check_fit_file",
+           "format_verdict", "design_problems", "Unidentified"]
+
+
+class Unidentified(ValueError):
+    """A fit that does not identify the plant, so no gains can be designed or verified on it.
+
+    Attributes
+    ----------
+    path : str
+        The fit file.
+    problems : list of str
+        Why (:func:`design_problems`).
+    """
+
+    def __init__(self, path, problems):
+        super().__init__(f"{path} does not identify the plant: {'; '.join(problems)}")
+        self.path, self.problems = str(path), list(problems)
+
+
+def read_fit_file(path):
+    """Load a saved fit or plant of any kind.
+
+    Parameters
+    ----------
+    path : str or Path
+        JSON written by ``klcontrol fit --out`` (a fit) or a plant description (``FirstOrderPlant.to_dict``).
+
+    Returns
+    -------
+    (object, str)
+        The fit or plant and its kind (``"first_order_fit"``, ``"first_order_plant"`` or the fit's own kind).
+
+    Raises
+    ------
+    ValueError
+        Naming the file: missing, not JSON, or of no known kind.
+    """
+    from klcontrol.analysis.identification import first_order as identification
+    from klcontrol.analysis.identification.first_order import PlantFit, plant_from_dict, read_json
+
+    p = Path(path)
+    d = read_json(p)  # names the file for a missing, binary, non-JSON or too deeply nested file
+    if isinstance(d, dict) and d.get("kind") == "first_order":
+        fit = plant_from_dict(d, p)  # names the file for wrong types, missing entries, non-finite values
+        return fit, "first_order_fit" if isinstance(fit, PlantFit) else "first_order_plant"
+    load_fit = getattr(identification, "load_fit", None)
+    if load_fit is None:
+        kind = d.get("kind") if isinstance(d, dict) else None
+        raise ValueError(f"{p}: not a first-order plant description or fit (kind {kind!r})")
+    fit = load_fit(p)
+    return fit, getattr(fit, "kind", type(fit).__name__)
+
+
+def design_problems(fit, beta_range=None) -> list:
+    """Why gains should not be checked or tuned on ``fit`` over ``beta_range`` (empty: it may be).
+
+    Parameters
+    ----------
+    fit : object
+        From :func:`read_fit_file`.  A first-order fit answers with
+        :meth:`~klcontrol.analysis.identification.first_order.PlantFit.design_problems`; a plain
+        plant (no data behind it) with nothing; another fit kind with its
+        ``identifiability`` reasons when it says ``identifiable`` is false.
+    beta_range : (float, float), optional
+        β range of the design (default: the fit's).
+
+    Returns
+    -------
+    list of str
+    """
+    if callable(getattr(fit, "design_problems", None)):
+        lo, hi = beta_range if beta_range is not None else (None, None)
+        return list(fit.design_problems(lo, hi))
+    if getattr(fit, "identifiable", None) is False:
+        return list((getattr(fit, "identifiability", None) or {}).get("reasons") or ["marked not identifiable"])
+    return []
+
+
+def check_first_order(fit, kp, ki, window=1, delay=0, controller="incremental", beta_range=None,
+                      widen: bool = True) -> dict:
+    """Exact robust verdict of ``(kp, ki)`` on a first-order fit or plant.
+
+    Parameters
+    ----------
+    fit : PlantFit or FirstOrderPlant
+        A fit (with g′ bands and an interval for ``a``) or a plain plant.
+    kp, ki : float
+        Gains.
+    window, delay, controller
+        Loop configuration.
+    beta_range : (float, float), optional
+        β range the loop visits (default: the fit's; required for a plain plant).
+    widen : bool
+        Widen g′ to its bootstrap band and check ``a`` at both ends of its interval (fits only).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``stable``, the ranges checked, the worst case and ``per_a`` details.
+    """
+    from klcontrol.analysis.stability import robust_stability
+
+    if not (math.isfinite(kp) and math.isfinite(ki)):
+        raise ValueError("kp and ki must be finite")
+    is_fit = hasattr(fit, "gprime_range") and hasattr(fit, "a_ci")
+    if is_fit:
+        lo, hi = beta_range or fit.beta_range
+        g_lo, g_hi = fit.gprime_range(lo, hi, ci=widen)
+        a_values = [fit.a] + ([v for v in fit.a_ci if math.isfinite(v)] if widen else [])
+    else:
+        if beta_range is None:
+            raise ValueError("a plant without a fit needs a β range: give --beta-range LO HI")
+        lo, hi = beta_range
+        gp = np.asarray(fit.g.derivative(np.linspace(lo, hi, 513)), dtype=float)
+        g_lo, g_hi = float(gp.min()), float(gp.max())
+        a_values = [float(fit.a)]
+    if not hi >= lo:
+        raise ValueError(f"the β range needs LO ≤ HI, got {lo}, {hi}")
+    cfg = dict(window=window, delay=delay, controller=controller)
+    results = [(a, robust_stability(kp, ki, a, g_lo, g_hi, **cfg)) for a in a_values]
+    worst_a, worst = max(results, key=lambda ar: ar[1].worst_spectral_radius)
+    return {
+        "stable": all(r.stable for _, r in results), "fit_kind": "first_order", "kp": kp, "ki": ki, **cfg,
+        "beta_range": [lo, hi], "gprime_range": [g_lo, g_hi], "widened_to_ci": bool(widen and is_fit),
+        "a_checked": [a for a, _ in results],
+        "worst_spectral_radius": worst.worst_spectral_radius, "worst_gprime": worst.worst_gprime, "worst_a": worst_a,
+        "gain_margin": min(r.gain_margin for _, r in results),
+        "per_a": [dict(a=a, **r.to_dict()) for a, r in results],
+    }
+
+
+def check_fit_file(path, kp, ki, window=1, delay=0, controller="incremental", beta_range=None, setpoints=None,
+                   point: bool = False) -> dict:
+    """Robust verdict of ``(kp, ki)`` on the fit or plant saved at ``path``, whatever its kind.
+
+    Parameters
+    ----------
+    path : str or Path
+        Saved fit or plant (:func:`read_fit_file`).
+    kp, ki : float
+        Gains.
+    window, delay, controller
+        Loop configuration.
+    beta_range : (float, float), optional
+        β range (default: the fit's).
+    setpoints : sequence of float, optional
+        Operating points for non-first-order fits.
+    point : bool
+        Point estimates only (no widening, no bootstrap draws).
+
+    Returns
+    -------
+    dict
+        JSON-able verdict with ``stable`` and ``fit_kind``.
+    """
+    from klcontrol.analysis.stability.lti import check_fit
+
+    if int(window) < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
+    fit, kind = read_fit_file(path)
+    if kind.startswith("first_order"):
+        if setpoints is not None:
+            raise ValueError("--setpoint applies to non-first-order fits; a first-order fit is checked over "
+                             "--beta-range")
+        try:
+            return check_first_order(fit, kp, ki, window, delay, controller, beta_range, widen=not point)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    try:
+        out = check_fit(fit, kp, ki, window, delay, controller, setpoints=setpoints, beta_range=beta_range,
+                        draws=not point)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return {"stable": out.pop("stable"), "fit_kind": kind, **out}
+
+
+def format_verdict(out: dict) -> str:
+    """The verdict of :func:`check_fit_file` as lines of text."""
+    head = (f"{'STABLE' if out['stable'] else 'NOT robustly stable'}: {out['controller']} PI Kp={out['kp']:g}, "
+            f"Ki={out['ki']:g}, T={out['window']}, delay={out['delay']}")
+    if out["fit_kind"] == "first_order":
+        lines = [head, f"over β ∈ [{out['beta_range'][0]:g}, {out['beta_range'][1]:g}]: g′ ∈ "
+                 f"[{out['gprime_range'][0]:.4g}, {out['gprime_range'][1]:.4g}]"
+                 + (" (widened to the confidence band)" if out["widened_to_ci"] else "")]
+        for r in out["per_a"]:
+            lines.append(f"  a = {r['a']:.4g}: {'stable' if r['stable'] else 'unstable'}, worst spectral radius "
+                         f"{r['worst_spectral_radius']:.9f} at g′ = {r['worst_gprime']:.4g}, gain margin "
+                         f"{r['gain_margin']:.4g}")
+            if r.get("stable_gprime_range") is not None:
+                lo, hi = r["stable_gprime_range"]
+                lines.append(f"    stable g′ range ({lo:.4g}, {hi:.4g})")
+        return "\n".join(lines)
+    sps = out["setpoints"]
+    lines = [head + f" on the {out['fit_kind']} fit",
+             f"over {len(sps)} operating points C ∈ [{min(sps):.4g}, {max(sps):.4g}]"
+             + (" and their bootstrap draws" if out["draws_included"] else "")
+             + f": {out['n_stable']} of {out['n_plants']} linearisations stable",
+             f"  worst spectral radius {out['worst_spectral_radius']:.9f} ({out['worst_plant']}), "
+             f"gain margin {out['gain_margin']:.4g}"]
+    if not out["stable"] and out.get("gain_range") is not None:
+        lo, hi = out["gain_range"]
+        lines.append(f"  stable on every linearisation for gain factors s in ({lo:.4g}, {hi:.4g}): (s·Kp, s·Ki)")
+    return "\n".join(lines)
+
+
+def stability_verdict(kp, ki, a, gprime, gprime_max=None, window=1, delay=0, controller="incremental",
+                      progress=None) -> dict:
+    """Verdict, spectral radius and margins of the linearised first-order loop (``klcontrol stability``).
+
+    Parameters
+    ----------
+    kp, ki : float
+        Gains.
+    a : float
+        Plant rate, > 0.
+    gprime, gprime_max : float
+        Slope g′(β*), or with ``gprime_max`` the interval every g′ of which must be stable.
+    window, delay, controller
+        Loop configuration.
+    progress : callable, optional
+        ``progress(message)`` for the stages of a long derivation (windows without shipped code).
+
+    Returns
+    -------
+    dict
+        JSON-able: ``stable``, ``spectral_radius`` at ``gprime``, the worst case over the interval, the gain
+        margin and range, the stable g′ range and every crossing.
+    """
+    from klcontrol.analysis.stability import robust_stability, spectral_radius
+    from klcontrol.analysis.stability.codegen import coefficient_functions
+
+    if int(window) < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
+    for name, v in (("kp", kp), ("ki", ki), ("a", a), ("gprime", gprime)):
+        if not math.isfinite(v):
+            raise ValueError(f"--{name} must be finite")
+    if a <= 0:
+        raise ValueError(f"--a must be > 0, got {a}")
+    cfg = dict(window=window, delay=delay, controller=controller)
+    # Derive (or load) the generated code first, so a long derivation reports its stages.
+    coefficient_functions(controller, window, delay, progress=progress)
+    res = robust_stability(kp, ki, a, gprime, gprime_max, **cfg)
+    return {
+        "stable": res.stable,
+        "spectral_radius": spectral_radius(kp, ki, a, gprime, **cfg),
+        "worst_spectral_radius": res.worst_spectral_radius,
+        "worst_gprime": res.worst_gprime,
+        "gain_margin": res.gain_margin,
+        "gain_range": res.gain_range,
+        "stable_gprime_range": res.stable_gprime_range,
+        "crossings": [c.gprime for c in res.crossings],
+        "gprime_interval": [res.gprime_min, res.gprime_max],
+        "kp": kp, "ki": ki, "a": a, "gprime": gprime, "interval_given": gprime_max is not None, **cfg,
+    }
+
+
+def format_stability(out: dict) -> str:
+    """The verdict of :func:`stability_verdict` as lines of text."""
+    lo_g, hi_g = out["gprime_interval"]
+    interval = f"every g′ in [{lo_g:g}, {hi_g:g}]" if out["interval_given"] else f"g′ = {out['gprime']:g}"
+    lines = [f"{'STABLE' if out['stable'] else 'UNSTABLE'} for {interval} ({out['controller']} PI, "
+             f"Kp={out['kp']:g}, Ki={out['ki']:g}, a={out['a']:g}, T={out['window']}, delay={out['delay']})",
+             f"spectral radius {out['spectral_radius']:.9f} at g′ = {out['gprime']:g}; worst "
+             f"{out['worst_spectral_radius']:.9f} at g′ = {out['worst_gprime']:g}"]
+    if out["stable"]:
+        lines.append(f"gain margin: (Kp, Ki) may be scaled together by up to {out['gain_margin']:.6g}")
+    elif out["gain_range"] is not None:
+        lines.append(f"robustly stable for gain factors in ({out['gain_range'][0]:.6g}, {out['gain_range'][1]:.6g})")
+    if out["stable_gprime_range"] is not None:
+        lo, hi = out["stable_gprime_range"]
+        lines.append(f"stable g′ range: ({lo:.6g}, {hi:.6g})")
+    else:
+        lines.append("no g′ makes these gains stable")
+    return "\n".join(lines)

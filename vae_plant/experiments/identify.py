@@ -1,0 +1,434 @@
+"""Operating-point identification of the real β-VAE: settle, then excite around β*.
+
+The stability theorem is about the loop linearised at its equilibrium
+``(β*, y* = g(β*))``; the dynamics that matter are those of a *trained*
+model around that point, not the initial transient of a fresh network.  The
+experiment therefore has two phases per operating point:
+
+1. **settle**: train from scratch at a fixed β* (``FixedBeta``) for
+   ``settle_steps`` updates; the final checkpoint is the operating point.
+2. **excite** (warm start from that checkpoint, :func:`klcontrol.vae_plant.training.trainer.train`
+   with ``init_from``):
+
+   * open loop: a lead-in hold at β*, then a random binary signal between
+     ``β*·e^{−δ}`` and ``β*·e^{+δ}`` whose hold times are drawn log-uniformly
+     in ``[hold_min, hold_max]`` (a PRBS-like signal whose spectrum covers both
+     the fast and the slow time constants); the schedule is a
+     :class:`klcontrol.ScheduledBeta`;
+   * closed loop: an :class:`klcontrol.IncrementalPI` started at β* with set
+     point steps ``y* ± Δ`` (a :class:`klcontrol.Sequence` of constants).
+
+Amplitude rule (:func:`design_amplitude`): ``δ = clip(snr·σ₅₀ / |S|, δ_min,
+δ_max)`` with ``σ₅₀`` the standard deviation of the 50-update mean of the
+detrended KL over the last ``noise_rows`` rows of the settle run, ``S =
+dKL/d ln β`` at β* (from a prior static map, default the shipped CPU fit) and
+``snr = 30``.  Why 30: the NRMSE fit % of the 50-update mean cannot exceed
+``1 − σ₅₀/σ_y``, and an excitation of log-amplitude δ gives ``σ_y ≈ |S|·δ``;
+20 keeps that noise ceiling at 95 %, and the factor 1.5 leaves room for the
+slow drift of a still-learning network (≈ 0.3–0.8 nats per 1000 updates at
+batch 16 after 4000 updates) and for the level estimated from the lead-in.
+``δ_max = 0.5`` (β within ×/÷ 1.65) keeps the excitation local.  Length: the
+hold times span ``[5, 500]`` updates, from below the fast time constant seen
+in the settled noise's autocorrelation (lag ≈ 5) to above the slow one.
+
+Traces are exported like ``data/traces/cpu``: ``NAME.csv.gz`` (the trainer's
+``trace.csv``) and ``NAME.config.json`` (settings, provenance, the warm-start
+checkpoint and the excitation design).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+
+from klcontrol.controllers import FixedBeta, IncrementalPI, ScheduledBeta
+from klcontrol.setpoints import Constant, Sequence
+
+__all__ = [
+    "random_binary_levels",
+    "beta_schedule",
+    "setpoint_steps",
+    "settled_noise",
+    "design_amplitude",
+    "settle",
+    "excite_open_loop",
+    "excite_closed_loop",
+    "export_run",
+    "static_points",
+    "plan",
+    "run_experiment",
+]
+
+#: Rows of the settle run over which the noise and the settled KL are measured.
+NOISE_ROWS = 1000
+MEAN_WINDOW = 50
+
+
+def random_binary_levels(length: int, hold_min: int, hold_max: int, seed: int):
+    """A ±1 signal with hold times drawn log-uniformly in ``[hold_min, hold_max]``.
+
+    Parameters
+    ----------
+    length : int
+        Number of samples.
+    hold_min, hold_max : int
+        Shortest and longest hold (updates), ``1 ≤ hold_min ≤ hold_max``.
+    seed : int
+
+    Returns
+    -------
+    levels : ndarray of ±1, shape ``(length,)``
+    holds : list of (sign, n)
+        The same signal as runs.
+    """
+    length, hold_min, hold_max = int(length), int(hold_min), int(hold_max)
+    if length < 1 or hold_min < 1 or hold_max < hold_min:
+        raise ValueError(f"need length ≥ 1 and 1 ≤ hold_min ≤ hold_max, got {length}, {hold_min}, {hold_max}")
+    rng = np.random.default_rng(seed)
+    holds, n, sign = [], 0, 1 if rng.random() < 0.5 else -1
+    while n < length:
+        h = int(round(math.exp(rng.uniform(math.log(hold_min), math.log(hold_max)))))
+        h = min(max(hold_min, min(hold_max, h)), length - n)
+        holds.append((sign, h))
+        n += h
+        sign = -sign
+    levels = np.concatenate([np.full(h, s, dtype=float) for s, h in holds])
+    return levels, holds
+
+
+def beta_schedule(beta_star: float, delta: float, length: int, lead: int, hold_min: int, hold_max: int, seed: int):
+    """Open-loop excitation: ``lead`` updates at β*, then ``β*·exp(±δ)`` (see :func:`random_binary_levels`).
+
+    Returns
+    -------
+    schedule : klcontrol.Sequence
+        β as a function of the update index (for :class:`klcontrol.ScheduledBeta`).
+    beta : ndarray ``(lead + length,)``
+        The same values as an array.
+    """
+    if not (beta_star > 0 and math.isfinite(beta_star)):
+        raise ValueError(f"beta_star must be positive, got {beta_star!r}")
+    if not (0 < delta < 3):
+        raise ValueError(f"delta (log-amplitude) must be in (0, 3), got {delta!r}")
+    _, holds = random_binary_levels(length, hold_min, hold_max, seed)
+    parts = [(Constant(beta_star), int(lead))] if lead else []
+    parts += [(Constant(beta_star * math.exp(s * delta)), h) for s, h in holds]
+    parts[-1] = (parts[-1][0], None)
+    beta = np.concatenate([np.full(n if n is not None else holds[-1][1], sp.c) for sp, n in parts])
+    return Sequence(parts), beta
+
+
+def setpoint_steps(center: float, step: float, hold: int, levels=(0, 1, -1, 0)):
+    """Set-point steps ``center + step·level`` each held ``hold`` updates (the last one forever)."""
+    parts = [(Constant(center + step * lv), int(hold)) for lv in levels]
+    parts[-1] = (parts[-1][0], None)
+    return Sequence(parts)
+
+
+def settled_noise(kl, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
+    """Noise of a settled KL trace: level, drift and the spread of its ``window``-update mean.
+
+    The last ``rows`` samples are detrended by a straight line (the slow
+    drift of a network that is still learning is not noise).
+
+    Returns
+    -------
+    dict
+        ``level`` (mean), ``slope`` (nats per update), ``sigma`` (raw KL),
+        ``sigma_mean`` (of the ``window``-update moving mean), ``level_ci``
+        (±1.96 standard errors of the level, from ``sigma_mean`` and the number
+        of independent windows).
+    """
+    kl = np.asarray(kl, dtype=float)
+    if kl.ndim != 1 or len(kl) < 2 * window:
+        raise ValueError(f"need a 1-D KL trace of at least {2 * window} samples, got shape {kl.shape}")
+    y = kl[-rows:]
+    t = np.arange(len(y), dtype=float)
+    slope, icpt = np.polyfit(t, y, 1)
+    r = y - (slope * t + icpt)
+    m = np.convolve(r, np.ones(window) / window, "valid")
+    sm = float(np.std(m))
+    half = 1.96 * sm / math.sqrt(max(len(y) // window, 1))
+    level = float(np.mean(y))
+    return dict(level=level, slope=float(slope), sigma=float(np.std(r)), sigma_mean=sm,
+                level_ci=[level - half, level + half], rows=len(y))
+
+
+def design_amplitude(sigma_mean: float, sensitivity: float, snr: float = 30.0, delta_min: float = 0.1,
+                     delta_max: float = 0.5) -> float:
+    """Log-amplitude δ of the β excitation: ``clip(snr·σ₅₀/|S|, δ_min, δ_max)``.
+
+    Parameters
+    ----------
+    sigma_mean : float
+        Noise of the 50-update mean KL at the settled state (:func:`settled_noise`).
+    sensitivity : float
+        ``S = dKL/d ln β`` at β* (nats per e-fold of β), e.g. ``β*·g′(β*)``.
+    snr : float
+        Wanted ratio of the KL swing to ``sigma_mean``.
+    """
+    if not (sigma_mean >= 0 and math.isfinite(sigma_mean)) or not (math.isfinite(sensitivity) and sensitivity != 0):
+        raise ValueError(f"need sigma_mean ≥ 0 and a non-zero finite sensitivity, got {sigma_mean!r}, {sensitivity!r}")
+    return float(min(delta_max, max(delta_min, snr * sigma_mean / abs(sensitivity))))
+
+
+def _train(out, controller, steps, seed, batch_size, device, init_from=None, command=None, checkpoint_every=0):
+    from klcontrol.vae_plant.training.trainer import train
+
+    return train(out, preset="cpu" if device == "cpu" else "paper", controller=controller, steps=steps, seed=seed,
+                 batch_size=batch_size, device=device, checkpoint_every=checkpoint_every, progress=False,
+                 command=command, init_from=init_from)
+
+
+def _done(out):
+    return os.path.isfile(os.path.join(out, "trace.csv")) and os.path.isdir(os.path.join(out, "checkpoints")) and bool(
+        os.listdir(os.path.join(out, "checkpoints")))
+
+
+def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, device: str = "cpu", command=None):
+    """Phase 1: train from scratch at the fixed β* (reuses a finished run in ``out``).
+
+    Returns
+    -------
+    str
+        The run directory (its final checkpoint is the operating point).
+    """
+    if _done(out):
+        return os.fspath(out)
+    shutil.rmtree(out, ignore_errors=True)
+    _train(out, FixedBeta(float(beta_star)), steps, seed, batch_size, device, command=command)
+    return os.fspath(out)
+
+
+def excite_open_loop(out, settled, beta_star, delta, steps, lead, hold_min, hold_max, seed, batch_size=16,
+                     device="cpu", command=None):
+    """Phase 2, open loop: the β schedule of :func:`beta_schedule` from the settled checkpoint.
+
+    Returns
+    -------
+    str
+        The run directory; ``excitation.json`` in it records the design.
+    """
+    sched, _ = beta_schedule(beta_star, delta, steps - lead, lead, hold_min, hold_max, seed)
+    design = dict(kind="open_loop", beta_star=beta_star, delta=delta, lead=lead, hold_min=hold_min,
+                  hold_max=hold_max, seed=seed, steps=steps)
+    return _excite(out, settled, ScheduledBeta(sched), design, steps, seed, batch_size, device, command)
+
+
+def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, window, seed, steps=None,
+                       levels=(0, 1, -1, 0), batch_size=16, device="cpu", command=None):
+    """Phase 2, closed loop: incremental PI from β* with set-point steps around ``center``.
+
+    Returns
+    -------
+    str
+        The run directory; ``excitation.json`` in it records the design.
+    """
+    steps = hold * len(levels) if steps is None else steps
+    ctrl = IncrementalPI(kp, ki, setpoint_steps(center, step, hold, levels), beta0=beta_star, filter=window)
+    design = dict(kind="closed_loop", beta_star=beta_star, center=center, step=step, hold=hold, levels=list(levels),
+                  kp=kp, ki=ki, window=window, seed=seed, steps=steps)
+    return _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command)
+
+
+def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command):
+    if _done(out):
+        return os.fspath(out)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    with open(os.path.join(out, "excitation.json"), "w") as fh:  # first, so a stopped run keeps its design
+        json.dump(design, fh, indent=2)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
+    return os.fspath(out)
+
+
+def export_run(run_dir, dest_dir, name):
+    """Copy a run's trace (gzip) and config (with its excitation design) to ``dest_dir/NAME.*``.
+
+    Returns
+    -------
+    str
+        Path of the ``.csv.gz``.
+    """
+    os.makedirs(dest_dir, exist_ok=True)
+    gz = os.path.join(dest_dir, name + ".csv.gz")
+    with open(os.path.join(run_dir, "trace.csv"), "rb") as src, gzip.GzipFile(gz, "wb", mtime=0) as dst:
+        shutil.copyfileobj(src, dst)
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        cfg = json.load(fh)
+    with open(os.path.join(run_dir, "trace.csv")) as fh:
+        rows = sum(1 for _ in fh) - 1
+    cfg["rows_recorded"] = rows
+    if rows < cfg.get("settings", {}).get("steps", rows):
+        # A run stopped early (time budget): its rows equal those of a run of that many steps (CPU is deterministic).
+        cfg["stopped_early"] = dict(rows=rows, note=f"stopped after {rows} of {cfg['settings']['steps']} updates; "
+                                    f"a run with steps={rows} and the same seed records the same rows")
+    exc = os.path.join(run_dir, "excitation.json")
+    if os.path.isfile(exc):
+        with open(exc) as fh:
+            cfg["excitation"] = json.load(fh)
+    ini = cfg.get("settings", {}).get("init_from")
+    if ini:
+        # Repository-relative, so the provenance does not name this machine's paths.
+        ini["checkpoint"] = os.path.join(os.path.basename(os.path.dirname(os.path.dirname(ini["checkpoint"]))),
+                                         "checkpoints", os.path.basename(ini["checkpoint"]))
+    with open(os.path.join(dest_dir, name + ".config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2, sort_keys=True)
+    return gz
+
+
+def static_points(traces, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
+    """Settled ``(β, KL)`` points with 95 % intervals from constant-β traces.
+
+    Parameters
+    ----------
+    traces : iterable of (beta, kl) arrays
+        Each a run at one constant β (the last ``rows`` rows are used).
+
+    Returns
+    -------
+    list of dict
+        ``beta``, ``level``, ``level_ci``, ``sigma``, ``sigma_mean``, ``slope``.
+    """
+    out = []
+    for beta, kl in traces:
+        beta = np.asarray(beta, dtype=float)
+        b = beta[-rows:]
+        if np.ptp(b) > 1e-12:
+            raise ValueError("static_points needs constant-β traces (β varies over the rows used)")
+        out.append(dict(beta=float(b[0]), **settled_noise(kl, rows, window)))
+    return sorted(out, key=lambda d: d["beta"])
+
+
+# -- the whole experiment ----------------------------------------------------------------------------------
+
+
+def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_steps=1200, closed_steps=1200,
+         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False):
+    """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
+
+    Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
+    point: an open-loop run for fitting (seed 1), two held-out open-loop runs
+    (seeds 2 and 4) and a held-out closed-loop run (seed 3; DynamicVAE's PI with
+    set point steps of ``setpoint_step`` nats held ``closed_steps/4`` updates).
+    With ``other_betas_excited``, a held-out open-loop run at every other β
+    (seeds 5, 6, …); otherwise those β give static points only.
+
+    Returns
+    -------
+    settles : list of dict
+    excites : list of dict
+    """
+    betas = [float(b) for b in betas]
+    main = float(main)
+    if main not in betas:
+        raise ValueError(f"the main operating point {main:g} must be one of the betas {betas}")
+    if any(b <= 0 for b in betas) or len(set(betas)) != len(betas):
+        raise ValueError(f"betas must be distinct and positive, got {betas}")
+    if min(int(fit_steps), int(val_steps)) <= int(lead):
+        raise ValueError(f"open-loop runs ({fit_steps}, {val_steps} updates) must be longer than the lead-in ({lead})")
+    if int(closed_steps) < 4:
+        raise ValueError(f"the closed-loop run needs at least 4 updates (4 set-point levels), got {closed_steps}")
+    settles = [dict(name=f"settle_b{b:g}", beta=b, seed=int(round(10 * b)), steps=int(settle_steps)) for b in betas]
+    ol = dict(kind="open_loop", lead=int(lead), hold_min=int(hold_min), hold_max=int(hold_max))
+    excites = [dict(ol, name=f"ol_b{main:g}_s1", beta=main, seed=1, steps=int(fit_steps), role="fit"),
+               dict(ol, name=f"ol_b{main:g}_s2", beta=main, seed=2, steps=int(val_steps), role="held_out"),
+               dict(kind="closed_loop", name=f"cl_b{main:g}_s3", beta=main, seed=3, steps=int(closed_steps),
+                    step=float(setpoint_step), hold=int(closed_steps) // 4, kp=kp, ki=ki, window=int(window),
+                    role="held_out"),
+               dict(ol, name=f"ol_b{main:g}_s4", beta=main, seed=4, steps=int(val_steps), role="held_out")]
+    if other_betas_excited:
+        for i, b in enumerate(x for x in betas if x != main):
+            excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i, steps=int(val_steps),
+                                role="held_out"))
+    return settles, excites
+
+
+def _prior_sensitivity(prior, beta):
+    from klcontrol.analysis.identification.first_order import load_fit
+
+    g = load_fit(prior).g
+    return float(beta * g.derivative(beta))
+
+
+def _job(args):
+    job, root, batch_size, device, prior, command = args
+    import torch
+
+    torch.set_num_threads(1)
+    out = os.path.join(root, job["name"])
+    if job["kind"] == "settle":
+        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command)
+        return job["name"], None
+    settled = os.path.join(root, f"settle_b{job['beta']:g}")
+    from klcontrol.vae_plant.training.trace_log import read_trace_csv
+
+    nz = settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])
+    if job["kind"] == "open_loop":
+        delta = design_amplitude(nz["sigma_mean"], _prior_sensitivity(prior, job["beta"]))
+        excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
+                         job["hold_max"], job["seed"], batch_size, device, command)
+    else:
+        excite_closed_loop(out, settled, job["beta"], round(nz["level"], 2), job["step"], job["hold"], job["kp"],
+                           job["ki"], job["window"], job["seed"], job["steps"], batch_size=batch_size, device=device,
+                           command=command)
+    return job["name"], nz
+
+
+def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior=None, command=None,
+                   progress=print, **plan_kw):
+    """Run the identification experiment of :func:`plan` (finished runs in ``root`` are reused).
+
+    Parameters
+    ----------
+    root : str
+        Directory of the run directories.
+    export : str, optional
+        Copy every trace there (:func:`export_run`) and write ``experiment.json``
+        (the plan, the settled noise and the static points).
+    jobs : int
+        Runs trained at once (processes, one thread each).
+    batch_size, device
+        Of every run (batch 16 on a CPU; ``device="cuda"`` for larger batches).
+    prior : str, optional
+        Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule (default: the
+        shipped ``data/traces/cpu/fit.json``).
+    **plan_kw
+        Passed to :func:`plan`.
+
+    Returns
+    -------
+    dict
+        ``plan``, ``noise`` (per settle run), ``static_points``, ``exported`` (paths).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from klcontrol.vae_plant.training.trace_log import read_trace_csv
+
+    if prior is None:
+        prior = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "traces", "cpu", "fit.json")
+    settles, excites = plan(**plan_kw)
+    os.makedirs(root, exist_ok=True)
+    command = command if command is not None else "klcontrol identify"
+    noise = {}
+    with ProcessPoolExecutor(max(1, int(jobs))) as ex:
+        for phase in ([dict(s, kind="settle") for s in settles], excites):
+            for name, nz in ex.map(_job, [(j, root, batch_size, device, prior, command) for j in phase]):
+                progress(f"finished {name}")
+    for s in settles:
+        tr = read_trace_csv(os.path.join(root, s["name"], "trace.csv"))
+        noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr["kl"]))
+    points = static_points([(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["beta"],
+                             read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["kl"]) for s in settles])
+    result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device),
+                  noise=noise, static_points=points, exported=[])
+    if export:
+        for j in settles + excites:
+            result["exported"].append(export_run(os.path.join(root, j["name"]), export, j["name"]))
+        with open(os.path.join(export, "experiment.json"), "w") as fh:
+            json.dump({k: v for k, v in result.items() if k != "exported"}, fh, indent=2)
+    return result
