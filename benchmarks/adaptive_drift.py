@@ -10,8 +10,8 @@ import argparse
 
 import numpy as np
 
-from klcontrol.analysis.tuning.adaptive import drift_run
 from klcontrol import AdaptivePI, IncrementalPI, adaptive_table
+from klcontrol.analysis.tuning.adaptive import drift_run
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """The adaptive controller on the plant identified from the real VAE, before (and beside) the real runs.
 
 Simulates the ``compare`` CPU budget (5 000 updates, set points compressed ×160) on the Hammerstein/OE model of
-``data/traces/identify/fit.json`` (time constants 367, 15.7 and 15.7 updates) with its residual noise, for the
+``identify/fit.json`` (:mod:`klcontrol.data`) (time constants 367, 15.7 and 15.7 updates) with its residual noise, for the
 ``adaptive`` preset, DynamicVAE, and variants that start from β(0) = 4 or trust a prior at the fast mode
 (a = 1/15.7 ≈ 0.064). For each: how often the estimate was trusted, the gains it then chose, tracking RMSE of
 the noise-free output and the β jitter. The first-order RLS sees the fast mode; gains designed for it are far
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from klcontrol import data, simulate
 from klcontrol.analysis.identification.first_order import load_fit
-from klcontrol import simulate
 from klcontrol.vae_plant.experiments.compare import Method
 
-FIT = Path(__file__).resolve().parents[1] / "data/traces/identify/fit.json"
+FIT = data.path("identify/fit.json")
 SPECS = ("adaptive", "dynamicvae", "adaptive:beta0=4,a_factor=64", "dynamicvae:beta0=4",
          "adaptive:a_prior=0.064,a_factor=8", "adaptive:beta0=4,a_prior=0.064,a_factor=8")
 

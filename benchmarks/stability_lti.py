@@ -20,6 +20,7 @@ import numpy as np
 
 from klcontrol.analysis.stability import numeric as sn
 from klcontrol.analysis.stability import spectral_radius
+
 # The random plants and the hand-written controller are the test suite's, so the figures are of the same check.
 from tests.test_stability_lti import independent_rho, random_plant
 

@@ -42,7 +42,6 @@ from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
 from klcontrol.vae_plant.training.presets import CONTROLLERS, make_controller
 from klcontrol.vae_plant.training.trainer import Trainer
 
-
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 

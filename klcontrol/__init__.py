@@ -5,15 +5,15 @@ The loop: a set point C(t), a measurement filter, a β controller and a plant
 ``docs/design.md`` for the indexing conventions.
 """
 from .controllers import (
+    GECO,
     AdaptivePI,
     CapacityRamp,
     Controller,
     FixedBeta,
-    GECO,
     IncrementalPI,
     PIDLagrangian,
-    ScheduledBeta,
     PositionalPI,
+    ScheduledBeta,
     beta_from_norm,
     beta_norm,
 )
@@ -21,14 +21,13 @@ from .filters import ExponentialAverage, Filter, MovingAverage
 from .plant import ExpGain, FirstOrderPlant, Gain, LinearGain, Plant
 from .setpoints import Constant, Cyclical, LinearRamp, Sequence, SetPoint, StepRamp
 from .simulate import Trace, response_metrics, simulate
-
 from .version import __version__
 
 __all__ = [
     "Controller", "FixedBeta", "ScheduledBeta", "CapacityRamp", "PositionalPI", "IncrementalPI", "GECO",
     "PIDLagrangian", "AdaptivePI", "beta_norm", "beta_from_norm",
     "Filter", "MovingAverage", "ExponentialAverage",
-    "Gain", "ExpGain", "FirstOrderPlant",
+    "Gain", "ExpGain", "LinearGain", "FirstOrderPlant", "Plant",
     "SetPoint", "Constant", "LinearRamp", "StepRamp", "Cyclical", "Sequence",
     "Trace", "simulate", "response_metrics", "__version__",
 ]

@@ -4,7 +4,7 @@ Do not edit: the design rule and its robust margin are documented in :mod:`klcon
 Bin k covers ``A_EDGES[k] ≤ a < A_EDGES[k+1]``; the gains are ``KP_N[k]/|g′|`` and ``KI_N[k]/|g′|``.
 """
 
-__all__ = ["drift_run", "A_EDGES", "KP_N", "KI_N", "WORST_RADIUS", "G_FACTOR"]
+__all__ = ["A_EDGES", "KP_N", "KI_N", "WORST_RADIUS", "G_FACTOR"]
 
 A_EDGES = (0.0001220703125, 0.000244140625, 0.00048828125, 0.0009765625, 0.001953125, 0.00390625, 0.0078125, 0.015625, 0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0,)
 KP_N = (4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 3.0050453199639597, 2.2575743437593236,)

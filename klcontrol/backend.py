@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Ops", "NumpyOps", "SympyOps", "TorchOps", "ops_for", "NUMPY", "SYMPY"]
+__all__ = ["Ops", "NumpyOps", "SympyOps", "TorchOps", "ops_for", "NUMPY", "SYMPY"]  # noqa: F822 (SYMPY: module __getattr__)
 
 
 class Ops(ABC):

@@ -20,7 +20,7 @@ import sys
 import warnings
 import zlib
 
-import numpy as np
+from .fileio import jsonable
 
 __all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS",
            "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNSTABLE", "EXIT_UNIDENTIFIED", "EXIT_CODES",
@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "EN
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
 ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
-         "compare")
+         "compare", "data")
 #: Entry-point group through which packages add commands.
 ENTRY_POINT_GROUP = "klcontrol.commands"
 
@@ -43,13 +43,18 @@ def command_modules() -> dict:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             mod = importlib.import_module(ep.value)
-        except ModuleNotFoundError as exc:  # a plugin uninstalled without its metadata
-            if exc.name and ep.value.startswith(exc.name):
-                continue
-            raise
+        except Exception as exc:  # noqa: BLE001 (any failure is reported, the other commands still work)
+            _unavailable(ep.value, exc)
+            continue
         found.update(getattr(mod, "COMMANDS", {}))
     rank = {n: i for i, n in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+def _unavailable(module: str, exc: BaseException) -> None:
+    """One line on stderr for a command package or command that failed to import: never dropped silently."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"klcontrol: warning: commands of {module} unavailable: {type(exc).__name__}: {reason}", file=sys.stderr)
+
 
 #: Exit statuses (documented in ``--help`` and README "Command line").
 EXIT_OK = 0  # success; for check/stability: stable
@@ -79,26 +84,11 @@ def _version() -> str:
         return __version__
 
 
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.bool_,)):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        f = float(o)
-        return f if np.isfinite(f) else None
-    return o
 
 
 def print_json(obj) -> None:
     """Print ``obj`` as JSON (NumPy types converted, non-finite floats as null)."""
-    print(json.dumps(_jsonable(obj), indent=2))
+    print(json.dumps(jsonable(obj), indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in command_modules().values():
-        importlib.import_module(module).register(sub)
+        try:
+            mod = importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 (reported; the other commands still work)
+            _unavailable(module, exc)
+            continue
+        mod.register(sub)
     return parser
 
 

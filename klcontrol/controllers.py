@@ -758,7 +758,7 @@ class ScheduledBeta(Controller):
     @classmethod
     def cyclical_dsprites(cls, steps: int | None = None, **kw) -> "ScheduledBeta":
         """Fu et al.'s schedule (M = 4 cycles, R = 0.5, β from 0 to 1) over ``steps`` (default: the paper budget)."""
-        from .papers import CYCLICAL_CYCLES, CYCLICAL_RANGE, CYCLICAL_RATIO, CYCLICAL_DSPRITES_STEPS
+        from .papers import CYCLICAL_CYCLES, CYCLICAL_DSPRITES_STEPS, CYCLICAL_RANGE, CYCLICAL_RATIO
         from .setpoints import Cyclical
 
         sched = Cyclical(CYCLICAL_DSPRITES_STEPS if steps is None else steps, CYCLICAL_CYCLES, CYCLICAL_RATIO,
@@ -997,8 +997,13 @@ class IncrementalPI(Controller):
         update 0's KL (the official loop uses the PID output for update 0),
         it gives the official β call for call.
         """
-        from .papers import (DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_OFFICIAL_BETA0,
-                             DYNAMICVAE_OFFICIAL_BETA_MIN, DYNAMICVAE_WINDOW)
+        from .papers import (
+            DYNAMICVAE_BETA0,
+            DYNAMICVAE_GAINS,
+            DYNAMICVAE_OFFICIAL_BETA0,
+            DYNAMICVAE_OFFICIAL_BETA_MIN,
+            DYNAMICVAE_WINDOW,
+        )
         from .setpoints import StepRamp
 
         kp, ki = DYNAMICVAE_GAINS
@@ -1093,7 +1098,7 @@ class GECO(Controller):
     @classmethod
     def dsprites(cls, **kw) -> "GECO":
         """klcontrol's dSprites choice (the paper has none): κ, η, β clamps of :mod:`klcontrol.papers`, α = 0.99."""
-        from .papers import GECO_ALPHA, GECO_BETA_RANGE, GECO_DSPRITES_KAPPA, GECO_DSPRITES_ETA, GECO_LAMBDA0
+        from .papers import GECO_ALPHA, GECO_BETA_RANGE, GECO_DSPRITES_ETA, GECO_DSPRITES_KAPPA, GECO_LAMBDA0
 
         args = dict(kappa=GECO_DSPRITES_KAPPA, eta=GECO_DSPRITES_ETA, alpha=GECO_ALPHA, beta0=1 / GECO_LAMBDA0,
                     beta_min=GECO_BETA_RANGE[0], beta_max=GECO_BETA_RANGE[1])
@@ -1320,7 +1325,7 @@ class AdaptivePI(Controller):
 
         Set point, β(0) = 150, window 5 and fallback gains are DynamicVAE's
         (:meth:`IncrementalPI.dynamicvae_dsprites`); the prior is the paper's dSprites plant
-        (a = 1/2500, ``a_factor`` 4 admits the batch-16 plant's a ≈ 8.3e-4 of ``data/traces/cpu/fit.json``).
+        (a = 1/2500, ``a_factor`` 4 admits the batch-16 plant's a ≈ 8.3e-4 of ``cpu/fit.json`` (:mod:`klcontrol.data`)).
         """
         from .papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
         from .setpoints import StepRamp

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from . import laws
 from .backend import NUMPY, Ops
 
-__all__ = ["Filter", "MovingAverage", "ExponentialAverage", "as_filter"]
+__all__ = ["Filter", "MovingAverage", "ExponentialAverage", "as_filter", "moving_mean"]
 
 
 class Filter:
@@ -122,3 +124,44 @@ def as_filter(f) -> Filter:
     if isinstance(f, (int, float)) and not isinstance(f, bool):
         return MovingAverage(f)
     raise ValueError(f"filter must be None, a window size or a Filter, got {f!r}")
+
+
+def moving_mean(x, window: int, axis: int = 0, mode: str = "valid"):
+    """The offline moving mean of a recorded series (the online filter is :class:`MovingAverage`).
+
+    Parameters
+    ----------
+    x : array_like
+        The series (any shape; averaged along ``axis``).
+    window : int
+        Samples per mean (``1``: ``x`` itself, as a float copy).
+    axis : int
+        The time axis.
+    mode : {"valid", "same"}
+        ``"valid"``: trailing means, ``len − window + 1`` values (value ``i`` is the mean of samples
+        ``i … i + window − 1``, what :class:`MovingAverage` outputs at ``i + window − 1``). ``"same"``: centred,
+        the ends padded with the edge values, as many values as ``x`` (for figures); a window longer than the
+        series is cut to its length.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, 0)
+    window = int(window)
+    n = x.shape[0]
+    if mode not in ("valid", "same"):
+        raise ValueError(f"moving_mean mode must be 'valid' or 'same', got {mode!r}")
+    if window < 1:
+        raise ValueError(f"moving_mean needs a window ≥ 1, got {window}")
+    if mode == "same":
+        window = min(window, max(n, 1))
+        if window > 1:
+            pad = [(window // 2, window - 1 - window // 2)] + [(0, 0)] * (x.ndim - 1)
+            x = np.pad(x, pad, mode="edge")
+    elif n < window:
+        raise ValueError(f"need 1 ≤ window ≤ len(x), got window {window} for {n} rows")
+    if window == 1:
+        return np.moveaxis(x.copy(), 0, axis)
+    c = np.cumsum(np.concatenate([np.zeros((1,) + x.shape[1:]), x], axis=0), axis=0)
+    return np.moveaxis((c[window:] - c[:-window]) / window, 0, axis)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_trace"]
+__all__ = ["plot_trace", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (unless a backend was already chosen)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -35,7 +36,7 @@ def plot_trace(trace, path=None, title=None, max_loops: int = 20, labels=None):
     -------
     matplotlib.figure.Figure
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_b, ax_k) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     beta = np.asarray(trace.beta)
     kl = np.asarray(trace.kl)

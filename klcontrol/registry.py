@@ -24,8 +24,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import papers
-from .controllers import (GECO, AdaptivePI, CapacityRamp, Controller, FixedBeta, IncrementalPI, PIDLagrangian,
-                          PositionalPI, ScheduledBeta)
+from .controllers import (
+    GECO,
+    AdaptivePI,
+    CapacityRamp,
+    Controller,
+    FixedBeta,
+    IncrementalPI,
+    PIDLagrangian,
+    PositionalPI,
+    ScheduledBeta,
+)
 from .setpoints import StepRamp
 
 __all__ = [

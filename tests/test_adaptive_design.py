@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from klcontrol.analysis.tuning import adaptive as ad
-from klcontrol.analysis.stability import spectral_radius
 from klcontrol import AdaptivePI, IncrementalPI, adaptive_table, laws
+from klcontrol.analysis.stability import spectral_radius
+from klcontrol.analysis.tuning import adaptive as ad
 from klcontrol.backend import NUMPY, TorchOps
 
 
@@ -209,7 +209,6 @@ def test_beta_inside_clamps_and_gains_are_fallback_or_a_table_design(kls, bmin, 
 def test_the_dsprites_preset_keeps_the_tables_margin_with_its_window_5():
     """The table is designed for window 1; the ``adaptive`` preset filters with DynamicVAE's window 5."""
     from klcontrol.analysis.stability import robust_stability
-
     from klcontrol.registry import make_preset
 
     ctrl = make_preset("adaptive")

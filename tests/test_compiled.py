@@ -22,9 +22,9 @@ from klcontrol import (
     PositionalPI,
     ScheduledBeta,
     StepRamp,
+    compiled,
     simulate,
 )
-from klcontrol import compiled
 from klcontrol.setpoints import Cyclical
 
 numba = pytest.importorskip("numba")

@@ -68,7 +68,7 @@ def test_demo_report_matches_its_numbers(tmp_path):
 
     # The shipped real traces (this test runs from the repository root) are fitted, checked and tuned on.
     real = summary["real_traces"]
-    assert real["available"] is True and real["dir"] == os.path.join("data", "traces", "cpu")
+    assert real["available"] is True and real["dir"] == "klcontrol data cpu"
     assert len(real["files"]) == 6 and "dynamicvae_C8.csv.gz" in real["files"]
     shipped = json.loads((demo.default_traces_dir() / "fit.json").read_text())
     # the same fit as the shipped fit.json (same data, model and optimiser; the bootstrap differs in size)
@@ -76,7 +76,7 @@ def test_demo_report_matches_its_numbers(tmp_path):
     assert real["fit"]["gain_model"] == "exp" and real["fit"]["n_boot"] > 0
     assert real["fit"]["a_ci"][0] < real["fit"]["a"] < real["fit"]["a_ci"][1]
     assert real["paper_gains"]["a_checked"] == [real["fit"]["a"], *real["fit"]["a_ci"]]
-    assert real["paper_gains"]["stable"] is True  # as README's `klcontrol check --fit data/traces/cpu/fit.json`
+    assert real["paper_gains"]["stable"] is True  # as README's `klcontrol check --fit …/cpu/fit.json`
     assert real["tuned"]["figures"]["robust"] is True
     assert real["tuned"]["a"] == real["fit"]["a"]
     st = real["schedule_tuned"]
@@ -87,13 +87,16 @@ def test_demo_report_matches_its_numbers(tmp_path):
 
 
 def test_demo_without_the_shipped_traces_says_so(tmp_path, monkeypatch):
-    # Run where no data/traces/cpu exists (as from an installed package): the demo says so instead of failing,
-    # and running again into the same directory replaces the demo's own run.
+    # An installation without the shipped traces (here: the data folder made empty): the demo says so instead of
+    # failing, and running again into the same directory replaces the demo's own run.
+    from klcontrol import data
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "_root", lambda: tmp_path / "no_data")
     for _ in range(2):
         s = demo.run_demo("out", steps=3, n_boot=5, progress=False)
     assert s["real_traces"]["available"] is False
-    assert "no recorded traces in data/traces/cpu" in s["real_traces"]["reason"]
+    assert "no recorded traces shipped" in s["real_traces"]["reason"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Not fitted: no recorded traces" in report
     assert not (tmp_path / "out" / "fit_real_traces.png").exists()

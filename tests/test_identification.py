@@ -6,8 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from klcontrol.analysis.identification.first_order import MonotoneSplineGain, PlantFit, _ExpParam, _Problem, _Series, _SplineParam, fit_plant, rise_time_a, simulate_plant
 from klcontrol import Constant, ExpGain, FirstOrderPlant, FixedBeta, IncrementalPI, LinearRamp, Trace, simulate
+from klcontrol.analysis.identification.first_order import (
+    MonotoneSplineGain,
+    PlantFit,
+    _ExpParam,
+    _Problem,
+    _Series,
+    _SplineParam,
+    fit_plant,
+    rise_time_a,
+    simulate_plant,
+)
 from klcontrol.plant import gain_from_dict
 
 DSPRITES = FirstOrderPlant(1 / 400, ExpGain(3.2 / 0.121, 0.121))  # paper's g, a faster a to keep traces short

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, simulate
-from klcontrol.cli import EXIT_UNIDENTIFIED, EXIT_UNSTABLE, main
+from klcontrol.cli import EXIT_UNSTABLE, main
 
 PLANT = FirstOrderPlant(1 / 400, ExpGain(3.2 / 0.121, 0.121))
 
@@ -154,7 +154,9 @@ def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
 
     from klcontrol.cli import main
 
-    d = str(Path(__file__).resolve().parents[1] / "data/traces/identify")
+    from klcontrol import data
+
+    d = str(data.path("identify"))
     assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein"]) == 1
     assert "--static" in capsys.readouterr().err
     assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein", "--static", f"{d}/settle_b4.csv.gz",
@@ -174,8 +176,9 @@ def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys)
 
     from klcontrol.cli import main
 
-    root = Path(__file__).resolve().parents[1]
-    d, cpu = root / "data/traces/identify", root / "data/traces/cpu"
+    from klcontrol import data
+
+    d, cpu = data.path("identify"), data.path("cpu")
     summary = tmp_path / "summary.json"
     assert main(["fit", str(d / "ol_b4_s1.csv.gz"), "--model", "hammerstein", "--static",
                  str(d / "settle_b2.csv.gz"), str(d / "settle_b4.csv.gz"),
@@ -185,7 +188,7 @@ def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys)
                  "--summary", str(summary), "--no-progress"]) == 0
     assert "← chosen" in capsys.readouterr().out
     got = json.loads(summary.read_text())["held_out"]
-    shipped = json.loads((root / "docs/results/plant_validation/summary.json").read_text())["held_out"]
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "docs/results/plant_validation/summary.json").read_text())["held_out"]
     for g, s in zip(got, shipped, strict=True):
         assert abs(g["fit_percent"] - s["fit_percent"]) < 1e-6
         assert abs(g["first_order_fit_percent"] - s["first_order_fit_percent"]) < 1e-6

@@ -210,9 +210,9 @@ class PlantModule(L.LightningModule):
 def test_logged_pairs_fit_back_to_the_plant(tmp_path, logger):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from klcontrol import ExpGain, FirstOrderPlant, StepRamp
     from klcontrol.analysis.identification.first_order import fit_plant
     from klcontrol.analysis.identification.traces import read_trace
-    from klcontrol import ExpGain, FirstOrderPlant, StepRamp
 
     plant = FirstOrderPlant(1 / 5, ExpGain(26.0, 0.12))  # fast: a one-row mis-pairing of β and KL shows
     steps = 800

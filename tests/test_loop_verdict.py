@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from klcontrol.analysis.verdicts.observed import observed_stability
-from klcontrol.analysis.stability import spectral_radius
 from klcontrol import Constant, ExpGain, FirstOrderPlant, IncrementalPI, simulate
+from klcontrol.analysis.stability import spectral_radius
+from klcontrol.analysis.verdicts.observed import observed_stability
 
 PLANT = FirstOrderPlant(0.05, ExpGain(29.0, 0.1))
 BSTAR = 4.0

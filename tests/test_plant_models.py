@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from klcontrol.analysis.identification import models as pm
 from klcontrol import FirstOrderPlant, Trace
+from klcontrol.analysis.identification import models as pm
 
 
 def _trace(beta, kl):

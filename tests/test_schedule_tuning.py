@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, StepRamp, simulate
 from klcontrol.analysis import stability
 from klcontrol.analysis.tuning.schedule import schedule_figures, tune_schedule
-from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, StepRamp, simulate
 from klcontrol.cli import main
 from klcontrol.simulate import response_metrics
 

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from klcontrol.analysis.stability import lti as sl
-from klcontrol.analysis.stability import numeric as sn
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
 from klcontrol.analysis.stability import (
     RobustLTI,
     eigenvalues,
@@ -24,7 +23,8 @@ from klcontrol.analysis.stability import (
     robust_stability_lti,
     spectral_radius,
 )
-from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
+from klcontrol.analysis.stability import lti as sl
+from klcontrol.analysis.stability import numeric as sn
 from klcontrol.plant import Plant
 
 CONTROLLERS = ("incremental", "incremental-official", "positional")

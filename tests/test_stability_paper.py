@@ -2,7 +2,13 @@
 import numpy as np
 import sympy as sp
 
-from klcontrol.analysis.stability import characteristic_polynomial, eigenvalues, is_stable, spectral_radius, to_statespace
+from klcontrol.analysis.stability import (
+    characteristic_polynomial,
+    eigenvalues,
+    is_stable,
+    spectral_radius,
+    to_statespace,
+)
 from klcontrol.analysis.stability.paper import (
     PAPER_GAINS,
     PRESETS,

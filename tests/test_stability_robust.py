@@ -5,6 +5,7 @@ import control
 import numpy as np
 import pytest
 
+from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
 from klcontrol.analysis.stability import (
     RobustStability,
     crossings,
@@ -15,7 +16,6 @@ from klcontrol.analysis.stability import (
     to_statespace,
     to_transfer_function,
 )
-from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, PositionalPI, simulate
 
 
 def _grid_verdict(kp, ki, a, g1, g2, T, d, n=4001):

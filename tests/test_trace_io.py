@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from klcontrol.analysis.identification.traces import align_kl, read_trace, read_traces
 from klcontrol import ExpGain, FirstOrderPlant, IncrementalPI, simulate
+from klcontrol.analysis.identification.traces import align_kl, read_trace, read_traces
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,10 @@ def test_tune_rejects_nan_bounds(capsys):
     for extra, name in ((["--max-overshoot", "nan"], "max_overshoot"), (["--max-overshoot", "-0.1"], "max_overshoot")):
         assert main(base + extra) == 1
         assert f"{name} must be a number ≥ 0" in capsys.readouterr().err
+    import pytest
+
     from klcontrol.analysis.tuning.schedule import tune_schedule
     from klcontrol.setpoints import Constant
-
-    import pytest
 
     for kw in ({"max_overshoot": float("nan")}, {"max_jitter": float("nan")}):
         with pytest.raises(ValueError, match="must be a number ≥ 0"):

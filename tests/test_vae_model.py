@@ -11,7 +11,6 @@ from torch import nn
 from klcontrol.vae_plant.training.model import BetaVAE, bernoulli_recon, gaussian_kl, vae_losses
 
 
-
 def test_shapes():
     torch.manual_seed(0)
     m = BetaVAE()

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from klcontrol.analysis.verdicts.observed import observed_stability
-from klcontrol.analysis.stability import spectral_radius
 from klcontrol import ExpGain, FirstOrderPlant
+from klcontrol.analysis.stability import spectral_radius
+from klcontrol.analysis.verdicts.observed import observed_stability
 from klcontrol.vae_plant.experiments import identify as idf
 from klcontrol.vae_plant.experiments import stability_runs as sr
 from klcontrol.vae_plant.training.trace_log import read_trace_csv

@@ -6,17 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from official_loops import controlvae_official_betas, dynamicvae_official_betas
 
 from klcontrol.cli import main
-from klcontrol.vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
 from klcontrol.controllers import FixedBeta, IncrementalPI
 from klcontrol.setpoints import StepRamp
+from klcontrol.vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
 from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.training import presets
-from klcontrol.vae_plant.training.trainer import Trainer, load_run, train
 from klcontrol.vae_plant.training.trace_log import read_trace_csv
-
-from official_loops import controlvae_official_betas, dynamicvae_official_betas
+from klcontrol.vae_plant.training.trainer import Trainer, load_run, train
 
 ARGS = ["train", "--preset", "tiny", "--controller", "dynamicvae", "--seed", "3", "--checkpoint-every", "20",
         "--no-progress"]

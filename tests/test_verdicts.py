@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from klcontrol import ExpGain, FirstOrderPlant
 from klcontrol.analysis.stability import robust_stability
 from klcontrol.analysis.verdicts.fits import check_first_order, check_fit_file, format_verdict, read_fit_file
-from klcontrol import ExpGain, FirstOrderPlant
 
 PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
 

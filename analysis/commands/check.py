@@ -45,7 +45,6 @@ def run(args) -> int:
     import sys
 
     from klcontrol.analysis.verdicts.fits import check_fit_file, design_problems, format_verdict, read_fit_file
-
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, print_json
 
     problems = design_problems(read_fit_file(args.fit)[0], args.beta_range)

@@ -7,7 +7,6 @@ import sys
 def register(sub) -> None:
     """Register the ``fit`` command."""
     from klcontrol.analysis.identification.traces import add_reader_arguments
-
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
 
     p = sub.add_parser(
@@ -47,7 +46,7 @@ def register(sub) -> None:
                    "cross-correlation with β")
     m.add_argument("--report", default=None, metavar="JSON", help="write the validation report (all candidates)")
     m.add_argument("--compare", default=None, metavar="FIT",
-                   help="another saved fit (e.g. the first-order data/traces/cpu/fit.json) validated beside (hammerstein)")
+                   help="another saved fit (e.g. the first-order shipped one: klcontrol data path cpu/fit.json) validated beside (hammerstein)")
     m.add_argument("--summary", default=None, metavar="JSON",
                    help="write {held_out: [{trace, fit, closed_loop, fit_percent, first_order_fit_percent, ...}]} "
                    "(hammerstein; needs --out, --validate and --compare)")
@@ -67,7 +66,6 @@ def _print_validation(rows):
 def _run_hammerstein(args) -> int:
     from klcontrol.analysis.identification.files import fit_hammerstein_files
     from klcontrol.analysis.identification.traces import reader_kwargs
-
     from klcontrol.cli import print_json
 
     best, rep = fit_hammerstein_files(args.paths, static=args.static, reader=reader_kwargs(args),
@@ -101,7 +99,6 @@ def run(args) -> int:
     """Execute ``klcontrol fit``."""
     from klcontrol.analysis.identification.files import fit_first_order_files
     from klcontrol.analysis.identification.traces import reader_kwargs
-
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
     from klcontrol.commands.common import show_progress
 

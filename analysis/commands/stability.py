@@ -35,7 +35,6 @@ def register(sub) -> None:
 def run(args) -> int:
     """Execute ``klcontrol stability``."""
     from klcontrol.analysis.verdicts.fits import format_stability, stability_verdict
-
     from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
 
     out = stability_verdict(args.kp, args.ki, args.a, args.gprime, args.gprime_max, args.window, args.delay,

@@ -52,9 +52,8 @@ def run(args) -> int:
     """Execute ``klcontrol tune``."""
     import sys
 
-    from klcontrol.analysis.tuning.design import design_gains
+    from klcontrol.analysis.tuning.recommend import design_gains
     from klcontrol.analysis.verdicts.fits import Unidentified
-
     from klcontrol.cli import EXIT_UNIDENTIFIED, print_json
 
     try:

@@ -4,6 +4,11 @@ The public names below are imported from their modules on first use."""
 from klcontrol.lazy import facade
 
 __getattr__, __dir__, __all__ = facade(__name__, {
+    "NOISE_ROWS": ".experiment",
+    "MEAN_WINDOW": ".experiment",
+    "settled_noise": ".experiment",
+    "design_amplitude": ".experiment",
+    "static_points": ".experiment",
     "read_trace": ".traces",
     "read_traces": ".traces",
     "align_kl": ".traces",
@@ -23,12 +28,10 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "read_json": ".first_order",
     "plant_from_dict": ".first_order",
     "IDENTIFIABILITY": ".first_order",
-    "MEAN_WINDOW": ".models",
     "INIT_ROWS": ".models",
     "STRUCTURES": ".models",
     "LogPchipGain": ".models",
     "fit_static_map": ".models",
-    "moving_mean": ".models",
     "fit_percent": ".models",
     "residual_tests": ".models",
     "HammersteinFit": ".models",

@@ -7,7 +7,6 @@ reader options, and write the files they are asked for.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -22,10 +21,9 @@ def _read_each(paths, reader):
 
 
 def _write_json(path, obj):
-    from klcontrol.cli import _jsonable
+    from klcontrol.fileio import write_json
 
-    with open(path, "w") as fh:
-        json.dump(_jsonable(obj), fh, indent=1)
+    write_json(path, obj, indent=1)
 
 
 def fit_first_order_files(paths, *, reader=None, g="exp", n_boot=100, seed=0, level=0.95, out=None, plot=None,

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from klcontrol import ExpGain, FirstOrderPlant, Gain, Trace
+from klcontrol.analysis.identification.traces import log_convention, read_trace, read_traces
 from klcontrol.backend import is_sympy
+from klcontrol.filters import moving_mean
 from klcontrol.plant import LinearGain, gain_from_dict, register_gain
-
-from klcontrol.analysis.identification.traces import align_kl, log_convention, read_trace, read_traces
 
 __all__ = ["fit_plant", "load_fit", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant",
            "GAIN_MODELS", "read_plant_json", "read_json", "plant_from_dict", "IDENTIFIABILITY"]
@@ -614,7 +614,7 @@ def rise_time_a(trace: Trace, tail: float = 0.1) -> float | None:
     if np.ptp(beta) > 1e-12 * max(1.0, abs(beta[0])) or len(kl) < 10:
         return None
     w = max(1, len(kl) // 100)
-    sm = np.convolve(kl, np.ones(w) / w, mode="valid")
+    sm = moving_mean(kl, w)
     y0 = float(np.median(kl[:5]))  # not sm[0]: the moving average would already include part of the rise
     c0 = float(np.mean(kl[-max(1, int(tail * len(kl))):]))
     noise = float(np.std(kl[-max(2, int(tail * len(kl))):]))
@@ -800,9 +800,9 @@ class PlantFit(FirstOrderPlant):
 
     def save(self, path) -> None:
         """Write :meth:`to_dict` as JSON."""
-        from klcontrol.cli import _jsonable  # NaN/inf as null: the file stays standard JSON
+        from klcontrol.fileio import write_json  # NaN/inf as null: the file stays standard JSON
 
-        Path(path).write_text(json.dumps(_jsonable(self.to_dict()), indent=1))
+        write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path) -> "PlantFit":

@@ -27,7 +27,7 @@ realisation gives the small-signal model of :meth:`HammersteinFit.linearize`.
 
 ``g`` is :class:`LogPchipGain`: a monotone piecewise-cubic Hermite
 interpolant in ``ln β`` through the settled operating points
-(:func:`klcontrol.vae_plant.experiments.identify.static_points`), with their intervals.
+(:func:`klcontrol.analysis.identification.experiment.static_points`), with their intervals.
 
 Validation (:func:`validate`): NRMSE fit % of the 50-update moving mean and
 of the raw KL, residual whiteness (autocorrelation) and cross-correlation
@@ -44,15 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
+from klcontrol.analysis.identification.experiment import MEAN_WINDOW, static_points
+from klcontrol.filters import moving_mean
 from klcontrol.plant import Gain, Plant, gain_from_dict, register_gain, register_plant
 
 __all__ = [
-    "MEAN_WINDOW",
     "INIT_ROWS",
     "STRUCTURES",
     "LogPchipGain",
     "fit_static_map",
-    "moving_mean",
     "fit_percent",
     "residual_tests",
     "HammersteinFit",
@@ -65,8 +65,6 @@ __all__ = [
     "excitation_levels",
 ]
 
-#: Window of the moving mean whose NRMSE fit is the headline figure.
-MEAN_WINDOW = 50
 #: Rows over which a prediction's level is matched to the recorded KL.
 INIT_ROWS = 200
 STRUCTURES = ("first_order", "two_time_constant", "oe")
@@ -194,18 +192,6 @@ def fit_static_map(points) -> LogPchipGain:
 
 
 # -- figures of merit --------------------------------------------------------------------------------------
-
-
-def moving_mean(x, window: int = MEAN_WINDOW):
-    """Trailing moving mean over ``window`` rows (``len(x) − window + 1`` values; ``window=1``: ``x``)."""
-    x = np.asarray(x, dtype=float)
-    window = int(window)
-    if window < 1 or len(x) < window:
-        raise ValueError(f"need 1 ≤ window ≤ len(x), got window {window} for {len(x)} rows")
-    if window == 1:
-        return x.copy()
-    c = np.cumsum(np.concatenate([[0.0], x]))
-    return (c[window:] - c[:-window]) / window
 
 
 def fit_percent(y, yhat, window: int = MEAN_WINDOW) -> float:
@@ -685,14 +671,13 @@ def validate(fit, traces, names=None, max_lag: int = 25):
         kl = np.asarray(tr.kl, dtype=float)
         res = kl - yhat
         out.append(dict(trace=nm, fit_percent=fit_percent(kl, yhat), fit_percent_raw=fit_percent(kl, yhat, 1),
-                        rmse_mean=float(np.sqrt(np.mean((moving_mean(kl) - moving_mean(yhat)) ** 2))),
+                        rmse_mean=float(np.sqrt(np.mean((moving_mean(kl, MEAN_WINDOW) - moving_mean(yhat, MEAN_WINDOW)) ** 2))),
                         **residual_tests(res, tr.beta, max_lag)))
     return out
 
 
 def static_map_from_traces(traces, rows: int = 1000, window: int = MEAN_WINDOW) -> LogPchipGain:
     """``g(β)`` from constant-β traces: the level of each over its last ``rows`` rows (with 95 % intervals)."""
-    from klcontrol.vae_plant.experiments.identify import static_points
 
     return fit_static_map(static_points([(t.beta, t.kl) for t in traces], rows, window))
 

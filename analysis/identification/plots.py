@@ -44,10 +44,9 @@ def plot_fit(fit, path=None, max_traces: int = 6, paper: bool = True, title: str
     Trace names that are paths below the current directory are shown relative to it, others as
     ``…/folder/file``.
     """
-    import matplotlib
+    from klcontrol.plotting import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     traces = fit.traces[:max_traces]
     n_rows = math.ceil(len(traces) / 2) + 1

@@ -21,10 +21,9 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="first
         PNG to write.
     compare : object with ``predict(trace)``, optional
     """
-    import matplotlib
+    from klcontrol.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from klcontrol.analysis.identification.models import fit_percent
 
@@ -85,10 +84,9 @@ def plot_stability_plane(runs, models, setpoint, path, window=5, delay=0, kp_max
     setpoint : float
     path : str
     """
-    import matplotlib
+    from klcontrol.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from klcontrol.analysis.stability import is_stable
 

@@ -6,7 +6,13 @@ from klcontrol.analysis.stability import numeric as _num
 from klcontrol.analysis.stability.config import CONTROLLERS
 from klcontrol.analysis.stability.control import open_loop, to_statespace, to_transfer_function
 from klcontrol.analysis.stability.lti import RobustLTI, controller_linearization, plant_matrices, robust_stability_lti
-from klcontrol.analysis.stability.robust import Crossing, RobustStability, crossings, robust_stability, stable_gprime_intervals
+from klcontrol.analysis.stability.robust import (
+    Crossing,
+    RobustStability,
+    crossings,
+    robust_stability,
+    stable_gprime_intervals,
+)
 
 __all__ = [
     "CONTROLLERS",

@@ -42,9 +42,8 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
-from klcontrol._cache import cache_dir
-
 from klcontrol.analysis.stability.config import CONTROLLERS, check_config
+from klcontrol.cache import cache_dir
 
 __all__ = [
     "SHIPPED_WINDOWS",
@@ -64,7 +63,7 @@ _SHIPPED = Path(__file__).with_name("_generated.py")
 #: the same from a clone, an editable install and a wheel.
 GENERATOR_INPUTS = (
     "klcontrol",
-    "klcontrol._cache",
+    "klcontrol.cache",
     "klcontrol.backend",
     "klcontrol.controllers",
     "klcontrol.filters",

@@ -29,11 +29,10 @@ they disagree with the eigenvalues.  The exact conditions for this loop are
 """
 from __future__ import annotations
 
-from klcontrol.papers import DYNAMICVAE_GAINS, PAPER_PLANTS
-
 import numpy as np
 
 from klcontrol.analysis.stability.numeric import is_stable
+from klcontrol.papers import DYNAMICVAE_GAINS, PAPER_PLANTS
 
 __all__ = [
     "PRESETS",

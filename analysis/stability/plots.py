@@ -166,10 +166,9 @@ def gains_region_figure(kp, ki, a, gprime, window=1, delay=0, controller="increm
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
+    from klcontrol.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if gprime == 0:
         raise ValueError("the region needs a nonzero g′")

@@ -22,7 +22,7 @@ import numpy as np
 
 from klcontrol.analysis.stability.codegen import coefficient_functions
 from klcontrol.analysis.stability.config import check_config
-from klcontrol.analysis.stability.numeric import eigenvalues, is_stable, spectral_radius
+from klcontrol.analysis.stability.numeric import is_stable, spectral_radius
 
 __all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability"]
 

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "gain_figures": ".design",
     "tune": ".design",
     "PAPER_GAINS": ".design",
-    "design_gains": ".design",
+    "design_gains": ".recommend",
     "ScheduleFigures": ".schedule",
     "ScheduleTuneResult": ".schedule",
     "schedule_figures": ".schedule",

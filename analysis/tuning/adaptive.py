@@ -102,7 +102,7 @@ def table_source(table=None) -> str:
              "Do not edit: the design rule and its robust margin are documented in :mod:`klcontrol.analysis.tuning.adaptive`.",
              "Bin k covers ``A_EDGES[k] ≤ a < A_EDGES[k+1]``; the gains are ``KP_N[k]/|g′|`` and ``KI_N[k]/|g′|``.",
              '"""', "",
-             '__all__ = ["drift_run", "A_EDGES", "KP_N", "KI_N", "WORST_RADIUS", "G_FACTOR"]', ""]
+             '__all__ = ["A_EDGES", "KP_N", "KI_N", "WORST_RADIUS", "G_FACTOR"]', ""]
     for name, key in (("A_EDGES", "a_edges"), ("KP_N", "kp_n"), ("KI_N", "ki_n"), ("WORST_RADIUS", "worst_radius")):
         lines.append(f"{name} = ({', '.join(repr(float(v)) for v in t[key])},)")
     lines.append(f"G_FACTOR = {t['g_factor']!r}")

@@ -18,8 +18,7 @@ import numpy as np
 
 from klcontrol.papers import DYNAMICVAE_GAINS
 
-__all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain", "gain_figures", "tune", "PAPER_GAINS",
-           "design_gains"]
+__all__ = ["GainFigures", "TuneResult", "loop_transfer_functions", "noise_gain", "gain_figures", "tune", "PAPER_GAINS"]
 
 #: The DynamicVAE paper's hand-picked gains (:data:`klcontrol.papers.DYNAMICVAE_GAINS`).
 PAPER_GAINS = DYNAMICVAE_GAINS
@@ -413,100 +412,3 @@ def tune(plant=None, *, a=None, gprime=None, window: int = 1, delay: int = 0, co
     objective = (f"min noise gain s.t. settling ≤ {settling:.0f} steps, overshoot ≤ {max_overshoot}" if settling
                  else f"min worst-case spectral radius s.t. noise gain ≤ {max_noise_gain:.4g}, overshoot ≤ {max_overshoot}")
     return TuneResult(kp, ki, fig, refs, a, (lo, hi), int(window), int(delay), objective)
-
-
-def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_unidentified: bool = False,
-                 window: int = 1, delay: int = 0, controller: str = "incremental", settling: float | None = None,
-                 max_overshoot: float = 0.05, compare=PAPER_GAINS, schedule_steps: int | None = None,
-                 compress: bool = True, beta0: float | None = None, noise_std: float = 0.5,
-                 max_jitter: float | None = None, max_overshoot_nats: float = 1.0, plot=None):
-    """Gains for a saved fit (or for ``a`` and a g′ range): what ``klcontrol tune`` does, in one call.
-
-    Without ``schedule_steps``: the linear design :func:`tune` over the g′ range the fit takes on
-    ``beta_range``; with it: :func:`klcontrol.analysis.tuning.schedule.tune_schedule` over DynamicVAE's step-ramp
-    run for ``schedule_steps`` updates (compressed to them unless ``compress`` is false).
-
-    Parameters
-    ----------
-    fit : str or path, optional
-        ``fit.json`` of ``klcontrol fit`` (first order).
-    a : float, optional
-        Plant rate, with ``gprime`` (one value or ``(min, max)``) instead of a fit.
-    beta_range : (float, float), optional
-        β range the schedule visits (default: the fitted traces').
-    allow_unidentified : bool
-        Design on a fit that does not identify the plant (its problems are returned) instead of raising.
-    window, delay, controller, settling, max_overshoot
-        As in :func:`tune`.
-    compare : (float, float)
-        Reference gains reported beside the design (default: the paper's).
-    schedule_steps, compress, beta0, noise_std, max_jitter, max_overshoot_nats
-        Schedule tuning (:func:`klcontrol.analysis.tuning.schedule.tune_schedule`; β(0) default DynamicVAE's).
-    plot : str or path, optional
-        PNG of the simulated responses of the design and the reference on the fitted plant
-        (:func:`klcontrol.analysis.stability.plots.tuned_response_figure`).
-
-    Returns
-    -------
-    (TuneResult or ScheduleTuneResult, list of str)
-        The design and the fit's problems (empty unless ``allow_unidentified`` let them pass).
-
-    Raises
-    ------
-    klcontrol.analysis.verdicts.fits.Unidentified
-        The fit does not identify the plant over the β range and ``allow_unidentified`` is false.
-    ValueError
-        Bad arguments, naming them.
-    """
-    from klcontrol.papers import DYNAMICVAE_BETA0, DYNAMICVAE_DSPRITES_STEPS
-    from klcontrol.setpoints import StepRamp
-
-    from klcontrol.analysis.verdicts.fits import Unidentified
-
-    beta0 = DYNAMICVAE_BETA0 if beta0 is None else beta0
-    problems, plant = [], None
-    if fit is not None:
-        from klcontrol.analysis.identification.first_order import PlantFit
-
-        plant = PlantFit.load(fit)
-        lo, hi = beta_range or plant.beta_range
-        if not hi >= lo:
-            raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")
-        problems = list(plant.design_problems(lo, hi))
-        if problems and not allow_unidentified:
-            raise Unidentified(fit, problems)
-        a, g = plant.a, tuple(plant.gprime_range(lo, hi))
-    elif a is None or gprime is None:
-        raise ValueError("give --fit fit.json, or --a and --gprime")
-    else:
-        g = tuple(gprime) if np.ndim(gprime) else float(gprime)
-        if np.ndim(gprime) and len(g) != 2:
-            raise ValueError("--gprime takes one value or two (g′min g′max)")
-    ref = {"paper": tuple(compare)} if compare is not None else None
-    if (schedule_steps is not None or plot) and plant is None:
-        raise ValueError(f"{'--plot' if plot else '--schedule-steps'} simulates the fitted plant: give --fit fit.json")
-    sp = StepRamp.dynamicvae_dsprites()
-    if schedule_steps is None:
-        result = tune(a=a, gprime=g, window=window, delay=delay, controller=controller, settling=settling,
-                      max_overshoot=max_overshoot, compare=ref)
-        steps, y0, noise = 60_000, 0.0, dict(noise_rel=0.03)
-    else:
-        from klcontrol.analysis.tuning.schedule import tune_schedule
-
-        if schedule_steps < 2:
-            raise ValueError(f"--schedule-steps must be ≥ 2, got {schedule_steps}")
-        if controller != "incremental":
-            raise ValueError("schedule tuning designs DynamicVAE's incremental PI; drop --controller "
-                             f"{controller} or --schedule-steps")
-        if compress:
-            sp = sp.compressed(DYNAMICVAE_DSPRITES_STEPS / schedule_steps)
-        result = tune_schedule(plant, sp, schedule_steps, gprime=g, beta0=beta0, window=window, delay=delay,
-                               noise_std=noise_std, max_overshoot=max_overshoot_nats, max_jitter=max_jitter,
-                               compare=ref)
-        steps, y0, noise = schedule_steps, 0.5, dict(noise_std=noise_std)
-    if plot:
-        from klcontrol.analysis.stability.plots import tuned_response_figure
-
-        tuned_response_figure(result, plant, sp, steps, path=plot, controller=controller, beta0=beta0, y0=y0,
-                              reference=compare, **noise)
-    return result, problems

@@ -1,8 +1,16 @@
 """``klcontrol simulate``: run a controller on the first-order plant model."""
 from __future__ import annotations
 
-from .common import (add_controller_args, add_plant_args, add_progress_arg, add_setpoint_args, controller_from_args,
-                     plant_from_args, setpoint_from_args, show_progress)
+from .common import (
+    add_controller_args,
+    add_plant_args,
+    add_progress_arg,
+    add_setpoint_args,
+    controller_from_args,
+    plant_from_args,
+    setpoint_from_args,
+    show_progress,
+)
 
 
 def register(sub) -> None:

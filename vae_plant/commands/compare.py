@@ -53,9 +53,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Execute ``klcontrol compare``."""
-    from klcontrol.vae_plant.experiments.compare import compare
-
     from klcontrol.cli import print_json
+    from klcontrol.vae_plant.experiments.compare import compare
 
     if args.budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGET_NAMES)}")

@@ -16,7 +16,7 @@ def register(sub) -> None:
                    help="training updates (default 800, the demo's recipe; fewer train a worse model faster)")
     p.add_argument("--traces", default=None,
                    help="directory of recorded traces (*.csv.gz, *.csv, *.jsonl) to fit besides the model plant "
-                        "(default: data/traces/cpu under the current directory, as in a clone of the repository)")
+                        "(default: the shipped traces, klcontrol data path cpu)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's; 1 is faster on a machine busy with other jobs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -28,9 +28,8 @@ def run(args) -> int:
     """Execute ``klcontrol demo``."""
     import os
 
-    from klcontrol.vae_plant.experiments.demo import DEMO_STEPS, comparison_sentence, run_demo
-
     from klcontrol.cli import print_json
+    from klcontrol.vae_plant.experiments.demo import DEMO_STEPS, comparison_sentence, run_demo
 
     steps = DEMO_STEPS if args.steps is None else args.steps
     if steps < 1:

@@ -19,7 +19,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories")
     p.add_argument("--export", default=None, metavar="DIR",
-                   help="copy traces (csv.gz) and configs there, with experiment.json (e.g. data/traces/identify)")
+                   help="copy traces (csv.gz) and configs there, with experiment.json (e.g. klcontrol/data/identify in a clone)")
     p.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0], help="operating points β*")
     p.add_argument("--main", type=float, default=4.0, help="operating point of the fit, held-out and closed-loop runs")
     p.add_argument("--settle-steps", type=int, default=4000, help="updates of each settle run")
@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     p.add_argument("--prior", default=None, metavar="JSON",
-                   help="fit whose g gives dKL/dlnβ for the amplitude rule (default data/traces/cpu/fit.json)")
+                   help="fit whose g gives dKL/dlnβ for the amplitude rule (default: the shipped fit of klcontrol's own VAE, klcontrol data path cpu/fit.json)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -45,9 +45,8 @@ def run(args) -> int:
     """Execute ``klcontrol identify``."""
     import sys
 
-    from klcontrol.vae_plant.experiments.identify import run_experiment
-
     from klcontrol.cli import print_json
+    from klcontrol.vae_plant.experiments.identify import run_experiment
 
     res = run_experiment(args.out, export=args.export, jobs=args.jobs, batch_size=args.batch_size,
                          device=args.device, prior=args.prior, command="klcontrol " + " ".join(sys.argv[1:]),

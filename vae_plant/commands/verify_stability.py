@@ -28,9 +28,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=600, help="updates per run")
     p.add_argument("--kick", type=float, default=1.25, help="β starts at kick·β*")
     p.add_argument("--out", default="runs/stability_real", metavar="DIR")
-    p.add_argument("--export", default=None, metavar="DIR", help="copy traces there (e.g. data/traces/stability_real)")
+    p.add_argument("--export", default=None, metavar="DIR", help="copy traces there (e.g. klcontrol/data/stability_real in a clone)")
     p.add_argument("--fit", nargs="+", required=True, metavar="NAME=JSON",
-                   help="models to predict with, e.g. identified=FIT.json first_order=data/traces/cpu/fit.json")
+                   help="models to predict with, e.g. identified=FIT.json first_order=$(klcontrol data path cpu/fit.json)")
     p.add_argument("--summary", default=None, metavar="JSON", help="write the runs and verdicts")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure of the (Kp, Ki) plane: boundaries and runs")
     p.add_argument("--jobs", type=int, default=2)

@@ -411,10 +411,9 @@ def save_sample_grid(path, seed: int = 1) -> None:
     seed : int
         Seed of the random rows.
     """
-    import matplotlib
+    from klcontrol.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ds = DSprites()
 

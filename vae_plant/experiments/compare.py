@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from klcontrol.controllers import ScheduledBeta
+from klcontrol.filters import moving_mean
 from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
 
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
@@ -232,11 +233,8 @@ def tracking(trace: dict, smooth: int = 25, measured: str = "kl") -> dict:
            "final_beta": float(np.mean(beta[-max(1, beta.size // 20):]))}
     if not np.all(np.isfinite(c)) or kl.size < 2:
         return {"tracking_rmse": math.nan, "overshoot": math.nan, **out}
-    w = max(1, min(int(smooth), kl.size))
-    kernel = np.ones(w) / w
-    # Edge-padded so the ends are averages of real samples, not of zeros.
-    padded = np.pad(kl, (w // 2, w - 1 - w // 2), mode="edge")
-    y = np.convolve(padded, kernel, mode="valid")
+    # Centred and edge-padded, so the ends are averages of real samples, not of zeros.
+    y = moving_mean(kl, max(1, int(smooth)), mode="same")
     m = response_metrics(Trace(step=np.asarray(trace["step"]), beta=beta, kl=kl, setpoint=c, state=y))
     return {"tracking_rmse": m["tracking_rmse"], "overshoot": m["overshoot"], **out}
 
@@ -270,8 +268,8 @@ def _run_job(job: dict) -> dict:
     """Train (or reuse) one run and evaluate it; executed in a worker process."""
     import torch
 
-    from klcontrol.vae_plant.training import checkpoint as ckpt
     from klcontrol.vae_plant.metrics.evaluation import disentanglement
+    from klcontrol.vae_plant.training import checkpoint as ckpt
     from klcontrol.vae_plant.training.presets import first_update
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
     from klcontrol.vae_plant.training.trainer import load_run, train
@@ -506,7 +504,8 @@ def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_don
 
 
 def _figures(out, methods, rows):
-    from klcontrol.vae_plant.metrics.diagnostics import _pyplot, plot_runs
+    from klcontrol.plotting import pyplot
+    from klcontrol.vae_plant.metrics.diagnostics import plot_runs
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
     runs = {}
@@ -520,7 +519,7 @@ def _figures(out, methods, rows):
                     title="50-step means of β, KL and reconstruction; band: min–max over seeds")
     paths = {"training": os.path.join(out, "training.png"), "tradeoff": os.path.join(out, "tradeoff.png")}
     fig.savefig(paths["training"], dpi=110)
-    plt = _pyplot()
+    plt = pyplot()
     plt.close(fig)
     table = aggregate(rows)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))

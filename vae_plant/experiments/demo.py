@@ -6,7 +6,7 @@
    recipe short enough for a CPU (:data:`DEMO_STEPS` updates of the ``demo``
    schedule, :func:`demo_controller`), and draws its latent traversals;
 2. fits a first-order plant to open- and closed-loop runs of the paper's dSprites
-   plant model, and to recorded training traces (by default ``data/traces/cpu``
+   plant model, and to recorded training traces (by default ``cpu/`` of :mod:`klcontrol.data`
    of the current directory, which a clone of the repository has; the demo's own
    run is too short and too fast to stand for the paper's plant);
 3. checks the paper's gains for robust stability over each fit's g′ range
@@ -17,14 +17,13 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_demo", "demo_controller", "traversals_figure", "comparison_sentence", "default_traces_dir", "find_traces", "DEMO_STEPS", "DEMO_STOP", "DEMO_KI",
+__all__ = ["run_demo", "demo_controller", "comparison_sentence", "default_traces_dir", "find_traces", "DEMO_STEPS", "DEMO_STOP", "DEMO_KI",
            "DEMO_BETA0",
            "REAL_BETA_RANGE", "SCHEDULE_STEPS", "STEP_TEST"]
 
@@ -43,8 +42,8 @@ SCHEDULE_STEPS = 5000
 #: The set-point step on which tuned and paper gains are simulated: from equilibrium at ``c0`` to ``c1``
 #: nats (both inside the β range the gains are tuned for), ``steps`` long, 5 % KL noise.
 STEP_TEST = {"c0": 2.0, "c1": 4.0, "steps": 60_000, "noise_rel": 0.05}
-#: Where the recorded traces are looked for by default, relative to the current directory.
-DEFAULT_TRACES = Path("data") / "traces" / "cpu"
+#: The recorded traces fitted by default: shipped with the package (:mod:`klcontrol.data`, ``cpu/``).
+DEFAULT_TRACES = "cpu"
 _PATTERNS = ("*.csv.gz", "*.csv", "*.jsonl", "*.jsonl.gz")
 
 
@@ -75,13 +74,16 @@ def demo_controller(steps: int = DEMO_STEPS):
 
 
 def default_traces_dir() -> Path | None:
-    """``data/traces/cpu`` under the current directory, if it holds traces (running from a clone).
+    """The shipped ``cpu/`` traces (:mod:`klcontrol.data`), if the installation has them.
 
     Returns
     -------
     Path or None
     """
-    return DEFAULT_TRACES if _trace_files(DEFAULT_TRACES) else None
+    from klcontrol import data
+
+    d = data.path(DEFAULT_TRACES) if data.exists(DEFAULT_TRACES) else None
+    return d if d is not None and _trace_files(d) else None
 
 
 def _trace_files(d: Path) -> list:
@@ -105,9 +107,8 @@ def find_traces(traces=None):
     if traces is None:
         d = default_traces_dir()
         if d is None:
-            return None, (f"no recorded traces in {DEFAULT_TRACES} under the current directory: they come with a "
-                          "clone of the repository (run the demo from its root), not with an installed package; "
-                          "pass --traces DIR to fit recorded traces")
+            return None, (f"no recorded traces shipped in klcontrol's data ({DEFAULT_TRACES}/): the installation is "
+                          "incomplete (reinstall klcontrol); pass --traces DIR to fit recorded traces")
         return d, _trace_files(d)
     d = Path(traces)
     files = _trace_files(d)
@@ -117,8 +118,14 @@ def find_traces(traces=None):
 
 
 def _shown(p) -> str:
-    """A path as the user would type it: relative to the current directory when below it."""
+    """A path as the user would type it: a shipped name, or relative to the current directory when below it."""
+    from klcontrol import data
+
     p = Path(p)
+    try:
+        return f"klcontrol data {p.resolve().relative_to(data.path().resolve()).as_posix()}"
+    except ValueError:
+        pass
     try:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -159,17 +166,17 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     ValueError
         An explicit ``traces`` directory without traces (nothing is written then).
     """
-    from klcontrol.analysis.identification.plots import plot_fit
     from klcontrol.analysis.identification.first_order import fit_plant
+    from klcontrol.analysis.identification.plots import plot_fit
     from klcontrol.analysis.stability.plots import region_figure
-    from klcontrol.analysis.verdicts.fits import check_first_order
     from klcontrol.analysis.tuning.design import tune
-    from klcontrol.cli import _jsonable
+    from klcontrol.analysis.verdicts.fits import check_first_order
     from klcontrol.controllers import FixedBeta, IncrementalPI
+    from klcontrol.fileio import write_json
     from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
     from klcontrol.papers import PAPER_PLANTS
     from klcontrol.plotting import plot_trace
-    from klcontrol.setpoints import Constant, StepRamp
+    from klcontrol.setpoints import Constant
     from klcontrol.simulate import simulate
 
     say = (log or (lambda m: print(f"[demo] {m}", flush=True))) if progress else (lambda m: None)
@@ -185,6 +192,8 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     plot_trace(vae["trace"], figures["vae_trace"],
                title=f"β-VAE on procedural dSprites, DynamicVAE's law ({steps} updates)")
     figures["traversals"] = str(out / "traversals.png")
+    from klcontrol.vae_plant.metrics.diagnostics import traversals_figure
+
     travers = traversals_figure(vae["result"], figures["traversals"])
 
     say("2/4 fitting the plant ...")
@@ -228,14 +237,13 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
         "figures": {k: os.path.relpath(v, out) for k, v in figures.items()},  # next to report.md
         "seconds": round(time.time() - t0, 1),
     }
-    with open(out / "summary.json", "w") as fh:
-        json.dump(_jsonable(summary), fh, indent=2)
+    write_json(out / "summary.json", summary)
     _write_report(out / "report.md", summary, tuned, real)
     return summary
 
 
 #: The plant identified at an operating point of the real VAE (``klcontrol identify`` + ``klcontrol fit
-#: --model hammerstein``), beside the recorded traces' directory: ``data/traces/identify/fit.json``.
+#: --model hammerstein``), beside the recorded traces' directory: ``identify/fit.json`` (:mod:`klcontrol.data`).
 IDENTIFIED_FIT = Path("identify") / "fit.json"
 
 
@@ -246,7 +254,7 @@ def _check_identified(traces_dir, real) -> dict:
     (README, "Does the model hold on the real VAE?"), where the first-order fit does neither, so the demo
     prefers it wherever it has the data: around the β it was identified at.
     """
-    from klcontrol.analysis.verdicts.fits import check_fit_file, check_first_order
+    from klcontrol.analysis.verdicts.fits import check_first_order, check_fit_file
     from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
 
     path = None if traces_dir is None else Path(traces_dir).parent / IDENTIFIED_FIT
@@ -281,7 +289,6 @@ def _train(out: Path, steps, seed, device, progress) -> dict:
     import shutil
 
     from klcontrol.papers import DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
-
     from klcontrol.vae_plant.training.trainer import train
 
     run_dir = out / "vae_run"
@@ -301,63 +308,11 @@ def _train(out: Path, steps, seed, device, progress) -> dict:
     }}
 
 
-def traversals_figure(res, path) -> dict:
-    """Latent traversals of a trained model around one sprite, rows ordered by per-latent KL.
-
-    Parameters
-    ----------
-    res : klcontrol.vae_plant.training.trainer.RunResult
-        The trained model (``res.model``).
-    path : str
-        Where to save the PNG.
-
-    Returns
-    -------
-    dict
-        ``order`` (latents, largest KL first), ``kl`` (per-latent KL on 1024 fresh procedural images,
-        in that order), ``row_change`` (mean |Δpixel| between the two ends of each row), ``values``
-        (the traversal's ends), ``active`` (latents above ``active_threshold_nats``).
-    """
-    import torch
-
-    from klcontrol.vae_plant.data.dsprites import DSprites
-    from klcontrol.vae_plant.metrics.diagnostics import plot_traversals, traversal_values
-    from klcontrol.vae_plant.training.model import gaussian_kl
-
-    model = res.model
-    dev = next(model.parameters()).device
-    ds = DSprites()
-    x, _ = ds.sample(1024, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        mu, logvar = model.encode(x.to(dev))
-        kl = gaussian_kl(mu.float(), logvar.float()).cpu().numpy()
-        base, _ = model.encode(ds[400_000][0][None].float().to(dev))
-    base = base[0].cpu().numpy()
-
-    def decode(z):
-        with torch.no_grad():
-            return torch.sigmoid(model.decode(torch.as_tensor(z, device=dev))).cpu().numpy()
-
-    vals = traversal_values()
-    # How much each row changes the image: mean |pixel difference| between its two ends.
-    ends = np.repeat(base[None], 2 * base.size, axis=0).astype(np.float32)
-    for k in range(base.size):
-        ends[2 * k, k], ends[2 * k + 1, k] = vals[0], vals[-1]
-    img = decode(ends).reshape(base.size, 2, -1)
-    change = np.abs(img[:, 0] - img[:, 1]).mean(axis=1)
-    plot_traversals(decode, base, kl, vals, path=path,
-                    title=f"latent traversals z = {vals[0]:g} … {vals[-1]:g}, other latents at the sprite's code\n"
-                          "(rows: latents by KL on 1024 images, largest first)")
-    order = np.argsort(-kl, kind="stable")
-    return {"order": order.tolist(), "kl": kl[order].tolist(), "row_change": change[order].tolist(),
-            "values": [float(vals[0]), float(vals[-1])],
-            "active": int(np.sum(kl > 0.5)), "active_threshold_nats": 0.5}
-
 
 def _fit_real_traces(d, files, out: Path, figures, n_boot) -> dict:
     """Fit the plant to recorded traces; the ``"real_traces"`` part of the summary."""
-    from klcontrol.analysis.identification.plots import plot_fit
     from klcontrol.analysis.identification.first_order import fit_plant
+    from klcontrol.analysis.identification.plots import plot_fit
 
     if d is None:
         (out / "fit_real_traces.png").unlink(missing_ok=True)  # from an earlier demo into the same directory
@@ -371,9 +326,9 @@ def _fit_real_traces(d, files, out: Path, figures, n_boot) -> dict:
 
 def _check_and_tune_real(real) -> None:
     """Robust stability of the paper's gains and tuned gains on the real-trace fit, as ``klcontrol check --fit``."""
+    from klcontrol.analysis.tuning.design import tune
     from klcontrol.analysis.tuning.schedule import tune_schedule
     from klcontrol.analysis.verdicts.fits import check_first_order
-    from klcontrol.analysis.tuning.design import tune
     from klcontrol.papers import DYNAMICVAE_GAINS as PAPER_GAINS
     from klcontrol.setpoints import StepRamp
 
@@ -388,7 +343,7 @@ def _check_and_tune_real(real) -> None:
     real["tuned"] = real["_tuned"].to_dict()
     # The whole-run design for the `klcontrol compare --budget cpu` schedule, as `klcontrol tune --fit F
     # --window 5 --schedule-steps 5000 --max-jitter 0.2` computes it (g′ over the fit's β range).
-    from klcontrol.vae_plant.experiments.compare import PAPER_STEPS
+    from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS as PAPER_STEPS
 
     real["_schedule_tuned"] = tune_schedule(
         fit, StepRamp.dynamicvae_dsprites().compressed(PAPER_STEPS / SCHEDULE_STEPS), SCHEDULE_STEPS,

@@ -31,7 +31,7 @@ batch 16 after 4000 updates) and for the level estimated from the lead-in.
 hold times span ``[5, 500]`` updates, from below the fast time constant seen
 in the settled noise's autocorrelation (lag ≈ 5) to above the slow one.
 
-Traces are exported like ``data/traces/cpu``: ``NAME.csv.gz`` (the trainer's
+Traces are exported like ``cpu/`` of :mod:`klcontrol.data`: ``NAME.csv.gz`` (the trainer's
 ``trace.csv``) and ``NAME.config.json`` (settings, provenance, the warm-start
 checkpoint and the excitation design).
 """
@@ -45,6 +45,7 @@ import shutil
 
 import numpy as np
 
+from klcontrol.analysis.identification.experiment import design_amplitude, settled_noise, static_points
 from klcontrol.controllers import FixedBeta, IncrementalPI, ScheduledBeta
 from klcontrol.setpoints import Constant, Sequence
 
@@ -52,21 +53,13 @@ __all__ = [
     "random_binary_levels",
     "beta_schedule",
     "setpoint_steps",
-    "settled_noise",
-    "design_amplitude",
     "settle",
     "excite_open_loop",
     "excite_closed_loop",
     "export_run",
-    "static_points",
     "plan",
     "run_experiment",
 ]
-
-#: Rows of the settle run over which the noise and the settled KL are measured.
-NOISE_ROWS = 1000
-MEAN_WINDOW = 50
-
 
 def random_binary_levels(length: int, hold_min: int, hold_max: int, seed: int):
     """A ±1 signal with hold times drawn log-uniformly in ``[hold_min, hold_max]``.
@@ -129,51 +122,8 @@ def setpoint_steps(center: float, step: float, hold: int, levels=(0, 1, -1, 0)):
     return Sequence(parts)
 
 
-def settled_noise(kl, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
-    """Noise of a settled KL trace: level, drift and the spread of its ``window``-update mean.
-
-    The last ``rows`` samples are detrended by a straight line (the slow
-    drift of a network that is still learning is not noise).
-
-    Returns
-    -------
-    dict
-        ``level`` (mean), ``slope`` (nats per update), ``sigma`` (raw KL),
-        ``sigma_mean`` (of the ``window``-update moving mean), ``level_ci``
-        (±1.96 standard errors of the level, from ``sigma_mean`` and the number
-        of independent windows).
-    """
-    kl = np.asarray(kl, dtype=float)
-    if kl.ndim != 1 or len(kl) < 2 * window:
-        raise ValueError(f"need a 1-D KL trace of at least {2 * window} samples, got shape {kl.shape}")
-    y = kl[-rows:]
-    t = np.arange(len(y), dtype=float)
-    slope, icpt = np.polyfit(t, y, 1)
-    r = y - (slope * t + icpt)
-    m = np.convolve(r, np.ones(window) / window, "valid")
-    sm = float(np.std(m))
-    half = 1.96 * sm / math.sqrt(max(len(y) // window, 1))
-    level = float(np.mean(y))
-    return dict(level=level, slope=float(slope), sigma=float(np.std(r)), sigma_mean=sm,
-                level_ci=[level - half, level + half], rows=len(y))
 
 
-def design_amplitude(sigma_mean: float, sensitivity: float, snr: float = 30.0, delta_min: float = 0.1,
-                     delta_max: float = 0.5) -> float:
-    """Log-amplitude δ of the β excitation: ``clip(snr·σ₅₀/|S|, δ_min, δ_max)``.
-
-    Parameters
-    ----------
-    sigma_mean : float
-        Noise of the 50-update mean KL at the settled state (:func:`settled_noise`).
-    sensitivity : float
-        ``S = dKL/d ln β`` at β* (nats per e-fold of β), e.g. ``β*·g′(β*)``.
-    snr : float
-        Wanted ratio of the KL swing to ``sigma_mean``.
-    """
-    if not (sigma_mean >= 0 and math.isfinite(sigma_mean)) or not (math.isfinite(sensitivity) and sensitivity != 0):
-        raise ValueError(f"need sigma_mean ≥ 0 and a non-zero finite sensitivity, got {sigma_mean!r}, {sensitivity!r}")
-    return float(min(delta_max, max(delta_min, snr * sigma_mean / abs(sensitivity))))
 
 
 def _train(out, controller, steps, seed, batch_size, device, init_from=None, command=None, checkpoint_every=0):
@@ -281,27 +231,6 @@ def export_run(run_dir, dest_dir, name):
     return gz
 
 
-def static_points(traces, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
-    """Settled ``(β, KL)`` points with 95 % intervals from constant-β traces.
-
-    Parameters
-    ----------
-    traces : iterable of (beta, kl) arrays
-        Each a run at one constant β (the last ``rows`` rows are used).
-
-    Returns
-    -------
-    list of dict
-        ``beta``, ``level``, ``level_ci``, ``sigma``, ``sigma_mean``, ``slope``.
-    """
-    out = []
-    for beta, kl in traces:
-        beta = np.asarray(beta, dtype=float)
-        b = beta[-rows:]
-        if np.ptp(b) > 1e-12:
-            raise ValueError("static_points needs constant-β traces (β varies over the rows used)")
-        out.append(dict(beta=float(b[0]), **settled_noise(kl, rows, window)))
-    return sorted(out, key=lambda d: d["beta"])
 
 
 # -- the whole experiment ----------------------------------------------------------------------------------
@@ -396,7 +325,7 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
         Of every run (batch 16 on a CPU; ``device="cuda"`` for larger batches).
     prior : str, optional
         Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule (default: the
-        shipped ``data/traces/cpu/fit.json``).
+        shipped ``cpu/fit.json`` (:mod:`klcontrol.data`)).
     **plan_kw
         Passed to :func:`plan`.
 
@@ -410,7 +339,9 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
     if prior is None:
-        prior = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "traces", "cpu", "fit.json")
+        from klcontrol import data
+
+        prior = str(data.path("cpu/fit.json"))
     settles, excites = plan(**plan_kw)
     os.makedirs(root, exist_ok=True)
     command = command if command is not None else "klcontrol identify"

@@ -4,7 +4,8 @@ Open-loop runs at fixed β and one closed-loop DynamicVAE run, with the real
 trainer (``klcontrol.vae_plant.training.trainer``).  Each run keeps only ``trace.csv`` (compressed)
 and ``config.json`` (provenance: device, torch version, commit, command, seed).
 
-Usage: ``python data/traces/record.py --device cpu --steps 3000 --batch-size 16 --jobs 2``
+Usage: ``python -m klcontrol.vae_plant.experiments.record --device cpu --steps 3000 --batch-size 16 --jobs 2``
+(the shipped ones are in ``klcontrol/data/cpu``; ``--out`` chooses where to write).
 (the paper's batch 128 and schedule on a GPU: ``--device cuda --batch-size 128 --steps 20000``).
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 FIXED_BETAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(HERE, "cpu"))
+    p.add_argument("--out", required=True, help="folder for the traces (the shipped ones: klcontrol/data/cpu)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     jobs = [(f"fixed_beta{b:g}", ("fixed", b), a.steps, a.batch_size, a.device, i, a.out)

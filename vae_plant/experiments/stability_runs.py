@@ -32,7 +32,6 @@ def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=
     """
     from klcontrol.controllers import IncrementalPI
     from klcontrol.setpoints import Constant
-
     from klcontrol.vae_plant.experiments.identify import _done, _train
 
     if _done(out):
@@ -93,9 +92,8 @@ def summarize(run_dirs, models, names=("identified", "first_order"), export=None
         ``kp, ki, window, delay, seed, trace, predicted_stable_<name>, spectral_radius_<name>,
         observed_stable, observed`` (the criterion's figures).
     """
-    from klcontrol.analysis.verdicts.observed import observed_stability
     from klcontrol.analysis.stability import spectral_radius
-
+    from klcontrol.analysis.verdicts.observed import observed_stability
     from klcontrol.vae_plant.experiments.identify import export_run
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
@@ -185,14 +183,11 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     ValueError
         A ray with no Ki, no gains at all.
     """
-    import json
     import os
 
     from klcontrol.analysis.identification.first_order import load_fit
     from klcontrol.analysis.identification.validation import critical_gain
-
-    from klcontrol.cli import _jsonable
-
+    from klcontrol.fileio import write_json
     from klcontrol.vae_plant.experiments.identify import settled_noise
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
@@ -214,11 +209,10 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     observed = {f"{k:g}": v for k, v in observed_brackets(rows).items()}
     if summary:
         os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
-        with open(summary, "w") as fh:
-            json.dump(_jsonable(dict(setpoint=c, beta_star=beta_star,
-                                     fits={n: os.path.relpath(p) for n, p in fits.items()},
-                                     criterion="klcontrol.analysis.verdicts.observed.observed_stability (defaults)", runs=rows,
-                                     predicted_critical_ki=crit, observed_critical_ki=observed)), fh, indent=1)
+        write_json(summary, dict(setpoint=c, beta_star=beta_star,
+                                 fits={n: os.path.relpath(p) for n, p in fits.items()},
+                                 criterion="klcontrol.analysis.verdicts.observed.observed_stability (defaults)",
+                                 runs=rows, predicted_critical_ki=crit, observed_critical_ki=observed), indent=1)
     if plot:
         from klcontrol.analysis.identification.validation import plot_stability_plane
 

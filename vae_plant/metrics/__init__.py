@@ -12,8 +12,8 @@ Which metric to use when comparing with which paper (see docs/metrics.md):
 """
 from __future__ import annotations
 
-from klcontrol.vae_plant.metrics.inputs import factor_grid
 from klcontrol.vae_plant.metrics.betavae import beta_vae_score
+from klcontrol.vae_plant.metrics.inputs import factor_grid
 from klcontrol.vae_plant.metrics.mig import discrete_entropy, discrete_mutual_info, discretize, mig
 from klcontrol.vae_plant.metrics.posterior import mig_tcvae, rmig, sampled_mutual_info, soft_binned_mutual_info
 

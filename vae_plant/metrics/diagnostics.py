@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_traversals", "traversal_values", "plot_latent_kl", "plot_runs"]
+from klcontrol.filters import moving_mean
+from klcontrol.plotting import pyplot
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["plot_traversals", "traversal_values", "plot_latent_kl", "plot_runs", "traversals_figure"]
 
 
 def _finish(fig, path, title, layout=True):
@@ -33,7 +27,7 @@ def _finish(fig, path, title, layout=True):
     if path:
         fig.savefig(path, dpi=110)
         # Saved figures are released from pyplot (as klcontrol.plotting does); the object stays usable.
-        _pyplot().close(fig)
+        pyplot().close(fig)
     return fig
 
 
@@ -129,7 +123,7 @@ def plot_traversals(decode, base_code, kl_per_latent, values=None, *, top: int |
         z[r * n_cols:(r + 1) * n_cols, k] = vals[k]
     images = _as_images(decode(z.astype(np.float32)), z.shape[0])
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(order.size, n_cols, figsize=(0.9 * n_cols + 1.0, 0.9 * order.size + 0.4),
                              squeeze=False)
     for r, k in enumerate(order):
@@ -174,7 +168,7 @@ def plot_latent_kl(step, kl_per_latent, *, labels=None, show_total: bool = True,
     names = [f"z{k}" for k in range(kl.shape[1])] if labels is None else list(labels)
     if len(names) != kl.shape[1]:
         raise ValueError(f"{len(names)} labels for {kl.shape[1]} latents")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     final = np.nan_to_num(kl[-1], nan=-np.inf)
     for k in np.argsort(-final, kind="stable"):
@@ -203,16 +197,6 @@ def _band(ax, t, values, color, label, lw=1.4, ls="-"):
 #: Line styles cycled with the colours, so that runs stay apart where their curves coincide or the
 #: colours are hard to tell apart.
 _STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (10, 3)), (0, (1, 2, 5, 2)), (0, (3, 1, 1, 1)))
-
-
-def _moving_average(v, window):
-    if window <= 1 or v.shape[0] < 2:
-        return v
-    w = min(int(window), v.shape[0])
-    pad = [(w // 2, w - 1 - w // 2)] + [(0, 0)] * (v.ndim - 1)
-    c = np.cumsum(np.pad(v, pad, mode="edge"), axis=0)
-    c = np.concatenate([np.zeros((1,) + v.shape[1:]), c], axis=0)
-    return (c[w:] - c[:-w]) / w
 
 
 def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smooth: int = 1, path=None, title=None):
@@ -256,11 +240,11 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
                 v = np.asarray(run[key], dtype=np.float64)
                 if v.ndim not in (1, 2) or v.shape[0] != t.size:
                     raise ValueError(f"run {name!r}: {key} must have {t.size} rows like step, got shape {v.shape}")
-                series[key] = v if key == "setpoint" else _moving_average(v, smooth)
+                series[key] = v if key == "setpoint" else (moving_mean(v, smooth, mode="same") if smooth > 1 and v.shape[0] >= 2 else v)
         if not series:
             raise ValueError(f"run {name!r} has none of beta, kl, recon, setpoint")
         checked[name] = (t, series)
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True, layout="constrained")
@@ -308,3 +292,54 @@ def plot_runs(runs: dict, *, beta_log: bool = False, symlog: bool = False, smoot
         axes[0].set_yscale("symlog", linthresh=1.0)
     axes[-1].set_xlabel("step")
     return _finish(fig, path, title, layout=False)
+
+def traversals_figure(res, path) -> dict:
+    """Latent traversals of a trained model around one sprite, rows ordered by per-latent KL.
+
+    Parameters
+    ----------
+    res : klcontrol.vae_plant.training.trainer.RunResult
+        The trained model (``res.model``).
+    path : str
+        Where to save the PNG.
+
+    Returns
+    -------
+    dict
+        ``order`` (latents, largest KL first), ``kl`` (per-latent KL on 1024 fresh procedural images,
+        in that order), ``row_change`` (mean |Δpixel| between the two ends of each row), ``values``
+        (the traversal's ends), ``active`` (latents above ``active_threshold_nats``).
+    """
+    import torch
+
+    from klcontrol.vae_plant.data.dsprites import DSprites
+    from klcontrol.vae_plant.training.model import gaussian_kl
+
+    model = res.model
+    dev = next(model.parameters()).device
+    ds = DSprites()
+    x, _ = ds.sample(1024, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mu, logvar = model.encode(x.to(dev))
+        kl = gaussian_kl(mu.float(), logvar.float()).cpu().numpy()
+        base, _ = model.encode(ds[400_000][0][None].float().to(dev))
+    base = base[0].cpu().numpy()
+
+    def decode(z):
+        with torch.no_grad():
+            return torch.sigmoid(model.decode(torch.as_tensor(z, device=dev))).cpu().numpy()
+
+    vals = traversal_values()
+    # How much each row changes the image: mean |pixel difference| between its two ends.
+    ends = np.repeat(base[None], 2 * base.size, axis=0).astype(np.float32)
+    for k in range(base.size):
+        ends[2 * k, k], ends[2 * k + 1, k] = vals[0], vals[-1]
+    img = decode(ends).reshape(base.size, 2, -1)
+    change = np.abs(img[:, 0] - img[:, 1]).mean(axis=1)
+    plot_traversals(decode, base, kl, vals, path=path,
+                    title=f"latent traversals z = {vals[0]:g} … {vals[-1]:g}, other latents at the sprite's code\n"
+                          "(rows: latents by KL on 1024 images, largest first)")
+    order = np.argsort(-kl, kind="stable")
+    return {"order": order.tolist(), "kl": kl[order].tolist(), "row_change": change[order].tolist(),
+            "values": [float(vals[0]), float(vals[-1])],
+            "active": int(np.sum(kl > 0.5)), "active_threshold_nats": 0.5}

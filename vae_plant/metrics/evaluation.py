@@ -125,8 +125,7 @@ def evaluate_run(run_dir, *, n_images: int = 20000, seed: int = 0, beta_vae: boo
     import json
     import os
 
-    from klcontrol.vae_plant.experiments.demo import traversals_figure
-    from klcontrol.vae_plant.metrics.diagnostics import plot_latent_kl, plot_runs
+    from klcontrol.vae_plant.metrics.diagnostics import plot_latent_kl, plot_runs, traversals_figure
     from klcontrol.vae_plant.training.trainer import load_run
 
     if not os.path.isdir(run_dir):

@@ -79,9 +79,8 @@ import numpy as np
 import torch
 
 from klcontrol.controllers import MEASURES, Controller
-
-from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.data.dsprites import DSprites
+from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
 from klcontrol.vae_plant.training.presets import CONTROLLERS, first_update, make_controller, schedule
 from klcontrol.vae_plant.training.run_lock import RunLock
