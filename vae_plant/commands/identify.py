@@ -34,9 +34,14 @@ def register(sub) -> None:
     p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--plant", default=None, metavar="MODULE:FACTORY",
+                   help="your own VAE: a factory returning a plant of the protocol (docs/your_vae.md), e.g. "
+                        "examples/mnist_vae.py:make or my_vae:make; passed seed=, device=, batch_size= when it accepts "
+                        "them (default: klcontrol's dSprites β-VAE)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     p.add_argument("--prior", default=None, metavar="JSON",
-                   help="fit whose g gives dKL/dlnβ for the amplitude rule (default: the shipped fit of klcontrol's own VAE, klcontrol data path cpu/fit.json)")
+                   help="a fit whose g gives dKL/dlnβ for the amplitude rule, when asked for ('dsprites': the shipped "
+                        "fit of klcontrol's own VAE); default: the plant's own settle runs (needs two --betas)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -54,7 +59,7 @@ def run(args) -> int:
                          betas=args.betas, main=args.main, settle_steps=args.settle_steps, fit_steps=args.fit_steps,
                          val_steps=args.val_steps, closed_steps=args.closed_steps, lead=args.lead, hold_min=args.hold_min,
                          hold_max=args.hold_max, setpoint_step=args.setpoint_step,
-                         other_betas_excited=args.other_betas_excited)
+                         other_betas_excited=args.other_betas_excited, plant=args.plant)
     if args.json:
         print_json(res)
         return 0

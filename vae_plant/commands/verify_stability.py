@@ -36,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--plant", default=None, metavar="MODULE:FACTORY",
+                   help="your own VAE: a factory returning a plant of the protocol (docs/your_vae.md), e.g. "
+                        "examples/mnist_vae.py:make or my_vae:make; passed seed=, device=, batch_size= when it accepts "
+                        "them (default: klcontrol's dSprites β-VAE)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +58,8 @@ def run(args) -> int:
     res = verify_stability(args.out, args.settled, args.beta_star, fits, args.ray, args.gain, setpoint=args.setpoint,
                            window=args.window, seeds=args.seeds, steps=args.steps, kick=args.kick, jobs=args.jobs,
                            batch_size=args.batch_size, device=args.device, export=args.export,
-                           summary=args.summary, plot=args.plot, command="klcontrol " + " ".join(sys.argv[1:]))
+                           summary=args.summary, plot=args.plot, command="klcontrol " + " ".join(sys.argv[1:]),
+                           plant=args.plant)
     rows, names = res["rows"], res["names"]
     head = f"{'Kp':>8} {'Ki':>8} {'T':>2} {'seed':>4} " + " ".join(f"{n:>14}" for n in names) + "   observed"
     print(head)

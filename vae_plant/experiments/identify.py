@@ -126,7 +126,14 @@ def setpoint_steps(center: float, step: float, hold: int, levels=(0, 1, -1, 0)):
 
 
 
-def _train(out, controller, steps, seed, batch_size, device, init_from=None, command=None, checkpoint_every=0):
+def _train(out, controller, steps, seed, batch_size, device, init_from=None, command=None, checkpoint_every=0,
+           plant=None):
+    """One run: klcontrol's dSprites trainer, or with ``plant`` (a ``module:factory`` spec) the protocol runner."""
+    if plant is not None:
+        from klcontrol.vae_plant.training.plant_runner import run_plant
+
+        return run_plant(out, plant, controller, steps, seed=seed, device=device, batch_size=batch_size,
+                         init_from=init_from, checkpoint_every=checkpoint_every, command=command)
     from klcontrol.vae_plant.training.trainer import train
 
     return train(out, preset="cpu" if device == "cpu" else "paper", controller=controller, steps=steps, seed=seed,
@@ -139,7 +146,8 @@ def _done(out):
         os.listdir(os.path.join(out, "checkpoints")))
 
 
-def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, device: str = "cpu", command=None):
+def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, device: str = "cpu", command=None,
+           plant=None):
     """Phase 1: train from scratch at the fixed β* (reuses a finished run in ``out``).
 
     Returns
@@ -150,12 +158,12 @@ def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, d
     if _done(out):
         return os.fspath(out)
     shutil.rmtree(out, ignore_errors=True)
-    _train(out, FixedBeta(float(beta_star)), steps, seed, batch_size, device, command=command)
+    _train(out, FixedBeta(float(beta_star)), steps, seed, batch_size, device, command=command, plant=plant)
     return os.fspath(out)
 
 
 def excite_open_loop(out, settled, beta_star, delta, steps, lead, hold_min, hold_max, seed, batch_size=16,
-                     device="cpu", command=None):
+                     device="cpu", command=None, plant=None):
     """Phase 2, open loop: the β schedule of :func:`beta_schedule` from the settled checkpoint.
 
     Returns
@@ -166,11 +174,11 @@ def excite_open_loop(out, settled, beta_star, delta, steps, lead, hold_min, hold
     sched, _ = beta_schedule(beta_star, delta, steps - lead, lead, hold_min, hold_max, seed)
     design = dict(kind="open_loop", beta_star=beta_star, delta=delta, lead=lead, hold_min=hold_min,
                   hold_max=hold_max, seed=seed, steps=steps)
-    return _excite(out, settled, ScheduledBeta(sched), design, steps, seed, batch_size, device, command)
+    return _excite(out, settled, ScheduledBeta(sched), design, steps, seed, batch_size, device, command, plant)
 
 
 def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, window, seed, steps=None,
-                       levels=(0, 1, -1, 0), batch_size=16, device="cpu", command=None):
+                       levels=(0, 1, -1, 0), batch_size=16, device="cpu", command=None, plant=None):
     """Phase 2, closed loop: incremental PI from β* with set-point steps around ``center``.
 
     Returns
@@ -182,17 +190,17 @@ def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, wind
     ctrl = IncrementalPI(kp, ki, setpoint_steps(center, step, hold, levels), beta0=beta_star, filter=window)
     design = dict(kind="closed_loop", beta_star=beta_star, center=center, step=step, hold=hold, levels=list(levels),
                   kp=kp, ki=ki, window=window, seed=seed, steps=steps)
-    return _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command)
+    return _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant)
 
 
-def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command):
+def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant=None):
     if _done(out):
         return os.fspath(out)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     with open(os.path.join(out, "excitation.json"), "w") as fh:  # first, so a stopped run keeps its design
         json.dump(design, fh, indent=2)
-    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command, plant=plant)
     return os.fspath(out)
 
 
@@ -285,31 +293,43 @@ def _prior_sensitivity(prior, beta):
 
 
 def _job(args):
-    job, root, batch_size, device, prior, command = args
+    job, root, batch_size, device, sensitivity, command, plant = args
     import torch
 
     torch.set_num_threads(1)
     out = os.path.join(root, job["name"])
     if job["kind"] == "settle":
-        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command)
+        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command, plant=plant)
         return job["name"], None
     settled = os.path.join(root, f"settle_b{job['beta']:g}")
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
     nz = settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])
     if job["kind"] == "open_loop":
-        delta = design_amplitude(nz["sigma_mean"], _prior_sensitivity(prior, job["beta"]))
+        delta = design_amplitude(nz["sigma_mean"], sensitivity[job["beta"]])
         excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
-                         job["hold_max"], job["seed"], batch_size, device, command)
+                         job["hold_max"], job["seed"], batch_size, device, command, plant=plant)
     else:
         excite_closed_loop(out, settled, job["beta"], round(nz["level"], 2), job["step"], job["hold"], job["kp"],
                            job["ki"], job["window"], job["seed"], job["steps"], batch_size=batch_size, device=device,
-                           command=command)
+                           command=command, plant=plant)
     return job["name"], nz
 
 
+def _own_sensitivity(points, betas):
+    """``dKL/d ln β`` at each β from the plant's own settled levels (the static map through them)."""
+    from klcontrol.analysis.identification.models import fit_static_map
+
+    if len(points) < 2:
+        raise ValueError("the amplitude rule needs the slope of the settled KL in β: give at least two settled "
+                         "levels (--betas, e.g. --betas 2 4) or a prior fit (--prior FIT.json, a model of another "
+                         "VAE, or 'dsprites' for klcontrol's own)")
+    g = fit_static_map(points)
+    return {b: float(b * g.derivative(b)) for b in betas}
+
+
 def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior=None, command=None,
-                   progress=print, **plan_kw):
+                   progress=print, plant=None, **plan_kw):
     """Run the identification experiment of :func:`plan` (finished runs in ``root`` are reused).
 
     Parameters
@@ -324,8 +344,12 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     batch_size, device
         Of every run (batch 16 on a CPU; ``device="cuda"`` for larger batches).
     prior : str, optional
-        Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule (default: the
-        shipped ``cpu/fit.json`` (:mod:`klcontrol.data`)).
+        Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule, only when asked for (``"dsprites"``: the
+        shipped fit of klcontrol's own VAE, ``cpu/fit.json`` of :mod:`klcontrol.data`). Default: the plant's own
+        settle runs (the static map through their settled levels; needs at least two ``betas``).
+    plant : str, optional
+        ``"module:factory"`` of a plant of the protocol (:mod:`klcontrol.realplant`); default klcontrol's
+        dSprites β-VAE and its trainer.
     **plan_kw
         Passed to :func:`plan`.
 
@@ -338,24 +362,41 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
 
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
-    if prior is None:
+    settles, excites = plan(**plan_kw)
+    betas = sorted({j["beta"] for j in excites})
+    if prior == "dsprites":
         from klcontrol import data
 
         prior = str(data.path("cpu/fit.json"))
-    settles, excites = plan(**plan_kw)
+    if prior is not None:
+        sensitivity = {b: _prior_sensitivity(prior, b) for b in betas}  # read before any training: a typo costs nothing
+    elif len(settles) < 2:
+        _own_sensitivity([], betas)  # the error, before any training
+    if plant is not None:
+        from klcontrol.realplant import load_factory
+
+        load_factory(plant)  # a bad --plant fails here, not in a worker
     os.makedirs(root, exist_ok=True)
     command = command if command is not None else "klcontrol identify"
     noise = {}
     with ProcessPoolExecutor(max(1, int(jobs))) as ex:
-        for phase in ([dict(s, kind="settle") for s in settles], excites):
-            for name, nz in ex.map(_job, [(j, root, batch_size, device, prior, command) for j in phase]):
-                progress(f"finished {name}")
+        phase = [dict(s, kind="settle") for s in settles]
+        for name, _ in ex.map(_job, [(j, root, batch_size, device, None, command, plant) for j in phase]):
+            progress(f"finished {name}")
+        if prior is None:
+            sensitivity = _own_sensitivity(static_points(
+                [tuple(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))[c] for c in ("beta", "kl"))
+                 for s in settles]), betas)
+        for name, _ in ex.map(_job, [(j, root, batch_size, device, sensitivity, command, plant) for j in excites]):
+            progress(f"finished {name}")
     for s in settles:
         tr = read_trace_csv(os.path.join(root, s["name"], "trace.csv"))
         noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr["kl"]))
     points = static_points([(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["beta"],
                              read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["kl"]) for s in settles])
-    result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device),
+    result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device, plant=plant,
+                            amplitude_rule=dict(source=prior or "own settle runs",
+                                                sensitivity={f"{b:g}": v for b, v in sensitivity.items()})),
                   noise=noise, static_points=points, exported=[])
     if export:
         for j in settles + excites:

@@ -22,7 +22,7 @@ def _name(kp, ki, window, seed):
 
 
 def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=600, kick=1.25, batch_size=16,
-             device="cpu", command=None):
+             device="cpu", command=None, plant=None):
     """One closed-loop run from the settled checkpoint (reuses a finished run in ``out``).
 
     Returns
@@ -38,7 +38,7 @@ def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=
         return os.fspath(out)
     shutil.rmtree(out, ignore_errors=True)
     ctrl = IncrementalPI(kp, ki, Constant(setpoint), beta0=kick * beta_star, filter=window)
-    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command, plant=plant)
     with open(os.path.join(out, "gain.json"), "w") as fh:
         json.dump(dict(kp=kp, ki=ki, window=window, delay=0, seed=seed, steps=steps, kick=kick, beta_star=beta_star,
                        setpoint=setpoint), fh, indent=2)
@@ -49,10 +49,10 @@ def _job(args):
     import torch
 
     torch.set_num_threads(1)
-    root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command = args
+    root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command, plant = args
     out = os.path.join(root, _name(g["kp"], g["ki"], g["window"], g["seed"]))
     return gain_run(out, settled, beta_star, setpoint, g["kp"], g["ki"], g["window"], g["seed"], steps, kick,
-                    batch_size, device, command)
+                    batch_size, device, command, plant)
 
 
 def ray_gains(ratio, ki_values, window=5, seeds=(0,)):
@@ -62,12 +62,12 @@ def ray_gains(ratio, ki_values, window=5, seeds=(0,)):
 
 
 def run_gains(root, settled, beta_star, setpoint, gains, steps=600, kick=1.25, jobs=2, batch_size=16, device="cpu",
-              command=None):
+              command=None, plant=None):
     """Run every gain set (dicts ``kp, ki, window, seed``); returns the run directories."""
     from concurrent.futures import ProcessPoolExecutor
 
     os.makedirs(root, exist_ok=True)
-    args = [(root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command) for g in gains]
+    args = [(root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command, plant) for g in gains]
     with ProcessPoolExecutor(max(1, int(jobs))) as ex:
         return list(ex.map(_job, args))
 
@@ -146,7 +146,7 @@ def observed_brackets(rows, tol=1e-9):
 
 def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoint=None, window=5, seeds=(0,),
                      steps=600, kick=1.25, jobs=2, batch_size=16, device="cpu", export=None, summary=None,
-                     plot=None, command=None) -> dict:
+                     plot=None, command=None, plant=None) -> dict:
     """Run gain sets on the real β-VAE and put the observed verdicts beside the fits' predictions.
 
     What ``klcontrol verify-stability`` does, in one call.
@@ -169,6 +169,9 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
         Constant set point (default: the settled run's KL level, rounded to 0.01 nats).
     window, seeds, steps, kick, jobs, batch_size, device, export, command
         As in :func:`run_gains` and :func:`summarize`.
+    plant : str, optional
+        ``"module:factory"`` of a plant of the protocol (:mod:`klcontrol.realplant`) whose settle run is
+        ``settled`` (default: klcontrol's dSprites β-VAE).
     summary, plot : str, optional
         Write the summary (JSON) and the stability-plane figure (PNG).
 
@@ -188,7 +191,7 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     from klcontrol.analysis.identification.first_order import load_fit
     from klcontrol.analysis.identification.validation import critical_gain
     from klcontrol.fileio import write_json
-    from klcontrol.vae_plant.experiments.identify import settled_noise
+    from klcontrol.analysis.identification.experiment import settled_noise
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
     models = [(n, load_fit(p)) for n, p in fits.items()]
@@ -202,7 +205,12 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
         c = round(settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])["level"], 2)
     todo = [g for r in rays for g in ray_gains(r[0], r[1:], window, seeds)]
     todo += [dict(kp=kp, ki=ki, window=window, seed=int(sd)) for kp, ki, sd in gains]
-    dirs = run_gains(out, settled, beta_star, c, todo, steps, kick, jobs, batch_size, device, command=command)
+    if plant is not None:
+        from klcontrol.realplant import load_factory
+
+        load_factory(plant)  # a bad --plant fails here, not in a worker
+    dirs = run_gains(out, settled, beta_star, c, todo, steps, kick, jobs, batch_size, device, command=command,
+                     plant=plant)
     rows = summarize(dirs, [m for _, m in models], [n for n, _ in models], export)
     ratios = sorted({r[0] for r in rays} | {kp / ki for kp, ki, _ in gains if ki > 0})
     crit = {n: {f"{r:g}": critical_gain(m, r, c, window) for r in ratios} for n, m in models}

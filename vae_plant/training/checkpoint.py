@@ -27,10 +27,13 @@ import numpy as np
 import torch
 
 __all__ = ["save", "load", "latest", "list_checkpoints", "latest_good", "capture_rng", "restore_rng",
-           "checkpoint_path", "non_finite", "CheckpointError", "FORMAT"]
+           "checkpoint_path", "non_finite", "CheckpointError", "FORMAT", "PLANT_KIND"]
 
 #: Format written by :func:`save` (1: no checksum file).
 FORMAT = 2
+#: ``state["kind"]`` of a checkpoint of :func:`klcontrol.vae_plant.training.plant_runner.run_plant` (any plant of
+#: the protocol: ``plant``, ``controller``, ``rng``, ``step``, ``beta_prev`` instead of model and optimizer).
+PLANT_KIND = "plant"
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
@@ -157,8 +160,26 @@ def _expected_digest(path: str) -> str | None:
     return digest
 
 
+def _non_finite_tree(obj, name, out):
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            out.append(name)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _non_finite_tree(v, f"{name}.{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _non_finite_tree(v, f"{name}.{i}", out)
+    return out
+
+
 def non_finite(state) -> list[str]:
-    """Names of the floating tensors of ``state["model"]`` and the optimizer state that hold NaN or infinity."""
+    """Names of the floating tensors of ``state["model"]`` and the optimizer state that hold NaN or infinity.
+
+    A plant run's checkpoint (``kind`` :data:`PLANT_KIND`): every floating tensor of ``state["plant"]``.
+    """
+    if state.get("kind") == PLANT_KIND:
+        return _non_finite_tree(state["plant"], "plant", [])
     bad = [f"model.{k}" for k, v in state["model"].items()
            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
     opt = state["optimizer"].get("state", {}) if isinstance(state["optimizer"], dict) else {}
@@ -199,7 +220,9 @@ def load(path: str, map_location=None) -> dict:
         why = (f"it names the Python object {found.group(1)}, which weights-only loading refuses; nothing from "
                "it was run" if found else f"{type(exc).__name__}: {' '.join(text.split()[:40])}")
         raise CheckpointError(path, f"checkpoint {path} is corrupt or unreadable ({why})") from None
-    needed = {"step", "config", "model", "optimizer", "controller", "rng"}
+    plant_run = isinstance(state, dict) and state.get("kind") == PLANT_KIND
+    needed = {"step", "plant", "controller", "rng"} if plant_run else {"step", "config", "model", "optimizer",
+                                                                        "controller", "rng"}
     if not isinstance(state, dict) or not needed <= set(state):
         have = set(state) if isinstance(state, dict) else set()
         raise CheckpointError(path, f"checkpoint {path} is not a vae_plant checkpoint (missing {sorted(needed - have)})")
@@ -207,7 +230,11 @@ def load(path: str, map_location=None) -> dict:
     if expected is None and not (isinstance(fmt, int) and fmt < 2):
         raise CheckpointError(path, f"checkpoint {path} has no checksum file {os.path.basename(_sha_path(path))}, "
                                     "so it cannot be verified")
-    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict) or isinstance(
+    if plant_run:
+        if not isinstance(state["plant"], dict) or isinstance(state["step"], bool) or not isinstance(
+                state["step"], int) or state["step"] < 0:
+            raise CheckpointError(path, f"checkpoint {path} is not a plant-run checkpoint (malformed entries)")
+    elif not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict) or isinstance(
             state["step"], bool) or not isinstance(state["step"], int) or state["step"] < 0:
         raise CheckpointError(path, f"checkpoint {path} is not a vae_plant checkpoint (malformed entries)")
     bad = non_finite(state)

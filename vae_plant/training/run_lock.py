@@ -90,6 +90,13 @@ class RunLock:
             self._fh.close()
             self._fh = None
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
     def __del__(self):
         if getattr(self, "_fh", None) is not None:
             self.release()
