@@ -6,6 +6,7 @@ import pytest
 
 from klcontrol import ExpGain, FirstOrderPlant, FixedBeta, simulate
 from klcontrol.cli import EXIT_UNSTABLE, main
+from klcontrol.plant import gain_from_dict, register_plant
 
 PLANT = FirstOrderPlant(1 / 400, ExpGain(3.2 / 0.121, 0.121))
 
@@ -73,8 +74,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "not JSON" in capsys.readouterr().err
 
 
+@register_plant
 class TwoPoleFit:
-    """A fit kind other than first order, following the check protocol (built here, loaded by a stub loader).
+    """A fit kind other than first order, following the check protocol (built and registered here, so load_fit
+    reads it as it reads the toolkit's own kinds).
 
     ``KL − y* = g′(β*)·G(q)(β − β*)`` with ``G`` two real poles, unit DC gain, plus perturbed bootstrap draws.
     """
@@ -101,15 +104,22 @@ class TwoPoleFit:
         gp = float(self.g.derivative(self.g.inverse(setpoint)))
         return [self._matrices(p, gp) for p in self.draws]
 
+    def to_dict(self):
+        """JSON-able description."""
+        return {"kind": self.kind, "poles": list(self.poles), "g": self.g.to_dict(),
+                "beta_range": list(self.beta_range), "draws": [list(d) for d in self.draws]}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from :meth:`to_dict`."""
+        return cls(d["poles"], gain_from_dict(d["g"]), d["beta_range"], [tuple(p) for p in d["draws"]])
+
 
 @pytest.fixture
-def two_pole_fit(tmp_path, monkeypatch):
-    import klcontrol.analysis.identification.first_order as ident
-
+def two_pole_fit(tmp_path):
     fit = TwoPoleFit((0.9, 0.5), ExpGain(30.0, 0.1), (2.0, 10.0), draws=[(0.92, 0.5), (0.88, 0.55), (0.95, 0.4)])
     p = tmp_path / "two_pole.json"
-    p.write_text(json.dumps({"kind": TwoPoleFit.kind}))
-    monkeypatch.setattr(ident, "load_fit", lambda path: fit, raising=False)
+    p.write_text(json.dumps(fit.to_dict()))
     return p, fit
 
 
@@ -137,12 +147,9 @@ def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
     assert "STABLE" in text and "two_pole_test" in text and "36 linearisations" in text
 
 
-def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_path, capsys, monkeypatch):
-    import klcontrol.analysis.identification.first_order as ident
-
+def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_path, capsys):
     assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", "5"]) == 1
     assert "--setpoint applies to non-first-order fits" in capsys.readouterr().err
-    monkeypatch.delattr(ident, "load_fit", raising=False)
     (tmp_path / "other.json").write_text(json.dumps({"kind": "mystery"}))
     assert main(["check", "--fit", str(tmp_path / "other.json"), "--kp", "1", "--ki", "1"]) == 1
     assert "kind 'mystery'" in capsys.readouterr().err
@@ -150,11 +157,9 @@ def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_pa
 
 def test_fit_hammerstein_and_verify_stability_bad_input(capsys):
     """One-line errors, exit 1, no traceback."""
-    from pathlib import Path
-
-    from klcontrol.cli import main
 
     from klcontrol import data
+    from klcontrol.cli import main
 
     d = str(data.path("identify"))
     assert main(["fit", f"{d}/ol_b4_s1.csv.gz", "--model", "hammerstein"]) == 1
@@ -174,9 +179,8 @@ def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys)
     import json
     from pathlib import Path
 
-    from klcontrol.cli import main
-
     from klcontrol import data
+    from klcontrol.cli import main
 
     d, cpu = data.path("identify"), data.path("cpu")
     summary = tmp_path / "summary.json"
@@ -192,3 +196,48 @@ def test_fit_hammerstein_cli_reproduces_the_shipped_validation(tmp_path, capsys)
     for g, s in zip(got, shipped, strict=True):
         assert abs(g["fit_percent"] - s["fit_percent"]) < 1e-6
         assert abs(g["first_order_fit_percent"] - s["first_order_fit_percent"]) < 1e-6
+
+
+def _lagged_copy(src, dst, rows):
+    """The first ``rows`` rows of a trainer trace, with the KL logged one row late (row s holds y(s−1))."""
+    import csv
+    import gzip
+
+    with gzip.open(src, "rt", newline="") as fh:
+        r = list(csv.reader(fh))
+    head, body = r[0][:3], [x[:3] for x in r[1:rows + 1]]
+    lag = [[b[0], b[1], (body[i - 1] if i else body[0])[2]] for i, b in enumerate(body)]
+    for path, data in ((dst / "aligned.csv", body[:-1]), (dst / "lagged.csv", lag)):
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerows([head, *data])
+    return dst / "aligned.csv", dst / "lagged.csv"
+
+
+def test_kl_lag_is_honoured_by_the_hammerstein_fit_and_validate(tmp_path):
+    """A log whose KL column is one row late, read with --kl-lag 1, fits exactly as the aligned log (and not
+    as the same log read without it); --validate realigns too."""
+    import json
+
+    from klcontrol import data
+    from klcontrol.cli import main
+
+    d = data.path("identify")
+    aligned, lagged = _lagged_copy(d / "ol_b4_s1.csv.gz", tmp_path, 700)
+    static = ["--static", str(d / "settle_b2.csv.gz"), str(d / "settle_b4.csv.gz")]
+    runs = {}
+    for name, path, lag in (("aligned", aligned, "0"), ("lagged", lagged, "1"), ("ignored", lagged, "0")):
+        out = tmp_path / f"{name}.json"
+        rep = tmp_path / f"{name}_report.json"
+        assert main(["fit", str(path), "--model", "hammerstein", *static, "--kl-lag", lag, "--out", str(out),
+                     "--validate", str(path), "--report", str(rep), "--no-progress"]) == 0
+        runs[name] = (json.loads(out.read_text()), json.loads(rep.read_text()))
+    def strip(fit):  # the file names differ, nothing else may
+        return dict(fit, info={k: v for k, v in fit["info"].items() if k != "traces"})
+
+    assert strip(runs["aligned"][0]) == strip(runs["lagged"][0])
+    assert strip(runs["aligned"][0])["params"] != strip(runs["ignored"][0])["params"]
+
+    def held(rep):
+        return [[{k: v for k, v in h.items() if k != "trace"} for h in c["held_out"]] for c in rep["candidates"]]
+
+    assert held(runs["aligned"][1]) == held(runs["lagged"][1]) != held(runs["ignored"][1])

@@ -1,7 +1,7 @@
 """``klcontrol check``: robust stability of given PI gains on a fitted plant."""
 from __future__ import annotations
 
-from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
+from klcontrol.registry import LINEAR_KINDS
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
         description="Check that (Kp, Ki) stabilise the linearised loop. First-order fit: exactly, for every g′ the "
         "fitted g takes over the β range (by default the range seen in the traces, widened to the bootstrap band of "
         "g′) and for a at its estimate and both ends of its confidence interval. Any other fit kind (loaded by "
-        "klcontrol.analysis.identification.first_order.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
+        "klcontrol.analysis.identification.fits.load_fit, e.g. a Hammerstein fit): on its linearisation at each operating point "
         "(--setpoint, or g(β) over the β range) and at each bootstrap draw it provides (closed-loop eigenvalues). "
         "A fit that klcontrol fit marked not identifiable, or whose g′ band reaches 0 over the β range, is refused "
         "(--allow-unidentified checks it anyway, the verdict marked as qualified).",
@@ -25,12 +25,15 @@ def register(sub) -> None:
     p.add_argument("--ki", type=float, required=True, help="integral gain (positive = negative feedback)")
     p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
     p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="0: as trained; 1: paper's Eq. 15")
-    p.add_argument("--controller", choices=CONTROLLERS, default="incremental", help="controller (default incremental)")
+    p.add_argument("--controller", choices=LINEAR_KINDS, default="incremental", help="controller (default incremental)")
     p.add_argument("--beta-range", type=float, nargs=2, metavar=("LO", "HI"), default=None,
                    help="β range to cover (default: the range seen by the fit; needed for a plain plant JSON)")
     p.add_argument("--setpoint", type=float, nargs="+", metavar="C", default=None,
-                   help="operating points (KL set points) to linearise a non-first-order fit at (default: g(β) at 9 "
-                   "points of the β range)")
+                   help="operating points (KL set points, nats) to check at: a first-order fit over the β range "
+                   "g⁻¹ maps them to, any other fit linearised at each (default: g(β) at 9 points of the β range)")
+    p.add_argument("--ray", type=float, nargs="+", metavar="R", default=None,
+                   help="also print the critical Ki on each ray Kp = R·Ki (R = 0: integral only) and the period the "
+                   "loop oscillates with there, over the plants checked")
     p.add_argument("--point", action="store_true",
                    help="use the point estimates only (no widening to the confidence band of g′ and a; no "
                    "bootstrap draws)")
@@ -44,10 +47,11 @@ def run(args) -> int:
     """Execute ``klcontrol check``."""
     import sys
 
-    from klcontrol.analysis.verdicts.fits import check_fit_file, design_problems, format_verdict, read_fit_file
+    from klcontrol.analysis.identification.fits import load_fit
+    from klcontrol.analysis.verdicts.fits import check_fit_file, design_problems, format_verdict
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, EXIT_UNSTABLE, print_json
 
-    problems = design_problems(read_fit_file(args.fit)[0], args.beta_range)
+    problems = design_problems(load_fit(args.fit), args.beta_range)
     if problems and not args.allow_unidentified:
         if args.json:  # a JSON consumer sees a verdict too: not stable, refused, and why
             print_json({"stable": False, "refused": True, "identifiable": False, "qualified": problems,
@@ -62,6 +66,11 @@ def run(args) -> int:
     out = check_fit_file(args.fit, args.kp, args.ki, args.window, args.delay, args.controller,
                          beta_range=args.beta_range, setpoints=args.setpoint, point=args.point)
     out.update(identifiable=not problems, qualified=problems)
+    if args.ray:
+        from klcontrol.analysis.verdicts.fits import critical_gains
+
+        out["critical_gain"] = critical_gains(args.fit, args.ray, args.window, args.delay, args.controller,
+                                              beta_range=args.beta_range, setpoints=args.setpoint, point=args.point)
     if args.json:
         print_json(out)
     else:
@@ -70,4 +79,8 @@ def run(args) -> int:
                   "numbers the data do not support:")
             print("\n".join(f"  - {r}" for r in problems))
         print(format_verdict(out))
+        if args.ray:
+            from klcontrol.analysis.verdicts.fits import format_critical
+
+            print(format_critical(out["critical_gain"]))
     return EXIT_OK if out["stable"] else EXIT_UNSTABLE

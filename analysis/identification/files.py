@@ -15,9 +15,10 @@ __all__ = ["fit_first_order_files", "fit_hammerstein_files"]
 
 
 def _read_each(paths, reader):
-    from klcontrol.analysis.identification.traces import read_trace
+    """Read each log and realign it to the canonical convention (``--kl-lag``, ``--beta-logged`` honoured)."""
+    from klcontrol.analysis.identification.traces import aligned, read_trace
 
-    return [read_trace(p, **reader) for p in paths]
+    return [aligned(read_trace(p, **reader), where=str(p)) for p in paths]
 
 
 def _write_json(path, obj):
@@ -93,7 +94,7 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
     validate : sequence of str, optional
         Held-out logs; the candidate that predicts them best is chosen.
     out : str, optional
-        Save the chosen model (JSON, :func:`klcontrol.analysis.identification.first_order.load_fit` reads it).
+        Save the chosen model (JSON, :func:`klcontrol.analysis.identification.fits.load_fit` reads it).
     compare : str, optional
         Another saved fit validated on the same held-out logs (e.g. the first-order one).
     report : str, optional
@@ -128,7 +129,7 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
     if out:
         best.save(out)
     if compare:
-        from klcontrol.analysis.identification.first_order import load_fit
+        from klcontrol.analysis.identification.fits import load_fit
 
         rep["compare"] = dict(fit=compare, held_out=pm.validate(load_fit(compare), held, validate))
     if report:
@@ -148,7 +149,7 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
         os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
         _write_json(summary, dict(model=repr(best), selection=rep["rule"], held_out=rows))
     if plot and held:
-        from klcontrol.analysis.identification.first_order import load_fit
+        from klcontrol.analysis.identification.fits import load_fit
         from klcontrol.analysis.identification.validation import plot_validation
 
         plot_validation(best, held, validate, plot, compare=load_fit(compare) if compare else None)

@@ -290,6 +290,12 @@ def _stable(f):
 
 
 def _trace_arrays(trace, where="trace"):
+    from klcontrol.analysis.identification.traces import log_convention
+
+    conv = log_convention(trace)
+    if conv["kl_lag"] or conv["beta_lead"]:
+        raise ValueError(f"{where}: read with kl_lag={conv['kl_lag']}, beta_lead={conv['beta_lead']}; these models "
+                         "take canonical rows: pass klcontrol.analysis.identification.aligned(trace)")
     beta = np.asarray(trace.beta, dtype=float)
     kl = np.asarray(trace.kl, dtype=float)
     if beta.ndim != 1:
@@ -307,7 +313,7 @@ def _trace_arrays(trace, where="trace"):
 
 @register_plant
 class HammersteinFit(Plant):
-    """A fitted plant ``ŷ = y₀ + G(q)[g(β)]`` (see the module docstring); loads with ``load_fit``.
+    """A fitted plant ``ŷ = y₀ + G(q)[g(β)]`` (see the module docstring); loads with :func:`~klcontrol.analysis.identification.fits.load_fit`.
 
     Follows the plant protocol: :meth:`initial_state`, :meth:`step`,
     :meth:`equilibrium`, :meth:`linearize`, :meth:`to_dict` / :meth:`from_dict`.

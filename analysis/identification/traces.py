@@ -38,7 +38,7 @@ import numpy as np
 
 from klcontrol import Trace
 
-__all__ = ["read_trace", "read_traces", "align_kl", "log_convention", "add_reader_arguments", "reader_kwargs",
+__all__ = ["read_trace", "read_traces", "align_kl", "aligned", "log_convention", "add_reader_arguments", "reader_kwargs",
            "TRACE_FILES", "CONVENTIONS"]
 
 #: File names looked for, in order, when :func:`read_trace` is given a trainer run directory.
@@ -260,6 +260,36 @@ def align_kl(trace: Trace, kl_lag: int) -> Trace:
     meta = dict(trace.meta, kl_lag=0, realigned_from_kl_lag=1)
     return Trace(step[:-1], np.asarray(trace.beta)[:-1], np.asarray(trace.kl)[1:],
                  np.asarray(trace.setpoint)[:-1], None, meta)
+
+
+def aligned(trace: Trace, where: str | None = None) -> Trace:
+    """The trace in the canonical convention: row ``t`` holds β(t), the weight of update t, and y(t), the KL after it.
+
+    A trace read with ``kl_lag=1`` (the KL of step t's forward pass) or ``beta_lead=1`` (the β a controller set after
+    update t) is realigned by shifting rows (one row fewer per shift); a canonical trace is returned as it is.
+    Models that take every update as it comes (Hammerstein, validation) call this, so those flags are honoured
+    everywhere, not only by the first-order fit (which applies them update by update, sparse logs included).
+
+    Raises
+    ------
+    ValueError
+        For a sparse log (steps skipped) that is not canonical: rows cannot be shifted there.
+    """
+    conv = log_convention(trace)
+    if conv["kl_lag"] == 0 and conv["beta_lead"] == 0:
+        return trace
+    name = where or trace.meta.get("source", "trace")
+    if np.any(np.diff(np.asarray(trace.step)) != 1):
+        raise ValueError(f"{name}: --kl-lag 1 / --beta-logged after realign rows, which needs every update logged; "
+                         "this log skips steps (the first-order fit handles it; log every step for this model)")
+    out = align_kl(trace, conv["kl_lag"]) if conv["kl_lag"] else trace
+    if conv["beta_lead"]:
+        if len(out) < 3:
+            raise ValueError(f"{name}: --beta-logged after needs at least 3 rows")
+        meta = dict(out.meta, beta_lead=0, realigned_from_beta_lead=1)
+        sp = np.asarray(out.setpoint)
+        out = Trace(np.asarray(out.step)[1:], np.asarray(out.beta)[:-1], np.asarray(out.kl)[1:], sp[1:], None, meta)
+    return out
 
 
 # -- format detection -------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 
 from klcontrol.analysis.identification.models import MEAN_WINDOW, moving_mean
 
-__all__ = ["plot_validation", "plot_stability_plane", "critical_gain"]
+__all__ = ["plot_validation", "plot_stability_plane"]
 
 
 def plot_validation(fit, traces, names, path, compare=None, compare_label="first order (shipped fit)"):
@@ -54,23 +54,6 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="first
     plt.close(fig)
 
 
-def critical_gain(model, ratio, setpoint, window=5, delay=0, ki_lo=1e-3, ki_hi=100.0, n=400):
-    """Smallest ``Ki`` on the ray ``Kp = ratio·Ki`` where the predicted loop turns unstable (``None`` if never).
-
-    The grid crossing is refined by bisection on the spectral radius.
-    """
-    from scipy.optimize import brentq
-
-    from klcontrol.analysis.stability import spectral_radius
-
-    ks = np.geomspace(ki_lo, ki_hi, n)
-    r = np.asarray(spectral_radius(ratio * ks, ks, plant=model, setpoint=setpoint, window=window, delay=delay))
-    idx = np.flatnonzero((r[:-1] < 1) & (r[1:] >= 1))
-    if not len(idx):
-        return None
-    i = int(idx[0])
-    f = lambda k: float(spectral_radius(ratio * k, k, plant=model, setpoint=setpoint, window=window, delay=delay)) - 1  # noqa: E731
-    return float(brentq(f, ks[i], ks[i + 1], xtol=1e-10))
 
 
 def plot_stability_plane(runs, models, setpoint, path, window=5, delay=0, kp_max=None, ki_max=None):

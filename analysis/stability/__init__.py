@@ -29,7 +29,7 @@ Supported: ``controller`` in ``"incremental"``, ``"incremental-official"``,
 from klcontrol.lazy import facade
 
 __getattr__, __dir__, __all__ = facade(__name__, {
-    "CONTROLLERS": ".config",
+    "LINEAR_KINDS": "klcontrol.registry",
     "jacobian": ".api",
     "characteristic_polynomial": ".api",
     "conditions": ".api",
@@ -48,5 +48,7 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "RobustLTI": ".lti",
     "plant_matrices": ".lti",
     "controller_linearization": ".lti",
+    "critical_gain": ".critical",
+    "CriticalGain": ".critical",
     "paper": None,
 })

@@ -8,12 +8,11 @@ ends of its confidence interval; any other fit kind through its linearisations
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["stability_verdict", "format_stability", "read_fit_file", "check_first_order", "check_fit_file",
-           "format_verdict", "design_problems", "Unidentified"]
+__all__ = ["stability_verdict", "format_stability", "check_first_order", "check_fit_file",
+           "format_verdict", "design_problems", "Unidentified", "critical_gains", "format_critical"]
 
 
 class Unidentified(ValueError):
@@ -32,47 +31,13 @@ class Unidentified(ValueError):
         self.path, self.problems = str(path), list(problems)
 
 
-def read_fit_file(path):
-    """Load a saved fit or plant of any kind.
-
-    Parameters
-    ----------
-    path : str or Path
-        JSON written by ``klcontrol fit --out`` (a fit) or a plant description (``FirstOrderPlant.to_dict``).
-
-    Returns
-    -------
-    (object, str)
-        The fit or plant and its kind (``"first_order_fit"``, ``"first_order_plant"`` or the fit's own kind).
-
-    Raises
-    ------
-    ValueError
-        Naming the file: missing, not JSON, or of no known kind.
-    """
-    from klcontrol.analysis.identification import first_order as identification
-    from klcontrol.analysis.identification.first_order import PlantFit, plant_from_dict, read_json
-
-    p = Path(path)
-    d = read_json(p)  # names the file for a missing, binary, non-JSON or too deeply nested file
-    if isinstance(d, dict) and d.get("kind") == "first_order":
-        fit = plant_from_dict(d, p)  # names the file for wrong types, missing entries, non-finite values
-        return fit, "first_order_fit" if isinstance(fit, PlantFit) else "first_order_plant"
-    load_fit = getattr(identification, "load_fit", None)
-    if load_fit is None:
-        kind = d.get("kind") if isinstance(d, dict) else None
-        raise ValueError(f"{p}: not a first-order plant description or fit (kind {kind!r})")
-    fit = load_fit(p)
-    return fit, getattr(fit, "kind", type(fit).__name__)
-
-
 def design_problems(fit, beta_range=None) -> list:
     """Why gains should not be checked or tuned on ``fit`` over ``beta_range`` (empty: it may be).
 
     Parameters
     ----------
     fit : object
-        From :func:`read_fit_file`.  A first-order fit answers with
+        From :func:`klcontrol.analysis.identification.fits.load_fit`.  A first-order fit answers with
         :meth:`~klcontrol.analysis.identification.first_order.PlantFit.design_problems`; a plain
         plant (no data behind it) with nothing; another fit kind with its
         ``identifiability`` reasons when it says ``identifiable`` is false.
@@ -151,7 +116,7 @@ def check_fit_file(path, kp, ki, window=1, delay=0, controller="incremental", be
     Parameters
     ----------
     path : str or Path
-        Saved fit or plant (:func:`read_fit_file`).
+        Saved fit or plant (:func:`klcontrol.analysis.identification.fits.load_fit`).
     kp, ki : float
         Gains.
     window, delay, controller
@@ -168,15 +133,19 @@ def check_fit_file(path, kp, ki, window=1, delay=0, controller="incremental", be
     dict
         JSON-able verdict with ``stable`` and ``fit_kind``.
     """
+    from klcontrol.analysis.identification.fits import load_fit
     from klcontrol.analysis.stability.lti import check_fit
+    from klcontrol.plant import FirstOrderPlant
 
     if int(window) < 1:
         raise ValueError(f"window must be ≥ 1, got {window}")
-    fit, kind = read_fit_file(path)
-    if kind.startswith("first_order"):
+    fit = load_fit(path)
+    if isinstance(fit, FirstOrderPlant):  # a first-order fit or plain plant: the exact path
         if setpoints is not None:
-            raise ValueError("--setpoint applies to non-first-order fits; a first-order fit is checked over "
-                             "--beta-range")
+            if beta_range is not None:
+                raise ValueError("give --setpoint or --beta-range, not both: a first-order fit is checked over the β "
+                                 "range the set points map to")
+            beta_range = _setpoint_betas(fit, setpoints)
         try:
             return check_first_order(fit, kp, ki, window, delay, controller, beta_range, widen=not point)
         except ValueError as exc:
@@ -186,7 +155,81 @@ def check_fit_file(path, kp, ki, window=1, delay=0, controller="incremental", be
                         draws=not point)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    return {"stable": out.pop("stable"), "fit_kind": kind, **out}
+    return {"stable": out.pop("stable"), "fit_kind": getattr(fit, "kind", type(fit).__name__), **out}
+
+
+def _setpoint_betas(fit, setpoints):
+    """The β range ``[min β*, max β*]`` with ``g(β*) = C`` for the set points ``C`` (first-order fit)."""
+    betas = []
+    for c in setpoints:
+        try:
+            b = float(fit.g.inverse(float(c)))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            b = math.nan
+        if not (math.isfinite(b) and b > 0):
+            raise ValueError(f"--setpoint {c:g}: the fitted g(β) never reaches {c:g} nats at a positive β")
+        betas.append(b)
+    return (min(betas), max(betas))
+
+
+def critical_gains(path, ratios, window=1, delay=0, controller="incremental", beta_range=None, setpoints=None,
+                   point: bool = False) -> dict:
+    """The critical ``Ki`` on each ray ``Kp = r·Ki`` over the plants a saved fit stands for, with the period.
+
+    First-order fit: every ``a`` :func:`check_first_order` checks (the estimate and its interval unless
+    ``point``) and g′ at 9 points of the (widened) range; any other fit: its linearisation at each operating
+    point (:func:`klcontrol.analysis.stability.lti.operating_points`, or ``setpoints``). The smallest critical
+    ``Ki`` is the one a design must stay below; ``range`` shows how much the plants disagree.
+
+    Returns
+    -------
+    dict
+        ratio (``"%g"``) → ``{"ki": smallest, "kp", "period" (at the smallest), "range": [lo, hi], "plants": n}``
+        (``ki`` None when no checked plant turns unstable on the ray up to Ki = 100).
+    """
+    from klcontrol.analysis.identification.fits import load_fit
+    from klcontrol.analysis.stability.critical import critical_gain
+    from klcontrol.plant import FirstOrderPlant
+
+    fit = load_fit(path)
+    cfg = dict(window=window, delay=delay, controller=controller)
+    if isinstance(fit, FirstOrderPlant):
+        if setpoints is not None:
+            beta_range = _setpoint_betas(fit, setpoints)
+        v = check_first_order(fit, 0.0, 0.0, beta_range=beta_range, widen=not point, **cfg)
+        g_lo, g_hi = v["gprime_range"]
+        plants = [dict(a=a, gprime=float(g)) for a in v["a_checked"] for g in np.linspace(g_lo, g_hi, 9) if g < 0]
+    else:
+        from klcontrol.analysis.stability.lti import operating_points
+
+        sps = list(setpoints) if setpoints is not None else operating_points(fit, beta_range)
+        plants = [dict(plant=fit, setpoint=float(c)) for c in sps]
+    out = {}
+    for r in ratios:
+        found = [critical_gain(r, **p, **cfg) for p in plants]
+        ks = [c for c in found if c is not None]
+        if not ks:
+            out[f"{r:g}"] = dict(ki=None, kp=None, period=None, range=None, plants=len(plants))
+            continue
+        low = min(ks, key=lambda c: c.ki)
+        out[f"{r:g}"] = dict(ki=low.ki, kp=low.kp, period=low.period if math.isfinite(low.period) else None,
+                             range=[low.ki, max(c.ki for c in ks)], plants=len(plants),
+                             stable_up_to_100=len(ks) < len(plants))
+    return out
+
+
+def format_critical(crit: dict) -> str:
+    """Lines of text for :func:`critical_gains`."""
+    lines = []
+    for r, c in crit.items():
+        if c["ki"] is None:
+            lines.append(f"critical gain on Kp = {r}·Ki: none up to Ki = 100 on the {c['plants']} checked plants")
+            continue
+        per = f", oscillation period {c['period']:.3g} updates" if c["period"] else ", a real root (no oscillation)"
+        spread = "" if c["range"][1] <= c["range"][0] * (1 + 1e-9) else \
+            f"; {c['range'][0]:.4g} … {c['range'][1]:.4g} over the {c['plants']} checked plants"
+        lines.append(f"critical gain on Kp = {r}·Ki: Ki = {c['ki']:.4g} (Kp = {c['kp']:.4g}){per}{spread}")
+    return "\n".join(lines)
 
 
 def format_verdict(out: dict) -> str:

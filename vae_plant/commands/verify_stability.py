@@ -70,7 +70,9 @@ def run(args) -> int:
         print(f"{r['kp']:>8.4g} {r['ki']:>8.4g} {r['window']:>2} {r['seed']:>4} {pred}   {obs}")
     for n in names:
         agree = sum(r[f"predicted_stable_{n}"] == r["observed_stable"] for r in rows)
+        per = res["predicted_period"][n]
         cg = ", ".join(f"Kp/Ki={k}: {('%.3g' % v) if v is not None else 'none'}"
+                       + (f" (period {per[k]:.3g} updates)" if per.get(k) else "")
                        for k, v in res["predicted_critical_ki"][n].items())
         print(f"{n}: agrees with {agree}/{len(rows)} observed verdicts; predicted critical Ki {cg}")
     for k, v in observed_brackets(rows).items():

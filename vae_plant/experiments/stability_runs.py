@@ -92,21 +92,21 @@ def summarize(run_dirs, models, names=("identified", "first_order"), export=None
         ``kp, ki, window, delay, seed, trace, predicted_stable_<name>, spectral_radius_<name>,
         observed_stable, observed`` (the criterion's figures).
     """
+    from klcontrol.analysis.identification.traces import read_trace
     from klcontrol.analysis.stability import spectral_radius
     from klcontrol.analysis.verdicts.observed import observed_stability
     from klcontrol.vae_plant.experiments.identify import export_run
-    from klcontrol.vae_plant.training.trace_log import read_trace_csv
 
     rows = []
     for d in run_dirs:
         with open(os.path.join(d, "gain.json")) as fh:
             g = json.load(fh)
-        tr = read_trace_csv(os.path.join(d, "trace.csv"))
-        obs = observed_stability(tr["beta"], g["beta_star"], skip=skip)
+        tr = read_trace(os.path.join(d, "trace.csv"))
+        obs = observed_stability(tr.beta, g["beta_star"], skip=skip)
         name = os.path.basename(os.path.normpath(d))
         trace = export_run(d, export, name) if export else os.path.join(d, "trace.csv")
         row = dict(kp=g["kp"], ki=g["ki"], window=g["window"], delay=g["delay"], seed=g["seed"], trace=trace,
-                   steps=len(tr["beta"]), setpoint=g["setpoint"], beta_star=g["beta_star"])
+                   steps=len(tr), setpoint=g["setpoint"], beta_star=g["beta_star"])
         for n, m in zip(names, models):
             r = float(spectral_radius(g["kp"], g["ki"], plant=m, setpoint=g["setpoint"], window=g["window"],
                                       delay=g["delay"]))
@@ -160,7 +160,7 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     beta_star : float
         β of the settled run.
     fits : dict
-        Name → path of a saved fit (:func:`klcontrol.analysis.identification.first_order.load_fit`) whose predictions are compared.
+        Name → path of a saved fit (:func:`klcontrol.analysis.identification.fits.load_fit`) whose predictions are compared.
     rays : sequence of sequences
         ``(ratio, ki, ki, …)``: gains on the ray ``Kp = ratio·Ki`` (:func:`ray_gains`).
     gains : sequence of (kp, ki, seed)
@@ -178,7 +178,7 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     Returns
     -------
     dict
-        ``setpoint``, ``rows`` (one per run, :func:`summarize`), ``predicted_critical_ki`` (fit name →
+        ``setpoint``, ``rows`` (one per run, :func:`summarize`), ``predicted_critical_ki`` and ``predicted_period`` (fit name →
         ratio → Ki) and ``observed_critical_ki`` (:func:`observed_brackets`).
 
     Raises
@@ -188,11 +188,11 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
     """
     import os
 
-    from klcontrol.analysis.identification.first_order import load_fit
-    from klcontrol.analysis.identification.validation import critical_gain
-    from klcontrol.fileio import write_json
     from klcontrol.analysis.identification.experiment import settled_noise
-    from klcontrol.vae_plant.training.trace_log import read_trace_csv
+    from klcontrol.analysis.identification.fits import load_fit
+    from klcontrol.analysis.identification.traces import read_trace
+    from klcontrol.analysis.stability import critical_gain
+    from klcontrol.fileio import write_json
 
     models = [(n, load_fit(p)) for n, p in fits.items()]
     for r in rays:
@@ -202,7 +202,7 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
         raise ValueError("give at least one --ray or --gain")
     c = setpoint
     if c is None:
-        c = round(settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])["level"], 2)
+        c = round(settled_noise(read_trace(os.path.join(settled, "trace.csv")).kl)["level"], 2)
     todo = [g for r in rays for g in ray_gains(r[0], r[1:], window, seeds)]
     todo += [dict(kp=kp, ki=ki, window=window, seed=int(sd)) for kp, ki, sd in gains]
     if plant is not None:
@@ -213,17 +213,22 @@ def verify_stability(out, settled, beta_star, fits, rays=(), gains=(), *, setpoi
                      plant=plant)
     rows = summarize(dirs, [m for _, m in models], [n for n, _ in models], export)
     ratios = sorted({r[0] for r in rays} | {kp / ki for kp, ki, _ in gains if ki > 0})
-    crit = {n: {f"{r:g}": critical_gain(m, r, c, window) for r in ratios} for n, m in models}
+    crit, periods = {}, {}
+    for n, m in models:
+        found = {f"{r:g}": critical_gain(r, plant=m, setpoint=c, window=window, ki_min=1e-3) for r in ratios}
+        crit[n] = {k: (v.ki if v is not None else None) for k, v in found.items()}
+        periods[n] = {k: (v.period if v is not None and v.period != float("inf") else None) for k, v in found.items()}
     observed = {f"{k:g}": v for k, v in observed_brackets(rows).items()}
     if summary:
         os.makedirs(os.path.dirname(os.path.abspath(summary)), exist_ok=True)
         write_json(summary, dict(setpoint=c, beta_star=beta_star,
                                  fits={n: os.path.relpath(p) for n, p in fits.items()},
                                  criterion="klcontrol.analysis.verdicts.observed.observed_stability (defaults)",
-                                 runs=rows, predicted_critical_ki=crit, observed_critical_ki=observed), indent=1)
+                                 runs=rows, predicted_critical_ki=crit, predicted_period=periods,
+                                 observed_critical_ki=observed), indent=1)
     if plot:
         from klcontrol.analysis.identification.validation import plot_stability_plane
 
         plot_stability_plane(rows, dict(models), c, plot, window)
-    return dict(setpoint=c, rows=rows, predicted_critical_ki=crit, observed_critical_ki=observed,
+    return dict(setpoint=c, rows=rows, predicted_critical_ki=crit, predicted_period=periods, observed_critical_ki=observed,
                 names=[n for n, _ in models])

@@ -1,0 +1,96 @@
+"""The critical gain on a ray ``Kp = r·Ki``: where the linearised loop turns unstable, and the period it rings at.
+
+At the critical ``Ki`` the dominant closed-loop eigenvalue crosses the unit circle at ``e^{±iθ}``; the loop then
+oscillates with a period of ``2π/θ`` updates (θ = π: a period-2 flip; θ = 0: a real root at +1, no oscillation).
+That period is what a real run at that gain shows, so it is a second, independent check of a plant model against
+real runs (docs/your_vae.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from klcontrol.analysis.stability.api import eigenvalues, spectral_radius
+
+__all__ = ["CriticalGain", "critical_gain"]
+
+
+@dataclass(frozen=True)
+class CriticalGain:
+    """Where the loop turns unstable on one ray.
+
+    Attributes
+    ----------
+    ratio : float
+        ``r`` of the ray ``Kp = r·Ki``.
+    ki, kp : float
+        The critical gains (``kp = ratio·ki``).
+    period : float
+        Oscillation period (updates) of the eigenvalue crossing there; ``inf`` for a real crossing at +1.
+    """
+
+    ratio: float
+    ki: float
+    kp: float
+    period: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return {k: (v if math.isfinite(v) else None) for k, v in asdict(self).items()}
+
+
+def critical_gain(ratio, *, a=None, gprime=None, plant=None, setpoint=None, window: int = 1, delay: int = 0,
+                  controller: str = "incremental", ki_min: float = 1e-4, ki_max: float = 100.0,
+                  n: int = 400) -> CriticalGain | None:
+    """The smallest ``Ki > 0`` on the ray ``Kp = ratio·Ki`` where the loop is no longer stable, and its period.
+
+    Parameters
+    ----------
+    ratio : float
+        ``Kp/Ki`` of the ray (0: the integral-only ray).
+    a, gprime : float, optional
+        First-order plant (rate and slope ``g′(β*) < 0``).
+    plant, setpoint : optional
+        Any plant of :func:`klcontrol.analysis.stability.is_stable` (``plant=``), linearised at ``setpoint``.
+    window, delay, controller
+        Loop configuration.
+    ki_min, ki_max, n
+        Log-spaced search grid; the first crossing on it is refined by bisection on the spectral radius.
+
+    Returns
+    -------
+    CriticalGain or None
+        ``None`` when the loop stays stable on the whole grid, or is unstable already at ``ki_min``.
+    """
+    from scipy.optimize import brentq
+
+    ratio = float(ratio)
+    if not math.isfinite(ratio):
+        raise ValueError(f"the ray's ratio Kp/Ki must be finite, got {ratio!r}")
+    if not (0 < ki_min < ki_max and math.isfinite(ki_max)):
+        raise ValueError(f"need 0 < ki_min < ki_max < inf, got {ki_min!r}, {ki_max!r}")
+    kw = dict(a=a, gprime=gprime, window=window, delay=delay, controller=controller)
+    if plant is not None:
+        kw.update(plant=plant, setpoint=setpoint)
+
+    def rho(k):
+        return np.asarray(spectral_radius(ratio * k, k, **kw), dtype=float)
+
+    ks = np.geomspace(ki_min, ki_max, int(n))
+    r = rho(ks)
+    if not np.all(np.isfinite(r)):
+        raise ValueError("the spectral radius is not finite on this ray (check a and g′)")
+    if r[0] >= 1:
+        return None
+    idx = np.flatnonzero((r[:-1] < 1) & (r[1:] >= 1))
+    if not len(idx):
+        return None
+    i = int(idx[0])
+    ki = float(brentq(lambda k: float(rho(k)) - 1.0, ks[i], ks[i + 1], xtol=1e-12, rtol=1e-10))
+    lam = np.asarray(eigenvalues(ratio * ki, ki, **kw)).reshape(-1)
+    dom = lam[np.argmax(np.abs(lam))]
+    theta = abs(math.atan2(dom.imag, dom.real))
+    period = 2 * math.pi / theta if theta > 1e-9 else math.inf
+    return CriticalGain(ratio=ratio, ki=ki, kp=ratio * ki, period=period)
