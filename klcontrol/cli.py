@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "EN
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
 ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
-         "compare", "data")
+         "compare", "judge", "data")
 #: Entry-point group through which packages add commands.
 ENTRY_POINT_GROUP = "klcontrol.commands"
 

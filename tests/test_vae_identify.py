@@ -10,50 +10,51 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from klcontrol import ScheduledBeta
+from klcontrol.analysis.identification import experiment as ex
 from klcontrol.vae_plant.experiments import identify as idf
 
 
 @given(st.integers(1, 3000), st.integers(1, 50), st.integers(0, 200), st.integers(0, 10_000))
 def test_random_binary_levels_hold_times_and_alternation(length, hmin, extra, seed):
     hmax = hmin + extra
-    lv, holds = idf.random_binary_levels(length, hmin, hmax, seed)
+    lv, holds = ex.random_binary_levels(length, hmin, hmax, seed)
     assert len(lv) == length and set(np.unique(lv)) <= {-1.0, 1.0}
     assert sum(h for _, h in holds) == length
     assert all(hmin <= h <= hmax for _, h in holds[:-1]) and 1 <= holds[-1][1] <= hmax
     assert all(a[0] == -b[0] for a, b in zip(holds, holds[1:]))
-    np.testing.assert_array_equal(lv, idf.random_binary_levels(length, hmin, hmax, seed)[0])
+    np.testing.assert_array_equal(lv, ex.random_binary_levels(length, hmin, hmax, seed)[0])
 
 
 def test_beta_schedule_drives_scheduled_beta_exactly():
-    sched, beta = idf.beta_schedule(4.0, 0.4, 500, 50, 5, 80, seed=3)
+    sched, beta = ex.beta_schedule(4.0, 0.4, 500, 50, 5, 80, seed=3)
     assert len(beta) == 550 and np.all(beta[:50] == 4.0)
     np.testing.assert_allclose(np.unique(beta[50:]), [4 * math.exp(-0.4), 4 * math.exp(0.4)])
     c = ScheduledBeta(sched)
     got = [c.beta] + [c.step(1.0) for _ in range(549)]
     np.testing.assert_allclose(got, beta, rtol=1e-15)
     with pytest.raises(ValueError, match="delta"):
-        idf.beta_schedule(4.0, 0.0, 10, 0, 1, 2, 0)
+        ex.beta_schedule(4.0, 0.0, 10, 0, 1, 2, 0)
 
 
 def test_settled_noise_recovers_level_drift_and_mean_noise():
     rng = np.random.default_rng(0)
     t = np.arange(4000)
     kl = 13.0 - 3e-4 * t + rng.normal(scale=0.6, size=4000)
-    nz = idf.settled_noise(kl)
+    nz = ex.settled_noise(kl)
     assert nz["slope"] == pytest.approx(-3e-4, abs=1e-4)
     assert nz["sigma"] == pytest.approx(0.6, rel=0.05)
     assert nz["sigma_mean"] == pytest.approx(0.6 / math.sqrt(50), rel=0.3)
     assert nz["level_ci"][0] < nz["level"] < nz["level_ci"][1]
     with pytest.raises(ValueError, match="at least"):
-        idf.settled_noise(kl[:50])
+        ex.settled_noise(kl[:50])
 
 
 def test_design_amplitude_rule():
-    assert idf.design_amplitude(0.13, -7.8) == pytest.approx(0.5)  # capped
-    assert idf.design_amplitude(0.05, -7.8) == pytest.approx(30 * 0.05 / 7.8)
-    assert idf.design_amplitude(0.0, -7.8) == 0.1
+    assert ex.design_amplitude(0.13, -7.8) == pytest.approx(0.5)  # capped
+    assert ex.design_amplitude(0.05, -7.8) == pytest.approx(30 * 0.05 / 7.8)
+    assert ex.design_amplitude(0.0, -7.8) == 0.1
     with pytest.raises(ValueError):
-        idf.design_amplitude(0.1, 0.0)
+        ex.design_amplitude(0.1, 0.0)
 
 
 def test_plan_names_seeds_and_roles():
@@ -74,7 +75,12 @@ def test_experiment_end_to_end_tiny(tmp_path):
     root, exp = str(tmp_path / "runs"), str(tmp_path / "export")
     kw = dict(betas=(4.0,), main=4.0, settle_steps=100, fit_steps=60, val_steps=40, closed_steps=40, lead=20,
               hold_min=3, hold_max=20)
+    with pytest.raises(ValueError, match="two settled levels"):  # another plant: no slope from one level, no prior
+        idf.run_experiment(root, jobs=1, batch_size=2, progress=lambda s: None, plant=f"{os.path.dirname(__file__)}/tiny_plant.py:make", **kw)
+    assert not os.path.exists(root)
+    # klcontrol's own VAE with one level: its own shipped fit gives the slope
     res = idf.run_experiment(root, export=exp, jobs=1, batch_size=2, progress=lambda s: None, **kw)
+    assert res["plan"]["amplitude_rule"]["source"].endswith("fit.json")
     names = sorted(os.listdir(exp))
     assert "experiment.json" in names and "ol_b4_s1.csv.gz" in names and "cl_b4_s3.config.json" in names
     with gzip.open(os.path.join(exp, "ol_b4_s1.csv.gz"), "rt") as fh:

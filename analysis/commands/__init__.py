@@ -10,4 +10,5 @@ COMMANDS = {
     "fit": "klcontrol.analysis.commands.fit",
     "check": "klcontrol.analysis.commands.check",
     "tune": "klcontrol.analysis.commands.tune",
+    "judge": "klcontrol.analysis.commands.judge",
 }

@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="first_order: the paper's model above (default); hammerstein: g(β) from --static traces "
                    "followed by G(q) with unit DC gain, structures first order / two time constants / OE (orders "
                    "by AIC), the one that predicts --validate traces best is saved")
+    m.add_argument("--plan", default=None, metavar="JSON",
+                   help="the plan of an in-loop experiment (InLoopExperiment.save, docs/your_vae.md): PATH is the "
+                   "one log of that run, cut into its phases and fitted as with --model hammerstein")
     m.add_argument("--static", nargs="+", default=None, metavar="PATH",
                    help="constant-β settled traces giving g(β) (hammerstein)")
     m.add_argument("--validate", nargs="+", default=None, metavar="HELDOUT",
@@ -68,11 +71,21 @@ def _run_hammerstein(args) -> int:
     from klcontrol.analysis.identification.traces import reader_kwargs
     from klcontrol.cli import print_json
 
-    best, rep = fit_hammerstein_files(args.paths, static=args.static, reader=reader_kwargs(args),
-                                      validate=args.validate, out=args.out, compare=args.compare,
-                                      report=args.report, summary=args.summary, plot=args.plot)
+    if args.plan:
+        from klcontrol.analysis.identification.files import fit_plan_files
+
+        if len(args.paths) != 1 or args.static or args.validate:
+            raise ValueError("--plan takes the one log of the in-loop run as PATH (no --static, no --validate: "
+                             "the plan names the phases)")
+        best, rep = fit_plan_files(args.plan, args.paths[0], reader=reader_kwargs(args), out=args.out,
+                                   compare=args.compare, report=args.report, summary=args.summary, plot=args.plot)
+        held = [h["trace"] for h in rep["candidates"][rep["chosen"]]["held_out"]]
+    else:
+        best, rep = fit_hammerstein_files(args.paths, static=args.static, reader=reader_kwargs(args),
+                                          validate=args.validate, out=args.out, compare=args.compare,
+                                          report=args.report, summary=args.summary, plot=args.plot)
+        held = args.validate
     g = best.g
-    held = args.validate
     if args.json:
         print_json(dict(model=best.to_dict(), report=rep, out=args.out))
         return 0
@@ -102,7 +115,7 @@ def run(args) -> int:
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
     from klcontrol.commands.common import show_progress
 
-    if args.model == "hammerstein":
+    if args.model == "hammerstein" or args.plan:
         return _run_hammerstein(args)
     fit, s = fit_first_order_files(args.paths, reader=reader_kwargs(args), g=args.g, n_boot=args.n_boot,
                                    seed=args.seed, level=args.level, out=args.out, plot=args.plot,

@@ -1,4 +1,4 @@
-"""Analysis of an identification experiment's settled runs: noise, static points, the excitation amplitude.
+"""The identification experiment's design and its settled runs: excitation signals, noise, static points, amplitude.
 
 These read constant-β traces (a settle run's last rows); the experiment that produces them is
 :mod:`klcontrol.vae_plant.experiments.identify` for klcontrol's VAE, any plant of the protocol otherwise.
@@ -10,8 +10,10 @@ import math
 import numpy as np
 
 from klcontrol.filters import moving_mean
+from klcontrol.setpoints import Constant, Sequence
 
-__all__ = ["NOISE_ROWS", "MEAN_WINDOW", "settled_noise", "design_amplitude", "static_points"]
+__all__ = ["NOISE_ROWS", "MEAN_WINDOW", "settled_noise", "design_amplitude", "static_points", "random_binary_levels",
+           "beta_schedule", "setpoint_steps"]
 
 #: Rows at the end of a settle run over which its level and noise are measured.
 NOISE_ROWS = 1000
@@ -85,3 +87,61 @@ def static_points(traces, rows: int = NOISE_ROWS, window: int = MEAN_WINDOW):
             raise ValueError("static_points needs constant-β traces (β varies over the rows used)")
         out.append(dict(beta=float(b[0]), **settled_noise(kl, rows, window)))
     return sorted(out, key=lambda d: d["beta"])
+
+def random_binary_levels(length: int, hold_min: int, hold_max: int, seed: int):
+    """A ±1 signal with hold times drawn log-uniformly in ``[hold_min, hold_max]``.
+
+    Parameters
+    ----------
+    length : int
+        Number of samples.
+    hold_min, hold_max : int
+        Shortest and longest hold (updates), ``1 ≤ hold_min ≤ hold_max``.
+    seed : int
+
+    Returns
+    -------
+    levels : ndarray of ±1, shape ``(length,)``
+    holds : list of (sign, n)
+        The same signal as runs.
+    """
+    length, hold_min, hold_max = int(length), int(hold_min), int(hold_max)
+    if length < 1 or hold_min < 1 or hold_max < hold_min:
+        raise ValueError(f"need length ≥ 1 and 1 ≤ hold_min ≤ hold_max, got {length}, {hold_min}, {hold_max}")
+    rng = np.random.default_rng(seed)
+    holds, n, sign = [], 0, 1 if rng.random() < 0.5 else -1
+    while n < length:
+        h = int(round(math.exp(rng.uniform(math.log(hold_min), math.log(hold_max)))))
+        h = min(max(hold_min, min(hold_max, h)), length - n)
+        holds.append((sign, h))
+        n += h
+        sign = -sign
+    levels = np.concatenate([np.full(h, s, dtype=float) for s, h in holds])
+    return levels, holds
+
+def beta_schedule(beta_star: float, delta: float, length: int, lead: int, hold_min: int, hold_max: int, seed: int):
+    """Open-loop excitation: ``lead`` updates at β*, then ``β*·exp(±δ)`` (see :func:`random_binary_levels`).
+
+    Returns
+    -------
+    schedule : klcontrol.Sequence
+        β as a function of the update index (for :class:`klcontrol.ScheduledBeta`).
+    beta : ndarray ``(lead + length,)``
+        The same values as an array.
+    """
+    if not (beta_star > 0 and math.isfinite(beta_star)):
+        raise ValueError(f"beta_star must be positive, got {beta_star!r}")
+    if not (0 < delta < 3):
+        raise ValueError(f"delta (log-amplitude) must be in (0, 3), got {delta!r}")
+    _, holds = random_binary_levels(length, hold_min, hold_max, seed)
+    parts = [(Constant(beta_star), int(lead))] if lead else []
+    parts += [(Constant(beta_star * math.exp(s * delta)), h) for s, h in holds]
+    parts[-1] = (parts[-1][0], None)
+    beta = np.concatenate([np.full(n if n is not None else holds[-1][1], sp.c) for sp, n in parts])
+    return Sequence(parts), beta
+
+def setpoint_steps(center: float, step: float, hold: int, levels=(0, 1, -1, 0)):
+    """Set-point steps ``center + step·level`` each held ``hold`` updates (the last one forever)."""
+    parts = [(Constant(center + step * lv), int(hold)) for lv in levels]
+    parts[-1] = (parts[-1][0], None)
+    return Sequence(parts)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-__all__ = ["fit_first_order_files", "fit_hammerstein_files"]
+__all__ = ["fit_first_order_files", "fit_hammerstein_files", "fit_plan_files"]
 
 
 def _read_each(paths, reader):
@@ -19,6 +19,11 @@ def _read_each(paths, reader):
     from klcontrol.analysis.identification.traces import aligned, read_trace
 
     return [aligned(read_trace(p, **reader), where=str(p)) for p in paths]
+
+
+def _rel(name):
+    """A trace's name as shown: relative when it is a path (a phase of a plan log is ``LOG[phase]``)."""
+    return os.path.relpath(name) if os.path.exists(name) else str(name)
 
 
 def _write_json(path, obj):
@@ -115,17 +120,43 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
     ValueError
         Missing ``static``, or ``summary`` without ``out``, ``validate`` and ``compare``.
     """
-    from klcontrol.analysis.identification import models as pm
-
     reader = reader or {}
     if not static:
         raise ValueError("--model hammerstein needs --static: constant-β settled traces for g(β)")
     if summary and not (out and validate and compare):
         raise ValueError("--summary needs --out, --validate and --compare")
     validate = list(validate or [])
-    g = pm.static_map_from_traces(_read_each(static, reader))
-    held = _read_each(validate, reader)
-    best, rep = pm.select_model(_read_each(paths, reader), g, held, fit_names=list(paths), held_out_names=validate)
+    return _hammerstein(_read_each(paths, reader), list(paths), _read_each(static, reader), _read_each(validate, reader),
+                        validate, out=out, compare=compare, report=report, summary=summary, plot=plot)
+
+
+def fit_plan_files(plan, log, *, reader=None, out=None, compare=None, report=None, summary=None, plot=None):
+    """Fit the log of an in-loop experiment (:class:`~klcontrol.analysis.identification.inloop.InLoopExperiment`).
+
+    The log is read (``reader`` options, ``kl_lag`` and ``beta_lead`` honoured), cut into the plan's phases and
+    fitted as ``klcontrol identify``'s traces are: g(β) from the settle phases, the dynamics on the first
+    open-loop phase, the candidate chosen on the held-out phases. Returns what :func:`fit_hammerstein_files` does.
+    """
+    from klcontrol.analysis.identification.inloop import read_plan, split_log
+
+    p = read_plan(plan)
+    (trace,) = _read_each([log], reader or {})
+    parts = split_log(p, trace)
+    seg = {s["name"]: s for s in p["segments"]}
+    names = lambda role: [n for n in parts if seg[n]["role"] == role]  # noqa: E731
+    if summary and not (out and compare):
+        raise ValueError("--summary needs --out and --compare")
+    return _hammerstein([parts[n] for n in names("fit")], [f"{log}[{n}]" for n in names("fit")],
+                        [parts[n] for n in names("static")], [parts[n] for n in names("held_out")],
+                        [f"{log}[{n}]" for n in names("held_out")], out=out, compare=compare, report=report,
+                        summary=summary, plot=plot)
+
+
+def _hammerstein(fit_traces, fit_names, static_traces, held, validate, *, out, compare, report, summary, plot):
+    from klcontrol.analysis.identification import models as pm
+
+    g = pm.static_map_from_traces(static_traces)
+    best, rep = pm.select_model(fit_traces, g, held, fit_names=fit_names, held_out_names=validate)
     if out:
         best.save(out)
     if compare:
@@ -139,7 +170,7 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
         first = {r["structure"]: r for r in rep["candidates"]}["first_order"]["held_out"]
         rows = []
         for tr, path, v, c, f1 in zip(held, validate, mine, rep["compare"]["held_out"], first):
-            rows.append(dict(trace=os.path.relpath(path), fit=os.path.relpath(out),
+            rows.append(dict(trace=_rel(path), fit=os.path.relpath(out),
                              closed_loop=bool(np.any(np.isfinite(np.asarray(tr.setpoint, dtype=float)))),
                              fit_percent=v["fit_percent"], first_order_fit_percent=c["fit_percent"],
                              first_order_fit=os.path.relpath(compare), fit_percent_raw=v["fit_percent_raw"],
@@ -152,5 +183,7 @@ def fit_hammerstein_files(paths, *, static, reader=None, validate=None, out=None
         from klcontrol.analysis.identification.fits import load_fit
         from klcontrol.analysis.identification.validation import plot_validation
 
-        plot_validation(best, held, validate, plot, compare=load_fit(compare) if compare else None)
+        label = f"{getattr(load_fit(compare), 'kind', 'fit')} ({os.path.basename(str(compare))})" if compare else None
+        plot_validation(best, held, validate, plot, compare=load_fit(compare) if compare else None,
+                        compare_label=label or "comparison fit")
     return best, rep

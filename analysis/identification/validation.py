@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from klcontrol.analysis.identification.models import MEAN_WINDOW, moving_mean
+from klcontrol.analysis.identification.experiment import MEAN_WINDOW
+from klcontrol.filters import moving_mean
 
 __all__ = ["plot_validation", "plot_stability_plane"]
 
 
-def plot_validation(fit, traces, names, path, compare=None, compare_label="first order (shipped fit)"):
+def plot_validation(fit, traces, names, path, compare=None, compare_label="comparison fit"):
     """Recorded 50-update mean KL vs the model's (and a second fit's) on each held-out trace, β below.
 
     Parameters
@@ -34,11 +35,11 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="first
         ax, axb = axes[0, j], axes[1, j]
         t = np.asarray(tr.step)[MEAN_WINDOW - 1:]
         yhat = fit.predict(tr)
-        ax.plot(t, moving_mean(tr.kl), color="k", lw=1.2, label="real VAE (50-update mean)")
-        ax.plot(t, moving_mean(yhat), color="C0", lw=1.2, label=f"identified: {fit_percent(tr.kl, yhat):.0f} %")
+        ax.plot(t, moving_mean(tr.kl, MEAN_WINDOW), color="k", lw=1.2, label="real VAE (50-update mean)")
+        ax.plot(t, moving_mean(yhat, MEAN_WINDOW), color="C0", lw=1.2, label=f"identified: {fit_percent(tr.kl, yhat):.0f} %")
         if compare is not None:
             yc = compare.predict(tr)
-            ax.plot(t, moving_mean(yc), color="C3", lw=1, ls="--",
+            ax.plot(t, moving_mean(yc, MEAN_WINDOW), color="C3", lw=1, ls="--",
                     label=f"{compare_label}: {fit_percent(tr.kl, yc):.0f} %")
         sp = np.asarray(tr.setpoint, dtype=float)
         if np.any(np.isfinite(sp)):

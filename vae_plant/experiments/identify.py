@@ -39,20 +39,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import shutil
 
-import numpy as np
-
-from klcontrol.analysis.identification.experiment import design_amplitude, settled_noise, static_points
+from klcontrol.analysis.identification.experiment import (
+    beta_schedule,
+    design_amplitude,
+    setpoint_steps,
+    settled_noise,
+    static_points,
+)
 from klcontrol.controllers import FixedBeta, IncrementalPI, ScheduledBeta
-from klcontrol.setpoints import Constant, Sequence
 
 __all__ = [
-    "random_binary_levels",
-    "beta_schedule",
-    "setpoint_steps",
     "settle",
     "excite_open_loop",
     "excite_closed_loop",
@@ -61,65 +60,10 @@ __all__ = [
     "run_experiment",
 ]
 
-def random_binary_levels(length: int, hold_min: int, hold_max: int, seed: int):
-    """A ±1 signal with hold times drawn log-uniformly in ``[hold_min, hold_max]``.
-
-    Parameters
-    ----------
-    length : int
-        Number of samples.
-    hold_min, hold_max : int
-        Shortest and longest hold (updates), ``1 ≤ hold_min ≤ hold_max``.
-    seed : int
-
-    Returns
-    -------
-    levels : ndarray of ±1, shape ``(length,)``
-    holds : list of (sign, n)
-        The same signal as runs.
-    """
-    length, hold_min, hold_max = int(length), int(hold_min), int(hold_max)
-    if length < 1 or hold_min < 1 or hold_max < hold_min:
-        raise ValueError(f"need length ≥ 1 and 1 ≤ hold_min ≤ hold_max, got {length}, {hold_min}, {hold_max}")
-    rng = np.random.default_rng(seed)
-    holds, n, sign = [], 0, 1 if rng.random() < 0.5 else -1
-    while n < length:
-        h = int(round(math.exp(rng.uniform(math.log(hold_min), math.log(hold_max)))))
-        h = min(max(hold_min, min(hold_max, h)), length - n)
-        holds.append((sign, h))
-        n += h
-        sign = -sign
-    levels = np.concatenate([np.full(h, s, dtype=float) for s, h in holds])
-    return levels, holds
 
 
-def beta_schedule(beta_star: float, delta: float, length: int, lead: int, hold_min: int, hold_max: int, seed: int):
-    """Open-loop excitation: ``lead`` updates at β*, then ``β*·exp(±δ)`` (see :func:`random_binary_levels`).
-
-    Returns
-    -------
-    schedule : klcontrol.Sequence
-        β as a function of the update index (for :class:`klcontrol.ScheduledBeta`).
-    beta : ndarray ``(lead + length,)``
-        The same values as an array.
-    """
-    if not (beta_star > 0 and math.isfinite(beta_star)):
-        raise ValueError(f"beta_star must be positive, got {beta_star!r}")
-    if not (0 < delta < 3):
-        raise ValueError(f"delta (log-amplitude) must be in (0, 3), got {delta!r}")
-    _, holds = random_binary_levels(length, hold_min, hold_max, seed)
-    parts = [(Constant(beta_star), int(lead))] if lead else []
-    parts += [(Constant(beta_star * math.exp(s * delta)), h) for s, h in holds]
-    parts[-1] = (parts[-1][0], None)
-    beta = np.concatenate([np.full(n if n is not None else holds[-1][1], sp.c) for sp, n in parts])
-    return Sequence(parts), beta
 
 
-def setpoint_steps(center: float, step: float, hold: int, levels=(0, 1, -1, 0)):
-    """Set-point steps ``center + step·level`` each held ``hold`` updates (the last one forever)."""
-    parts = [(Constant(center + step * lv), int(hold)) for lv in levels]
-    parts[-1] = (parts[-1][0], None)
-    return Sequence(parts)
 
 
 
@@ -286,7 +230,7 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
 
 
 def _prior_sensitivity(prior, beta):
-    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.fits import load_fit
 
     g = load_fit(prior).g
     return float(beta * g.derivative(beta))
@@ -302,9 +246,9 @@ def _job(args):
         settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command, plant=plant)
         return job["name"], None
     settled = os.path.join(root, f"settle_b{job['beta']:g}")
-    from klcontrol.vae_plant.training.trace_log import read_trace_csv
+    from klcontrol.analysis.identification.traces import read_trace
 
-    nz = settled_noise(read_trace_csv(os.path.join(settled, "trace.csv"))["kl"])
+    nz = settled_noise(read_trace(os.path.join(settled, "trace.csv")).kl)
     if job["kind"] == "open_loop":
         delta = design_amplitude(nz["sigma_mean"], sensitivity[job["beta"]])
         excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
@@ -346,7 +290,8 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     prior : str, optional
         Fit whose ``g`` gives ``dKL/d ln β`` for the amplitude rule, only when asked for (``"dsprites"``: the
         shipped fit of klcontrol's own VAE, ``cpu/fit.json`` of :mod:`klcontrol.data`). Default: the plant's own
-        settle runs (the static map through their settled levels; needs at least two ``betas``).
+        settle runs (the static map through their settled levels; needs at least two ``betas``); klcontrol's own
+        VAE with a single β uses its shipped fit.
     plant : str, optional
         ``"module:factory"`` of a plant of the protocol (:mod:`klcontrol.realplant`); default klcontrol's
         dSprites β-VAE and its trainer.
@@ -360,11 +305,12 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from klcontrol.vae_plant.training.trace_log import read_trace_csv
+    from klcontrol.analysis.identification.traces import read_trace
 
     settles, excites = plan(**plan_kw)
     betas = sorted({j["beta"] for j in excites})
-    if prior == "dsprites":
+    if prior == "dsprites" or (prior is None and plant is None and len(settles) < 2):
+        # Asked for, or klcontrol's own VAE with one settled level: its shipped fit is a model of the same VAE.
         from klcontrol import data
 
         prior = str(data.path("cpu/fit.json"))
@@ -385,15 +331,14 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
             progress(f"finished {name}")
         if prior is None:
             sensitivity = _own_sensitivity(static_points(
-                [tuple(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))[c] for c in ("beta", "kl"))
-                 for s in settles]), betas)
+                [(tr.beta, tr.kl) for tr in (read_trace(os.path.join(root, s["name"], "trace.csv")) for s in settles)]),
+                betas)
         for name, _ in ex.map(_job, [(j, root, batch_size, device, sensitivity, command, plant) for j in excites]):
             progress(f"finished {name}")
-    for s in settles:
-        tr = read_trace_csv(os.path.join(root, s["name"], "trace.csv"))
-        noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr["kl"]))
-    points = static_points([(read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["beta"],
-                             read_trace_csv(os.path.join(root, s["name"], "trace.csv"))["kl"]) for s in settles])
+    settled = [read_trace(os.path.join(root, s["name"], "trace.csv")) for s in settles]
+    for s, tr in zip(settles, settled):
+        noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr.kl))
+    points = static_points([(tr.beta, tr.kl) for tr in settled])
     result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device, plant=plant,
                             amplitude_rule=dict(source=prior or "own settle runs",
                                                 sensitivity={f"{b:g}": v for b, v in sensitivity.items()})),
