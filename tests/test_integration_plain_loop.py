@@ -11,7 +11,7 @@ from klcontrol.integrations import DistributedController
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
 # lightning_fit.py: tests/test_integration_lightning.py; disent_betavae.py: tests/test_integration_disent.py
-TESTED_BLOCKS = {"plain_loop.py", "checkpoint.py", "train_ddp.py", "lightning_module.py", "lightning_fit.py",
+TESTED_BLOCKS = {"plain_loop.py", "checkpoint.py", "warm_start.py", "train_ddp.py", "lightning_module.py", "lightning_fit.py",
                  "disent_betavae.py"}
 
 
@@ -54,6 +54,13 @@ def test_plain_loop_runs_as_written_and_tracks_the_set_point(capsys):
     assert abs(float(torch.stack(ns["kls"][-100:]).mean()) - 3.0) < 0.6
     assert float(beta) != 1.0
     assert "set point 3" in capsys.readouterr().out
+
+
+def test_warm_start_block_runs_and_prime_is_what_holds_beta():
+    ns = run_block("warm_start.py")
+    assert ns["betas"] == [5.0] * 4
+    cold = IncrementalPI(kp=0.0, ki=0.1, setpoint=14.0, beta0=5.0, filter=5)  # the same without prime()
+    assert [round(float(cold.step(torch.tensor(14.0))), 2) for _ in range(4)] == [3.88, 3.04, 2.48, 2.2]
 
 
 def test_checkpoint_block_runs_as_written(tmp_path, monkeypatch):

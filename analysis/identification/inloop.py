@@ -49,7 +49,10 @@ def plan_segments(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100,
                     ("closed_steps", closed_steps)):
         if int(v) < 2 * MEAN_WINDOW:
             raise ValueError(f"{name} must be at least {2 * MEAN_WINDOW} updates, got {v}")
-    order = [b for b in betas if b != main] + [main]
+    # Settled one after another from one model: the others from the largest β down, then the operating point.
+    # A KL falls fast when β rises and recovers slowly when it drops, so the run rises once (to the smallest β)
+    # and reaches β* falling.
+    order = sorted((b for b in betas if b != main), reverse=True) + [main]
     seg, t = [], 0
     for b in order:
         seg.append(dict(name=f"settle_b{b:g}", kind="settle", role="static", beta=b, start=t, stop=t + int(settle_steps)))
@@ -137,10 +140,16 @@ class InLoopExperiment:
         i = self._calls
         if i > 0:
             self._kl.append(v)  # y(i − 1)
-        seg = self._segment(i)
-        if seg is not None and seg["kind"] != "settle" and self._derived is None:
-            self._derive()
-        self._beta = self._beta_at(i, seg, v)
+        try:
+            seg = self._segment(i)
+            if seg is not None and seg["kind"] != "settle" and self._derived is None:
+                self._derive()
+            beta = self._beta_at(i, seg, v)
+        except ValueError:
+            if i > 0:
+                self._kl.pop()  # a refused step changes nothing
+            raise
+        self._beta = beta
         self._calls += 1
         return self._beta
 
@@ -188,6 +197,11 @@ class InLoopExperiment:
         noise = settled_noise(self._settle_kl(main), rows=rows)
         pts = static_points([(np.full(s["stop"] - s["start"], s["beta"]), self._settle_kl(s)) for s in settles],
                             rows=rows)
+        levels = [p["level"] for p in sorted(pts, key=lambda p: p["beta"])]
+        if d["sensitivity"] is None and any(b >= a for a, b in zip(levels, levels[1:])):
+            raise ValueError(f"the settle phases' KL levels {[round(v, 4) for v in levels]} (β ascending) do not fall "
+                             "with β: longer settle_steps, or betas where the KL has not collapsed; the experiment "
+                             "stops here (its state is unchanged)")
         if d["sensitivity"] is not None:
             sens = d["sensitivity"]
         else:

@@ -58,7 +58,11 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="compa
 
 
 def plot_stability_plane(runs, models, setpoint, path, window=5, delay=0, kp_max=None, ki_max=None):
-    """The (Kp, Ki) plane: each model's predicted boundary and the observed runs.
+    """Observed runs against each model's predicted critical gain, one panel per ray ``Kp = r·Ki``.
+
+    Every run lies on a ray through the origin, so each ray is drawn as its own Ki axis (log scale): the real runs
+    (stable ●, unstable ✕; seeds stacked) and a vertical line where each model predicts the loop turns unstable.
+    A single ray stays readable, which a (Kp, Ki) plane is not.
 
     Parameters
     ----------
@@ -67,38 +71,52 @@ def plot_stability_plane(runs, models, setpoint, path, window=5, delay=0, kp_max
     models : dict name → plant object
     setpoint : float
     path : str
+    kp_max, ki_max : float, optional
+        Ignored (kept for callers of the plane figure); the Ki axis spans the runs and the predictions.
     """
+    from matplotlib.ticker import NullFormatter
+
+    from klcontrol.analysis.stability import critical_gain
     from klcontrol.plotting import pyplot
 
     plt = pyplot()
-
-    from klcontrol.analysis.stability import is_stable
-
-    kp_max = kp_max or 1.3 * max(max(r["kp"] for r in runs), 1e-3)
-    ki_max = ki_max or 1.3 * max(r["ki"] for r in runs)
-    ki_min = 0.5 * min(r["ki"] for r in runs)
-    kp = np.linspace(0, kp_max, 301)
-    ki = np.geomspace(ki_min, ki_max, 401)
-    KP, KI = np.meshgrid(kp, ki)
-    fig, ax = plt.subplots(figsize=(6.4, 5))
-    styles = [("C0", "-"), ("C3", "--"), ("C2", ":")]
-    for (name, m), (col, ls) in zip(models.items(), styles):
-        st = np.asarray(is_stable(KP, KI, plant=m, setpoint=setpoint, window=window, delay=delay), dtype=float)
-        cs = ax.contour(KP, KI, st, levels=[0.5], colors=col, linestyles=ls)
-        ax.plot([], [], color=col, ls=ls, label=f"predicted boundary: {name}")
-        del cs
+    rays: dict = {}
     for r in runs:
-        ok = r["observed_stable"]
-        ax.scatter(r["kp"], r["ki"], marker="o" if ok else "x", s=50, color="k" if ok else "C3", zorder=3)
-    ax.scatter([], [], marker="o", color="k", label="real VAE: stable")
-    ax.scatter([], [], marker="x", color="C3", label="real VAE: unstable")
-    ax.set_xlabel("Kp")
-    ax.set_ylabel("Ki")
-    ax.set_xlim(0, kp_max)
-    ax.set_yscale("log")
-    ax.set_ylim(ki_min, ki_max)
-    ax.set_title(f"incremental PI, window {window}, set point {setpoint:g} nats (stable below a boundary)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+        ratio = round(r["kp"] / r["ki"], 9) if r["ki"] else float("inf")
+        rays.setdefault(ratio, []).append(r)
+    rays = {k: v for k, v in sorted(rays.items()) if np.isfinite(k)}
+    fig, axes = plt.subplots(len(rays), 1, figsize=(7, 1.2 + 1.5 * len(rays)), squeeze=False)
+    styles = [("C0", "-"), ("C3", "--"), ("C2", ":"), ("C4", "-.")]
+    for ax, (ratio, rs) in zip(axes[:, 0], rays.items()):
+        kis = [r["ki"] for r in rs]
+        lo, hi = min(kis) / 2, max(kis) * 2
+        for (name, m), (col, ls) in zip(models.items(), styles):
+            c = critical_gain(ratio, plant=m, setpoint=setpoint, window=window, delay=delay, ki_min=lo / 10,
+                              ki_max=hi * 10)
+            if c is None:
+                ax.plot([], [], color=col, ls=ls, label=f"{name}: no boundary in range")
+                continue
+            lo, hi = min(lo, c.ki / 1.5), max(hi, c.ki * 1.5)
+            per = f", period {c.period:.0f}" if np.isfinite(c.period) else ""
+            ax.axvline(c.ki, color=col, ls=ls, lw=1.5, label=f"{name}: critical Ki {c.ki:.3g}{per}")
+        seen: dict = {}
+        for r in rs:
+            y = seen[r["ki"]] = seen.get(r["ki"], -1) + 1
+            ok = r["observed_stable"]
+            ax.scatter(r["ki"], y, marker="o" if ok else "x", s=55, color="k" if ok else "C3", zorder=3)
+        ax.scatter([], [], marker="o", color="k", label="real run: stable")
+        ax.scatter([], [], marker="x", color="C3", label="real run: unstable")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis collide
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(-0.8, max(seen.values()) + 0.8)
+        ax.set_yticks(range(max(seen.values()) + 1))
+        ax.set_ylabel("run")
+        ax.set_title(f"ray Kp = {ratio:g}·Ki", fontsize=9, loc="left")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[-1, 0].set_xlabel("Ki (stable to the left of a model's line)")
+    fig.suptitle(f"incremental PI, window {window}, set point {setpoint:g} nats: predicted boundaries vs real runs",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
