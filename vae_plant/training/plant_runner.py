@@ -32,6 +32,7 @@ from klcontrol.fileio import write_json
 from klcontrol.realplant import factory_kwargs, load_factory, make_plant
 from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.training.run_lock import RunLock
+from klcontrol.vae_plant.training.trainer import _git_commit
 
 __all__ = ["run_plant", "RUN_KIND", "COLUMNS"]
 
@@ -68,6 +69,19 @@ def _cut_trace(path, rows):
     with open(tmp, "w", newline="") as fh:
         fh.writelines(lines[: rows + 1])
     os.replace(tmp, path)
+
+
+def _source_digest(factory):
+    """SHA-256 of the file that defines the factory (what the plant's code was), or None."""
+    import hashlib
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(factory)
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except (TypeError, OSError):
+        return None
 
 
 def _fmt(v) -> str:
@@ -168,7 +182,8 @@ def run_plant(out, plant, controller, steps: int, *, seed: int = 0, device=None,
                 csv.writer(fh).writerow(COLUMNS)
         config = dict(kind=RUN_KIND, settings=settings, command=command,
                       provenance=dict(torch=torch.__version__, numpy=np.__version__,
-                                      machine=f"{platform.system()} {platform.machine()}".strip()))
+                                      machine=f"{platform.system()} {platform.machine()}".strip(),
+                                      git_commit=_git_commit(), plant_source_sha256=_source_digest(factory)))
         write_json(cfg_path, config, sort_keys=True)
 
         rows: list = []
