@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--point", action="store_true",
                    help="use the point estimates only (no widening to the confidence band of g′ and a; no "
                    "bootstrap draws)")
+    p.add_argument("--excitation", nargs="+", metavar="PATH", default=None,
+                   help="open-loop excitation runs at the operating point (klcontrol identify's ol_*.csv.gz): with "
+                   "--ray, the critical Ki measured from their frequency response, no model, beside the fit's, "
+                   "and a flag where they disagree (needs --beta-star)")
+    p.add_argument("--beta-star", type=float, default=None, help="β of the operating point of --excitation")
     p.add_argument("--allow-unidentified", action="store_true",
                    help="check a fit that is not identifiable (or whose g′ band reaches 0) instead of refusing it")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -71,6 +76,14 @@ def run(args) -> int:
 
         out["critical_gain"] = critical_gains(args.fit, args.ray, args.window, args.delay, args.controller,
                                               beta_range=args.beta_range, setpoints=args.setpoint, point=args.point)
+    if args.excitation:
+        from klcontrol.analysis.verdicts.fits import measured_critical_gains
+
+        if not args.ray or args.beta_star is None:
+            raise ValueError("--excitation needs --ray (the rays to measure) and --beta-star (their operating point)")
+        out["measured_critical_gain"] = measured_critical_gains(args.excitation, args.beta_star, args.ray,
+                                                                out.get("critical_gain"), args.window, args.delay,
+                                                                args.controller)
     if args.json:
         print_json(out)
     else:
@@ -83,4 +96,8 @@ def run(args) -> int:
             from klcontrol.analysis.verdicts.fits import format_critical
 
             print(format_critical(out["critical_gain"]))
+        if args.excitation:
+            from klcontrol.analysis.verdicts.fits import format_measured
+
+            print(format_measured(out["measured_critical_gain"], len(args.excitation)))
     return EXIT_OK if out["stable"] else EXIT_UNSTABLE

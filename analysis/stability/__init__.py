@@ -50,5 +50,7 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "controller_linearization": ".lti",
     "critical_gain": ".critical",
     "CriticalGain": ".critical",
+    "controller_response": ".critical",
+    "critical_gain_from_response": ".critical",
     "paper": None,
 })

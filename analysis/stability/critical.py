@@ -14,7 +14,7 @@ import numpy as np
 
 from klcontrol.analysis.stability.api import eigenvalues, spectral_radius
 
-__all__ = ["CriticalGain", "critical_gain"]
+__all__ = ["CriticalGain", "critical_gain", "controller_response", "critical_gain_from_response"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,62 @@ def critical_gain(ratio, *, a=None, gprime=None, plant=None, setpoint=None, wind
     theta = abs(math.atan2(dom.imag, dom.real))
     period = 2 * math.pi / theta if theta > 1e-9 else math.inf
     return CriticalGain(ratio=ratio, ki=ki, kp=ratio * ki, period=period)
+
+
+def controller_response(freqs, kp, ki, window: int = 1, delay: int = 0, controller: str = "incremental"):
+    """Frequency response ``K(e^{2πif})`` of the linearised controller and filter, measured KL → β.
+
+    From :func:`klcontrol.analysis.stability.lti.controller_linearization` (the laws themselves); ``NaN`` at
+    ``f = 0``, the integrator's pole.
+    """
+    from klcontrol.analysis.stability.lti import controller_linearization
+
+    cl = controller_linearization(window, delay, controller)
+    A = cl.A0 + kp * cl.A_kp + ki * cl.A_ki
+    B = (cl.B0 + kp * cl.B_kp + ki * cl.B_ki)[:, :1]
+    n = A.shape[0]
+    out = np.full(len(freqs), np.nan, dtype=complex)
+    for i, f in enumerate(np.asarray(freqs, dtype=float)):
+        if f > 0:
+            out[i] = (cl.C @ np.linalg.solve(np.exp(2j * np.pi * f) * np.eye(n) - A, B)).item()
+    return out
+
+
+def critical_gain_from_response(freqs, response, ratio, *, window: int = 1, delay: int = 0,
+                                controller: str = "incremental") -> CriticalGain | None:
+    """The critical gain on a ray from a plant's measured frequency response (no parametric model).
+
+    The loop turns unstable where ``Ki·K₁(ω)·P(ω)`` reaches ``1``, with ``K₁`` the controller at ``Ki = 1`` on the
+    ray (the law is linear in the gains) and ``P`` the plant β → KL: at each crossing of the positive real axis
+    by ``K₁P`` the critical ``Ki`` is ``1/Re(K₁P)``; the smallest wins (Nyquist, for a plant that is stable in
+    open loop, as a settled VAE is). Between grid points the crossing is interpolated linearly.
+
+    Parameters
+    ----------
+    freqs : array
+        Frequencies (cycles per update, in (0, 0.5]).
+    response : array of complex
+        ``P(e^{2πif})``, e.g. :func:`klcontrol.analysis.identification.frequency.frequency_response`.
+    ratio, window, delay, controller
+        As :func:`critical_gain`.
+
+    Returns
+    -------
+    CriticalGain or None
+    """
+    f = np.asarray(freqs, dtype=float)
+    L = controller_response(f, float(ratio), 1.0, window, delay, controller) * np.asarray(response, dtype=complex)
+    best = None
+    for i in range(len(f) - 1):
+        a, b = L[i], L[i + 1]
+        if not (np.isfinite(a) and np.isfinite(b)) or np.sign(a.imag) == np.sign(b.imag):
+            continue
+        w = a.imag / (a.imag - b.imag)
+        re = a.real + w * (b.real - a.real)
+        if re <= 0:
+            continue
+        ki = 1.0 / re
+        if best is None or ki < best.ki:
+            fr = f[i] + w * (f[i + 1] - f[i])
+            best = CriticalGain(ratio=float(ratio), ki=float(ki), kp=float(ratio) * float(ki), period=float(1 / fr))
+    return best

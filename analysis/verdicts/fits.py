@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 __all__ = ["stability_verdict", "format_stability", "check_first_order", "check_fit_file",
-           "format_verdict", "design_problems", "Unidentified", "critical_gains", "format_critical"]
+           "format_verdict", "design_problems", "Unidentified", "critical_gains", "format_critical",
+           "measured_critical_gains", "format_measured"]
 
 
 class Unidentified(ValueError):
@@ -216,6 +217,66 @@ def critical_gains(path, ratios, window=1, delay=0, controller="incremental", be
                              range=[low.ki, max(c.ki for c in ks)], plants=len(plants),
                              stable_up_to_100=len(ks) < len(plants))
     return out
+
+
+#: How far (relative) outside the measured interval a model's critical gain may lie and still agree.
+MEASURED_TOLERANCE = 0.15
+
+
+def measured_critical_gains(paths, beta_star, ratios, model=None, window=1, delay=0, controller="incremental") -> dict:
+    """The critical ``Ki`` on each ray from the excitation runs' measured frequency response, beside a model's.
+
+    :func:`klcontrol.analysis.identification.frequency.critical_gain_interval` on the logs at ``paths``; where
+    ``model`` (:func:`critical_gains`' result) is given, ``agrees`` says whether its critical Ki lies in the
+    measured interval.
+
+    Returns
+    -------
+    dict
+        ratio (``"%g"``) → ``{"ki", "interval", "period", "agrees"}`` (``None`` entries when nothing crosses).
+    """
+    from klcontrol.analysis.identification.frequency import critical_gain_interval
+    from klcontrol.analysis.identification.traces import aligned, read_trace
+
+    traces = [aligned(read_trace(p), where=str(p)) for p in paths]
+    out = {}
+    for r in ratios:
+        c = critical_gain_interval(traces, beta_star, r, window=window, delay=delay, controller=controller)
+        key = f"{r:g}"
+        if c is None:
+            out[key] = dict(ki=None, interval=None, period=None, agrees=None)
+            continue
+        m = (model or {}).get(key, {}).get("ki")
+        lo, hi = c["interval"]
+        off = None if m is None else (0.0 if lo <= m <= hi else (lo / m - 1 if m < lo else m / hi - 1))
+        # Within the interval widened by MEASURED_TOLERANCE: the accuracy of a describing-function or spectral
+        # estimate (docs/your_vae.md); beyond it the model misses what the data show.
+        agrees = None if model is None else (off is not None and off <= MEASURED_TOLERANCE)
+        out[key] = dict(ki=c["ki"], interval=c["interval"], period=c["period"], agrees=agrees,
+                        model_ki=m, model_outside=off)
+    return out
+
+
+def format_measured(meas: dict, n_runs: int) -> str:
+    """Lines of text for :func:`measured_critical_gains`."""
+    lines = []
+    for r, c in meas.items():
+        if c["ki"] is None:
+            lines.append(f"measured ({n_runs} excitation runs): no crossing on Kp = {r}·Ki")
+            continue
+        lo, hi = c["interval"]
+        if c["agrees"] is None:
+            flag = ""
+        elif c["agrees"]:
+            flag = "; the fit agrees" + ("" if not c["model_outside"] else
+                                         f" ({100 * c['model_outside']:.0f} % outside the interval, within tolerance)")
+        else:
+            off = "the fit finds none" if c["model_ki"] is None else f"the fit's {c['model_ki']:.3g} is " \
+                f"{100 * c['model_outside']:.0f} % outside"
+            flag = f"; DISAGREES ({off}): do not trust the fit's verdicts near the boundary"
+        lines.append(f"measured ({n_runs} excitation runs, frequency response, no model): critical Ki on Kp = {r}·Ki "
+                     f"{c['ki']:.3g} [{lo:.3g}, {hi:.3g}], period {c['period']:.3g} updates{flag}")
+    return "\n".join(lines)
 
 
 def format_critical(crit: dict) -> str:

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--other-betas-excited", action="store_true",
                    help="also a held-out open-loop run at every β other than --main")
     p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="0: the seeds of the shipped runs; another value: an independent identification (other "
+                   "training and excitation seeds)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--plant", default=None, metavar="MODULE:FACTORY",
@@ -59,7 +62,7 @@ def run(args) -> int:
                          betas=args.betas, main=args.main, settle_steps=args.settle_steps, fit_steps=args.fit_steps,
                          val_steps=args.val_steps, closed_steps=args.closed_steps, lead=args.lead, hold_min=args.hold_min,
                          hold_max=args.hold_max, setpoint_step=args.setpoint_step,
-                         other_betas_excited=args.other_betas_excited, plant=args.plant)
+                         other_betas_excited=args.other_betas_excited, plant=args.plant, seed=args.seed)
     if args.json:
         print_json(res)
         return 0

@@ -189,7 +189,8 @@ def export_run(run_dir, dest_dir, name):
 
 
 def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_steps=1200, closed_steps=1200,
-         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False):
+         lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False,
+         seed=0):
     """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
 
     Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
@@ -214,17 +215,22 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
         raise ValueError(f"open-loop runs ({fit_steps}, {val_steps} updates) must be longer than the lead-in ({lead})")
     if int(closed_steps) < 4:
         raise ValueError(f"the closed-loop run needs at least 4 updates (4 set-point levels), got {closed_steps}")
-    settles = [dict(name=f"settle_b{b:g}", beta=b, seed=int(round(10 * b)), steps=int(settle_steps)) for b in betas]
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    # Seed 0 keeps the seeds of the shipped runs; another seed gives an independent identification (training
+    # seeds 10·β + 1000·seed, excitation seeds k + 100·seed).
+    s0, e0 = 1000 * int(seed), 100 * int(seed)
+    settles = [dict(name=f"settle_b{b:g}", beta=b, seed=int(round(10 * b)) + s0, steps=int(settle_steps)) for b in betas]
     ol = dict(kind="open_loop", lead=int(lead), hold_min=int(hold_min), hold_max=int(hold_max))
-    excites = [dict(ol, name=f"ol_b{main:g}_s1", beta=main, seed=1, steps=int(fit_steps), role="fit"),
-               dict(ol, name=f"ol_b{main:g}_s2", beta=main, seed=2, steps=int(val_steps), role="held_out"),
-               dict(kind="closed_loop", name=f"cl_b{main:g}_s3", beta=main, seed=3, steps=int(closed_steps),
+    excites = [dict(ol, name=f"ol_b{main:g}_s1", beta=main, seed=1 + e0, steps=int(fit_steps), role="fit"),
+               dict(ol, name=f"ol_b{main:g}_s2", beta=main, seed=2 + e0, steps=int(val_steps), role="held_out"),
+               dict(kind="closed_loop", name=f"cl_b{main:g}_s3", beta=main, seed=3 + e0, steps=int(closed_steps),
                     step=float(setpoint_step), hold=int(closed_steps) // 4, kp=kp, ki=ki, window=int(window),
                     role="held_out"),
-               dict(ol, name=f"ol_b{main:g}_s4", beta=main, seed=4, steps=int(val_steps), role="held_out")]
+               dict(ol, name=f"ol_b{main:g}_s4", beta=main, seed=4 + e0, steps=int(val_steps), role="held_out")]
     if other_betas_excited:
         for i, b in enumerate(x for x in betas if x != main):
-            excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i, steps=int(val_steps),
+            excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i + e0, steps=int(val_steps),
                                 role="held_out"))
     return settles, excites
 
