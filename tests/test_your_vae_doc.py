@@ -25,18 +25,20 @@ def tiny(cmd: str) -> str:
 
 def test_every_block_is_run_here():
     assert set(PY) == {"my_vae.py", "inloop.py"}
-    assert len(BASH) == 5 and len(re.findall(r"```python\s*\n", TEXT)) == 0
+    assert len(BASH) == 6 and len(re.findall(r"```python\s*\n", TEXT)) == 0
 
 
 @pytest.mark.slow
 def test_the_chain_runs_as_written(tmp_path):
     (tmp_path / "my_vae.py").write_text(PY["my_vae.py"])
     env = dict(os.environ, OMP_NUM_THREADS="1", KLCONTROL_CACHE=str(tmp_path / "cache"))
-    script = "set -euo pipefail\n" + "\n".join(tiny(line) for block in BASH[:4] for line in block.strip().splitlines())
+    chain = [b for b in BASH if " --plan " not in b]  # the in-loop log's fit runs below
+    script = "set -euo pipefail\n" + "\n".join(tiny(line) for block in chain for line in block.strip().splitlines())
     r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "critical gain on Kp = 0·Ki" in r.stdout and (tmp_path / "my_stability.png").exists()
     assert (tmp_path / "my_fit.json").exists() and "agrees with" in r.stdout
+    assert "measured (3 excitation runs" in r.stdout
     # the in-loop variant: its plan and log fit like identify's traces
     code = PY["inloop.py"]
     for k, v in TINY_KW.items():
@@ -45,7 +47,8 @@ def test_the_chain_runs_as_written(tmp_path):
     r = subprocess.run([sys.executable, "inloop.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run(["bash", "-c", BASH[4].strip()], cwd=tmp_path, env=env, capture_output=True, text=True,
+    (inloop_fit,) = [b for b in BASH if " --plan " in b]
+    r = subprocess.run(["bash", "-c", inloop_fit.strip()], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fit saved to my_inloop_fit.json" in r.stdout
