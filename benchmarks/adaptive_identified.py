@@ -12,12 +12,11 @@ Run:  python benchmarks/adaptive_identified.py [--seeds 2]
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
 from klcontrol import data, simulate
-from klcontrol.analysis.identification.first_order import load_fit
+from klcontrol.analysis.identification.fits import load_fit
 from klcontrol.vae_plant.experiments.compare import Method
 
 FIT = data.path("identify/fit.json")

@@ -49,9 +49,10 @@ from torch import nn
 
 from klcontrol.backend import is_torch
 from klcontrol.controllers import Controller
+from klcontrol.registry import PRESETS, make_preset
 from klcontrol.vae_plant.data.dsprites import DSprites
 from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
-from klcontrol.vae_plant.training.presets import CONTROLLERS, first_update, make_controller, primes
+from klcontrol.vae_plant.training.presets import first_update, primes
 
 MODES = ("sequential", "processes", "vmap")
 LATENT_DIM = 10
@@ -120,7 +121,7 @@ class Run:
     seed : int
         Seeds the model initialisation (as the trainer), data and noise generators.
     controller : str
-        Preset name of :data:`klcontrol.vae_plant.training.presets.CONTROLLERS`.
+        Preset name of :data:`klcontrol.registry.PRESETS`.
     data : DSprites, optional
         Shared procedural set on ``device`` (default: a new one).
     """
@@ -130,7 +131,7 @@ class Run:
         torch.manual_seed(seed)
         self.model = BetaVAE(LATENT_DIM).to(self.device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, betas=ADAM_BETAS)
-        self.ctrl = make_controller(controller)
+        self.ctrl = make_preset(controller)
         self.data = data if data is not None else DSprites(device=self.device)
         self.gen_data = torch.Generator(self.device).manual_seed(seed)
         self.gen_noise = torch.Generator(self.device).manual_seed(seed + 0x5EED)
@@ -236,7 +237,7 @@ class VmapRuns:
         recon, kl, _ = self.losses(x, noise)
         if self.t == 0:
             kl0 = kl.detach().cpu().tolist()  # the one host sync of the runs
-            ctrls = [make_controller(self.name) for _ in range(self.n)]
+            ctrls = [make_preset(self.name) for _ in range(self.n)]
             if primes(self.name):
                 for c, y in zip(ctrls, kl0):
                     c.prime(y)
@@ -417,7 +418,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed updates first (default 20 CUDA, 2 CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--modes", type=_parse_modes, default=MODES, help="comma-separated subset of " + ",".join(MODES))
-    p.add_argument("--controller", choices=tuple(CONTROLLERS), default="dynamicvae")
+    p.add_argument("--controller", choices=tuple(PRESETS), default="dynamicvae")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the median is reported")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)

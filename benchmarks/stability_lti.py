@@ -1,7 +1,7 @@
 """Cross-check figures and speed of the LTI-plant stability path (:mod:`klcontrol.analysis.stability.lti`).
 
 1. First-order plant given as a ``control.TransferFunction`` against the exact generated path
-   (:func:`klcontrol.analysis.stability.numeric.spectral_radius`): every controller, windows 1–8, delays 0/1, random gains
+   (:func:`klcontrol.analysis.stability.numeric.spectral_radius_first_order`): every controller, windows 1–8, delays 0/1, random gains
    on random plants and on the paper's dSprites-scale plant (a = 1/2500); max |Δρ| and verdict disagreements.
 2. Random stable 2nd- and 3rd-order plants (negative DC gain, feedthrough in about half) against
    ``control.feedback(P, K, sign=1).poles()`` with the controller ``K(z)`` written by hand from the equations;
@@ -24,13 +24,13 @@ from klcontrol.analysis.stability import spectral_radius
 # The random plants and the hand-written controller are the test suite's, so the figures are of the same check.
 from tests.test_stability_lti import independent_rho, random_plant
 
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+TESTED_KINDS = ("incremental", "incremental-official", "positional")
 
 
 def first_order_check(n_gains, rng):
     """Max |Δρ| and verdict disagreements of the TF path against the exact path."""
     worst, disagree, total = 0.0, 0, 0
-    for ctrl in CONTROLLERS:
+    for ctrl in TESTED_KINDS:
         for T in range(1, 9):
             for d in (0, 1):
                 for a, scale in ((rng.uniform(0.02, 1.5), 1.0), (1 / 2500, 0.01)):
@@ -38,9 +38,9 @@ def first_order_check(n_gains, rng):
                     kp, ki = scale * rng.uniform(-1, 3, n_gains), scale * rng.uniform(0.01, 1.5, n_gains)
                     P = control.tf([a / (1 + a) * gp, 0], [1, -1 / (1 + a)], dt=1)
                     ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
-                    exact = sn.spectral_radius(kp, ki, a, gp, T, d, ctrl)
+                    exact = sn.spectral_radius_first_order(kp, ki, a, gp, T, d, ctrl)
                     worst = max(worst, float(np.max(np.abs(ours - exact))))
-                    verdict = sn.is_stable(kp, ki, a, gp, T, d, ctrl)
+                    verdict = sn.is_stable_first_order(kp, ki, a, gp, T, d, ctrl)
                     away = np.abs(exact - 1) > 1e-9
                     disagree += int(np.sum((ours < 1)[away] != verdict[away]))
                     total += n_gains
@@ -54,7 +54,7 @@ def higher_order_check(n_plants, rng):
         worst, disagree, n_stable, n_unstable = 0.0, 0, 0, 0
         for i in range(n_plants):
             P = random_plant(rng, order)
-            T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), CONTROLLERS[i % 3]
+            T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), TESTED_KINDS[i % 3]
             kp, ki = rng.uniform(-0.3, 1.5), rng.uniform(0.01, 0.6)
             ref = independent_rho(P, kp, ki, T, d)
             ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)

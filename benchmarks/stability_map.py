@@ -27,7 +27,7 @@ import numpy as np
 
 from klcontrol.analysis.stability import is_stable, spectral_radius
 from klcontrol.analysis.stability.control import linear_matrices
-from klcontrol.analysis.stability.paper import PRESETS, default_boxes
+from klcontrol.analysis.stability.paper import PAPER_PLANT_POINTS, default_boxes
 
 
 def best_of(fn, repeat):
@@ -48,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--delay", type=int, default=1, choices=(0, 1))
     args = ap.parse_args(argv)
 
-    a, gp = PRESETS["dsprites"]
+    a, gp = PAPER_PLANT_POINTS["dsprites"]
     kp_lo, kp_hi, ki_lo, ki_hi = default_boxes(a, gp)["near"]
     KP, KI = np.meshgrid(np.linspace(kp_lo, kp_hi, args.n), np.linspace(ki_lo, ki_hi, args.n))
     npts = KP.size

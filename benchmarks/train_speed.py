@@ -37,9 +37,9 @@ import time
 import numpy as np
 import torch
 
+from klcontrol.registry import PRESETS, make_preset
 from klcontrol.vae_plant.data.dsprites import DSprites
 from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
-from klcontrol.vae_plant.training.presets import CONTROLLERS, make_controller
 from klcontrol.vae_plant.training.trainer import Trainer
 
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -57,7 +57,7 @@ def eager_official(device, batch, steps, warmup, controller="dynamicvae"):
     model = BetaVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999))
     host = DSprites()  # images made on the host, as a DataLoader would
-    ctrl = make_controller(controller)
+    ctrl = make_preset(controller)
     rng = np.random.default_rng(0)
     beta = ctrl.beta
     for i in range(warmup + steps):
@@ -202,7 +202,7 @@ def main(argv=None):
         variants[f"ours+compile({mode})"] = lambda: ours(device, batch, steps, warmup + 2, compile=mode)
         variants["ours+all"] = lambda: ours(device, batch, steps, warmup + 2, compile=mode, amp=True,
                                             channels_last=True, fused_adam=True)
-    for name in CONTROLLERS:
+    for name in PRESETS:
         variants[f"controller:{name}"] = lambda name=name: ours(device, batch, steps, warmup, controller=name)
     if a.only:
         keep = [k.strip() for k in a.only.split(",")]

@@ -40,7 +40,7 @@ _LAZY = {
     "robust_stability": "klcontrol.analysis.stability.robust",
     "read_trace": "klcontrol.analysis.identification.traces",
     "fit_plant": "klcontrol.analysis.identification.first_order",
-    "load_fit": "klcontrol.analysis.identification.first_order",
+    "load_fit": "klcontrol.analysis.identification.fits",
     "tune": "klcontrol.analysis.tuning.design",
     "integrations": None, "analysis": None, "vae_plant": None, "data": None,
 }

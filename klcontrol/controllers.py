@@ -332,11 +332,6 @@ class Controller:
         """The controller's parameters (copies)."""
         return {k: v.copy() for k, v in self._params.items()}
 
-    @property
-    def bad_measurement(self):
-        """Device flags (torch, one per loop) set where a non-finite KL was masked; ``None`` before any tensor step."""
-        return self._bad
-
     def check(self):
         """Synchronise and raise ``ValueError`` if a non-finite tensor KL (or set point) was masked.
 

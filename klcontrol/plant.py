@@ -233,16 +233,31 @@ def _num(v):
 
 
 _PLANTS: dict[str, type] = {}
+_FITS: dict[str, type] = {}
 
 
 def register_plant(cls):
-    """Class decorator: make a :class:`Plant` subclass loadable by :func:`plant_from_dict`."""
-    _PLANTS[cls.kind] = cls
+    """Class decorator: make a :class:`Plant` subclass loadable by :func:`plant_from_dict`, by its ``kind``.
+
+    A subclass of the class registered for its kind is that kind's *fit* (e.g.
+    :class:`klcontrol.analysis.identification.first_order.PlantFit`): it saves the plant's description plus a
+    ``"fit"`` entry (the data behind it), and :func:`plant_from_dict` loads the descriptions with that entry as
+    the fit, the others as the plant.
+    """
+    plant = _PLANTS.get(cls.kind)
+    if plant is not None and plant is not cls and issubclass(cls, plant):
+        _FITS[cls.kind] = cls
+    else:
+        _PLANTS[cls.kind] = cls
     return cls
 
 
 def plant_from_dict(d: dict) -> "Plant":
-    """Rebuild any registered plant from its :meth:`Plant.to_dict`.
+    """Rebuild any registered plant or fit from its ``to_dict()`` (dispatched by ``kind``).
+
+    A description with a ``"fit"`` entry loads as its kind's registered fit class (see
+    :func:`register_plant`) once that class's module is imported;
+    :func:`klcontrol.analysis.identification.fits.load_fit` imports every fit kind and reads the file.
 
     Raises
     ------
@@ -252,7 +267,8 @@ def plant_from_dict(d: dict) -> "Plant":
     kind = d.get("kind") if isinstance(d, dict) else None
     if kind not in _PLANTS:
         raise ValueError(f"unknown plant kind {kind!r}; known: {sorted(_PLANTS)}")
-    return _PLANTS[kind].from_dict(d)
+    cls = _FITS.get(kind, _PLANTS[kind]) if "fit" in d else _PLANTS[kind]
+    return cls.from_dict(d)
 
 
 class Plant:

@@ -151,7 +151,8 @@ class TorchPlant:
         self.model, self.optimizer, self.losses, self.data, self.sample = model, optimizer, losses, data, sample
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.generator = torch.Generator().manual_seed(self.seed)
+        # A sampler draws on the device (so does its generator); shuffling indices happens on the CPU.
+        self.generator = torch.Generator(device=self.device if sample is not None else "cpu").manual_seed(self.seed)
         self._order, self._pos, self._epoch = None, 0, 0
         self.last_recon = math.nan
         self.last_beta = math.nan

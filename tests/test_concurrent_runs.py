@@ -9,8 +9,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from klcontrol.registry import make_preset
 from klcontrol.vae_plant.training.model import vae_losses
-from klcontrol.vae_plant.training.presets import make_controller
 
 # The spawned workers of the processes mode import the benchmark by name, so it must be on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -59,7 +59,7 @@ def test_vmap_runs_equal_separate_runs():
     y0=st.lists(st.floats(0.0, 30.0), min_size=3, max_size=3),
 )
 def test_stacked_controller_equals_separate_controllers(name, kls, y0):
-    singles = [make_controller(name) for _ in y0]
+    singles = [make_preset(name) for _ in y0]
     for c, y in zip(singles, y0):
         c.prime(y)
     stacked = cr.stack_controllers(singles)
@@ -75,8 +75,8 @@ def test_stack_controllers_rejects_mismatches():
     with pytest.raises(ValueError, match="at least one"):
         cr.stack_controllers([])
     with pytest.raises(ValueError, match="different kinds"):
-        cr.stack_controllers([make_controller("dynamicvae"), make_controller("fixed")])
-    a, b = make_controller("dynamicvae"), make_controller("dynamicvae").replace(kp=0.02)
+        cr.stack_controllers([make_preset("dynamicvae"), make_preset("fixed")])
+    a, b = make_preset("dynamicvae"), make_preset("dynamicvae").replace(kp=0.02)
     with pytest.raises(ValueError, match="share parameters"):
         cr.stack_controllers([a, b])
 

@@ -19,7 +19,9 @@ import types
 
 import pytest
 
-PACKAGES = ("klcontrol", "analysis", "vae_plant")
+#: The three packages by their installed names: importing ``analysis``/``vae_plant`` by folder name would load a
+#: second copy of every module, whose classes would re-register in the core's plant and gain registries.
+PACKAGES = ("klcontrol", "klcontrol.analysis", "klcontrol.vae_plant")
 
 #: Modules that need an optional extra; left out only when that extra is not installed.
 OPTIONAL = {"klcontrol.integrations.lightning": ("lightning", "pytorch_lightning")}

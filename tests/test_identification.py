@@ -1,4 +1,5 @@
 """Plant identification: recovery of known plants from noisy synthetic traces, model choice, intervals, JSON."""
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from klcontrol.analysis.identification.first_order import (
     rise_time_a,
     simulate_plant,
 )
+from klcontrol.analysis.identification.fits import load_fit
 from klcontrol.plant import gain_from_dict
 
 DSPRITES = FirstOrderPlant(1 / 400, ExpGain(3.2 / 0.121, 0.121))  # paper's g, a faster a to keep traces short
@@ -142,7 +144,8 @@ def test_auto_chooses_spline_on_non_exponential_data():
 
 def test_json_round_trip(open_fit, tmp_path):
     open_fit.save(tmp_path / "fit.json")
-    back = PlantFit.load(tmp_path / "fit.json")
+    back = load_fit(tmp_path / "fit.json")
+    assert type(back) is PlantFit
     b = np.linspace(0, 20, 11)
     assert back.a == open_fit.a and back.a_ci == open_fit.a_ci and back.beta_range == open_fit.beta_range
     np.testing.assert_array_equal(back.g(b), open_fit.g(b))
@@ -153,7 +156,9 @@ def test_json_round_trip(open_fit, tmp_path):
     with pytest.raises(ValueError, match="not a plant fit"):
         PlantFit.from_dict(DSPRITES.to_dict())
     with pytest.raises(ValueError, match="fit file not found"):
-        PlantFit.load(tmp_path / "none.json")
+        load_fit(tmp_path / "none.json")
+    (tmp_path / "plant.json").write_text(json.dumps(DSPRITES.to_dict()))
+    assert type(load_fit(tmp_path / "plant.json")) is FirstOrderPlant  # a plain plant loads as one
 
 
 def test_spline_fit_json_round_trip():
@@ -466,7 +471,7 @@ def test_saved_fits_are_standard_json_without_a_bootstrap(tmp_path, capsys):
     text = (tmp_path / "f.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    back = PlantFit.load(tmp_path / "f.json")
+    back = load_fit(tmp_path / "f.json")
     assert all(math.isnan(v) for v in back.a_ci) and back.identifiable == fit.identifiable
     for i, tr in enumerate(trs):
         tr.to_csv(tmp_path / f"r{i}.csv")

@@ -147,9 +147,23 @@ def test_check_any_fit_kind_through_its_linearisations(two_pole_fit, capsys):
     assert "STABLE" in text and "two_pole_test" in text and "36 linearisations" in text
 
 
-def test_check_rejects_setpoint_for_first_order_and_unknown_kinds(fitted, tmp_path, capsys):
-    assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", "5"]) == 1
-    assert "--setpoint applies to non-first-order fits" in capsys.readouterr().err
+def test_check_setpoint_on_a_first_order_fit_and_unknown_kinds(fitted, tmp_path, capsys):
+    """--setpoint on a first-order fit checks the β range g⁻¹ maps the set points to (one β for one set point)."""
+    from klcontrol.analysis.identification.fits import load_fit
+
+    fit = load_fit(fitted / "fit.json")
+    c = float(fit.g((fit.beta_range[0] + fit.beta_range[1]) / 2))
+    assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", str(c),
+                 "--json", "--point"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lo, hi = out["beta_range"]
+    assert lo == pytest.approx(hi) and float(fit.g(lo)) == pytest.approx(c, rel=1e-9)
+    assert out["gprime_range"][0] == pytest.approx(float(fit.g.derivative(lo)), rel=1e-6)
+    assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", "1e6"]) == 1
+    assert "never reaches" in capsys.readouterr().err
+    assert main(["check", "--fit", str(fitted / "fit.json"), "--kp", "0.01", "--ki", "0.005", "--setpoint", str(c),
+                 "--beta-range", "1", "2"]) == 1
+    assert "not both" in capsys.readouterr().err
     (tmp_path / "other.json").write_text(json.dumps({"kind": "mystery"}))
     assert main(["check", "--fit", str(tmp_path / "other.json"), "--kp", "1", "--ki", "1"]) == 1
     assert "kind 'mystery'" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_shipped_stability_summary_is_consistent_with_its_traces():
     import json
     from pathlib import Path
 
-    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.fits import load_fit
     from klcontrol.analysis.identification.traces import read_trace
 
     root = Path(__file__).resolve().parents[1]

@@ -223,7 +223,7 @@ def test_shipped_validation_summary_is_reproduced_by_load_fit_predict():
     """docs/results/plant_validation/summary.json: load_fit(fit).predict(read_trace(trace)) gives each fit % (±2)."""
     from pathlib import Path
 
-    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.fits import load_fit
     from klcontrol.analysis.identification.traces import read_trace
 
     root = Path(__file__).resolve().parents[1]

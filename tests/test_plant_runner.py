@@ -83,3 +83,23 @@ def test_a_nan_kl_stops_with_a_message(tmp_path):
 
     with pytest.raises(ValueError, match="update 5: the plant's KL is nan"):
         run_plant(tmp_path / "nan", lambda: Broken(), FixedBeta(1.0), 20)
+
+
+def test_klcontrols_own_vae_is_a_plant_of_the_protocol(tmp_path):
+    import io
+
+    import torch
+
+    spec = "klcontrol.vae_plant.training.dsprites_plant:make"
+    make = load_factory(spec)
+    a = check_plant(make(seed=1, batch_size=2))
+    first = [a.step(lambda kl: 4.0) for _ in range(3)]
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    after = [a.step(lambda kl: 4.0) for _ in range(2)]
+    b = make(seed=5, batch_size=2)  # loaded after a ran: the noise comes from torch's global generator, restored too
+    b.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert [b.step(lambda kl: 4.0) for _ in range(2)] == after
+    assert [make(seed=1, batch_size=2).step(lambda kl: 4.0)] == first[:1]
+    r = run_plant(tmp_path / "own", spec, FixedBeta(4.0), 4, seed=1, batch_size=2)
+    assert r["rows"] == 4

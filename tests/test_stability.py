@@ -156,13 +156,14 @@ def test_copy_chain_charpoly_equals_berkowitz_and_controllers_share_it(T):
     import sympy as sp
     from sympy.polys.matrices import DomainMatrix
 
-    from klcontrol.analysis.stability.symbolic import CONTROLLERS, SYMBOLS
+    from klcontrol.analysis.stability.symbolic import SYMBOLS
+    from klcontrol.registry import LINEAR_KINDS
 
     lam = SYMBOLS["lambda"]
     field = sp.QQ.frac_field(*(SYMBOLS[k] for k in ("kp", "ki", "a", "gprime")))
     for d in (0, 1):
         ref = characteristic_polynomial(T, d, "incremental")
-        for c in CONTROLLERS:
+        for c in LINEAR_KINDS:
             A = jacobian(T, d, c)
             dm = DomainMatrix.from_Matrix(A)
             berkowitz = sp.Poly(dm.to_field().charpoly(), lam, domain=dm.domain.get_field())
@@ -185,9 +186,9 @@ def test_shipped_module_has_no_duplicate_bodies_and_one_entry_per_window_and_del
     assert len(bodies) == len(set(bodies))
     assert set(gen.TABLE) == {(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)}
     # every controller maps to its (window, delay) entry
-    from klcontrol.analysis.stability.config import CONTROLLERS
+    from klcontrol.registry import LINEAR_KINDS
 
-    for c in CONTROLLERS:
+    for c in LINEAR_KINDS:
         assert coefficient_functions(c, 3, 1) is gen.TABLE[(3, 1)]
 
 

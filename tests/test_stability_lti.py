@@ -27,7 +27,7 @@ from klcontrol.analysis.stability import lti as sl
 from klcontrol.analysis.stability import numeric as sn
 from klcontrol.plant import Plant
 
-CONTROLLERS = ("incremental", "incremental-official", "positional")
+TESTED_KINDS = ("incremental", "incremental-official", "positional")
 
 
 def first_order_tf(a, gp):
@@ -36,7 +36,7 @@ def first_order_tf(a, gp):
 
 
 @pytest.mark.parametrize("delay", [0, 1])
-@pytest.mark.parametrize("controller", CONTROLLERS)
+@pytest.mark.parametrize("controller", TESTED_KINDS)
 def test_first_order_transfer_function_matches_the_exact_path(controller, delay):
     rng = np.random.default_rng(7 + delay)
     worst = 0.0
@@ -44,7 +44,7 @@ def test_first_order_transfer_function_matches_the_exact_path(controller, delay)
         for a, scale in ((rng.uniform(0.02, 1.5), 1.0), (1 / 2500, 0.01)):
             gp = rng.uniform(-4, -0.1)
             kp, ki = scale * rng.uniform(-1, 3, 64), scale * rng.uniform(0.01, 1.5, 64)
-            exact = sn.spectral_radius(kp, ki, a, gp, T, delay, controller)
+            exact = sn.spectral_radius_first_order(kp, ki, a, gp, T, delay, controller)
             P = first_order_tf(a, gp)
             for plant in (P, control.ss(P), plant_matrices(P)):
                 ours = spectral_radius(kp, ki, plant=plant, window=T, delay=delay, controller=controller)
@@ -114,7 +114,7 @@ def test_random_plants_match_python_control_feedback(order):
     worst, n_both = 0.0, [0, 0]
     for i in range(60):
         P = random_plant(rng, order)
-        T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), CONTROLLERS[i % 3]
+        T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), TESTED_KINDS[i % 3]
         kp, ki = rng.uniform(-0.3, 1.5), rng.uniform(0.01, 0.6)
         ref = independent_rho(P, kp, ki, T, d)
         ours = spectral_radius(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
@@ -136,7 +136,7 @@ plants = st.tuples(
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(plants, st.floats(-0.3, 1.5), st.floats(0.01, 0.6), st.integers(1, 8), st.integers(0, 1),
-       st.sampled_from(CONTROLLERS))
+       st.sampled_from(TESTED_KINDS))
 def test_property_any_order_matches_python_control_feedback(plant, kp, ki, T, d, ctrl):
     poles, dc, feedthrough, zero = plant
     den = np.poly(poles) if poles else np.array([1.0])
@@ -233,11 +233,11 @@ def test_plant_objects_and_first_order_plant():
     obj = LinearizablePlant(0.05, g)
     gp = float(fo.gprime_at(12.0))
     kp, ki = np.array([0.3, 2.0, 8.0]), np.array([0.1, 0.5, 3.0])
-    exact = sn.spectral_radius(kp, ki, 0.05, gp, 2, 1)
+    exact = sn.spectral_radius_first_order(kp, ki, 0.05, gp, 2, 1)
     np.testing.assert_allclose(spectral_radius(kp, ki, plant=fo, setpoint=12.0, window=2, delay=1), exact, atol=0)
     np.testing.assert_allclose(spectral_radius(kp, ki, plant=obj, setpoint=12.0, window=2, delay=1), exact,
                                atol=1e-12)
-    np.testing.assert_allclose(sl.spectral_radius(kp, ki, fo, 2, 1, setpoint=12.0), exact, atol=1e-12)
+    np.testing.assert_allclose(sl.spectral_radius_lti(kp, ki, fo, 2, 1, setpoint=12.0), exact, atol=1e-12)
 
 
 def test_robust_over_plants_and_operating_points():
@@ -263,7 +263,7 @@ def test_robust_over_plants_and_operating_points():
     assert r2.labels == ("0@5", "0@10", "0@20")
     gps = [float(obj.inner.gprime_at(c)) for c in (5.0, 10.0, 20.0)]
     assert r2.worst_spectral_radius == pytest.approx(
-        max(sn.spectral_radius(kp, ki, 0.1, g, 1, 0) for g in gps), abs=1e-12)
+        max(sn.spectral_radius_first_order(kp, ki, 0.1, g, 1, 0) for g in gps), abs=1e-12)
     d = r2.to_dict()
     assert d["labels"] == ["0@5", "0@10", "0@20"] and d["stable"] == r2.stable
 
@@ -282,7 +282,7 @@ def test_unstable_set_reports_the_worst_plant_and_the_stable_scaling():
 def test_gain_crossings_match_the_exact_gain_range():
     rng = np.random.default_rng(2)
     for i in range(12):
-        T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), CONTROLLERS[i % 3]
+        T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), TESTED_KINDS[i % 3]
         a, gp = rng.uniform(0.02, 1.0), rng.uniform(-4, -0.2)
         kp, ki = rng.uniform(-0.3, 2), rng.uniform(0.01, 0.8)
         exact = robust_stability(kp, ki, a, gp, None, T, d, ctrl)
@@ -382,7 +382,7 @@ def test_check_fit_covers_operating_points_and_draws():
     assert len(sps) == 9
     out = sl.check_fit(fit, 0.5, 0.2, window=2, delay=1)
     assert out["n_plants"] == 27 and out["draws_included"]
-    ref = [sn.spectral_radius(0.5, 0.2, a, float(g.derivative(g.inverse(c))), 2, 1)
+    ref = [sn.spectral_radius_first_order(0.5, 0.2, a, float(g.derivative(g.inverse(c))), 2, 1)
            for c in sps for a in (0.1, 0.05, 0.2)]
     assert out["worst_spectral_radius"] == pytest.approx(max(ref), abs=1e-12)
     assert out["stable"] == (max(ref) < 1)

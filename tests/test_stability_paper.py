@@ -11,7 +11,7 @@ from klcontrol.analysis.stability import (
 )
 from klcontrol.analysis.stability.paper import (
     PAPER_GAINS,
-    PRESETS,
+    PAPER_PLANT_POINTS,
     compare,
     corrected_theorem,
     corrected_theorem_holds,
@@ -40,14 +40,14 @@ def test_eq25_bilinear_coefficients_are_right():
 
 def test_paper_gains_are_stable_on_both_plants_and_both_delays():
     kp, ki = PAPER_GAINS
-    for pa, pg in PRESETS.values():
+    for pa, pg in PAPER_PLANT_POINTS.values():
         assert theorem_main(kp, ki, pa, pg) and theorem_appendix(kp, ki, pa, pg)
         for d in (0, 1):
             assert is_stable(kp, ki, pa, pg, 1, d) and is_stable(kp, ki, pa, pg, 5, d)
 
 
 def test_main_text_version_rejects_stable_gains_never_admits_unstable():
-    for pa, pg in PRESETS.values():
+    for pa, pg in PAPER_PLANT_POINTS.values():
         for box in default_boxes(pa, pg).values():
             r = compare(pa, pg, box, n=300)
             assert r["main"]["admits_unstable"] == 0.0
@@ -60,7 +60,7 @@ def test_main_text_version_rejects_stable_gains_never_admits_unstable():
 
 
 def test_appendix_version_admits_unstable_gains():
-    pa, pg = PRESETS["dsprites"]
+    pa, pg = PAPER_PLANT_POINTS["dsprites"]
     r = compare(pa, pg, default_boxes(pa, pg)["wide"], n=300)
     assert r["appendix"]["admits_unstable"] > 0.01
     kp, ki = r["appendix"]["example_admitted_unstable"]
@@ -70,7 +70,7 @@ def test_appendix_version_admits_unstable_gains():
 
 
 def test_negative_kp_can_be_stable_although_the_theorem_demands_kp_positive():
-    pa, pg = PRESETS["dsprites"]
+    pa, pg = PAPER_PLANT_POINTS["dsprites"]
     assert is_stable(-0.05, 0.01, pa, pg, 1, 1) and not theorem_main(-0.05, 0.01, pa, pg)
 
 

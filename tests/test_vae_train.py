@@ -10,8 +10,9 @@ from official_loops import controlvae_official_betas, dynamicvae_official_betas
 
 from klcontrol.cli import main
 from klcontrol.controllers import FixedBeta, IncrementalPI
+from klcontrol.registry import PRESETS, make_preset
 from klcontrol.setpoints import StepRamp
-from klcontrol.vae_plant.commands.train import CONTROLLER_NAMES, PRESETS
+from klcontrol.vae_plant.commands.train import CONTROLLER_NAMES, SCHEDULE_NAMES
 from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.training import presets
 from klcontrol.vae_plant.training.trace_log import read_trace_csv
@@ -192,19 +193,19 @@ def test_official_presets_train_with_the_official_beta_call_for_call(tmp_path, n
     ref = official(kls)
     np.testing.assert_allclose(tr["beta"], ref[:-1], rtol=0, atol=1e-9)
     # row t's set point is the C of the call that consumed y(t): official call t + 1 sees C(t + 3)
-    base = presets.make_controller(name.replace("-official", "")).setpoint
+    base = make_preset(name.replace("-official", "")).setpoint
     np.testing.assert_array_equal(tr["setpoint"], base(np.arange(len(tr["beta"])) + 3))
 
 
 def test_presets_and_cli_names_agree():
-    assert set(CONTROLLER_NAMES) == set(presets.CONTROLLERS)
-    assert set(PRESETS) == set(presets.SCHEDULES)
+    assert set(CONTROLLER_NAMES) == set(PRESETS)
+    assert set(SCHEDULE_NAMES) == set(presets.SCHEDULES)
     assert presets.SCHEDULES["paper"].batch_size == 128
     assert presets.SCHEDULES["paper"].adam_betas == (0.9, 0.999) and presets.SCHEDULES["paper"].lr == 1e-4
 
 
 def test_controller_presets_match_the_papers():
-    c = {name: presets.make_controller(name) for name in presets.CONTROLLERS}
+    c = {name: make_preset(name) for name in PRESETS}
     assert c["fixed"].beta == 4.0
     assert c["capacity"].gains["gamma"] == 1000.0 and c["capacity"].setpoint(100_000) == 25.0
     g = c["controlvae"].gains
@@ -405,8 +406,6 @@ def test_failed_new_run_leaves_no_directory(tmp_path, capsys):
 
 def test_geco_run_feeds_the_reconstruction_and_beta_follows_the_law(tmp_path):
     """A GECO run on ``tiny``: the controller consumes recon (Controller.measures), β(t+1) = step(recon(t))."""
-    from klcontrol.registry import make_preset
-
     res = train(str(tmp_path / "geco"), preset="tiny", controller="geco", steps=30, seed=1, progress=False)
     tr = read_trace_csv(os.path.join(res.run_dir, "trace.csv"))
     with open(os.path.join(res.run_dir, "config.json")) as fh:

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from klcontrol import ExpGain, FirstOrderPlant
+from klcontrol.analysis.identification.fits import load_fit
 from klcontrol.analysis.stability import robust_stability
-from klcontrol.analysis.verdicts.fits import check_first_order, check_fit_file, format_verdict, read_fit_file
+from klcontrol.analysis.verdicts.fits import check_first_order, check_fit_file, format_verdict
 
 PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
 
@@ -14,8 +15,7 @@ PLANT = FirstOrderPlant(1 / 2500, ExpGain(26.45, 0.121))
 def test_plain_plant_verdict_equals_robust_stability(tmp_path):
     p = tmp_path / "plant.json"
     p.write_text(json.dumps(PLANT.to_dict()))
-    fit, kind = read_fit_file(p)
-    assert kind == "first_order_plant"
+    assert type(load_fit(p)) is FirstOrderPlant  # a plain plant, no fit behind it
     out = check_fit_file(p, 0.01, 0.005, window=5, beta_range=(2.0, 10.0))
     g = PLANT.g.derivative(np.array([2.0, 10.0]))
     ref = robust_stability(0.01, 0.005, 1 / 2500, g.min(), g.max(), window=5)
@@ -28,15 +28,15 @@ def test_plain_plant_verdict_equals_robust_stability(tmp_path):
 
 def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match="not found"):
-        read_fit_file(tmp_path / "missing.json")
+        load_fit(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not JSON"):
-        read_fit_file(bad)
+        load_fit(bad)
     binary = tmp_path / "bin.json"
     binary.write_bytes(b"\xff\xfe\x00\x81")
     with pytest.raises(ValueError, match="bin.json"):
-        read_fit_file(binary)
+        load_fit(binary)
     with pytest.raises(ValueError, match="β range"):
         check_first_order(PLANT, 0.01, 0.005)
 

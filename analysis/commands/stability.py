@@ -1,7 +1,7 @@
 """``klcontrol stability``: stability verdict, spectral radius and margins of the linearised loop."""
 from __future__ import annotations
 
-from klcontrol.registry import LINEAR_KINDS as CONTROLLERS
+from klcontrol.registry import LINEAR_KINDS
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--gprime-max", type=float, default=None, help="other end of a g′ interval (robust verdict)")
     p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
     p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="0: as trained; 1: paper's Eq. 15")
-    p.add_argument("--controller", choices=CONTROLLERS, default="incremental", help="controller (default incremental)")
+    p.add_argument("--controller", choices=LINEAR_KINDS, default="incremental", help="controller (default incremental)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the stable (Kp, Ki) region as a PNG")
     p.add_argument("--no-progress", action="store_true",

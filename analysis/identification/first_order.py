@@ -23,7 +23,6 @@ traces visit: open-loop runs at fixed β tell ``g`` at those β values only.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,10 @@ from klcontrol import ExpGain, FirstOrderPlant, Gain, Trace
 from klcontrol.analysis.identification.traces import log_convention, read_trace, read_traces
 from klcontrol.backend import is_sympy
 from klcontrol.filters import moving_mean
-from klcontrol.plant import LinearGain, gain_from_dict, register_gain
+from klcontrol.plant import LinearGain, gain_from_dict, register_gain, register_plant
 
-__all__ = ["fit_plant", "load_fit", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant",
-           "GAIN_MODELS", "read_plant_json", "read_json", "plant_from_dict", "IDENTIFIABILITY"]
+__all__ = ["fit_plant", "read_trace", "PlantFit", "MonotoneSplineGain", "rise_time_a", "simulate_plant",
+           "GAIN_MODELS", "IDENTIFIABILITY"]
 
 #: Steady-state models :func:`fit_plant` knows (``"auto"`` picks one of them by BIC).
 GAIN_MODELS = ("exp", "spline")
@@ -639,6 +638,7 @@ class _Boot:
     failures: int = 0
 
 
+@register_plant
 class PlantFit(FirstOrderPlant):
     """A fitted first-order plant with its uncertainty: use it wherever a :class:`FirstOrderPlant` goes.
 
@@ -799,18 +799,10 @@ class PlantFit(FirstOrderPlant):
                    f["y_init"], f["noise_rel"], f["bic"], f["info"], boot, identifiability=ident)
 
     def save(self, path) -> None:
-        """Write :meth:`to_dict` as JSON."""
+        """Write :meth:`to_dict` as JSON (:func:`klcontrol.analysis.identification.fits.load_fit` reads it)."""
         from klcontrol.fileio import write_json  # NaN/inf as null: the file stays standard JSON
 
         write_json(path, self.to_dict(), indent=1)
-
-    @classmethod
-    def load(cls, path) -> "PlantFit":
-        """Read a fit written by :meth:`save` (``ValueError`` naming the file for anything else)."""
-        fit = read_plant_json(path)
-        if not isinstance(fit, PlantFit):
-            raise ValueError(f"{path}: a plant without a fit (no 'fit' entry); write one with `klcontrol fit --out`")
-        return fit
 
     def design_problems(self, beta_lo=None, beta_hi=None) -> list:
         """Why this fit should not be used to check or tune gains over ``[beta_lo, beta_hi]`` (empty: usable).
@@ -878,63 +870,6 @@ class PlantFit(FirstOrderPlant):
     def __repr__(self):
         lo, hi = self.a_ci
         return f"PlantFit(a={self.a:.4g} [{lo:.4g}, {hi:.4g}], g={self.g!r})"
-
-
-def read_json(path):
-    """The JSON value in a file, with every way of failing named after the file.
-
-    Raises
-    ------
-    ValueError
-        Missing file, not UTF-8, not JSON, or nested too deeply.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"fit file not found: {p}")
-    try:
-        return json.loads(p.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{p}: not a JSON text file (binary or not UTF-8)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise ValueError(f"{p}: JSON nested too deeply") from None
-
-
-def plant_from_dict(d, path="fit"):
-    """:class:`PlantFit` (with a ``"fit"`` entry) or :class:`FirstOrderPlant` from a decoded JSON value.
-
-    Raises
-    ------
-    ValueError
-        Naming ``path``, for anything that is not a valid description (wrong
-        types, missing entries, non-finite values).
-    """
-    try:
-        return PlantFit.from_dict(d) if isinstance(d, dict) and "fit" in d else FirstOrderPlant.from_dict(d)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as exc:
-        what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"{path}: not a valid plant fit or plant description ({what})") from None
-
-
-def read_plant_json(path):
-    """A plant fit (:meth:`PlantFit.save`) or a plain plant (:meth:`FirstOrderPlant.to_dict`) from a JSON file.
-
-    Parameters
-    ----------
-    path : str or Path
-
-    Returns
-    -------
-    PlantFit or FirstOrderPlant
-        ``PlantFit`` when the file has a ``"fit"`` entry.
-
-    Raises
-    ------
-    ValueError
-        Naming the file (see :func:`read_json` and :func:`plant_from_dict`).
-    """
-    return plant_from_dict(read_json(path), path)
 
 
 # -- the fit -------------------------------------------------------------------------------------------------
@@ -1315,30 +1250,3 @@ def _block_length(r):
     rho = min(max(rho, 0.0), 0.99)
     tau = (1 + rho) / (1 - rho)
     return int(np.clip(max(round(n ** (1 / 3)), math.ceil(2 * tau)), 1, max(1, n // 4)))
-
-
-def load_fit(path):
-    """Load any saved fit, whatever its structure, from a JSON file.
-
-    ``kind = "first_order"`` gives a :class:`PlantFit` (or a plain
-    :class:`FirstOrderPlant` for a file without a ``"fit"`` entry),
-    ``kind = "hammerstein"`` an :class:`klcontrol.analysis.identification.models.HammersteinFit`;
-    fits have ``predict(trace)``.
-
-    Raises
-    ------
-    ValueError
-        Missing file, not JSON, an invalid description or an unknown kind (naming the file).
-    """
-    d = read_json(path)
-    kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "hammerstein":
-        from klcontrol.analysis.identification.models import HammersteinFit
-
-        try:
-            return HammersteinFit.from_dict(d)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise ValueError(f"{path}: not a valid hammerstein fit ({exc})") from None
-    if kind == "first_order":
-        return plant_from_dict(d, path)
-    raise ValueError(f"{path}: unknown fit kind {kind!r}; known: first_order, hammerstein")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from klcontrol.analysis.stability import lti as _lti
 from klcontrol.analysis.stability import numeric as _num
-from klcontrol.analysis.stability.config import CONTROLLERS
 from klcontrol.analysis.stability.control import open_loop, to_statespace, to_transfer_function
 from klcontrol.analysis.stability.lti import RobustLTI, controller_linearization, plant_matrices, robust_stability_lti
 from klcontrol.analysis.stability.robust import (
@@ -15,7 +14,6 @@ from klcontrol.analysis.stability.robust import (
 )
 
 __all__ = [
-    "CONTROLLERS",
     "jacobian",
     "characteristic_polynomial",
     "conditions",
@@ -44,20 +42,30 @@ def _first_order(plant):
 
 
 def _route(name, kp, ki, a, gprime, window, delay, controller, plant, setpoint):
-    """Call the exact first-order path (``a, gprime``) or the LTI path (``plant=``)."""
+    """Call the exact first-order path (``a, gprime``: ``numeric.<name>_first_order``) or the LTI path
+    (``plant=``: ``lti.<name>_lti``)."""
+    first_order, lti = _PATHS[name]
     if plant is None:
         if a is None or gprime is None:
             raise ValueError(f"{name}: give a and gprime (first-order plant) or plant= (any LTI plant)")
         if setpoint is not None:
             raise ValueError(f"{name}: setpoint applies to plant= objects only")
-        return getattr(_num, name)(kp, ki, a, gprime, window, delay, controller)
+        return first_order(kp, ki, a, gprime, window, delay, controller)
     if a is not None or gprime is not None:
         raise ValueError(f"{name}: give either a and gprime or plant=, not both")
     if _first_order(plant):  # the exact path, linearised at the set point
         if setpoint is None:
             raise ValueError(f"{name}: {type(plant).__name__} is nonlinear: give setpoint= to linearise it")
-        return getattr(_num, name)(kp, ki, plant.a, plant.gprime_at(setpoint), window, delay, controller)
-    return getattr(_lti, name)(kp, ki, plant, window, delay, controller, setpoint)
+        return first_order(kp, ki, plant.a, plant.gprime_at(setpoint), window, delay, controller)
+    return lti(kp, ki, plant, window, delay, controller, setpoint)
+
+
+#: Each public verdict → (its exact first-order path, its LTI path).
+_PATHS = {
+    "is_stable": (_num.is_stable_first_order, _lti.is_stable_lti),
+    "spectral_radius": (_num.spectral_radius_first_order, _lti.spectral_radius_lti),
+    "eigenvalues": (_num.eigenvalues_first_order, _lti.eigenvalues_lti),
+}
 
 
 def is_stable(kp, ki, a=None, gprime=None, window=1, delay=0, controller="incremental", *, plant=None,
@@ -70,7 +78,7 @@ def is_stable(kp, ki, a=None, gprime=None, window=1, delay=0, controller="increm
         Gains (positive ``ki`` is negative feedback); broadcast together.
     a, gprime : float or array, optional
         First-order plant: rate (> 0) and ``g′(β*)``.  Exact Routh–Hurwitz test
-        from the generated code (:func:`klcontrol.analysis.stability.numeric.is_stable`).
+        from the generated code (:func:`klcontrol.analysis.stability.numeric.is_stable_first_order`).
     window, delay, controller
         Moving-average window ``T``, delay (0: β(t+1) from y(t); 1: from
         y(t−1)), controller name.

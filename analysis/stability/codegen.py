@@ -42,8 +42,9 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
-from klcontrol.analysis.stability.config import CONTROLLERS, check_config
+from klcontrol.analysis.stability.config import check_config
 from klcontrol.cache import cache_dir
+from klcontrol.registry import LINEAR_KINDS
 
 __all__ = [
     "SHIPPED_WINDOWS",
@@ -122,7 +123,7 @@ def _config_bodies(window, delay, progress=None):
     from klcontrol.analysis.stability import symbolic as ss
 
     say = progress or (lambda msg: None)
-    controller = CONTROLLERS[0]  # every linear kind gives this polynomial (see the module doc)
+    controller = LINEAR_KINDS[0]  # every linear kind gives this polynomial (see the module doc)
     say(f"T={window}, delay {delay}: linearising the loop, characteristic polynomial")
     ss.characteristic_polynomial(window, delay, controller)
     say(f"T={window}, delay {delay}: bilinear and shifted coefficients")
@@ -208,7 +209,7 @@ def _shipped():
 def coefficient_functions(controller: str, window: int, delay: int, progress=None):
     """``(w, z, ws, l)`` coefficient functions of one configuration (see :func:`module_source`).
 
-    ``controller`` is any kind of :data:`~klcontrol.analysis.stability.config.CONTROLLERS`;
+    ``controller`` is any kind of :data:`~klcontrol.registry.LINEAR_KINDS`;
     they share one linearisation, so the code is looked up by ``(window,
     delay)``: in the shipped module, then the disk cache; derived with sympy
     (and the cache written) only when both miss or are stale.

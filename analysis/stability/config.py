@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from klcontrol.registry import LINEAR_KINDS
 
-__all__ = ["CONTROLLERS", "check_config"]
-
-#: Supported controller kinds (:data:`klcontrol.registry.LINEAR_KINDS`).
-CONTROLLERS = LINEAR_KINDS
+__all__ = ["check_config"]
 
 
 def check_config(window, delay, controller) -> tuple[int, int, str]:
@@ -26,6 +23,6 @@ def check_config(window, delay, controller) -> tuple[int, int, str]:
         raise ValueError(f"window must be a positive integer, got {window!r}")
     if isinstance(delay, bool) or delay not in (0, 1):
         raise ValueError(f"delay must be 0 or 1, got {delay!r}")
-    if controller not in CONTROLLERS:
-        raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
+    if controller not in LINEAR_KINDS:
+        raise ValueError(f"controller must be one of {LINEAR_KINDS}, got {controller!r}")
     return int(window), int(delay), controller

@@ -48,9 +48,9 @@ __all__ = [
     "linearize_plants",
     "closed_loop_matrix",
     "closed_loop_matrices",
-    "eigenvalues",
-    "spectral_radius",
-    "is_stable",
+    "eigenvalues_lti",
+    "spectral_radius_lti",
+    "is_stable_lti",
     "gain_crossings",
     "RobustLTI",
     "robust_stability_lti",
@@ -412,7 +412,7 @@ def _eigvals(M):
     return out.reshape(shape + (n,))
 
 
-def eigenvalues(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
+def eigenvalues_lti(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
     """Eigenvalues of the closed loop on an LTI plant (zeros of copied states included).
 
     Parameters
@@ -433,18 +433,18 @@ def eigenvalues(kp, ki, plant, window=1, delay=0, controller="incremental", setp
     return _eigvals(closed_loop_matrix(kp, ki, plant, window, delay, controller, setpoint))
 
 
-def spectral_radius(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
-    """Largest eigenvalue modulus of the closed loop on an LTI plant (parameters of :func:`eigenvalues`).
+def spectral_radius_lti(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
+    """Largest eigenvalue modulus of the closed loop on an LTI plant (parameters of :func:`eigenvalues_lti`).
 
     Returns
     -------
     float or ndarray
     """
-    r = np.max(np.abs(eigenvalues(kp, ki, plant, window, delay, controller, setpoint)), axis=-1)
+    r = np.max(np.abs(eigenvalues_lti(kp, ki, plant, window, delay, controller, setpoint)), axis=-1)
     return float(r) if r.ndim == 0 else r
 
 
-def is_stable(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
+def is_stable_lti(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
     """Whether the closed loop on an LTI plant is asymptotically stable (spectral radius < 1).
 
     Numerical: a loop within rounding of the boundary (|ρ − 1| ≲ 1e-12) may go
@@ -454,7 +454,7 @@ def is_stable(kp, ki, plant, window=1, delay=0, controller="incremental", setpoi
     -------
     bool or ndarray of bool
     """
-    r = spectral_radius(kp, ki, plant, window, delay, controller, setpoint)
+    r = spectral_radius_lti(kp, ki, plant, window, delay, controller, setpoint)
     return bool(r < 1) if np.ndim(r) == 0 else r < 1
 
 
@@ -578,7 +578,7 @@ def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremen
     kp, ki = float(kp), float(ki)
     items = linearize_plants(plants, setpoints, draws)
     labels = tuple(lbl for lbl, _ in items)
-    rhos = tuple(spectral_radius(kp, ki, m, *cfg) for _, m in items)
+    rhos = tuple(spectral_radius_lti(kp, ki, m, *cfg) for _, m in items)
     stable = all(r < 1 for r in rhos)
     worst = int(np.argmax(rhos))
     gain_margin, gain_range = (0.0, None)
@@ -590,7 +590,7 @@ def robust_stability_lti(kp, ki, plants, window=1, delay=0, controller="incremen
             if hi <= lo:
                 continue
             s = 0.5 * (lo + hi) if math.isfinite(hi) else 2 * (lo + 1)
-            if all(spectral_radius(s * kp, s * ki, m, *cfg) < 1 for _, m in items):
+            if all(spectral_radius_lti(s * kp, s * ki, m, *cfg) < 1 for _, m in items):
                 ranges.append((lo, hi))
         # A crossing point itself is never stable, so neighbouring stable ranges stay separate.
         merged = ranges

@@ -1,7 +1,7 @@
 """Fast, vectorised stability verdicts from the generated polynomial code.
 
-:func:`is_stable` runs the Routh–Hurwitz test on the bilinear-mapped
-characteristic polynomial; :func:`spectral_radius` computes the roots (closed
+:func:`is_stable_first_order` runs the Routh–Hurwitz test on the bilinear-mapped
+characteristic polynomial; :func:`spectral_radius_first_order` computes the roots (closed
 form for degree ≤ 3, batched companion eigenvalues above) of the polynomial in
 ``z = λ − 1``, where the slow loop's roots near λ = 1 keep their accuracy.
 Both broadcast over NumPy arrays and never import sympy for the shipped
@@ -14,7 +14,8 @@ import numpy as np
 from klcontrol.analysis.stability.codegen import coefficient_functions
 from klcontrol.analysis.stability.config import check_config
 
-__all__ = ["bilinear_coeffs", "shifted_coeffs", "routh_first_column", "is_stable", "eigenvalues", "spectral_radius"]
+__all__ = ["bilinear_coeffs", "shifted_coeffs", "is_stable_first_order", "eigenvalues_first_order",
+           "spectral_radius_first_order"]
 
 
 def _params(kp, ki, a, gprime):
@@ -54,32 +55,6 @@ def bilinear_coeffs(kp, ki, a, gprime, window=1, delay=0, controller="incrementa
 def shifted_coeffs(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     """Coefficients of ``p(1 + z)`` (``z = λ − 1``), highest power first."""
     return _coeffs("z", kp, ki, a, gprime, window, delay, controller)[0]
-
-
-def routh_first_column(coeffs):
-    """First column of the Routh array of ``Σ c_k w^k`` (coefficients highest first).
-
-    Parameters
-    ----------
-    coeffs : sequence of arrays (broadcastable)
-
-    Returns
-    -------
-    list of ndarray
-        ``n + 1`` entries; the polynomial is Hurwitz iff all are > 0 (for a
-        positive leading coefficient).  Once an entry is 0 the rest are inf/NaN,
-        which the ``> 0`` test reads as "not stable", as it must be.
-    """
-    c = [np.asarray(v, dtype=float) for v in coeffs]
-    r0, r1 = c[0::2], c[1::2]
-    col = [r0[0]]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        while r1:
-            col.append(r1[0])
-            nxt = [(r1[0] * r0[k + 1] - r0[0] * (r1[k + 1] if k + 1 < len(r1) else 0.0)) / r1[0]
-                   for k in range(len(r0) - 1)]
-            r0, r1 = r1, nxt
-    return col
 
 
 _CHUNK = 16384  # points per block: the temporaries of one block stay in cache
@@ -122,16 +97,6 @@ def _routh_ok(c):
             nxt = [r0[k + 1] - m * r1[k + 1] if k + 1 < len(r1) else r0[k + 1] for k in range(len(r0) - 1)]
             r0, r1 = r1, nxt
     return low > 0
-
-
-def _taylor_shift(c, s):
-    """Coefficients (highest first) of ``f(x + s)`` from those of ``f(x)``, batched."""
-    c = [np.array(v, dtype=float) for v in c]
-    n = len(c) - 1
-    for i in range(n):  # repeated synthetic division by (x − (−s))
-        for k in range(1, n + 1 - i):
-            c[k] = c[k] + s * c[k - 1]
-    return c
 
 
 def _schur_inside(c, radius):
@@ -230,7 +195,7 @@ def _dominant_radius(cs, lcs, iters=5, roots=False):
     return rho, bad
 
 
-def is_stable(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
+def is_stable_first_order(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     """Whether the linearised loop is asymptotically stable (all |λ| < 1).
 
     Exact Routh–Hurwitz test of the bilinear-mapped characteristic polynomial,
@@ -324,12 +289,12 @@ def _roots_z(cs):
     return out.reshape(shape + (n,))
 
 
-def eigenvalues(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
+def eigenvalues_first_order(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     """Nonzero eigenvalues of the linearised loop (roots of the characteristic polynomial).
 
     The two roots nearest λ = 1 come from Newton's method in ``z = λ − 1``, the
     others from the companion matrix of the deflated polynomial in λ (see
-    :func:`spectral_radius`); where Newton does not settle, all roots from the
+    :func:`spectral_radius_first_order`); where Newton does not settle, all roots from the
     companion matrix in ``z``.  First two entries: that pair.
 
     Returns
@@ -354,10 +319,10 @@ def eigenvalues(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     return out.reshape(shape + (n,))
 
 
-def spectral_radius(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
+def spectral_radius_first_order(kp, ki, a, gprime, window=1, delay=0, controller="incremental"):
     """Largest eigenvalue modulus of the linearised loop (from the roots, not a bound).
 
-    Parameters are those of :func:`is_stable`.
+    Parameters are those of :func:`is_stable_first_order`.
 
     Returns
     -------

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from klcontrol.analysis.stability.numeric import is_stable
+from klcontrol.analysis.stability.numeric import is_stable_first_order
 from klcontrol.papers import DYNAMICVAE_GAINS, PAPER_PLANTS
 
 __all__ = [
-    "PRESETS",
+    "PAPER_PLANT_POINTS",
     "PAPER_GAINS",
     "paper_jacobian",
     "paper_polynomial",
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: The paper's plants (Table 5): name → (a, g′ at its bound), from :data:`klcontrol.papers.PAPER_PLANTS`.
-PRESETS = {name: (p.a, p.gprime0) for name, p in PAPER_PLANTS.items()}
+PAPER_PLANT_POINTS = {name: (p.a, p.gprime0) for name, p in PAPER_PLANTS.items()}
 #: The paper's gains (Kp, Ki).
 PAPER_GAINS = DYNAMICVAE_GAINS
 
@@ -192,7 +192,7 @@ def compare(a, gprime, box, n=1000, window=1, delay=1):
     """
     kp_lo, kp_hi, ki_lo, ki_hi = box
     KP, KI = np.meshgrid(np.linspace(kp_lo, kp_hi, n), np.linspace(ki_lo, ki_hi, n))
-    exact = is_stable(KP, KI, a, gprime, window, delay)
+    exact = is_stable_first_order(KP, KI, a, gprime, window, delay)
     out = {"box": tuple(float(b) for b in box), "n": n * n, "stable_fraction": float(exact.mean())}
     for name, thm in (("main", theorem_main), ("appendix", theorem_appendix)):
         claim = thm(KP, KI, a, gprime)

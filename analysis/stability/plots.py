@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from klcontrol.analysis.stability.numeric import is_stable
-from klcontrol.analysis.stability.paper import PAPER_GAINS, PRESETS, default_boxes, theorem_appendix, theorem_main
+from klcontrol.analysis.stability.numeric import is_stable_first_order
+from klcontrol.analysis.stability.paper import (
+    PAPER_GAINS,
+    PAPER_PLANT_POINTS,
+    default_boxes,
+    theorem_appendix,
+    theorem_main,
+)
 
 __all__ = ["region_figure", "plot_region", "gains_region_figure", "tuned_response_figure"]
 
@@ -13,9 +19,9 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
 
 def _plant(preset, a, gprime):
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        return PRESETS[preset]
+        if preset not in PAPER_PLANT_POINTS:
+            raise ValueError(f"preset must be one of {sorted(PAPER_PLANT_POINTS)}, got {preset!r}")
+        return PAPER_PLANT_POINTS[preset]
     if a is None or gprime is None:
         raise ValueError("give a preset or both a and gprime")
     return float(a), float(gprime)
@@ -64,7 +70,7 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
     KP, KI = np.meshgrid(np.linspace(kp_lo, kp_hi, n), np.linspace(ki_lo, ki_hi, n))
     handles = []
     for i, T in enumerate(windows):
-        st = is_stable(KP, KI, a, gprime, T, delay, controller).astype(float)
+        st = is_stable_first_order(KP, KI, a, gprime, T, delay, controller).astype(float)
         col = _COLORS[i % len(_COLORS)]
         # Every window's stable side is shaded (translucent, so nested regions stay visible) and outlined.
         if st.max() > 0.5:

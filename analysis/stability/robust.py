@@ -22,7 +22,7 @@ import numpy as np
 
 from klcontrol.analysis.stability.codegen import coefficient_functions
 from klcontrol.analysis.stability.config import check_config
-from klcontrol.analysis.stability.numeric import is_stable, spectral_radius
+from klcontrol.analysis.stability.numeric import is_stable_first_order, spectral_radius_first_order
 
 __all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability"]
 
@@ -215,7 +215,7 @@ def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
     for g, ang in sorted(found):
         if not math.isfinite(g):
             continue
-        rho = spectral_radius(kp, ki, a, g, window, delay, controller)
+        rho = spectral_radius_first_order(kp, ki, a, g, window, delay, controller)
         if abs(rho - 1) > 1e-7:
             continue
         if out and abs(out[-1].gprime - g) <= 1e-9 * (1 + abs(g)) and abs(out[-1].angle - ang) < 1e-6:
@@ -248,7 +248,7 @@ def stable_gprime_intervals(kp, ki, a, window=1, delay=0, controller="incrementa
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         # A crossing point itself is never stable, so neighbouring stable gaps stay separate.
-        if hi > lo and is_stable(kp, ki, a, _probe(lo, hi), window, delay, controller):
+        if hi > lo and is_stable_first_order(kp, ki, a, _probe(lo, hi), window, delay, controller):
             out.append((lo, hi))
     return out
 
@@ -257,19 +257,19 @@ def _robust_at(s, cr, gmin, gmax, kp, ki, a, cfg):
     lo, hi = s * gmin, s * gmax
     if any(lo <= c <= hi for c in cr):
         return False
-    return is_stable(kp, ki, a, 0.5 * (lo + hi), *cfg)
+    return is_stable_first_order(kp, ki, a, 0.5 * (lo + hi), *cfg)
 
 
 def _worst(kp, ki, a, gmin, gmax, cfg, points=257):
     if gmin == gmax:
-        return spectral_radius(kp, ki, a, gmin, *cfg), gmin
+        return spectral_radius_first_order(kp, ki, a, gmin, *cfg), gmin
     from scipy.optimize import minimize_scalar
 
     g = np.linspace(gmin, gmax, points)
-    r = spectral_radius(kp, ki, a, g, *cfg)
+    r = spectral_radius_first_order(kp, ki, a, g, *cfg)
     i = int(np.argmax(r))
     lo, hi = g[max(i - 1, 0)], g[min(i + 1, points - 1)]
-    res = minimize_scalar(lambda x: -spectral_radius(kp, ki, a, x, *cfg), bounds=(lo, hi), method="bounded",
+    res = minimize_scalar(lambda x: -spectral_radius_first_order(kp, ki, a, x, *cfg), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-12 * (1 + abs(g[i]))})
     if -res.fun > r[i]:
         return float(-res.fun), float(res.x)

@@ -33,14 +33,13 @@ from functools import lru_cache
 import sympy as sp
 from sympy.polys.matrices import DomainMatrix
 
-from klcontrol.analysis.stability.config import CONTROLLERS, check_config
+from klcontrol.analysis.stability.config import check_config
 from klcontrol.backend import SYMPY
 from klcontrol.loop import LoopState, loop_step
 from klcontrol.plant import FirstOrderPlant, LinearGain, Plant
 from klcontrol.registry import linear_controller
 
 __all__ = [
-    "CONTROLLERS",
     "SYMBOLS",
     "LoopMap",
     "loop_map",

@@ -131,7 +131,7 @@ def noise_gain(kp, ki, a, gprime, window: int = 1, delay: int = 0, controller: s
     return float(np.sqrt(np.sum(lfilter(num, den, imp) ** 2)))
 
 
-def _linear_overshoot(kp, ki, a, gprime, window, delay, controller="incremental", horizon=None):
+def _linear_overshoot(kp, ki, a, gprime, window, delay, controller="incremental"):
     from scipy.signal import lfilter
 
     num, den = _loop_polynomials(kp, ki, a, gprime, window, delay, controller)["setpoint_to_kl"]

@@ -60,8 +60,12 @@ def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_uniden
     problems, plant = [], None
     if fit is not None:
         from klcontrol.analysis.identification.first_order import PlantFit
+        from klcontrol.analysis.identification.fits import load_fit
 
-        plant = PlantFit.load(fit)
+        plant = load_fit(fit)
+        if not isinstance(plant, PlantFit):
+            raise ValueError(f"{fit}: not a first-order fit ({type(plant).__name__}): tuning needs the g′ band and "
+                             "the interval of a that `klcontrol fit --out` records")
         lo, hi = beta_range or plant.beta_range
         if not hi >= lo:
             raise ValueError(f"--beta-range needs LO ≤ HI, got {lo}, {hi}")

@@ -6,7 +6,6 @@ from klcontrol.lazy import facade
 __getattr__, __dir__, __all__ = facade(__name__, {
     "stability_verdict": ".fits",
     "format_stability": ".fits",
-    "read_fit_file": ".fits",
     "check_first_order": ".fits",
     "check_fit_file": ".fits",
     "format_verdict": ".fits",

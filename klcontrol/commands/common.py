@@ -5,24 +5,18 @@ import argparse
 import math
 import sys
 
-import numpy as np
-
 from ..papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, PAPER_PLANTS
 from ..plant import ExpGain, FirstOrderPlant
-from ..registry import CONTROLLER_KINDS, LINEAR_KINDS, make_controller
+from ..registry import CONTROLLER_KINDS, make_controller
 from ..setpoints import Constant, LinearRamp, StepRamp
 
-#: Controller kinds the CLI offers (:data:`klcontrol.registry.CONTROLLER_KINDS`).
-CONTROLLERS = tuple(CONTROLLER_KINDS)
-#: Kinds the stability commands accept (:data:`klcontrol.registry.LINEAR_KINDS`).
-LINEAR_CONTROLLERS = LINEAR_KINDS
 _MNIST = PAPER_PLANTS["mnist"]
 
 
 def add_controller_args(p: argparse.ArgumentParser) -> None:
     """Add ``--controller --kp --ki --beta0 --beta-min --beta-max --gamma --beta --window``."""
     g = p.add_argument_group("controller")
-    g.add_argument("--controller", choices=CONTROLLERS, default="incremental",
+    g.add_argument("--controller", choices=tuple(CONTROLLER_KINDS), default="incremental",
                    help="β controller: " + "; ".join(f"{k.name}: {k.help}" for k in CONTROLLER_KINDS.values()))
     g.add_argument("--kp", type=float, default=DYNAMICVAE_GAINS[0], help=f"proportional gain (default {DYNAMICVAE_GAINS[0]})")
     g.add_argument("--ki", type=float, default=DYNAMICVAE_GAINS[1], help=f"integral gain (default {DYNAMICVAE_GAINS[1]})")
@@ -79,11 +73,6 @@ def controller_from_args(args, setpoint, kp=None, ki=None):
     return make_controller(args.controller, setpoint, args.kp if kp is None else kp, args.ki if ki is None else ki,
                            window=args.window, beta0=args.beta0, beta_min=args.beta_min, beta_max=args.beta_max,
                            gamma=args.gamma, beta=args.beta)
-
-
-def as_array(v):
-    """Float array from a float or list."""
-    return np.asarray(v, dtype=float)
 
 
 def add_progress_arg(p: argparse.ArgumentParser) -> None:

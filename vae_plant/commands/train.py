@@ -5,10 +5,11 @@ import argparse
 import sys
 
 from klcontrol.commands.common import add_progress_arg, show_progress
-from klcontrol.vae_plant.training.presets import CONTROLLERS, SCHEDULES  # no torch import: --help stays fast
+from klcontrol.registry import PRESETS
+from klcontrol.vae_plant.training.presets import SCHEDULES  # no torch import: --help stays fast
 
-PRESETS = tuple(SCHEDULES)
-CONTROLLER_NAMES = tuple(CONTROLLERS)
+SCHEDULE_NAMES = tuple(SCHEDULES)
+CONTROLLER_NAMES = tuple(PRESETS)
 
 
 def register(sub) -> None:
@@ -23,7 +24,7 @@ def register(sub) -> None:
         "The directory is locked while a trainer uses it; checkpoints are verified (SHA-256) on resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--preset", default=None, help=f"schedule: one of {', '.join(PRESETS)} (default tiny)")
+    p.add_argument("--preset", default=None, help=f"schedule: one of {', '.join(SCHEDULE_NAMES)} (default tiny)")
     p.add_argument("--controller", default=None,
                    help=f"β controller: one of {', '.join(CONTROLLER_NAMES)} (default dynamicvae)")
     p.add_argument("--steps", type=int, default=None, help="number of updates (default: the preset's)")
@@ -60,8 +61,8 @@ def run(args) -> int:
     """Execute ``klcontrol train``."""
     from klcontrol.cli import print_json
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.preset is not None and args.preset not in SCHEDULE_NAMES:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
     if args.controller is not None and args.controller not in CONTROLLER_NAMES:
         raise ValueError(f"unknown controller {args.controller!r}; choose one of {', '.join(CONTROLLER_NAMES)}")
     if args.resume is None and args.out is None:

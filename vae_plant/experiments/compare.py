@@ -1,6 +1,6 @@
 """Train several controllers over several seeds on dSprites and tabulate what they achieve.
 
-A *method* is a controller preset (:data:`klcontrol.vae_plant.training.presets.CONTROLLERS`) with optional parameter
+A *method* is a controller preset (:data:`klcontrol.registry.PRESETS`) with optional parameter
 overrides, written ``name[:key=value,...]``, e.g. ``dynamicvae:kp=2.77,ki=8.6e-4,label=tuned``.
 A *budget* fixes batch size, number of updates, seeds and evaluation sizes:
 
@@ -38,6 +38,7 @@ import numpy as np
 from klcontrol.controllers import ScheduledBeta
 from klcontrol.filters import moving_mean
 from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
+from klcontrol.registry import PRESETS, make_preset
 
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
            "compare", "CompareResult", "aggregate", "run_ray", "ray_resources", "EXECUTORS", "markdown_tables", "paper_table_markdown",
@@ -63,22 +64,8 @@ PAPER_TABLES = {
 DEFAULT_METHODS = ("fixed", "capacity", "controlvae", "dynamicvae", "dynamicvae-p", "dynamicvae-step",
                    "dynamicvae-t")
 
-#: Table names of the presets (the paper's, with this toolkit's settings).
-DISPLAY = {
-    "fixed": "β-VAE_H (β=4)",
-    "capacity": "β-VAE_B (γ=1000)",
-    "controlvae": "ControlVAE (KL=18)",
-    "controlvae-official": "ControlVAE, official loop",
-    "dynamicvae": "DynamicVAE (KL=20)",
-    "dynamicvae-official": "DynamicVAE, official loop",
-    "dynamicvae-p": "DynamicVAE-P",
-    "dynamicvae-step": "DynamicVAE-step",
-    "dynamicvae-t": "DynamicVAE-t",
-    "geco": "GECO (recon ≤ 100)",
-    "pid-lagrangian": "PID Lagrangian (KL=20)",
-    "cyclical": "cyclical β (M=4, R=0.5)",
-    "adaptive": "adaptive PI (KL=20)",
-}
+#: Table names of the presets (the paper's, with this toolkit's settings), from :attr:`klcontrol.registry.Preset.display`.
+DISPLAY = {name: p.display for name, p in PRESETS.items()}
 
 
 @dataclass(frozen=True)
@@ -127,7 +114,7 @@ class Method:
     Attributes
     ----------
     preset : str
-        Name in :data:`klcontrol.vae_plant.training.presets.CONTROLLERS`.
+        Name in :data:`klcontrol.registry.PRESETS`.
     overrides : dict
         Parameter → value passed to :meth:`klcontrol.controllers.Controller.replace`.
     label : str
@@ -148,11 +135,9 @@ class Method:
             Unknown preset, malformed pair, non-numeric value or a parameter the
             preset's controller does not have.
         """
-        from klcontrol.vae_plant.training.presets import CONTROLLERS, make_controller
-
         name, _, rest = str(spec).partition(":")
-        if name not in CONTROLLERS:
-            raise ValueError(f"unknown method {name!r} in {spec!r}; choose one of {', '.join(CONTROLLERS)}")
+        if name not in PRESETS:
+            raise ValueError(f"unknown method {name!r} in {spec!r}; choose one of {', '.join(PRESETS)}")
         overrides, label = {}, ""
         for item in filter(None, (s.strip() for s in rest.split(","))):
             key, eq, value = item.partition("=")
@@ -168,7 +153,7 @@ class Method:
         m = cls(name, overrides, label or spec)
         if any(c in m.label for c in "/\\") or m.label in (".", ".."):
             raise ValueError(f"label {m.label!r} cannot name a directory")
-        make_controller(name).replace(**overrides)  # names a parameter the controller lacks
+        make_preset(name).replace(**overrides)  # names a parameter the controller lacks
         return m
 
     @property
@@ -180,9 +165,7 @@ class Method:
 
     def controller(self, compress: float = 1.0):
         """A fresh controller: the preset, its overrides, its set point compressed by ``compress``."""
-        from klcontrol.vae_plant.training.presets import make_controller
-
-        ctrl = make_controller(self.preset).replace(**self.overrides)
+        ctrl = make_preset(self.preset).replace(**self.overrides)
         if compress != 1.0 and ctrl.setpoint is not None:
             ctrl = ctrl.replace(setpoint=ctrl.setpoint.compressed(compress))
         if compress != 1.0 and isinstance(ctrl, ScheduledBeta):  # an open-loop β schedule (cyclical) runs faster too

@@ -279,7 +279,7 @@ def _check_identified(traces_dir, real) -> dict:
 
 
 def _fit_range(path):
-    from klcontrol.analysis.identification.first_order import load_fit
+    from klcontrol.analysis.identification.fits import load_fit
 
     r = getattr(load_fit(path), "beta_range", None)
     return tuple(r) if r is not None else REAL_BETA_RANGE

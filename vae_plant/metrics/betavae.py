@@ -25,7 +25,7 @@ from scipy.special import log_softmax
 
 from klcontrol.vae_plant.metrics.inputs import check_codes
 
-__all__ = ["beta_vae_score", "pair_features", "fit_softmax", "fit_logistic_sklearn", "predict_softmax", "RECIPES"]
+__all__ = ["beta_vae_score", "fit_softmax", "fit_logistic_sklearn", "predict_softmax", "RECIPES"]
 
 #: Classifier recipes of :func:`beta_vae_score`.
 RECIPES = ("standardised", "disentanglement_lib")
@@ -55,30 +55,6 @@ def _pair_indices(sizes, labels, batch_size: int, rng):
     keep = np.arange(sizes.size)[None, None, :] == labels[:, None, None]
     f2 = np.where(keep, f1, f2)
     return f1 @ strides, f2 @ strides
-
-
-def pair_features(codes, factor_sizes, labels, batch_size: int, rng) -> np.ndarray:
-    """Mean |z₁ − z₂| over ``batch_size`` pairs sharing factor ``labels[i]``, for each i.
-
-    Parameters
-    ----------
-    codes : array_like, shape (prod(factor_sizes), d)
-        Encoder means of the full grid, row i = dataset index i.
-    factor_sizes : sequence of int
-        Grid shape.
-    labels : array_like of int, shape (M,)
-        Index of the factor kept fixed in each sample.
-    batch_size : int
-        Pairs per sample (L in Higgins et al.).
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    numpy.ndarray, shape (M, d)
-    """
-    z, sizes = _check_grid(codes, factor_sizes)
-    i1, i2 = _pair_indices(sizes, np.asarray(labels, dtype=np.int64), batch_size, rng)
-    return np.abs(z[i1] - z[i2]).mean(axis=1)
 
 
 def _lazy_codes(encode, indices):

@@ -145,7 +145,13 @@ def trace_rows(path, header) -> int:
 
 
 def read_trace_csv(path) -> dict:
-    """Read a trainer ``trace.csv`` into arrays.
+    """Read a trainer ``trace.csv`` into arrays: the run's full record, every column this module writes.
+
+    The trainer's own reader, behind :attr:`~klcontrol.vae_plant.training.trainer.RunResult.trace` and the
+    figures of ``klcontrol compare``, which need the columns a log of β and KL lacks (``recon``, the per-latent
+    KL) and the trainer's invariants (steps 0, 1, 2, … without a gap, rows as wide as the header).  Code that
+    needs β, the KL and the set point only reads the same file with
+    :func:`klcontrol.analysis.identification.traces.read_trace`, the reader of every training log.
 
     Returns
     -------

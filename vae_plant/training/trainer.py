@@ -79,10 +79,11 @@ import numpy as np
 import torch
 
 from klcontrol.controllers import MEASURES, Controller
+from klcontrol.registry import PRESETS, make_preset
 from klcontrol.vae_plant.data.dsprites import DSprites
 from klcontrol.vae_plant.training import checkpoint as ckpt
 from klcontrol.vae_plant.training.model import BetaVAE, vae_losses
-from klcontrol.vae_plant.training.presets import CONTROLLERS, first_update, make_controller, schedule
+from klcontrol.vae_plant.training.presets import first_update, schedule
 from klcontrol.vae_plant.training.run_lock import RunLock
 from klcontrol.vae_plant.training.trace_log import TraceLog, columns, read_trace_csv, trace_rows
 
@@ -277,7 +278,7 @@ class Trainer:
             ctrl = ctrl_obj.copy()
             prime = True
         else:
-            ctrl = make_controller(s["controller"])
+            ctrl = make_preset(s["controller"])
             prime = first_update(s["controller"])
         if self._prime_arg is not None:
             prime = "step" if self._prime_arg == "step" else bool(self._prime_arg)
@@ -308,7 +309,7 @@ class Trainer:
             s["init_from"] = dict(checkpoint=os.path.abspath(path), step=int(state["step"]),
                                   lr=(state.get("config") or {}).get("lr"))
         if ctrl_obj is None:
-            make_controller(s["controller"])  # raises the "unknown controller" error first
+            make_preset(s["controller"])  # raises the "unknown controller" error first
         ctrl, prime = self._controller(s, ctrl_obj)
         s["prime"] = prime
         out = self.out
@@ -408,7 +409,7 @@ class Trainer:
         if diffs:
             raise ValueError(f"cannot resume {out} with different settings: {'; '.join(diffs)}"
                              + (" (the thread count changes the trace bytes)" if any(d.startswith("threads=") for d in diffs) else ""))
-        if stored["controller"] not in CONTROLLERS and ctrl_obj is None:
+        if stored["controller"] not in PRESETS and ctrl_obj is None:
             raise ValueError(f"cannot resume {out}: it used a custom controller {stored['controller']}; pass the same controller object")
         s = dict(stored)
         for k in _MAY_CHANGE:
@@ -755,7 +756,7 @@ def train(out, preset=None, controller=None, steps=None, seed=None, batch_size=N
         Schedule: batch size, default steps, checkpoint and flush intervals
         (default ``"tiny"``).
     controller : str or klcontrol Controller
-        A preset name (:data:`klcontrol.vae_plant.training.presets.CONTROLLERS`, default
+        A preset name (:data:`klcontrol.registry.PRESETS`, default
         ``"dynamicvae"``) or any single-loop controller object (it is copied).
     steps : int, optional
         Number of updates (default: the preset's).
