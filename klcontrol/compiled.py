@@ -32,16 +32,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
-import os
 import re
 import sys
+import types
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir
+from .cache import cache_dir, private_dir, untrusted_reason, write_private
 
 __all__ = ["available", "NotCompilable", "Kernel", "structure_key", "kernel_for", "is_cached", "run_kernel"]
 
@@ -154,7 +154,8 @@ def is_cached(key: tuple, plant, controller) -> bool:
     if key in _KERNELS:
         return True
     path = _path(key, plant, controller)
-    return path.exists() and any(path.parent.joinpath("__pycache__").glob(f"{path.stem}.*.nbi"))
+    return (path.exists() and untrusted_reason(path) is None
+            and any(path.parent.joinpath("__pycache__").glob(f"{path.stem}.*.nbi")))
 
 
 # -- tracing and printing ------------------------------------------------------------------------------------
@@ -384,16 +385,26 @@ def kernel_for(plant, controller, delay: int = 0, noisy: bool = False, shared_se
     if k is not None:
         return k
     path = _path(key, plant, controller)
+    # Runs nothing from a cache others could write (klcontrol.cache): the kernel file, numba's index and
+    # machine code beside it are trusted only in a private folder; otherwise the kernel is compiled in memory.
+    trusted = private_dir("kernels") is not None and untrusted_reason(path) is None and \
+        untrusted_reason(path.parent / "__pycache__") is None
+    if not trusted:
+        k = _memory_kernel(key, plant, controller, delay, noisy, shared_setpoint)
+        _KERNELS[key] = k
+        return k
     # The name hashes the structure and the source of everything the trace runs, so an existing file is
     # this trace's output: load it without tracing again (sympy costs more than the numba cache load).
     # Written once and never rewritten: numba's disk cache is keyed by the file's modification time.
     if not path.exists():
         src = _trace(key, plant, controller, delay, noisy, shared_setpoint)
         src = f"# sha256 {hashlib.sha256(src.encode()).hexdigest()}\n{src}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(src)
-        os.replace(tmp, path)  # atomic: a concurrent process never imports half a file
+        try:
+            write_private(path, src)  # atomic: a concurrent process never imports half a file
+        except OSError:  # a cache that cannot be written: compile in memory
+            k = _memory_kernel(key, plant, controller, delay, noisy, shared_setpoint)
+            _KERNELS[key] = k
+            return k
     # The first line holds the hash of the rest: a file changed since it was written is never executed.
     head, _, body = path.read_text().partition("\n")
     if head != f"# sha256 {hashlib.sha256(body.encode()).hexdigest()}":
@@ -411,6 +422,21 @@ def kernel_for(plant, controller, delay: int = 0, noisy: bool = False, shared_se
                             "delete it to rebuild") from None
     _KERNELS[key] = k
     return k
+
+
+def _memory_kernel(key, plant, controller, delay, noisy, shared_setpoint) -> Kernel:
+    """Trace and compile without the disk cache (numba's ``cache=False``): nothing is read from or written to disk."""
+    src = _trace(key, plant, controller, delay, noisy, shared_setpoint).replace("cache=True", "cache=False")
+    name = f"klcontrol_kernel_mem_{abs(hash(key)):x}"
+    mod = types.ModuleType(name)
+    mod.__file__ = f"<{name}>"
+    sys.modules[name] = mod
+    try:
+        exec(compile(src, f"<{name}>", "exec"), mod.__dict__)
+        return Kernel(mod.kernel, tuple(mod.STATE_ROWS), tuple(mod.PARAM_ROWS), int(mod.N_WORK), None)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise NotCompilable(f"the loop's kernel did not compile ({type(e).__name__}: {e})") from None
 
 
 def run_kernel(kernel: Kernel, t0: int, t1: int, S, N, P, C, Z, sd, rel, W, RB, RY, RK, LAST):

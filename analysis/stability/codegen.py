@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
 import types
 from functools import lru_cache
 from pathlib import Path
 
 from klcontrol.analysis.stability.config import check_config
-from klcontrol.cache import cache_dir
+from klcontrol.cache import private_dir, untrusted_reason, write_private
 from klcontrol.registry import LINEAR_KINDS
 
 __all__ = [
@@ -193,9 +192,6 @@ def _load(path: Path, name: str):
     return mod
 
 
-def _cache_dir() -> Path:
-    return cache_dir("stability")
-
 
 @lru_cache(maxsize=None)
 def _shipped():
@@ -237,23 +233,24 @@ def _functions(window: int, delay: int, progress=None):
     mod = _shipped()
     if mod is not None and key in mod.TABLE:
         return mod.TABLE[key]
-    path = _cache_dir() / f"{_name(*key)}_{source_hash()}.py"
-    if path.exists():
+    d = private_dir("stability")  # None: a shared or unusable cache (warned about); the code stays in memory
+    path = None if d is None else d / f"{_name(*key)}_{source_hash()}.py"
+    if path is not None and path.exists() and untrusted_reason(path) is None:
         try:
             return _load(path, f"_klcontrol_stability_{path.stem}").TABLE[key]
         except Exception:  # a truncated or foreign file: regenerate below
             pass
     src = module_source([key], progress)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(src)
-        os.replace(tmp, path)  # atomic: concurrent processes never read half a file
-        return _load(path, f"_klcontrol_stability_{path.stem}").TABLE[key]
-    except OSError:
-        mod = types.ModuleType("_klcontrol_stability_mem")
-        exec(compile(src, "<stability generated>", "exec"), mod.__dict__)
-        return mod.TABLE[key]
+    if path is not None and untrusted_reason(path) is None:
+        try:
+            write_private(path, src)  # atomic: concurrent processes never read half a file
+            return _load(path, f"_klcontrol_stability_{path.stem}").TABLE[key]
+        except OSError:
+            pass
+    # Our own derivation's source, never read back from disk.
+    mod = types.ModuleType("_klcontrol_stability_mem")
+    exec(compile(src, "<stability generated>", "exec"), mod.__dict__)
+    return mod.TABLE[key]
 
 
 coefficient_functions.cache_clear = _functions.cache_clear  # tests reset the in-process cache
