@@ -91,3 +91,50 @@ def test_two_new_trainers_started_together_give_one_clean_run(tmp_path):
     assert main(["train", "--out", str(ref), "--steps", "30", "--batch-size", "2", "--no-progress",
                  "--seed", str(seed)]) == 0
     assert (out / "trace.csv").read_bytes() == (ref / "trace.csv").read_bytes()  # one run, not a mix
+
+
+def test_remove_run_deletes_only_what_klcontrol_made(tmp_path):
+    import json
+
+    import pytest
+
+    from klcontrol.vae_plant.training.run_lock import RunLock, is_klcontrol_run, remove_run
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"settings": {}, "provenance": {}}))
+    (mine / "trace.csv").write_text("step,beta,kl\n")
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "excitation.json").write_text("{}")
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("my own work")
+    assert is_klcontrol_run(mine) and is_klcontrol_run(early) and not is_klcontrol_run(users)
+    with pytest.raises(ValueError, match="never deletes what it did not make"):
+        remove_run(users)
+    assert (users / "notes.txt").read_text() == "my own work"
+    lock = RunLock(str(mine))  # a live trainer holds it: refused, kept
+    try:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            err = pool.apply(_remove_in_child, (str(mine),))
+        assert "in use by another trainer" in err and (mine / "trace.csv").exists()
+    finally:
+        lock.release()
+    remove_run(mine)
+    remove_run(early)
+    remove_run(tmp_path / "absent")
+    assert not mine.exists() and not early.exists()
+
+
+def _remove_in_child(path):
+    from klcontrol.vae_plant.training.run_lock import remove_run
+
+    try:
+        remove_run(path)
+    except ValueError as exc:
+        return str(exc)
+    return ""

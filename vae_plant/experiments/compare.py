@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -282,7 +281,9 @@ def _run_job(job: dict) -> dict:
             resume = True
         except ValueError:
             # Interrupted before its first checkpoint: nothing to continue from.
-            shutil.rmtree(run_dir, ignore_errors=True)
+            from klcontrol.vae_plant.training.run_lock import remove_run
+
+            remove_run(run_dir)  # klcontrol's own unfinished run only; a user's folder is refused
             resume = False
         res = train(run_dir, preset=job["budget"], controller=ctrl,
                     steps=job["steps"], seed=job["seed"], batch_size=job["batch_size"], device=job["device"],

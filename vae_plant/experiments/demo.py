@@ -286,14 +286,12 @@ def _fit_range(path):
 
 
 def _train(out: Path, steps, seed, device, progress) -> dict:
-    import shutil
-
     from klcontrol.papers import DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW
+    from klcontrol.vae_plant.training.run_lock import remove_run
     from klcontrol.vae_plant.training.trainer import train
 
     run_dir = out / "vae_run"
-    if run_dir.is_dir():  # the demo's own previous run: start afresh
-        shutil.rmtree(run_dir)
+    remove_run(run_dir)  # the demo's own previous run: start afresh (a folder klcontrol did not make is refused)
     ctrl = demo_controller(steps)
     res = train(run_dir, preset="demo", controller=ctrl, steps=steps, seed=seed, device=device, progress=progress,
                 command=f"klcontrol demo (steps={steps})")

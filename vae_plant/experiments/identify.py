@@ -50,6 +50,7 @@ from klcontrol.analysis.identification.experiment import (
     static_points,
 )
 from klcontrol.controllers import FixedBeta, IncrementalPI, ScheduledBeta
+from klcontrol.vae_plant.training.run_lock import remove_run
 
 __all__ = [
     "settle",
@@ -101,7 +102,7 @@ def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, d
     """
     if _done(out):
         return os.fspath(out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
     _train(out, FixedBeta(float(beta_star)), steps, seed, batch_size, device, command=command, plant=plant)
     return os.fspath(out)
 
@@ -140,7 +141,7 @@ def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, wind
 def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant=None):
     if _done(out):
         return os.fspath(out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
     os.makedirs(out)
     with open(os.path.join(out, "excitation.json"), "w") as fh:  # first, so a stopped run keeps its design
         json.dump(design, fh, indent=2)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+
+from klcontrol.vae_plant.training.run_lock import remove_run
 
 __all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets", "verify_stability"]
 
@@ -36,7 +37,7 @@ def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=
 
     if _done(out):
         return os.fspath(out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
     ctrl = IncrementalPI(kp, ki, Constant(setpoint), beta0=kick * beta_star, filter=window)
     _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command, plant=plant)
     with open(os.path.join(out, "gain.json"), "w") as fh:

@@ -16,7 +16,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows is not a target, but the module must import there
     fcntl = None
 
-__all__ = ["RunLock", "LOCK_NAME"]
+__all__ = ["RunLock", "LOCK_NAME", "is_klcontrol_run", "remove_run"]
 
 LOCK_NAME = ".lock"
 
@@ -100,3 +100,48 @@ class RunLock:
     def __del__(self):
         if getattr(self, "_fh", None) is not None:
             self.release()
+
+
+#: Files klcontrol writes into a run directory before its config.json (a run stopped that early is still its own).
+_EARLY_FILES = {LOCK_NAME, "excitation.json", "gain.json"}
+
+
+def is_klcontrol_run(run_dir) -> bool:
+    """Whether ``run_dir`` is a run klcontrol made: its ``config.json`` has klcontrol's ``settings`` and
+    ``provenance``, or it holds nothing but the files klcontrol writes before that."""
+    import json
+
+    run_dir = os.fspath(run_dir)
+    cfg = os.path.join(run_dir, "config.json")
+    if os.path.isfile(cfg):
+        try:
+            with open(cfg, encoding="utf-8") as fh:
+                c = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        return isinstance(c, dict) and isinstance(c.get("settings"), dict) and isinstance(c.get("provenance"), dict)
+    try:
+        return set(os.listdir(run_dir)) <= _EARLY_FILES
+    except OSError:
+        return False
+
+
+def remove_run(run_dir) -> None:
+    """Delete a run directory klcontrol made, under its lock; refuse anything else.
+
+    Raises
+    ------
+    ValueError
+        If ``run_dir`` is not klcontrol's (:func:`is_klcontrol_run`: the message names it and what to do), or
+        another live process holds its lock.
+    """
+    import shutil
+
+    run_dir = os.fspath(run_dir)
+    if not os.path.lexists(run_dir):
+        return
+    if os.path.islink(run_dir) or not os.path.isdir(run_dir) or not is_klcontrol_run(run_dir):
+        raise ValueError(f"{run_dir} exists and is not a run klcontrol made (no config.json of klcontrol's in it): "
+                         "klcontrol never deletes what it did not make; move it away or choose another --out")
+    with RunLock(run_dir):  # a live trainer in it refuses this
+        shutil.rmtree(run_dir)
