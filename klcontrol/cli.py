@@ -16,13 +16,14 @@ import csv
 import importlib
 import json
 import pickle
+import re
 import sys
 import warnings
 import zlib
 
 from .fileio import jsonable
 
-__all__ = ["main", "build_parser", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS",
+__all__ = ["main", "build_parser", "Parser", "HelpFormatter", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS",
            "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNSTABLE", "EXIT_UNIDENTIFIED", "EXIT_CODES",
            "exit_codes_epilog"]
 
@@ -91,9 +92,48 @@ def print_json(obj) -> None:
     print(json.dumps(jsonable(obj), indent=2))
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """One help style for every command: paragraphs wrapped, indented lines (examples) kept, each default shown
+    once (never "(default: None)", never after a help text that already states it)."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        out, para = [], []
+
+        def flush():
+            if para:
+                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent, subsequent_indent=indent))
+                para.clear()
+
+        for line in text.splitlines():
+            if line.startswith("  ") or not line.strip():
+                flush()
+                out.append(indent + line if line.strip() else "")
+            else:
+                para.append(line.strip())
+        flush()
+        return "\n".join(out)
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if ("default" in h.lower() or action.required or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS) or isinstance(action.default, list) and not action.default):
+            return h
+        return f"{h} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with klcontrol's help style, and negative numbers in e-notation read as values (``--gprime -3e-1``)."""
+
+    def __init__(self, *args, formatter_class=None, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.I)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available command registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="klcontrol",
         description="Control of the KL divergence of β-VAEs: simulate, analyse, fit, tune and train.",
         epilog=exit_codes_epilog(),
@@ -107,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
             _unavailable(module, exc)
             continue
         mod.register(sub)
+    for name, p in sub.choices.items():  # every command's --help states what its exit status means
+        if "exit status" not in (p.epilog or ""):
+            p.epilog = exit_codes_epilog(EXIT_OK, EXIT_ERROR, EXIT_USAGE) + (f"\n\n{p.epilog}" if p.epilog else "")
     return parser
 
 

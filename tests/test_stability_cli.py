@@ -50,7 +50,27 @@ def test_version_and_exit_codes_in_help(capsys):
 
 def test_bad_input_is_an_error_line(capsys):
     assert main(["stability", "--kp", "0.1", "--ki", "0.1", "--a", "-1", "--gprime", "-1"]) == 1
-    assert "a must be > 0" in capsys.readouterr().err
+    assert "--a must be a positive, finite rate" in capsys.readouterr().err
+    # the paper's G typed as g′: refused with the fix; negative numbers in e-notation are values
+    assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "3.2"]) == 1
+    assert "pass --gprime -3.2" in capsys.readouterr().err
+    assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2e0"]) == 0
+    assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-32e-1"]) == 0
+    capsys.readouterr()
+    # 1/a typed: questioned, not refused
+    main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "2500", "--gprime", "-3.2"])
+    assert "did you mean --a 0.0004" in capsys.readouterr().err
+
+
+def test_every_command_states_its_exit_status_and_no_none_default():
+    from klcontrol.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "exit status:" in text, name
+        assert "(default: None)" not in text, name
 
 
 def test_progress_only_on_a_terminal_and_not_with_no_progress(tmp_path, monkeypatch, capsys):

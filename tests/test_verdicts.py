@@ -50,7 +50,7 @@ def test_stability_verdict_and_its_text():
     bad = stability_verdict(1e4, 5e3, 0.0004, -3.2)
     assert not bad["stable"] and bad["spectral_radius"] > 1
     assert format_stability(bad).startswith("UNSTABLE for g′ = -3.2")
-    with pytest.raises(ValueError, match="--a must be > 0"):
+    with pytest.raises(ValueError, match="--a must be a positive"):
         stability_verdict(0.01, 0.005, 0.0, -3.2)
 
 

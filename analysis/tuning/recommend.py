@@ -76,9 +76,13 @@ def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_uniden
     elif a is None or gprime is None:
         raise ValueError("give --fit fit.json, or --a and --gprime")
     else:
-        g = tuple(gprime) if np.ndim(gprime) else float(gprime)
-        if np.ndim(gprime) and len(g) != 2:
+        from klcontrol.analysis.verdicts.fits import check_plant_numbers
+
+        g = tuple(float(v) for v in np.ravel(gprime))
+        if len(g) not in (1, 2):
             raise ValueError("--gprime takes one value or two (g′min g′max)")
+        check_plant_numbers(float(a), g[0], g[1] if len(g) == 2 else None)
+        g = g[0] if len(g) == 1 else g
     ref = {"paper": tuple(compare)} if compare is not None else None
     if (schedule_steps is not None or plot) and plant is None:
         raise ValueError(f"{'--plot' if plot else '--schedule-steps'} simulates the fitted plant: give --fit fit.json")

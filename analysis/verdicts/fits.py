@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = ["stability_verdict", "format_stability", "check_first_order", "check_fit_file",
            "format_verdict", "design_problems", "Unidentified", "critical_gains", "format_critical",
-           "measured_critical_gains", "format_measured"]
+           "measured_critical_gains", "format_measured",
+           "check_plant_numbers"]
 
 
 class Unidentified(ValueError):
@@ -322,6 +323,25 @@ def format_verdict(out: dict) -> str:
     return "\n".join(lines)
 
 
+def check_plant_numbers(a, gprime, gprime_max=None) -> None:
+    """Refuse the plausible mistakes in a first-order plant's numbers, naming the flag and the fix.
+
+    ``a`` must be a positive rate (a value above 1 is warned about: the time constant ``1/a`` was probably typed);
+    ``g′`` must be negative (the KL falls as β rises; the DynamicVAE paper's ``G`` is ``−g′``).
+    """
+    import warnings
+
+    if not (math.isfinite(a) and a > 0):
+        raise ValueError(f"--a must be a positive, finite rate, got {a}")
+    if a > 1:
+        warnings.warn(f"--a {a:g} is a rate above 1 (a time constant 1/a under one update); the papers' rates are "
+                      f"1/2500 and 1/5000: did you mean --a {1 / a:.3g}?", UserWarning, stacklevel=3)
+    for flag, g in (("--gprime", gprime), ("--gprime-max", gprime_max)):
+        if g is not None and not g < 0:
+            raise ValueError(f"{flag} {g:g}: g′ < 0 (the KL falls as β rises); the paper's G is −g′: pass "
+                             f"{flag} {-abs(g):g}" + ("" if g else " or a nonzero slope"))
+
+
 def stability_verdict(kp, ki, a, gprime, gprime_max=None, window=1, delay=0, controller="incremental",
                       progress=None) -> dict:
     """Verdict, spectral radius and margins of the linearised first-order loop (``klcontrol stability``).
@@ -353,8 +373,7 @@ def stability_verdict(kp, ki, a, gprime, gprime_max=None, window=1, delay=0, con
     for name, v in (("kp", kp), ("ki", ki), ("a", a), ("gprime", gprime)):
         if not math.isfinite(v):
             raise ValueError(f"--{name} must be finite")
-    if a <= 0:
-        raise ValueError(f"--a must be > 0, got {a}")
+    check_plant_numbers(a, gprime, gprime_max)
     cfg = dict(window=window, delay=delay, controller=controller)
     # Derive (or load) the generated code first, so a long derivation reports its stages.
     coefficient_functions(controller, window, delay, progress=progress)
