@@ -99,7 +99,7 @@ def test_identify_with_its_default_prior_from_the_wheel(wheel, tmp_path):
     env = dict(env, OMP_NUM_THREADS="1", KLCONTROL_CACHE=str(tmp_path / "cache"))
     r = subprocess.run([sys.executable, "-m", "klcontrol", "identify", "--out", "runs", "--betas", "4", "--main", "4",
                         "--settle-steps", "100", "--fit-steps", "60", "--val-steps", "40", "--closed-steps", "40",
-                        "--lead", "20", "--hold-min", "3", "--hold-max", "20", "--batch-size", "2", "--jobs", "1"],
+                        "--lead", "20", "--hold-min", "3", "--hold-max", "20", "--batch-size", "2", "--jobs", "1", "--relay-steps", "100"],
                        cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "settled KL" in r.stdout

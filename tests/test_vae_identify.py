@@ -62,8 +62,8 @@ def test_plan_names_seeds_and_roles():
     assert [s["name"] for s in settles] == ["settle_b2", "settle_b4", "settle_b8"]
     assert [(e["name"], e["role"]) for e in excites] == [
         ("ol_b4_s1", "fit"), ("ol_b4_s2", "held_out"), ("cl_b4_s3", "held_out"), ("ol_b4_s4", "held_out"),
-        ("ol_b2_s5", "held_out"), ("ol_b8_s6", "held_out")]
-    assert len(idf.plan()[1]) == 4
+        ("relay_b4_s50", "relay"), ("ol_b2_s5", "held_out"), ("ol_b8_s6", "held_out")]
+    assert len(idf.plan()[1]) == 5 and len(idf.plan(relay_steps=0)[1]) == 4
     with pytest.raises(ValueError, match="main"):
         idf.plan(betas=(2,), main=4)
     with pytest.raises(ValueError, match="lead-in"):
@@ -73,7 +73,7 @@ def test_plan_names_seeds_and_roles():
 def test_experiment_end_to_end_tiny(tmp_path):
     """Settle, excite (open and closed loop) with tiny runs; export with provenance; runs are reused."""
     root, exp = str(tmp_path / "runs"), str(tmp_path / "export")
-    kw = dict(betas=(4.0,), main=4.0, settle_steps=100, fit_steps=60, val_steps=40, closed_steps=40, lead=20,
+    kw = dict(betas=(4.0,), main=4.0, settle_steps=100, fit_steps=60, val_steps=40, closed_steps=40, lead=20, relay_steps=100,
               hold_min=3, hold_max=20)
     with pytest.raises(ValueError, match="two settled levels"):  # another plant: no slope from one level, no prior
         idf.run_experiment(root, jobs=1, batch_size=2, progress=lambda s: None, plant=f"{os.path.dirname(__file__)}/tiny_plant.py:make", **kw)

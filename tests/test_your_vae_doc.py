@@ -12,7 +12,8 @@ TEXT = DOC.read_text()
 PY = dict(re.findall(r"```python file=(\S+)\n(.*?)```", TEXT, re.S))
 BASH = re.findall(r"```bash\n(.*?)```", TEXT, re.S)
 #: What the test cuts to tiny sizes (the doc shows the real ones).
-TINY_FLAGS = "--settle-steps 240 --fit-steps 200 --val-steps 150 --closed-steps 120 --lead 20 --hold-min 3 --hold-max 30"
+TINY_FLAGS = ("--settle-steps 240 --fit-steps 200 --val-steps 150 --closed-steps 120 --lead 20 --hold-min 3 --hold-max 30 "
+              "--relay-steps 200")
 TINY_KW = dict(settle_steps=240, fit_steps=200, val_steps=150, closed_steps=120, lead=20, hold_min=3, hold_max=30)
 
 

@@ -32,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--other-betas-excited", action="store_true",
                    help="also a held-out open-loop run at every β other than --main")
     p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
+    p.add_argument("--relay-steps", type=int, default=600,
+                   help="updates of the relay run (model-free critical gain on the integral ray; 0: none)")
+    p.add_argument("--relay-h", type=float, default=0.01,
+                   help="relay step, a fraction of β* per update (β moves by ±h·β* each update)")
     p.add_argument("--seed", type=int, default=0,
                    help="0: the seeds of the shipped runs; another value: an independent identification (other "
                    "training and excitation seeds)")
@@ -62,7 +66,8 @@ def run(args) -> int:
                          betas=args.betas, main=args.main, settle_steps=args.settle_steps, fit_steps=args.fit_steps,
                          val_steps=args.val_steps, closed_steps=args.closed_steps, lead=args.lead, hold_min=args.hold_min,
                          hold_max=args.hold_max, setpoint_step=args.setpoint_step,
-                         other_betas_excited=args.other_betas_excited, plant=args.plant, seed=args.seed)
+                         other_betas_excited=args.other_betas_excited, plant=args.plant, seed=args.seed,
+                         relay_steps=args.relay_steps, relay_h=args.relay_h)
     if args.json:
         print_json(res)
         return 0
@@ -70,6 +75,12 @@ def run(args) -> int:
         lo, hi = p["level_ci"]
         print(f"β = {p['beta']:g}: settled KL {p['level']:.3f} [{lo:.3f}, {hi:.3f}] nats, σ {p['sigma']:.3f}, "
               f"σ50 {p['sigma_mean']:.3f}, drift {1000 * p['slope']:+.3f} nats/1000 updates")
+    for r in res.get("relay", []):
+        if "error" in r:
+            print(f"relay {r['name']}: {r['error']}")
+        else:
+            print(f"relay {r['name']} (Kp = 0): critical Ki ≈ {r['ki']:.3g}, period {r['period']:.3g} updates "
+                  f"({r['cycles']} cycles, β ± {r['beta_amplitude']:.3g}; describing function, about ±15 %)")
     for path in res["exported"]:
         print(f"exported {path}")
     return 0

@@ -191,7 +191,7 @@ def export_run(run_dir, dest_dir, name):
 
 def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_steps=1200, closed_steps=1200,
          lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False,
-         seed=0):
+         seed=0, relay_steps=600, relay_h=0.01):
     """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
 
     Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
@@ -229,6 +229,13 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
                     step=float(setpoint_step), hold=int(closed_steps) // 4, kp=kp, ki=ki, window=int(window),
                     role="held_out"),
                dict(ol, name=f"ol_b{main:g}_s4", beta=main, seed=4 + e0, steps=int(val_steps), role="held_out")]
+    if int(relay_steps):
+        if int(relay_steps) < 100 or not 0 < float(relay_h) < 1:
+            raise ValueError(f"the relay run needs ≥ 100 updates and 0 < h < 1 (a fraction of β* per update), got "
+                             f"{relay_steps}, {relay_h}")
+        excites.append(dict(kind="relay", name=f"relay_b{main:g}_s{50 + e0}", beta=main, seed=50 + e0,
+                            steps=int(relay_steps), h=float(relay_h) * main, ratio=0.0, window=int(window),
+                            role="relay"))
     if other_betas_excited:
         for i, b in enumerate(x for x in betas if x != main):
             excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i + e0, steps=int(val_steps),
@@ -256,6 +263,20 @@ def _job(args):
     from klcontrol.analysis.identification.traces import read_trace
 
     nz = settled_noise(read_trace(os.path.join(settled, "trace.csv")).kl)
+    if job["kind"] == "relay":
+        from klcontrol.analysis.identification.relay import RelayProbe
+
+        # The trainer runs klcontrol's controllers; the probe runs through the protocol (the dSprites VAE as a
+        # TorchPlant started from its trainer's settled checkpoint).
+        spec = plant or "klcontrol.vae_plant.training.dsprites_plant:make"
+        if not _done(out):
+            remove_run(out)
+            os.makedirs(out)
+            with open(os.path.join(out, "excitation.json"), "w") as fh:
+                json.dump(dict(job, setpoint=round(nz["level"], 2)), fh, indent=2)
+            _train(out, RelayProbe(job["ratio"], job["h"], round(nz["level"], 2), job["beta"], job["window"]),
+                   job["steps"], job["seed"], batch_size, device, init_from=settled, command=command, plant=spec)
+        return job["name"], nz
     if job["kind"] == "open_loop":
         delta = design_amplitude(nz["sigma_mean"], sensitivity[job["beta"]])
         excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
@@ -346,13 +367,26 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     for s, tr in zip(settles, settled):
         noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr.kl))
     points = static_points([(tr.beta, tr.kl) for tr in settled])
+    relays = []
+    for j in (j for j in excites if j["kind"] == "relay"):
+        from klcontrol.analysis.identification.relay import relay_critical_gain
+
+        with open(os.path.join(root, j["name"], "excitation.json")) as fh:
+            c = json.load(fh)["setpoint"]
+        tr = read_trace(os.path.join(root, j["name"], "trace.csv"))
+        try:
+            r = relay_critical_gain(tr.beta, tr.kl, j["ratio"], j["h"], c, j["window"])
+        except ValueError as exc:
+            r = dict(error=str(exc))
+        relays.append(dict(name=j["name"], seed=j["seed"], ratio=j["ratio"], h=j["h"], setpoint=c, **r))
     result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device, plant=plant,
                             amplitude_rule=dict(source=prior or "own settle runs",
                                                 sensitivity={f"{b:g}": v for b, v in sensitivity.items()})),
-                  noise=noise, static_points=points, exported=[])
+                  noise=noise, static_points=points, relay=relays, exported=[])
     if export:
         for j in settles + excites:
             result["exported"].append(export_run(os.path.join(root, j["name"]), export, j["name"]))
+        os.makedirs(export, exist_ok=True)
         with open(os.path.join(export, "experiment.json"), "w") as fh:
             json.dump({k: v for k, v in result.items() if k != "exported"}, fh, indent=2)
     return result

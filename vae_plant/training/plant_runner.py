@@ -141,9 +141,8 @@ def run_plant(out, plant, controller, steps: int, *, seed: int = 0, device=None,
             start_ckpt, start_state = ckpt.latest_good(os.fspath(init_from))
             if start_ckpt is None:
                 raise ValueError(f"--settled {init_from}: no verified checkpoint to start from")
-            if start_state.get("kind") != ckpt.PLANT_KIND:
-                raise ValueError(f"--settled {init_from}: a run of klcontrol's own trainer, not of a --plant; settle "
-                                 "the plant with the same --plant first")
+            if start_state.get("kind") != ckpt.PLANT_KIND and not {"model", "optimizer"} <= set(start_state):
+                raise ValueError(f"--settled {init_from}: not a checkpoint of a plant run or of klcontrol's trainer")
             settings["init_from"] = dict(run=os.path.basename(os.path.normpath(os.fspath(init_from))),
                                          checkpoint=os.path.relpath(start_ckpt, os.path.dirname(os.path.abspath(out))))
         existing = ckpt.list_checkpoints(out)
@@ -176,8 +175,17 @@ def run_plant(out, plant, controller, steps: int, *, seed: int = 0, device=None,
             _cut_trace(trace_path, max(k0 - 1, 0))
         else:
             k0, beta_prev = 0, math.nan
-            if start_ckpt is not None:
+            if start_ckpt is not None and start_state.get("kind") == ckpt.PLANT_KIND:
                 plant_obj.load_state_dict(start_state["plant"])
+            elif start_ckpt is not None:  # a settled run of klcontrol's trainer seeding a TorchPlant of that model
+                if not (hasattr(plant_obj, "model") and hasattr(plant_obj, "optimizer")):
+                    raise ValueError(f"--settled {init_from}: a run of klcontrol's own trainer; only a TorchPlant of "
+                                     "that model (klcontrol.vae_plant.training.dsprites_plant:make) can start from it")
+                try:
+                    plant_obj.model.load_state_dict(start_state["model"])
+                    plant_obj.optimizer.load_state_dict(start_state["optimizer"])
+                except (RuntimeError, KeyError, ValueError) as exc:
+                    raise ValueError(f"--settled {init_from}: its model does not fit this plant ({exc})") from None
             with open(trace_path, "w", newline="") as fh:
                 csv.writer(fh).writerow(COLUMNS)
         config = dict(kind=RUN_KIND, settings=settings, command=command,
