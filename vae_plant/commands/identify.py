@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
     p.add_argument("--relay-steps", type=int, default=600,
                    help="updates of the relay run (model-free critical gain on the integral ray; 0: none)")
-    p.add_argument("--relay-h", type=float, default=0.01,
+    p.add_argument("--relay-h", type=float, default=0.04,
                    help="relay step, a fraction of β* per update (β moves by ±h·β* each update)")
     p.add_argument("--seed", type=int, default=0,
                    help="0: the seeds of the shipped runs; another value: an independent identification (other "
@@ -80,7 +80,8 @@ def run(args) -> int:
             print(f"relay {r['name']}: {r['error']}")
         else:
             print(f"relay {r['name']} (Kp = 0): critical Ki ≈ {r['ki']:.3g}, period {r['period']:.3g} updates "
-                  f"({r['cycles']} cycles, β ± {r['beta_amplitude']:.3g}; describing function, about ±15 %)")
+                  f"({r['cycles']} cycles, β ± {r['beta_amplitude']:.3g}, loop phase {r['loop_phase_deg']:+.0f}° at "
+                  "the cycle's frequency; model-free, docs/your_vae.md)")
     for path in res["exported"]:
         print(f"exported {path}")
     return 0

@@ -191,7 +191,7 @@ def export_run(run_dir, dest_dir, name):
 
 def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_steps=1200, closed_steps=1200,
          lead=200, hold_min=5, hold_max=500, setpoint_step=2.5, kp=0.01, ki=0.005, window=5, other_betas_excited=False,
-         seed=0, relay_steps=600, relay_h=0.01):
+         seed=0, relay_steps=600, relay_h=0.04):
     """The runs of :func:`run_experiment`: names, kinds, seeds and lengths (no training).
 
     Per β in ``betas``: a settle run (seed ``10·β``).  At the ``main`` operating
