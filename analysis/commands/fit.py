@@ -1,6 +1,7 @@
 """``klcontrol fit``: identify the first-order KL plant (a, g(β)) from training traces."""
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -143,7 +144,11 @@ def run(args) -> int:
     c0, c1 = s["gprime_range_ci"]
     band = f" (with {lvl} band [{c0:.4g}, {c1:.4g}])" if fit.boot.gains else ""
     print(f"β range seen [{b0:g}, {b1:g}]: g′ ∈ [{g0:.4g}, {g1:.4g}]{band}")
-    print(f"relative KL noise (robust std of residuals): {100 * fit.noise_rel:.2f} %")
+    print(f"model error (robust std of the residuals relative to the KL): {100 * fit.noise_rel:.2f} %")
+    if fit.traces:
+        names = [str(t.meta.get("source", f"trace {i}")) for i, t in enumerate(fit.traces)]
+        print("fit % per trace (NRMSE of the logged KL; 100 perfect, 0 no better than a constant): "
+              + ", ".join(f"{os.path.basename(n)} {p:.1f} %" for n, p in zip(names, fit.fit_percents())))
     if fit.boot.failures:
         print(f"bootstrap: {fit.boot.failures} of {args.n_boot} replicates failed and were left out")
     print("identifiable: yes (a, g and g′)" if fit.identifiable else

@@ -858,6 +858,17 @@ class PlantFit(FirstOrderPlant):
         beta, kl = _trace_arrays(trace)
         return level_matched(kl, simulate_plant(self, beta, float(self.g(beta[0])), 1))
 
+    def fit_percents(self) -> list:
+        """NRMSE fit % of each fitted trace's logged KL rows: 100 perfect, 0 no better than a constant, < 0 worse."""
+        out = []
+        for i, tr in enumerate(self.traces):
+            y = np.asarray(tr.kl, dtype=float)
+            yhat = self.simulate_trace(i)
+            ok = np.isfinite(y) & np.isfinite(yhat)
+            spread = np.linalg.norm(y[ok] - y[ok].mean()) if ok.sum() > 1 else 0.0
+            out.append(float(100 * (1 - np.linalg.norm(y[ok] - yhat[ok]) / spread)) if spread > 0 else float("nan"))
+        return out
+
     def simulate_trace(self, i: int) -> np.ndarray:
         """Model KL for fitted trace ``i`` at its rows (every update simulated, β held; NaN on unused rows)."""
         tr = self.traces[i]
