@@ -133,8 +133,13 @@ def relay_critical_gain(beta, kl, ratio: float, h: float, setpoint: float, windo
     kl = np.asarray(kl, dtype=float)
     beta = np.asarray(beta, dtype=float)
     start = int(skip * len(beta))
-    db = np.diff(beta[start:])
-    turns = np.flatnonzero((db[:-1] > 0) & (db[1:] < 0)) + 1  # a maximum of β: the relay switched down
+    seg_b = beta[start:]
+    db = np.diff(seg_b)
+    # A maximum of β is where the relay switched down. Noise can flip it back and forth near the top (chattering):
+    # only maxima in the upper half of the swing count, and a run of them closer than a few updates is one turn.
+    cand = np.flatnonzero((db[:-1] > 0) & (db[1:] < 0)) + 1
+    cand = cand[seg_b[cand] > np.median(seg_b)]
+    turns = [int(c) for i, c in enumerate(cand) if i == 0 or c - cand[i - 1] > 4]
     if len(turns) < 4:
         raise ValueError(f"the relay run shows {max(len(turns) - 1, 0)} whole cycles after its transient; need ≥ 3 "
                          "(run longer, or raise the relay step h)")
