@@ -172,6 +172,45 @@ def _describe(exc) -> str:
     return text if isinstance(exc, ValueError) else f"{type(exc).__name__}: {text}"
 
 
+#: ASCII names for the symbols klcontrol prints, for a terminal whose encoding lacks them (e.g. Latin-1).
+ASCII_NAMES = {"β": "beta", "′": "'", "·": "*", "≤": "<=", "≥": ">=", "…": "...", "−": "-", "×": "x", "∈": "in",
+               "±": "+-", "τ": "tau", "δ": "delta", "σ": "sigma", "→": "->", "←": "<-", "°": " deg", "²": "^2",
+               "√": "sqrt", "≈": "~", "ω": "omega", "θ": "theta", "λ": "lambda", "κ": "kappa", "η": "eta", "γ": "gamma",
+               "⁻¹": "^-1", "₁": "1", "●": "o", "✕": "x", "—": "--", "–": "-", "’": "'", "“": '"', "”": '"'}
+
+
+class _AsciiFallback:
+    """A text stream that writes klcontrol's symbols by ASCII names where the encoding cannot hold them."""
+
+    def __init__(self, stream):
+        self._s = stream
+        self._table = str.maketrans({k: v for k, v in ASCII_NAMES.items() if len(k) == 1})
+
+    def write(self, text):
+        enc = getattr(self._s, "encoding", None) or "ascii"
+        try:
+            text.encode(enc)
+        except UnicodeEncodeError:
+            for k, v in ASCII_NAMES.items():
+                if len(k) > 1:
+                    text = text.replace(k, v)
+            text = text.translate(self._table).encode(enc, "replace").decode(enc)
+        return self._s.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def _fallback_streams():
+    for name in ("stdout", "stderr"):
+        s = getattr(sys, name)
+        enc = getattr(s, "encoding", None)
+        try:
+            "β′·≤".encode(enc or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            setattr(sys, name, _AsciiFallback(s))
+
+
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status.
 
@@ -180,6 +219,7 @@ def main(argv=None) -> int:
     file is named when the OS gives it) exit 1, Ctrl-C exits 130.  Warnings
     are printed as ``klcontrol CMD: warning: …``.
     """
+    _fallback_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -113,3 +113,28 @@ def test_progress_only_on_a_terminal_and_not_with_no_progress(tmp_path, monkeypa
     assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2",
                  "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_latin1_terminal_gets_ascii_names_and_the_exit_status(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONIOENCODING="latin-1")
+    r = subprocess.run([sys.executable, "-m", "klcontrol", "stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004",
+                        "--gprime", "-3.2"], env=env, capture_output=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert b"STABLE for g' = -3.2" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "klcontrol", "stability", "--kp", "1e4", "--ki", "5e3", "--a", "0.0004",
+                        "--gprime", "-3.2"], env=env, capture_output=True, cwd=tmp_path)
+    assert r.returncode == 3
+
+
+def test_fit_refuses_to_write_over_an_input_before_any_work(tmp_path, capsys):
+    from klcontrol import data
+
+    src = str(data.path("cpu/fixed_beta4.csv.gz"))
+    assert main(["fit", src, "--out", src]) == 1
+    assert "is one of the inputs" in capsys.readouterr().err
+    assert main(["fit", src, "--plot", str(tmp_path / "missing" / "x.png")]) == 1
+    assert "does not exist (checked before fitting)" in capsys.readouterr().err

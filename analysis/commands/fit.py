@@ -109,8 +109,29 @@ def _run_hammerstein(args) -> int:
     return 0
 
 
+def _check_outputs(args) -> None:
+    """Before any work: every output's folder exists, and no output would replace an input (flag and path named)."""
+    import os
+
+    inputs = [*args.paths, *(args.static or []), *(args.validate or []), args.compare, args.plan]
+    same = {os.path.realpath(p) for p in inputs if p}
+    for flag in ("out", "report", "summary", "plot"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        if os.path.realpath(path) in same:
+            raise ValueError(f"--{flag} {path} is one of the inputs: klcontrol never overwrites what it reads; "
+                             "choose another output path")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"--{flag} {path}: the folder {folder} does not exist (checked before fitting)")
+        if os.path.isdir(path):
+            raise ValueError(f"--{flag} {path} is a folder; give a file name")
+
+
 def run(args) -> int:
     """Execute ``klcontrol fit``."""
+    _check_outputs(args)
     from klcontrol.analysis.identification.files import fit_first_order_files
     from klcontrol.analysis.identification.traces import reader_kwargs
     from klcontrol.cli import EXIT_OK, EXIT_UNIDENTIFIED, print_json
