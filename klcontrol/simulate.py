@@ -67,9 +67,11 @@ class Trace:
         return Trace(self.step, col(self.beta), col(self.kl), col(self.setpoint), col(self.state), dict(self.meta))
 
     def to_csv(self, path, loop: int | None = None):
-        """Write ``step,beta,kl,setpoint`` (one loop; default loop 0) as CSV."""
+        """Write ``step,beta,kl,setpoint`` (one loop; default loop 0) as CSV, atomically."""
+        from .fileio import atomic_write
+
         tr = self.loop(loop or 0)
-        with open(path, "w", newline="") as fh:
+        with atomic_write(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["step", "beta", "kl", "setpoint"])
             for row in zip(tr.step, tr.beta, tr.kl, tr.setpoint):

@@ -116,3 +116,16 @@ def test_engine_compiled_without_numba_is_one_line_exit_1(tmp_path, capsys, monk
     assert main(["simulate", "--steps", "10", "--engine", "compiled", "--out", str(tmp_path / "c.csv")]) == 1
     err = capsys.readouterr().err
     assert "klcontrol[fast]" in err and "Traceback" not in err and not (tmp_path / "c.csv").exists()
+
+
+def test_simulate_never_replaces_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
+    from klcontrol.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run_trace = tmp_path / "trace.csv"
+    run_trace.write_text("step,beta,kl,recon,setpoint\n0,1.0,2.0,3.0,4.0\n")  # a training run's trace
+    assert main(["simulate", "--steps", "50"]) == 1
+    assert "never overwrites" in capsys.readouterr().err and run_trace.read_text().startswith("step,beta,kl,recon")
+    assert main(["simulate", "--steps", "50", "--out", "sim.csv"]) == 0
+    assert main(["simulate", "--steps", "60", "--out", "sim.csv"]) == 0  # its own output: replaced
+    assert len((tmp_path / "sim.csv").read_text().splitlines()) == 61

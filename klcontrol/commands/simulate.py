@@ -39,16 +39,37 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_out(path) -> None:
+    """Refuse to replace a file simulate did not write (a trainer's trace.csv, a user's file), before any work."""
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {path}: the folder {folder} does not exist")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                head = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            head = None
+        if head != "step,beta,kl,setpoint":
+            raise ValueError(f"--out {path} exists and is not a trace klcontrol simulate wrote (e.g. a training run's "
+                             "trace): klcontrol never overwrites what it did not make; choose another --out")
+
+
 def run(args) -> int:
     """Execute ``klcontrol simulate``."""
     from ..cli import print_json
     from ..simulate import simulate
 
+    _check_out(args.out)
     sp = setpoint_from_args(args)
     ctrl = controller_from_args(args, sp)
     tr = simulate(ctrl, plant_from_args(args), args.steps, delay=args.delay, y0=args.y0, noise_rel=args.noise,
                   seed=args.seed, progress=show_progress(args), engine=args.engine)
-    tr.to_csv(args.out)
+    tr.to_csv(args.out)  # checked before the run (_check_out)
     if args.plot:
         from ..plotting import plot_trace
 
