@@ -13,8 +13,10 @@ def register(sub) -> None:
         "that checkpoint and apply a designed excitation: a random binary β signal between β*·e^-δ and β*·e^δ "
         "(hold times log-uniform in [--hold-min, --hold-max]; δ from the settled KL noise: "
         "δ = clip(30·σ50/|dKL/dlnβ|, 0.1, 0.5)), and at --main a held-out open-loop run and a closed-loop run "
-        "with set-point steps. Finished runs in --out are reused. CPU budget of the defaults: 13 700 updates at "
-        "batch 16, one thread per run (≈ 9 min on two quiet cores at the measured 77 ms per update; docs/identification.md).",
+        "with set-point steps, then a relay run (the integral ray's critical gain, no model). The slope in δ comes from "
+        "the plant's own settled levels (two --betas), or from --prior. Finished runs in --out are reused. --plant "
+        "runs your own VAE (docs/your_vae.md). CPU budget of the defaults: 14 300 updates at batch 16, one thread "
+        "per run (≈ 9–10 min on two quiet cores at the measured 77 ms per update; docs/identification.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories")
