@@ -278,7 +278,8 @@ def _job(args):
                    job["steps"], job["seed"], batch_size, device, init_from=settled, command=command, plant=spec)
         return job["name"], nz
     if job["kind"] == "open_loop":
-        delta = design_amplitude(nz["sigma_mean"], sensitivity[job["beta"]])
+        s = sensitivity[job["beta"]]
+        delta = DELTA_ONE_LEVEL if s is None else design_amplitude(nz["sigma_mean"], s)
         excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
                          job["hold_max"], job["seed"], batch_size, device, command, plant=plant)
     else:
@@ -286,6 +287,10 @@ def _job(args):
                            job["ki"], job["window"], job["seed"], job["steps"], batch_size=batch_size, device=device,
                            command=command, plant=plant)
     return job["name"], nz
+
+
+#: The excitation's log-amplitude when a single settled level gives no slope (the amplitude rule's upper bound).
+DELTA_ONE_LEVEL = 0.5
 
 
 def _own_sensitivity(points, betas):
@@ -342,10 +347,15 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
         from klcontrol import data
 
         prior = str(data.path("cpu/fit.json"))
+    one_level = prior is None and len(settles) < 2
     if prior is not None:
         sensitivity = {b: _prior_sensitivity(prior, b) for b in betas}  # read before any training: a typo costs nothing
-    elif len(settles) < 2:
-        _own_sensitivity([], betas)  # the error, before any training
+    elif one_level:
+        # One settled level gives no slope and no other model was asked for: the rule's upper bound, said aloud.
+        level = " ".join(f"{s['beta']:g}" for s in settles)
+        progress(f"one settled level (--betas {level}) gives no slope for the "
+                 f"amplitude rule: δ = {DELTA_ONE_LEVEL} (its upper bound); give two --betas, or --prior FIT")
+        sensitivity = {b: None for b in betas}
     if plant is not None:
         from klcontrol.realplant import load_factory
 
@@ -357,7 +367,7 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
         phase = [dict(s, kind="settle") for s in settles]
         for name, _ in ex.map(_job, [(j, root, batch_size, device, None, command, plant) for j in phase]):
             progress(f"finished {name}")
-        if prior is None:
+        if prior is None and not one_level:
             sensitivity = _own_sensitivity(static_points(
                 [(tr.beta, tr.kl) for tr in (read_trace(os.path.join(root, s["name"], "trace.csv")) for s in settles)]),
                 betas)
@@ -380,7 +390,8 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
             r = dict(error=str(exc))
         relays.append(dict(name=j["name"], seed=j["seed"], ratio=j["ratio"], h=j["h"], setpoint=c, **r))
     result = dict(plan=dict(settles=settles, excites=excites, batch_size=batch_size, device=device, plant=plant,
-                            amplitude_rule=dict(source=prior or "own settle runs",
+                            amplitude_rule=dict(source=prior or ("one settled level: δ = "
+                                                                 f"{DELTA_ONE_LEVEL}" if one_level else "own settle runs"),
                                                 sensitivity={f"{b:g}": v for b, v in sensitivity.items()})),
                   noise=noise, static_points=points, relay=relays, exported=[])
     if export:
