@@ -50,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     p.add_argument("--prior", default=None, metavar="JSON",
                    help="a fit whose g gives dKL/dlnβ for the amplitude rule, when asked for ('dsprites': the shipped "
-                        "fit of klcontrol's own VAE); default: the plant's own settle runs (needs two --betas)")
+                        "fit of klcontrol's own VAE); default: the plant's own settle runs (two --betas; with one, δ = 0.5, the rule's upper bound)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
