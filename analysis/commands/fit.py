@@ -110,7 +110,8 @@ def _run_hammerstein(args) -> int:
 
 
 def _check_outputs(args) -> None:
-    """Before any work: every output's folder exists, and no output would replace an input (flag and path named)."""
+    """Before any work: no output would replace an input (flag and path named), and every output's folder exists
+    (created when missing, so a figure's folder typo cannot cost a long fit)."""
     import os
 
     inputs = [*args.paths, *(args.static or []), *(args.validate or []), args.compare, args.plan]
@@ -123,8 +124,11 @@ def _check_outputs(args) -> None:
             raise ValueError(f"--{flag} {path} is one of the inputs: klcontrol never overwrites what it reads; "
                              "choose another output path")
         folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"--{flag} {path}: the folder {folder} does not exist (checked before fitting)")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--{flag} {path}: cannot create its folder {folder} ({exc.strerror or exc}); checked "
+                             "before fitting") from None
         if os.path.isdir(path):
             raise ValueError(f"--{flag} {path} is a folder; give a file name")
 
