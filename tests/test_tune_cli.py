@@ -40,3 +40,12 @@ def test_tune_rejects_nan_bounds(capsys):
     for kw in ({"max_overshoot": float("nan")}, {"max_jitter": float("nan")}):
         with pytest.raises(ValueError, match="must be a number ≥ 0"):
             tune_schedule(FirstOrderPlant(1 / 500, ExpGain(26.0, 0.12)), Constant(10.0), 100, gprime=(-3.0, -1.0), **kw)
+
+
+def test_a_design_that_never_settles_is_refused_with_the_fix(capsys):
+    from klcontrol.cli import main
+
+    # a g′ range reaching toward 0, as a fit whose β range runs up to 150 gives
+    assert main(["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.00001", "--window", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "no design settles within a run" in err and "--beta-range" in err

@@ -7,7 +7,11 @@ import numpy as np
 from klcontrol.analysis.tuning.design import PAPER_GAINS, tune
 from klcontrol.analysis.tuning.schedule import tune_schedule
 
-__all__ = ["design_gains"]
+__all__ = ["design_gains", "MAX_SETTLING"]
+
+#: Updates within which a recommended linear design must settle (2 %): longer than the paper's whole dSprites run
+#: (800 000 updates), a design is no design; ``tune`` refuses it and names ``--beta-range``.
+MAX_SETTLING = 1_000_000
 
 def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_unidentified: bool = False,
                  window: int = 1, delay: int = 0, controller: str = "incremental", settling: float | None = None,
@@ -90,6 +94,14 @@ def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_uniden
     if schedule_steps is None:
         result = tune(a=a, gprime=g, window=window, delay=delay, controller=controller, settling=settling,
                       max_overshoot=max_overshoot, compare=ref)
+        if not result.figures.settling_steps <= MAX_SETTLING:
+            lo, hi = (g, g) if np.ndim(g) == 0 else g
+            raise ValueError(
+                f"no design settles within a run: the best one (Kp {result.kp:.4g}, Ki {result.ki:.4g}) takes "
+                f"{result.figures.settling_steps:.3g} updates to settle (ρ {result.figures.worst_spectral_radius:.6f}) "
+                f"because g′ reaches {hi:.3g} nats per unit β, nearly 0, in the range designed for ([{lo:.3g}, "
+                f"{hi:.3g}]); narrow it to where the loop will run: --beta-range LO HI around the operating point "
+                "(or --gprime)")
         steps, y0, noise = 60_000, 0.0, dict(noise_rel=0.03)
     else:
 
