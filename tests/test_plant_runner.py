@@ -51,9 +51,15 @@ def test_refusals_name_the_problem(settled, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "config.json").write_text('{"kind": "something else"}')
-    with pytest.raises(ValueError, match="not a plant run"):
+    with pytest.raises(ValueError, match="did not"):
         run_plant(foreign, TINY, FixedBeta(1.0), 10)
     assert (foreign / "config.json").read_text() == '{"kind": "something else"}'
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "trace.csv").write_text("my own data\n")
+    with pytest.raises(ValueError, match="never overwrites"):
+        run_plant(users, TINY, FixedBeta(1.0), 10)
+    assert (users / "trace.csv").read_text() == "my own data\n"
     run_plant(tmp_path / "a", TINY, FixedBeta(1.0), 10)
     with pytest.raises(ValueError, match="other settings"):
         run_plant(tmp_path / "a", TINY, FixedBeta(2.0), 20)

@@ -31,7 +31,7 @@ import torch
 from klcontrol.fileio import write_json
 from klcontrol.realplant import factory_kwargs, load_factory, make_plant
 from klcontrol.vae_plant.training import checkpoint as ckpt
-from klcontrol.vae_plant.training.run_lock import RunLock
+from klcontrol.vae_plant.training.run_lock import RunLock, is_klcontrol_run
 from klcontrol.vae_plant.training.trainer import _git_commit
 
 __all__ = ["run_plant", "RUN_KIND", "COLUMNS"]
@@ -129,6 +129,9 @@ def run_plant(out, plant, controller, steps: int, *, seed: int = 0, device=None,
         raise ValueError(f"steps must be ≥ 1, got {steps}")
     spec = plant if isinstance(plant, str) else f"{getattr(plant, '__module__', '?')}:{getattr(plant, '__qualname__', '?')}"
     factory = load_factory(plant) if isinstance(plant, str) else plant
+    if os.path.isdir(out) and os.listdir(out) and not is_klcontrol_run(out):
+        raise ValueError(f"{out} holds files klcontrol did not write: klcontrol never overwrites what it did not "
+                         "make; choose another --out")
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
     with RunLock(out):
