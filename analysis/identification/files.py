@@ -154,9 +154,10 @@ def fit_plan_files(plan, log, *, reader=None, out=None, compare=None, report=Non
 
 def _hammerstein(fit_traces, fit_names, static_traces, held, validate, *, out, compare, report, summary, plot):
     from klcontrol.analysis.identification import models as pm
+    from klcontrol.analysis.identification.control_validation import select_model
 
     g = pm.static_map_from_traces(static_traces)
-    best, rep = pm.select_model(fit_traces, g, held, fit_names=fit_names, held_out_names=validate)
+    best, rep = select_model(fit_traces, g, held, fit_names=fit_names, held_out_names=validate)
     if out:
         best.save(out)
     if compare:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -61,15 +60,12 @@ __all__ = [
     "validate",
     "level_matched",
     "static_map_from_traces",
-    "select_model",
     "excitation_levels",
 ]
 
 #: Rows over which a prediction's level is matched to the recorded KL.
 INIT_ROWS = 200
 STRUCTURES = ("first_order", "two_time_constant", "oe")
-#: Held-out fit % (points) within which :func:`select_model` prefers the simpler model.
-TIE = 0.5
 
 
 # -- the static map ----------------------------------------------------------------------------------------
@@ -446,6 +442,50 @@ class HammersteinFit(Plant):
         beta, kl = _trace_arrays(trace)
         return level_matched(kl, self.simulate(beta), init_rows)
 
+    def frequency_response(self, freqs, setpoint=None, beta_star=None):
+        """Small-signal response ``g′(β*)·G(e^{2πif})`` (nats per unit β) at ``freqs`` (cycles per update).
+
+        The operating point is ``beta_star``, or the β with ``g(β) = setpoint``.
+        """
+        from scipy.signal import freqz
+
+        if beta_star is None:
+            if setpoint is None:
+                raise ValueError("give setpoint or beta_star")
+            beta_star = self.g.inverse(setpoint)
+        gp = float(self.g.derivative(float(beta_star)))
+        _, h = freqz(self.b, self.f, worN=2 * np.pi * np.asarray(freqs, dtype=float))
+        return gp * h
+
+    def parameter_draws(self, n: int = 100, seed: int = 0) -> list:
+        """Fits drawn from the estimator's covariance (inflated for coloured residuals); stable draws only.
+
+        Returns an empty list when the fit carries no covariance (saved by an older klcontrol, or singular).
+        """
+        theta, cov = self.info.get("theta"), self.info.get("theta_cov")
+        if theta is None or cov is None:
+            return []
+        theta, cov = np.asarray(theta, dtype=float), np.asarray(cov, dtype=float)
+        free = [float(b) for b in self.params.get("free_betas", [])]
+        nfree = len(free)
+        rng = np.random.default_rng(seed)
+        try:
+            samples = rng.multivariate_normal(theta, cov, size=int(n), check_valid="ignore", method="eigh")
+        except (ValueError, np.linalg.LinAlgError):
+            return []
+        out = []
+        for th in samples:
+            dyn, lv = th[:len(th) - nfree], th[len(th) - nfree:]
+            try:
+                b, f = _polys(self.structure, dyn, self.orders)
+                g = _with_nodes(self.g, free, lv) if nfree else self.g
+                if g is None:
+                    continue
+                out.append(HammersteinFit(self.structure, b, f, g, self.orders))
+            except (ValueError, OverflowError, np.linalg.LinAlgError):
+                continue  # an unstable or degenerate draw is not a plant
+        return out
+
     # -- persistence ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-able description (``kind = "hammerstein"``)."""
@@ -465,8 +505,10 @@ class HammersteinFit(Plant):
             raise ValueError(f"Hammerstein fit description lacks {exc}") from None
 
     def save(self, path) -> None:
-        """Write :meth:`to_dict` as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write :meth:`to_dict` as JSON (atomically)."""
+        from klcontrol.fileio import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=1))
 
     def __repr__(self):
         tc = ", ".join(f"{t:.3g}" for t in self.time_constants)
@@ -621,6 +663,7 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
     r = residuals(theta)
     k = len(theta) + sum(X.shape[1] for _, _, X in data)
     sigma2 = float(r @ r) / n_tot
+    cov = _parameter_covariance(sol.jac, r, sigma2)
     aic = n_tot * math.log(sigma2) + 2 * k
     params = {"free_betas": free_betas, "free_levels": lv.tolist()} if nfree else {}
     if structure == "first_order":
@@ -632,13 +675,39 @@ def fit_dynamics(traces, g: Gain, structure: str = "two_time_constant", orders=N
         params.update(a_fast=a1, a_slow=a2, w_fast=w, tau_fast=1 / math.log1p(a1), tau_slow=1 / math.log1p(a2))
     betas = np.concatenate([np.asarray(tr.beta, dtype=float) for tr in traces])
     info = dict(traces=names, rows=n_tot, aic=aic, residual_sigma=math.sqrt(sigma2), n_params=len(theta),
-                drift=drift, success=bool(sol.success), beta_range=[float(betas.min()), float(betas.max())])
+                drift=drift, success=bool(sol.success), beta_range=[float(betas.min()), float(betas.max())],
+                theta=theta.tolist(), theta_cov=None if cov is None else cov.tolist())
     fit = HammersteinFit(structure, b, f, g, orders, params, info)
     fit.info["fit_percent_fitted"] = [fit_percent(tr.kl, fit.predict(tr)) for tr in traces]
     return fit
 
 
-def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = False, names=None, free_betas=()):
+def _parameter_covariance(jac, r, sigma2, max_lag: int = 50):
+    """``σ²·(JᵀJ)⁻¹`` inflated for the residual's autocorrelation (``None`` when singular).
+
+    Simulation-error residuals are coloured, so the white-noise covariance is too small by about the ratio of
+    the residual count to its effective count, ``1 + 2·Σρ_k`` (Bartlett); that factor is applied (at least 1).
+    """
+    jac = np.asarray(jac, dtype=float)
+    if jac.ndim != 2 or not np.all(np.isfinite(jac)):
+        return None
+    try:
+        cov = sigma2 * np.linalg.inv(jac.T @ jac)
+    except np.linalg.LinAlgError:
+        return None
+    x = np.asarray(r, dtype=float) - float(np.mean(r))
+    den = float(x @ x)
+    if den > 0:
+        lags = range(1, min(int(max_lag), len(x) - 1) + 1)
+        rho = np.array([float(x[:-k] @ x[k:]) / den for k in lags])
+        cov = cov * max(1.0, 1.0 + 2.0 * float(np.sum(rho)))
+    if not (np.all(np.isfinite(cov)) and np.all(np.diag(cov) >= 0)):
+        return None
+    return cov
+
+
+def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = False, names=None, free_betas=(),
+                  all_models: bool = False):
     """OE models for every ``nf ≤ max_nf`` and ``nb ≤ nf + 1``; the one with the least AIC first.
 
     Returns
@@ -646,6 +715,8 @@ def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = False, names=N
     best : HammersteinFit
     table : list of dict
         ``nb``, ``nf``, ``aic`` of each candidate, best first.
+    models : list of HammersteinFit
+        Only with ``all_models``: every fitted candidate, in the order of ``table``.
     """
     cands = []
     for nf in range(1, int(max_nf) + 1):
@@ -657,7 +728,8 @@ def fit_oe_orders(traces, g: Gain, max_nf: int = 3, drift: bool = False, names=N
     if not cands:
         raise ValueError("no OE candidate could be fitted")
     cands.sort(key=lambda m: m.info["aic"])
-    return cands[0], [dict(nb=m.orders[0], nf=m.orders[1], aic=m.info["aic"]) for m in cands]
+    table = [dict(nb=m.orders[0], nf=m.orders[1], aic=m.info["aic"]) for m in cands]
+    return (cands[0], table, cands) if all_models else (cands[0], table)
 
 
 def validate(fit, traces, names=None, max_lag: int = 25):
@@ -686,64 +758,3 @@ def static_map_from_traces(traces, rows: int = 1000, window: int = MEAN_WINDOW) 
     """``g(β)`` from constant-β traces: the level of each over its last ``rows`` rows (with 95 % intervals)."""
 
     return fit_static_map(static_points([(t.beta, t.kl) for t in traces], rows, window))
-
-
-def select_model(fit_traces, g: Gain, held_out=(), fit_names=None, held_out_names=None, max_nf: int = 3,
-                 drift: bool = False, free_betas=None):
-    """Fit every structure and prefer the one that predicts the held-out traces best.
-
-    Parameters
-    ----------
-    fit_traces : sequence of Trace
-        Data to estimate from.
-    g : Gain
-        Static map.
-    held_out : sequence of Trace
-        Traces not used for fitting; the model with the highest held-out fit %,
-        averaged over the traces and over the 50-update mean and the raw KL,
-        wins (within :data:`TIE` points of it, the one with the fewest
-        parameters).  Without them, the least AIC wins.
-    max_nf : int
-        Largest OE denominator order tried (orders chosen by AIC).
-    free_betas : sequence of float, optional
-        See :func:`fit_dynamics`; default :func:`excitation_levels` of the fit traces.
-
-    Returns
-    -------
-    best : HammersteinFit
-    report : dict
-        ``candidates``: per structure its parameters, AIC, fitted and held-out
-        figures (:func:`validate`); ``oe_orders``: the AIC table; ``chosen``.
-    """
-    fit_traces = list(fit_traces)
-    if free_betas is None:
-        free_betas = excitation_levels(fit_traces, g)
-    cands = [fit_dynamics(fit_traces, g, "first_order", drift=drift, names=fit_names, free_betas=free_betas),
-             fit_dynamics(fit_traces, g, "two_time_constant", drift=drift, names=fit_names, free_betas=free_betas)]
-    oe, table = fit_oe_orders(fit_traces, g, max_nf, drift, fit_names, free_betas)
-    cands.append(oe)
-    held_out = list(held_out)
-    rep = []
-    for m in cands:
-        v = validate(m, held_out, held_out_names) if held_out else []
-        rep.append(dict(structure=m.structure, orders=m.orders, params=m.params, aic=m.info["aic"],
-                        time_constants=m.time_constants, fit_percent_fitted=m.info["fit_percent_fitted"],
-                        held_out=v, held_out_min=min((x["fit_percent"] for x in v), default=None)))
-    if held_out:
-        # Both figures count: the 50-update mean carries the levels and slow modes, the raw KL the fast
-        # response that decides the loop's stability.  Within TIE points, the fewest parameters.
-        for r in rep:
-            r["score"] = float(np.mean([(v["fit_percent"] + v["fit_percent_raw"]) / 2 for v in r["held_out"]]))
-        top = max(r["score"] for r in rep)
-        near = [j for j, r in enumerate(rep) if r["score"] >= top - TIE]
-        i = min(near, key=lambda j: (cands[j].info["n_params"], -rep[j]["score"]))
-        why = (f"highest held-out fit % averaged over the traces and over the 50-update mean and the raw KL; "
-               f"fewest parameters within {TIE:g} points")
-    else:
-        i = int(np.argmin([r["aic"] for r in rep]))
-        why = "least AIC (no held-out traces)"
-    best = cands[i]
-    best.info["selection"] = dict(rule=why, candidates=[dict(structure=r["structure"], orders=r["orders"],
-                                                             aic=r["aic"], held_out_min=r["held_out_min"],
-                                                             score=r.get("score")) for r in rep])
-    return best, dict(candidates=rep, oe_orders=table, chosen=i, rule=why)

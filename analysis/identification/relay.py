@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-__all__ = ["RelayProbe", "relay_critical_gain"]
+__all__ = ["RelayProbe", "relay_critical_gain", "relay_from_file"]
 
 
 class RelayProbe:
@@ -159,3 +159,42 @@ def relay_critical_gain(beta, kl, ratio: float, h: float, setpoint: float, windo
                 loop_phase_deg=float(np.degrees(np.angle(loop))), cycles=len(turns) - 1,
                 beta_amplitude=float(abs(b1)), kl_amplitude=float(abs(y1)),
                 ki_describing_function=float(4 * h / (math.pi * a1)))
+
+
+def relay_from_file(path) -> dict:
+    """:func:`relay_critical_gain` of a relay run written by ``klcontrol identify``.
+
+    ``path`` is the run's exported trace (``relay_*.csv.gz``, its settings in the ``.config.json`` beside it) or
+    its run directory (``trace.csv`` and ``config.json``). Returns the estimate with ``ratio`` and ``trace``.
+
+    Raises
+    ------
+    ValueError
+        When the file or its settings are missing or malformed, or no limit cycle shows.
+    """
+    import json
+    import os
+
+    from klcontrol.analysis.identification.traces import aligned, read_trace
+
+    path = str(path)
+    if os.path.isdir(path):
+        trace, cfg = os.path.join(path, "trace.csv"), os.path.join(path, "config.json")
+    else:
+        trace = path
+        cfg = path[:-len(".csv.gz")] + ".config.json" if path.endswith(".csv.gz") else os.path.splitext(path)[0] + ".config.json"
+    try:
+        with open(cfg, encoding="utf-8") as fh:
+            exc = json.load(fh)["excitation"]
+        ratio, h, sp, w = float(exc["ratio"]), float(exc["h"]), float(exc["setpoint"]), int(exc["window"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a relay run of klcontrol identify (its settings {cfg}: {e})") from None
+    if exc.get("kind") != "relay":
+        raise ValueError(f"{path}: not a relay run (kind {exc.get('kind')!r} in {cfg})")
+    tr = aligned(read_trace(trace), where=trace)
+    try:
+        r = relay_critical_gain(tr.beta, tr.kl, ratio, h, sp, w)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return dict(r, ratio=ratio, trace=path)
+

@@ -116,7 +116,7 @@ def controller_response(freqs, kp, ki, window: int = 1, delay: int = 0, controll
 
 
 def critical_gain_from_response(freqs, response, ratio, *, window: int = 1, delay: int = 0,
-                                controller: str = "incremental") -> CriticalGain | None:
+                                controller: str = "incremental", controller_values=None) -> CriticalGain | None:
     """The critical gain on a ray from a plant's measured frequency response (no parametric model).
 
     The loop turns unstable where ``Ki·K₁(ω)·P(ω)`` reaches ``1``, with ``K₁`` the controller at ``Ki = 1`` on the
@@ -132,24 +132,27 @@ def critical_gain_from_response(freqs, response, ratio, *, window: int = 1, dela
         ``P(e^{2πif})``, e.g. :func:`klcontrol.analysis.identification.frequency.frequency_response`.
     ratio, window, delay, controller
         As :func:`critical_gain`.
+    controller_values : array of complex, optional
+        :func:`controller_response` at ``freqs`` on the ray with ``Ki = 1``, when already computed (many plants,
+        one controller).
 
     Returns
     -------
     CriticalGain or None
     """
     f = np.asarray(freqs, dtype=float)
-    L = controller_response(f, float(ratio), 1.0, window, delay, controller) * np.asarray(response, dtype=complex)
-    best = None
-    for i in range(len(f) - 1):
-        a, b = L[i], L[i + 1]
-        if not (np.isfinite(a) and np.isfinite(b)) or np.sign(a.imag) == np.sign(b.imag):
-            continue
+    k1 = controller_values if controller_values is not None else controller_response(f, float(ratio), 1.0, window,
+                                                                                       delay, controller)
+    L = np.asarray(k1, dtype=complex) * np.asarray(response, dtype=complex)
+    a, b = L[:-1], L[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cross = np.isfinite(a) & np.isfinite(b) & (np.sign(a.imag) != np.sign(b.imag))
         w = a.imag / (a.imag - b.imag)
         re = a.real + w * (b.real - a.real)
-        if re <= 0:
-            continue
-        ki = 1.0 / re
-        if best is None or ki < best.ki:
-            fr = f[i] + w * (f[i + 1] - f[i])
-            best = CriticalGain(ratio=float(ratio), ki=float(ki), kp=float(ratio) * float(ki), period=float(1 / fr))
-    return best
+    ok = np.flatnonzero(cross & (re > 0))
+    if not len(ok):
+        return None
+    i = int(ok[np.argmin(1.0 / re[ok])])  # the smallest critical gain wins (the first ki in index order on ties)
+    ki = 1.0 / float(re[i])
+    fr = f[i] + float(w[i]) * (f[i + 1] - f[i])
+    return CriticalGain(ratio=float(ratio), ki=float(ki), kp=float(ratio) * float(ki), period=float(1 / fr))
