@@ -169,9 +169,13 @@ def format_set(out: dict) -> str:
     """Lines of text for the ``model_set`` part of ``klcontrol check``'s result."""
     s = out["model_set"]
     v = s["verdict"]
-    lines = [f"model set ({len(v['members'])} model(s) the data do not reject: {', '.join(v['members'])}; "
-             f"{v['draws_per_member']} parameter draws each; {v['plants']} plants): "
+    what = (f"no candidate passes the loop-band test; the closest, {', '.join(v['members'])}, stands in"
+            if s.get("warning") else
+            f"{len(v['members'])} model(s) the data do not reject: {', '.join(v['members'])}")
+    lines = [f"model set ({what}; {v['draws_per_member']} parameter draws each; {v['plants']} plants): "
              f"{v['verdict'].upper()} ({100 * v['fraction_stable']:.0f} % of the plants stable)"]
+    if s.get("warning"):
+        lines.append(f"  WARNING (klcontrol fit): {s['warning']}")
     for r, c in (s.get("critical_gain") or {}).items():
         if c["ki"] is None:
             lines.append(f"  critical Ki on Kp = {r}·Ki: most of the set never turns unstable on this ray")

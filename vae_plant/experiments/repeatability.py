@@ -22,7 +22,7 @@ import json
 import os
 from glob import glob
 
-__all__ = ["identification_summary", "write_repeatability", "main", "RELAY_TOLERANCE"]
+__all__ = ["identification_summary", "write_repeatability", "markdown_table", "main", "RELAY_TOLERANCE"]
 
 
 def _rel(path, root):
@@ -209,6 +209,42 @@ def _goals(idents, relays, runs, rays):
                 intervals_meeting_first_unstable_bracket=old_meets, first_unstable_brackets=old_brackets)
 
 
+def markdown_table(doc: dict) -> str:
+    """README tables of a repeatability file: per identification, then the goals."""
+    rays = sorted(doc["goals"]["observed_brackets"], key=float)
+    relay = {r["seed"]: r for r in doc["relay"]}
+    head = "| identification | chosen model (set) | " + " | ".join(f"interval Kp = {r}·Ki (source)" for r in rays)
+    lines = [head + " | relay Kp = 0 (period) | verdicts: stable / unstable / undecided |",
+             "|---" * (len(rays) + 4) + "|"]
+    for i in doc["identifications"]:
+        m = i.get("model", {})
+        cells = []
+        for r in rays:
+            iv = i["critical_gain"].get(r)
+            src = i.get("interval_source", {}).get(r, "")
+            cells.append("—" if iv is None else f"{iv[0]:.3g} – {iv[1]:.3g} ({src})")
+        rl = relay.get(i["seed"])
+        rtxt = "—" if rl is None else f"{rl['critical_gain'].get('0', float('nan')):.3g} ({rl['period']:.3g})"
+        n = {k: sum(v["predicted"] == k for v in i["verdicts"]) for k in ("stable", "unstable", "undecided")}
+        set_txt = f"{m.get('chosen', '?')} ({len(m.get('model_set', []))})" + (" ⚠" if m.get("warning") else "")
+        lines.append(f"| seed {i['seed']} | {set_txt} | " + " | ".join(cells) +
+                     f" | {rtxt} | {n['stable']} / {n['unstable']} / {n['undecided']} |")
+    g = doc["goals"]
+    br = "; ".join(f"Kp = {r}·Ki: {lo} – {hi}" for r, (lo, hi) in g["observed_brackets"].items())
+    lines += ["", "| goal | measured | |", "|---|---|---|",
+              f"| set verdict agrees with the real runs, among decided (≥ 95 %) | {100 * g['agreement_among_decided']:.1f} % "
+              f"({round(g['agreement_among_decided'] * g['decided'])} of {g['decided']}) | "
+              f"{'met' if g['agreement_among_decided'] >= 0.95 else 'not met'} |",
+              f"| undecided (≤ 20 %) | {100 * g['undecided_fraction']:.1f} % | "
+              f"{'met' if g['undecided_fraction'] <= 0.2 else 'not met'} |",
+              f"| every interval meets the observed bracket ({br}) | {g['intervals_meeting_the_bracket']} of "
+              f"{g['intervals']} (first-unstable bracket: {g.get('intervals_meeting_first_unstable_bracket')}) | "
+              f"{'met' if g['intervals_meeting_the_bracket'] == g['intervals'] else 'not met'} |",
+              f"| relay within ±15 % of the bracket | {g['relay_within_15_percent']} of {g['relays']} | "
+              f"{'met' if g['relay_within_15_percent'] == g['relays'] else 'not met'} |"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     """Command line: see the module docstring."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,11 +256,14 @@ def main(argv=None) -> int:
     p.add_argument("--identification", action="append", required=True, metavar="SEED=DIR")
     p.add_argument("--runs", nargs="+", required=True, metavar="SUMMARY_JSON")
     p.add_argument("--out", required=True)
+    p.add_argument("--markdown", action="store_true", help="also print the README tables")
     a = p.parse_args(argv)
     ids = {int(s.split("=", 1)[0]): s.split("=", 1)[1] for s in a.identification}
     doc = write_repeatability(a.out, a.plant, a.batch_size, a.beta_star, ids, a.runs, a.ray, a.window)
     g = doc["goals"]
     print(json.dumps({k: v for k, v in g.items() if not k.endswith("checks")}, indent=1))
+    if a.markdown:
+        print(markdown_table(doc))
     return 0
 
 
