@@ -27,6 +27,9 @@ a few sets are timed and the best is scaled to the full count.  The
 trajectories of the timed sets are compared with ``simulate``'s (β and KL,
 max abs difference ≤ 1e-9, both engines).  Everything runs on one thread.
 
+The references closer to the floor (JAX ``jit(vmap(lax.scan))`` and a hand-fused numba loop) are in
+``simulate_floor.py``.
+
 Run:  python benchmarks/simulate_vs_control.py [--sets 1000] [--steps 20000] [--control-sets 3] [--repeats 3]
       [--first-repeats 2]
 """

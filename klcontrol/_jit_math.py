@@ -17,9 +17,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+
+from .compiled import wide_vectors
+
+# Before numba builds its target machine (the decorators below do): 512-bit vectors where the CPU has them.
+wide_vectors()
+
+from llvmlite import ir  # noqa: E402
+from numba import njit, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 __all__ = ["exp", "sign"]
 

@@ -25,7 +25,7 @@ from .fileio import jsonable
 
 __all__ = ["main", "build_parser", "Parser", "HelpFormatter", "command_modules", "print_json", "ORDER", "ENTRY_POINT_GROUP", "FILE_ERRORS",
            "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_UNSTABLE", "EXIT_UNIDENTIFIED", "EXIT_CODES",
-           "exit_codes_epilog"]
+           "exit_codes_epilog", "BadArgument"]
 
 #: The order ``--help`` lists commands in (others follow, alphabetically).
 ORDER = ("demo", "simulate", "stability", "fit", "check", "tune", "identify", "verify-stability", "train", "evaluate",
@@ -130,6 +130,23 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.I)
 
+    def _get_value(self, action, arg_string):
+        from .commands.common import BadValue
+
+        try:
+            return super()._get_value(action, arg_string)
+        except BadValue as exc:  # parsed, but out of range: bad input (exit 1), the flag and the value named
+            flag = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest)
+            raise BadArgument(self.prog, f"{flag} {arg_string}: {exc}") from None
+
+
+class BadArgument(ValueError):
+    """A command-line value out of range, found while parsing: ``main`` prints it in one line and returns 1."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available command registered."""
@@ -221,7 +238,11 @@ def main(argv=None) -> int:
     """
     _fallback_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except BadArgument as exc:
+        print(f"{exc.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -112,6 +112,14 @@ def _count(name, v) -> int:
     return int(v)
 
 
+def _shown(v) -> str:
+    """A scalar or an array of values, short, for a message."""
+    a = np.asarray(v, dtype=float)
+    if a.ndim == 0:
+        return f"{float(a):g}"
+    return "[" + ", ".join(f"{x:g}" for x in a.ravel()[:4]) + (", …]" if a.size > 4 else "]")
+
+
 def _state_value(name, v):
     """A state entry as a finite float array, or a finite floating tensor (cloned), else ``ValueError``."""
     if is_torch(v):
@@ -545,6 +553,20 @@ class Controller:
             raise ValueError(f"beta_min must be ≤ beta_max, got {out['beta_min']} > {out['beta_max']}")
         return out
 
+    def _state_limits(self, params: dict) -> dict:
+        """State entry → (low, high) it must lie in under ``params``: the β output within the clamps, a sigmoid
+        output (``p_prev``) within [0, 1], and any β within float32's range. Entries that may legitimately leave them (official unclamped states) are
+        not listed."""
+        lim = {}
+        if "beta" in self._state:
+            # Beyond float32's range β·KL is infinite in any float32 model: no controller output lies there.
+            big = float(np.finfo(np.float32).max)
+            lo, hi = params.get("beta_min", -big), params.get("beta_max", big)
+            lim["beta"] = (np.maximum(lo, -big), np.minimum(hi, big))
+        if "p_prev" in self._state:
+            lim["p_prev"] = (0.0, 1.0)
+        return lim
+
     def load_state_dict(self, state_dict: dict):
         """Restore a state from :meth:`state_dict`; validates everything before changing anything.
 
@@ -555,8 +577,9 @@ class Controller:
             parameters fail the constructor's checks (finite gains, β_min ≤
             β_max), its state entries are not finite numbers of one shape that
             fits this controller's loops, its filter history has another
-            length, or ``t`` is not a non-negative integer.  The controller is
-            unchanged.
+            length, its β lies outside this controller's clamps (or ``p_prev``
+            outside [0, 1]), or ``t`` is not a non-negative integer.  The
+            controller is unchanged.
         """
         sd = state_dict
         if not isinstance(sd, dict) or sd.get("kind") != self.kind:
@@ -611,6 +634,17 @@ class Controller:
             raise ValueError(f"state dict skipped must be whole counts per loop, got {skipped!r}") from None
         if np.any(sk < 0) or np.any(sk > t):
             raise ValueError(f"state dict skipped must be between 0 and t={t}, got {skipped!r}")
+        for own in (self._params, params):  # this controller's clamps and those the dict would install
+            for name, (lo, hi) in self._state_limits(own).items():
+                v = dec[name]
+                v = v.detach().cpu().double().numpy() if is_torch(v) else v
+                # A float32 tensor state rounds a clamp by one ulp of float32: allow that much.
+                slack_lo = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(lo), lo, 0.0)))
+                slack_hi = 1e-6 * np.maximum(1.0, np.abs(np.where(np.isfinite(hi), hi, 0.0)))
+                if np.any(v < lo - slack_lo) or np.any(v > hi + slack_hi):
+                    raise ValueError(f"state dict {name} = {_shown(v)} is outside [{_shown(lo)}, {_shown(hi)}], "
+                                     "the range this controller can output (its clamps); refused, the controller "
+                                     "is unchanged")
         # Everything is valid: only now change the controller.
         new = {k: (tuple(dec[f"filter[{i}]"] for i in range(len(state["filter"]))) if k == "filter" else dec[k])
                for k in cur}  # this controller's key order, whatever the dict's
@@ -711,6 +745,9 @@ class FixedBeta(Controller):
 
     def _initial(self, y0, c0):
         return {"beta": self._params["beta"]}
+
+    def _state_limits(self, params):
+        return {"beta": (params["beta"], params["beta"])}  # the law's output is β itself, always
 
     def _law(self, state, m, c, p, ops):
         return {"beta": laws.fixed_beta(p["beta"] + 0 * m, m, c, ops)}

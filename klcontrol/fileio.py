@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["jsonable", "atomic_write", "write_json", "write_text"]
+__all__ = ["jsonable", "atomic_write", "write_json", "write_text", "save_figure"]
 
 
 def jsonable(o):
@@ -77,3 +77,13 @@ def write_text(path, text: str) -> Path:
     with atomic_write(path) as fh:
         fh.write(text)
     return Path(path)
+
+
+def save_figure(fig, path, dpi: int = 110, **kwargs) -> Path:
+    """Save a Matplotlib figure atomically (format from the file name's suffix, PNG without one); returns the path."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix[1:].lower() or "png")
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=dpi, **kwargs)
+    return path
+

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .backend import NUMPY, Ops
 
-__all__ = ["LoopState", "initial_loop_state", "loop_step", "measurement_noise"]
+__all__ = ["LoopState", "initial_loop_state", "loop_step", "measurement_noise", "summary_step", "SUMMARY_START"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,42 @@ def measurement_noise(y, z, std, rel):
     with sympy symbols).
     """
     return y + z * (std + rel * abs(y))
+
+
+#: The summary accumulators before the first update: Σe², reached C yet, overshoot, last step outside the band.
+SUMMARY_START = (0.0, 0.0, 0.0, -1.0)
+
+
+def summary_step(acc, y, c, band, t, ops=NUMPY):
+    """One update of the running summary figures: :func:`klcontrol.simulate.response_metrics` without a trace.
+
+    Written once: ``simulate(..., summary=True)`` calls it with NumPy arrays and the compiled engine traces
+    it into its kernel, so the figures need no stored trajectory.
+
+    Parameters
+    ----------
+    acc : tuple
+        ``(Σ e², reached, overshoot, last step outside the band)``, from :data:`SUMMARY_START`.
+    y, c : float, array or symbol
+        The noise-free output y(t) and the set point C(t); ``e = y − C``.
+    band : float or array
+        The settling band, ``tol·|C_final|``.
+    t : float
+        The step index.
+    ops : Ops
+        Backend.
+
+    Returns
+    -------
+    tuple
+        The accumulators after step ``t``.
+    """
+    sumsq, reached, over, last_out = acc
+    e = y - c
+    reached = ops.where(ops.lt(e, 0.0), reached, 1.0)
+    over = ops.where(ops.gt(e, over), ops.where(ops.gt(reached, 0.5), e, over), over)
+    last_out = ops.where(ops.gt(abs(e), band), t, last_out)
+    return sumsq + e * e, reached, over, last_out
 
 
 def loop_step(plant, controller, x: LoopState, c, params: dict, noise=0.0, ops: Ops = NUMPY):

@@ -67,6 +67,8 @@ def plot_trace(trace, path=None, title=None, max_loops: int = 20, labels=None):
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=110)
+        from klcontrol.fileio import save_figure
+
+        save_figure(fig, path)  # atomic: a full disk keeps the old figure
         plt.close(fig)
     return fig

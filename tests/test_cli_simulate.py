@@ -47,7 +47,7 @@ def test_every_controller_and_schedule(tmp_path, capsys, controller):
 
 def test_text_output_and_plot(tmp_path, capsys):
     png = tmp_path / "fig.png"
-    rc = main(["simulate", "--steps", "500", "--ramp", "0", "10", "300", "--noise", "0.05", "--out",
+    rc = main(["simulate", "--steps", "500", "--ramp", "0", "10", "300", "--noise-rel", "0.05", "--out",
                str(tmp_path / "t.csv"), "--plot", str(png)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -59,13 +59,19 @@ def test_text_output_and_plot(tmp_path, capsys):
     "args, message",
     [
         (["--window", "0"], "window"),
-        (["--a", "-1"], "a must be"),
-        (["--k", "0"], "k must be"),
+        (["--a", "-1"], "--a -1: must be ≥ 1e-12"),
+        (["--k", "0"], "--k 0: must be > 0"),
         (["--steps", "0"], "steps"),
         (["--setpoint", "5", "--ramp", "0", "1", "10"], "only one"),
         (["--beta-min", "5", "--beta-max", "1"], "beta_min"),
         (["--kp", "nan"], "kp"),
-        (["--noise", "-1"], "noise_rel"),
+        (["--noise-rel", "-1"], "--noise-rel -1: must be ≥ 0"),
+        (["--noise-std", "nan"], "--noise-std nan: not a finite number"),
+        (["--ramp", "0", "25", "inf"], "--ramp inf: not a finite number"),
+        (["--ramp", "0", "25", "-1e30"], "--ramp -1e30: must be ≥ 0"),
+        (["--steps", "1000000000"], "~32 GB of trace"),
+        (["--window", "1000000"], "--window 1000000: at most 64"),
+        (["--seed", "-1"], "--seed -1: must be ≥ 0"),
     ],
 )
 def test_bad_arguments_exit_1_with_message(tmp_path, capsys, args, message):
@@ -129,3 +135,37 @@ def test_simulate_never_replaces_a_file_it_did_not_write(tmp_path, monkeypatch, 
     assert main(["simulate", "--steps", "50", "--out", "sim.csv"]) == 0
     assert main(["simulate", "--steps", "60", "--out", "sim.csv"]) == 0  # its own output: replaced
     assert len((tmp_path / "sim.csv").read_text().splitlines()) == 61
+
+
+def test_simulate_names_the_plant_and_the_old_spellings_still_work(tmp_path, capsys):
+    out = str(tmp_path / "t.csv")
+    assert main(["simulate", "--steps", "200", "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "plant: first order, a = 0.0002" in text and "the DynamicVAE paper's MNIST plant" in text
+    assert main(["simulate", "--steps", "200", "--g0", "20", "--noise-rel", "0.05", "--out", out, "--json"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert new["plant"].startswith("first order") and "MNIST" not in new["plant"]
+    assert main(["simulate", "--steps", "200", "--A", "20", "--noise", "0.05", "--out", out, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == new
+    assert captured.err.splitlines() == ["klcontrol simulate: note: --A is deprecated; use --g0 (CHANGELOG.md)",
+                                         "klcontrol simulate: note: --noise is deprecated; use --noise-rel (CHANGELOG.md)"]
+
+
+def test_noise_std_is_in_nats(tmp_path, capsys):
+    base = ["simulate", "--steps", "300", "--setpoint", "10", "--controller", "fixed", "--json", "--seed", "3"]
+    rows = {}
+    for flag in ("--noise-std", "--noise-rel"):
+        out = tmp_path / f"{flag}.csv"
+        assert main(base + [flag, "0.5", "--out", str(out)]) == 0
+        capsys.readouterr()
+        rows[flag] = np.loadtxt(out, delimiter=",", skiprows=1)
+    clean = simulate(*_fixed_loop(), 300)
+    assert np.std(rows["--noise-std"][:, 2] - clean.kl) == pytest.approx(0.5, rel=0.15)  # nats
+    assert not np.allclose(rows["--noise-std"][:, 2], rows["--noise-rel"][:, 2])
+
+
+def _fixed_loop():
+    from klcontrol import FixedBeta
+
+    return FixedBeta(4.0, 10.0, filter=5), FirstOrderPlant(1 / 5000, ExpGain(26.38, 0.0476))

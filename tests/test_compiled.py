@@ -25,7 +25,7 @@ from klcontrol import (
     compiled,
     simulate,
 )
-from klcontrol.setpoints import Cyclical
+from klcontrol.setpoints import Cyclical, LinearRamp
 
 numba = pytest.importorskip("numba")
 from klcontrol._jit_math import exp as jit_exp  # noqa: E402  (needs numba)
@@ -287,3 +287,68 @@ def test_the_set_point_or_the_state_may_set_the_number_of_loops():
     three = FirstOrderPlant(np.array([0.01, 0.02, 0.03]), ExpGain(26.0, 0.05))
     with pytest.raises(ValueError, match="disagree on the number of loops"):
         simulate(IncrementalPI(np.array([0.01, 0.02]), 0.003, setpoint=15.0), three, 10)
+
+
+# -- the fused kernel: random loops, summaries, continuation, threads (issue 28) ------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(window=st.just(5), delay=st.sampled_from([0, 1]), n=st.integers(1, 700),
+       kp=st.floats(0.0, 0.05), ki=st.floats(0.0, 0.02), c=st.floats(1.0, 40.0), beta0=st.floats(0.0, 200.0),
+       y0=st.floats(0.0, 40.0), a=st.floats(1e-3, 0.5), noise=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_engines_agree_to_rounding_on_random_loops(window, delay, n, kp, ki, c, beta0, y0, a, noise, seed):
+    rng = np.random.default_rng(seed)
+    ctrl = IncrementalPI(kp * rng.uniform(0.5, 1.5, n), ki * rng.uniform(0.5, 1.5, n), setpoint=c, beta0=beta0,
+                         beta_max=500.0, filter=window)
+    plant = FirstOrderPlant(a * rng.uniform(0.5, 1.0, n), ExpGain(26.38, 0.0476))
+    kw = dict(delay=delay, y0=y0, noise_std=0.3 if noise else 0.0, seed=seed, summary=True)
+    a_, b_ = _both(ctrl, plant, steps=int(rng.integers(1, 60)), **kw)
+    _close(a_, b_, rtol=1e-9, atol=1e-9)
+    for k, v in a_.summary.items():
+        if k != "settling_step":
+            np.testing.assert_allclose(b_.summary[k], v, rtol=1e-9, atol=1e-9, err_msg=k)
+
+
+def test_compiled_summary_equals_the_figures_of_the_stored_trajectory():
+    ctrl = IncrementalPI(np.linspace(0.005, 0.03, 600), 0.004, setpoint=LinearRamp(15.0, 22.0, 50, begin=200),
+                         beta0=80.0, filter=5)
+    plant = FirstOrderPlant(1 / 50, ExpGain(26.38, 0.0476))
+    full = simulate(ctrl, plant, 500, engine="compiled")
+    bare = simulate(ctrl, plant, 500, engine="compiled", record=(), summary=True)
+    assert bare.state is None and bare.meta["engine"] == "compiled"
+    want = full.metrics()
+    assert bare.summary["settling_step"] == want["settling_step"]
+    for k in ("final_kl", "final_setpoint", "overshoot", "overshoot_rel", "tracking_rmse"):
+        np.testing.assert_allclose(bare.summary[k], want[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_a_continued_compiled_run_equals_one_long_run(delay):
+    ctrl = IncrementalPI(np.linspace(0.005, 0.03, 700), 0.004, setpoint=15.0, beta0=80.0, filter=5)
+    plant = FirstOrderPlant(1 / 50, ExpGain(26.38, 0.0476))
+    whole = simulate(ctrl, plant, 301, delay=delay, engine="compiled")
+    first = simulate(ctrl, plant, 123, delay=delay, engine="compiled")  # stops mid-way round the filter's ring
+    rest = simulate(first.controller, plant, 178, delay=delay, engine="compiled", start=first.final)
+    np.testing.assert_array_equal(np.concatenate([first.kl, rest.kl]), whole.kl)
+    np.testing.assert_array_equal(np.concatenate([first.beta, rest.beta]), whole.beta)
+    numpy_final = simulate(ctrl, plant, 123, delay=delay, engine="numpy").final
+    for got, want in zip(first.final.controller["filter"], numpy_final.controller["filter"]):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_threads_change_nothing_but_the_speed():
+    ctrl = IncrementalPI(np.linspace(0.005, 0.03, 1500), 0.004, setpoint=15.0, beta0=80.0, filter=5)
+    one = simulate(ctrl, PLANT, 200, engine="compiled", threads=1)
+    many = simulate(ctrl, PLANT, 200, engine="compiled", threads=2)
+    np.testing.assert_array_equal(one.kl, many.kl)
+    np.testing.assert_array_equal(one.beta, many.beta)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        simulate(ctrl, PLANT, 10, threads=0)
+
+
+def test_the_filter_history_is_a_ring_not_copies():
+    ctrl = IncrementalPI(0.01, 0.005, setpoint=15.0, beta0=80.0, filter=5)
+    k = compiled.kernel_for(PLANT, ctrl)
+    src = compiled._trace(compiled.structure_key(PLANT, ctrl, 0, False, True), PLANT, ctrl, 0, False, True)
+    ring = [k.state.index(("filter", j)) for j in range(4)]
+    assert f"RING = {tuple(ring)!r}" in src
+    assert "ph == 3" not in src and "ph == 2" in src  # one fused loop per phase (the last is the else)

@@ -21,6 +21,7 @@ from klcontrol import (
     beta_from_norm,
     beta_norm,
 )
+from klcontrol.registry import PRESETS
 from klcontrol.setpoints import as_setpoint
 
 KINDS = ("incremental", "official", "positional", "capacity", "fixed")
@@ -651,6 +652,50 @@ def test_load_state_dict_hostile_dicts_round_trip_or_refuse(kind, steps, data):
     assert all(math.isfinite(v) for v in np.ravel(state["state"]["beta"]))
     assert isinstance(state["t"], int) and state["t"] >= 0
     assert np.all(np.isfinite(b.step(1.0)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(PRESETS)), factor=st.floats(-1e300, 1e300), steps=st.integers(0, 4))
+def test_load_state_dict_keeps_beta_within_the_controllers_own_clamps(name, factor, steps):
+    from klcontrol.registry import make_preset
+
+    a = make_preset(name)
+    for _ in range(steps):
+        a.step(3.0)
+    sd = a.state_dict()
+    lo, hi = a._state_limits(a._params)["beta"]
+    sd["state"]["beta"] = factor
+    b = make_preset(name)
+    snap = _snapshot(b)
+    inside = bool(np.all(lo - 1e-6 * np.maximum(1.0, np.abs(lo)) <= factor)
+                  and np.all(factor <= hi + 1e-6 * np.maximum(1.0, np.abs(hi))))
+    if inside:
+        b.load_state_dict(sd)
+        assert float(np.ravel(b.state_dict()["state"]["beta"])[0]) == factor
+    else:
+        with pytest.raises(ValueError, match=r"state dict beta = .* is outside \[.*\], the range this controller can"):
+            b.load_state_dict(sd)
+        assert _snapshot(b) == snap
+
+
+def test_load_state_dict_refuses_clamps_widened_by_the_dict():
+    a = IncrementalPI(0.01, 0.005, 20.0, beta0=10.0, beta_min=1.0, beta_max=100.0)
+    sd = a.state_dict()
+    sd["params"]["beta_max"] = 1e300
+    sd["state"]["beta"] = 1e200  # inside the dict's clamps, outside the controller's own
+    snap = _snapshot(a)
+    with pytest.raises(ValueError, match=r"beta = 1e\+200 is outside \[1, 100\]"):
+        a.load_state_dict(sd)
+    assert _snapshot(a) == snap
+    torch_sd = a.state_dict()
+    torch_sd["state"] = {k: (v if k == "filter" else torch.tensor(float(v), dtype=torch.float32))
+                         for k, v in torch_sd["state"].items()}
+    torch_sd["state"]["filter"] = [torch.tensor(float(x), dtype=torch.float32) for x in torch_sd["state"]["filter"]]
+    torch_sd["state"]["beta"] = torch.tensor(100.0, dtype=torch.float32)  # at the clamp, in float32: accepted
+    a.load_state_dict(torch_sd)
+    torch_sd["state"]["p_prev"] = torch.tensor(1.5)
+    with pytest.raises(ValueError, match=r"p_prev = 1.5 is outside \[0, 1\]"):
+        a.load_state_dict(torch_sd)
 
 
 def test_prime_and_reset():

@@ -31,3 +31,12 @@ def test_evaluate_bad_input(run_dir, capsys, args, msg):
     argv = ["evaluate"] + (args if args[0].startswith("/") else [str(run_dir)] + args)
     assert main(argv) == 1
     assert msg in capsys.readouterr().err
+
+
+def test_cuda_asked_for_without_cuda_names_the_flag_not_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", str(tmp_path), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "--device cuda: torch sees no CUDA device" in err and "corrupt" not in err

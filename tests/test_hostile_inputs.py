@@ -453,6 +453,43 @@ def test_corpus_covers_every_reader():
     assert len(CASES) >= 100
 
 
+#: Absurd numbers and sizes on the command line: refused while parsing, before any file is read or any run starts,
+#: in one line naming the flag and the value (exit 1), with the estimate for the sizes.
+ABSURD_FLAGS = [
+    (["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2", "--window", "1000000000"],
+     "--window 1000000000: at most 64"),
+    (["check", "--fit", "f.json", "--kp", "0", "--ki", "0.1", "--window", "10000000"], "--window 10000000"),
+    (["tune", "--a", "0.0004", "--gprime", "-3.2", "--window", "1000000"], "--window 1000000"),
+    (["simulate", "--steps", "1000000000"], "~32 GB of trace"),
+    (["simulate", "--window", "1000000"], "--window 1000000"),
+    (["train", "--out", "r", "--batch-size", "1000000000"], "GB of activations"),
+    (["train", "--out", "r", "--threads", "100000"], "--threads 100000"),
+    (["train", "--out", "r", "--seed", "-1"], "--seed -1: must be ≥ 0"),
+    (["compare", "--out", "c", "--seeds", "100000000"], "training runs per method"),
+    (["compare", "--out", "c", "--jobs", "100000"], "--jobs 100000"),
+    (["fit", "x.csv", "--n-boot", "1000000000"], "--n-boot 1000000000"),
+    (["verify-stability", "--settled", "s", "--beta-star", "4", "--fit", "f.json", "--kick", "-1"],
+     "--kick -1: must be > 0"),
+    (["verify-stability", "--settled", "s", "--beta-star", "4", "--fit", "f.json", "--gain", "0", "0.1", "inf"],
+     "--gain inf: not a finite number"),
+    (["identify", "--betas", "4", "inf"], "--betas inf: not a finite number"),
+    (["stability", "--kp", "0.01", "--ki", "0.005", "--a", "1e154", "--gprime", "-3.2"], "--a 1e154"),
+    (["stability", "--kp", "0.01", "--ki", "0.005", "--a", "4e-320", "--gprime", "-3.2"], "--a 4e-320"),
+    (["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "3.2"], "g′ < 0: pass −G"),
+    (["tune", "--a", "0.0004", "--gprime", "-3.2", "--compare", "nan", "0.1"], "--compare nan"),
+    (["judge", "log.csv", "--beta-star", "-4"], "--beta-star -4: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", ABSURD_FLAGS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in ABSURD_FLAGS])
+def test_absurd_flags_refused_while_parsing(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"klcontrol {argv[0]}: error: --") and message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
 if __name__ == "__main__":  # the tally quoted in README.md
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]) or print(
         f"{len(CASES)} inputs: {sum(o == 'error' for o, _, _ in CASES.values())} clear errors, "

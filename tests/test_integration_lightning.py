@@ -377,3 +377,15 @@ def test_the_kl_goes_through_the_rank_average_when_sync_dist(tmp_path, monkeypat
         ref.step(k)
     assert len(seen) == (5 if sync_dist else 0)
     assert torch.equal(cb.controller.beta, ref.beta)
+
+
+def test_callback_state_with_beta_outside_the_clamps_is_refused_unchanged():
+    cb = KLControlCallback(make_controller())
+    good = cb.state_dict()
+    bad = {"controller": dict(good["controller"], state=dict(good["controller"]["state"], beta=1e300))}
+    with pytest.raises(ValueError, match=r"state dict beta = 1e\+300 is outside"):
+        cb.load_state_dict(bad)
+    assert states_equal(cb.state_dict()["controller"], good["controller"])
+    neg = {"controller": dict(good["controller"], state=dict(good["controller"]["state"], beta=-1.0))}
+    with pytest.raises(ValueError, match=r"state dict beta = -1 is outside \[0, "):
+        cb.load_state_dict(neg)

@@ -236,3 +236,60 @@ def test_an_open_loop_schedule_follows_the_clock():
     for y in tr.kl[:-1]:
         betas.append(live.step(float(y)))
     np.testing.assert_array_equal(tr.beta, betas)
+
+
+# -- summaries, continuation, memory (issue 28) ---------------------------------------------------------------
+
+def _sweep_ctrl(n=4):
+    kp = np.linspace(0.005, 0.02, n)
+    return IncrementalPI(kp, kp / 2, setpoint=LinearRamp(15.0, 22.0, 50, begin=150), beta0=80.0, filter=5)
+
+
+def test_summary_figures_equal_those_of_the_stored_trajectory():
+    plant = FirstOrderPlant(1 / 50, ExpGain(A_GAIN, K_DECAY))
+    ctrl = _sweep_ctrl()
+    full = simulate(ctrl, plant, 400, engine="numpy")
+    bare = simulate(ctrl, plant, 400, engine="numpy", record=(), summary=True, settle_tol=0.05)
+    assert bare.kl is None and bare.beta is None and bare.state is None
+    want = response_metrics(full, tol=0.05)
+    assert bare.metrics(tol=0.05) == bare.summary
+    for k, v in want.items():
+        got = bare.summary[k]
+        if k == "settling_step":
+            assert got == v
+        else:
+            np.testing.assert_allclose(got, v, rtol=1e-12, atol=1e-12, err_msg=k)
+    with pytest.raises(ValueError, match="recorded no state"):
+        bare.metrics(tol=0.02)
+
+
+def test_a_continued_run_equals_one_long_run():
+    plant = FirstOrderPlant(1 / 50, ExpGain(A_GAIN, K_DECAY))
+    ctrl = _sweep_ctrl()
+    for delay in (0, 1):
+        whole = simulate(ctrl, plant, 300, delay=delay, engine="numpy")
+        first = simulate(ctrl, plant, 120, delay=delay, engine="numpy")
+        rest = simulate(first.controller, plant, 180, delay=delay, engine="numpy", start=first.final)
+        assert first.controller.steps_taken == 120 and ctrl.steps_taken == 0
+        np.testing.assert_array_equal(np.concatenate([first.kl, rest.kl]), whole.kl)
+        np.testing.assert_array_equal(np.concatenate([first.beta, rest.beta]), whole.beta)
+        np.testing.assert_array_equal(np.concatenate([first.setpoint, rest.setpoint]), whole.setpoint)
+    with pytest.raises(ValueError, match="start must be the final LoopState"):
+        simulate(ctrl, plant, 10, delay=0, start=first.final)  # first ran with delay 1
+
+
+def test_a_recording_that_cannot_fit_is_refused_with_one_that_fits(monkeypatch):
+    sim = __import__("sys").modules["klcontrol.simulate"]
+    ctrl, plant = _sweep_ctrl(1000), FirstOrderPlant(1 / 50, ExpGain(A_GAIN, K_DECAY))
+    # 1000 loops × 100 000 steps: β and KL in float64 need 1.6 GB; the KL in float32 0.4 GB.
+    monkeypatch.setattr(sim, "_available_memory", lambda: 10**9)
+    with pytest.raises(ValueError, match=r"needs 1\.60 GB, more than the 1\.00 GB .*record=\('kl',\), "
+                                         r"dtype=np\.float32 would need 0\.40 GB"):
+        simulate(ctrl, plant, 100_000)
+    monkeypatch.setattr(sim, "_available_memory", lambda: 10**8)
+    with pytest.raises(ValueError, match=r"record=\(\), summary=True"):
+        simulate(ctrl, plant, 100_000, record=("kl",), dtype=np.float32)
+    tr = simulate(ctrl, plant, 100_000 // 1000, record=(), summary=True)  # nothing stored: always fits
+    assert len(tr.summary["tracking_rmse"]) == 1000
+    with pytest.raises(ValueError, match="summary=True"):
+        simulate(ctrl, plant, 10, record=())

@@ -371,3 +371,66 @@ def test_pid_lagrangian_linearises_as_the_positional_pi_with_four_times_kp(kp, k
     assert np.sum(np.abs(ev) > 1e-5) == len(ours)
     rho = spectral_radius(4 * kp, ki, a, gp, window, delay, controller="positional")
     assert rho == pytest.approx(np.max(np.abs(ev)), abs=1e-6)
+
+
+@pytest.mark.parametrize("T", range(1, 13))
+def test_structured_charpoly_equals_the_jacobian_derivation(T):
+    """The characteristic polynomial built from the loop's structure (law and plant linearised alone, the moving
+    average's polynomial, the delay) is exactly the one of the whole loop's Jacobian, for every linear kind and
+    both delays."""
+    from klcontrol.analysis.stability import symbolic as ss
+    from klcontrol.registry import LINEAR_KINDS
+
+    for d in (0, 1):
+        for c in LINEAR_KINDS:
+            assert (ss._charpoly(T, d, c) - ss._charpoly_jacobian(T, d, c)).is_zero, (T, d, c)
+
+
+@pytest.mark.parametrize("T,d", [(1, 0), (4, 1), (9, 0)])
+def test_integer_transforms_equal_sympy_substitution(T, d):
+    """The bilinear and shifted coefficients (integer transforms monomial by monomial) against sympy's own
+    substitution and expansion of the characteristic polynomial."""
+    import sympy as sp
+
+    from klcontrol.analysis.stability.symbolic import SYMBOLS, bilinear_coefficients, shifted_coefficients
+
+    lam, w, z = SYMBOLS["lambda"], SYMBOLS["w"], SYMBOLS["z"]
+    p = characteristic_polynomial(T, d)
+    n = p.degree()
+    q = sp.Poly(sp.cancel(sp.expand((1 - w) ** n * p.as_expr().subs(lam, (1 + w) / (1 - w)))), w).all_coeffs()
+    s = sp.Poly(sp.expand(p.as_expr().subs(lam, 1 + z)), z).all_coeffs()
+    for ours, ref in ((bilinear_coefficients(T, d), q), (shifted_coefficients(T, d), s)):
+        assert len(ours) == len(ref)
+        assert all(sp.expand(x - y) == 0 for x, y in zip(ours, ref))
+
+
+def test_long_window_code_is_printed_directly_and_agrees(monkeypatch):
+    """The monomial printer (long windows) and the cse printer give the same numbers."""
+    import types
+
+    from klcontrol.analysis.stability import codegen
+
+    mods = []
+    for direct in (10**6, 0):
+        monkeypatch.setattr(codegen, "DIRECT_DEGREE", direct)
+        mod = types.ModuleType("m")
+        exec(codegen.module_source([(6, 1)]), mod.__dict__)
+        mods.append(mod.TABLE[(6, 1)])
+    rng = np.random.default_rng(5)
+    kp, ki, a, gp = rng.uniform(-1, 2, 50), rng.uniform(0, 1, 50), rng.uniform(1e-4, 1, 50), rng.uniform(-4, -0.1, 50)
+    def flat(out):
+        return [np.broadcast_to(np.asarray(v, float), (50,)) for g in out for v in (g if isinstance(g, tuple) else (g,))]
+
+    for k, args in ((0, (kp, ki, a, gp)), (1, (kp, ki, a, gp)), (2, (kp, ki, a)), (3, (kp, ki, a, gp)), (4, (a, gp))):
+        x, y = flat(mods[0][k](*args)), flat(mods[1][k](*args))
+        assert len(x) == len(y)
+        for u, v in zip(x, y):
+            assert np.allclose(u, v, rtol=1e-13, atol=1e-13), k
+
+
+def test_windows_beyond_the_derivable_are_refused_with_an_estimate():
+    from klcontrol.analysis.stability.config import MAX_WINDOW, derivation_estimate
+
+    with pytest.raises(ValueError, match=r"at most .*estimated"):
+        is_stable(0.1, 0.1, 0.01, -1.0, window=MAX_WINDOW + 1)
+    assert derivation_estimate(40) < derivation_estimate(400) < derivation_estimate(MAX_WINDOW + 1)

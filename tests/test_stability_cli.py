@@ -7,7 +7,8 @@ from klcontrol.cli import EXIT_UNSTABLE, main
 
 
 def test_json_contract(capsys):
-    rc = main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2", "--delay", "1", "--json"])
+    rc = main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2", "--delay", "1",
+               "--window", "1", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["stable"] is True
@@ -17,7 +18,7 @@ def test_json_contract(capsys):
 
 def test_text_interval_and_plot(tmp_path, capsys):
     png = tmp_path / "region.png"
-    rc = main(["stability", "--kp", "2", "--ki", "1", "--a", "0.0004", "--gprime", "-3.2", "--gprime-max", "-1",
+    rc = main(["stability", "--kp", "2", "--ki", "1", "--a", "0.0004", "--gprime", "-3.2", "-1",
                "--window", "2", "--delay", "1", "--controller", "positional", "--plot", str(png)])
     assert rc == EXIT_UNSTABLE == 3  # the verdict is in the exit status too
     text = capsys.readouterr().out
@@ -50,10 +51,11 @@ def test_version_and_exit_codes_in_help(capsys):
 
 def test_bad_input_is_an_error_line(capsys):
     assert main(["stability", "--kp", "0.1", "--ki", "0.1", "--a", "-1", "--gprime", "-1"]) == 1
-    assert "--a must be a positive, finite rate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--a" in err and ("positive, finite rate" in err or "must be ≥" in err), err
     # the paper's G typed as g′: refused with the fix; negative numbers in e-notation are values
     assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "3.2"]) == 1
-    assert "pass --gprime -3.2" in capsys.readouterr().err
+    assert "--gprime -3.2" in capsys.readouterr().err  # the fix, spelled out
     assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2e0"]) == 0
     assert main(["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-32e-1"]) == 0
     capsys.readouterr()
@@ -138,4 +140,36 @@ def test_fit_refuses_to_write_over_an_input_before_any_work(tmp_path, capsys):
     assert "is one of the inputs" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["fit", src, "--plot", str(tmp_path / "file" / "x.png")]) == 1  # a folder that cannot be made
-    assert "checked before fitting" in capsys.readouterr().err
+    assert "checked before any work" in capsys.readouterr().err
+
+
+def test_gprime_interval_one_spelling_and_the_old_one_still_works(capsys):
+    base = ["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--window", "5", "--json"]
+    assert main(base + ["--gprime", "-3.2", "-1"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert main(base + ["--gprime", "-3.2", "--gprime-max", "-1"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == new
+    assert "--gprime-max is deprecated; use --gprime LO HI" in captured.err and len(captured.err.splitlines()) == 1
+    assert main(base + ["--gprime", "-3.2", "-1", "-0.5"]) == 1
+    assert "one value or two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--a", "1e154", "analysis cannot stay finite"),
+    ("--a", "1e-310", "analysis cannot stay finite"),
+    ("--a", "nan", "not a finite number"),
+    ("--kp", "inf", "not a finite number"),
+    ("--gprime", "0", "g′ < 0: pass −G"),
+    ("--gprime", "3.2", "g′ < 0: pass −G"),
+    ("--window", "1000000000", "at most 64"),
+    ("--window", "0", "must be ≥ 1"),
+])
+def test_numbers_refused_at_parse_time_naming_the_flag(capsys, flag, value, message):
+    args = {"--kp": "0.01", "--ki": "0.005", "--a": "0.0004", "--gprime": "-3.2"}
+    args[flag] = value
+    argv = ["stability"] + [x for kv in args.items() for x in kv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"klcontrol stability: error: {flag} {value}:") and message in err
+    assert len(err.splitlines()) == 1

@@ -29,9 +29,10 @@ def test_tune_needs_a_plant(capsys):
 
 def test_tune_rejects_nan_bounds(capsys):
     base = ["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.5"]
-    for extra, name in ((["--max-overshoot", "nan"], "max_overshoot"), (["--max-overshoot", "-0.1"], "max_overshoot")):
+    for extra, message in ((["--max-overshoot", "nan"], "--max-overshoot nan: not a finite number"),
+                           (["--max-overshoot", "-0.1"], "--max-overshoot -0.1: must be ≥ 0")):
         assert main(base + extra) == 1
-        assert f"{name} must be a number ≥ 0" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
     import pytest
 
     from klcontrol.analysis.tuning.schedule import tune_schedule
@@ -49,3 +50,21 @@ def test_a_design_that_never_settles_is_refused_with_the_fix(capsys):
     assert main(["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.00001", "--window", "5"]) == 1
     err = capsys.readouterr().err
     assert "no design settles within a run" in err and "--beta-range" in err
+
+
+def test_one_gprime_and_your_gains_labelled_yours(capsys):
+    assert main(["tune", "--a", "0.0004", "--gprime", "-3.2", "--window", "5"]) == 0  # the one-value form
+    assert "paper" in capsys.readouterr().out
+    assert main(["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.5", "--window", "5", "--compare", "0.02", "0.005",
+                 "--json"]) == 0
+    refs = json.loads(capsys.readouterr().out)["references"]
+    assert set(refs) == {"yours"}
+    assert main(["tune", "--a", "0.0004", "--gprime", "-3.2", "-0.5", "--window", "5", "--compare", "0.02", "0.005"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == ["tuned", "yours"]
+
+
+def test_positive_gprime_refused_with_the_hint(capsys):
+    assert main(["tune", "--a", "0.0004", "--gprime", "3.2"]) == 1
+    err = capsys.readouterr().err
+    assert "g′ < 0: pass −G" in err and "--gprime -3.2" in err

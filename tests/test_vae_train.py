@@ -156,7 +156,7 @@ def test_bad_input_cli(runs, tmp_path, capsys):
         (["train", "--resume", str(tmp_path / "none"), "--steps", "50"], "holds no run"),
         (["train", "--steps", "5"], "--out DIR"),
         (["train", "--out", str(tmp_path / "y"), "--resume", b], "different directories"),
-        (["train", "--out", str(tmp_path / "z"), "--steps", "0"], "steps must be a positive integer"),
+        (["train", "--out", str(tmp_path / "z"), "--steps", "0"], "--steps 0: must be ≥ 1"),
     ]
     for argv, msg in cases:
         assert main(argv + ["--no-progress"]) == 1, argv

@@ -9,6 +9,7 @@ def register(sub) -> None:
     """Register the ``fit`` command."""
     from klcontrol.analysis.identification.traces import add_reader_arguments
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNIDENTIFIED, exit_codes_epilog
+    from klcontrol.commands.common import N_BOOT, SEED, add_deprecated_alias, number
 
     p = sub.add_parser(
         "fit",
@@ -22,16 +23,19 @@ def register(sub) -> None:
         "NAME picks one). Every fit says whether the data identify a, g and g′ (\"identifiable\" in --json and "
         "the saved file); klcontrol check and tune refuse a fit that is not identifiable.",
         epilog=exit_codes_epilog(EXIT_OK, EXIT_ERROR, 2, EXIT_UNIDENTIFIED)
-        + " (the fit is still printed and saved, flagged)",
+        + " (the fit is still printed and saved, flagged)"
+        + "\n\nexample:\n  klcontrol fit \"$(klcontrol data path cpu/fixed_beta4.csv.gz)\" "
+        "\"$(klcontrol data path cpu/fixed_beta8.csv.gz)\" --n-boot 20 --out fit.json",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="trace files or run directories")
     p.add_argument("--g", choices=("exp", "spline", "auto"), default="exp",
                    help="g model: A·exp(-kβ) (default), monotone spline, or auto (BIC)")
     add_reader_arguments(p)
-    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates (default 100; 0: no bootstrap, "
+    p.add_argument("--n-boot", type=N_BOOT, default=100, help="bootstrap replicates (default 100; 0: no bootstrap, "
                    "identifiability judged from linearised intervals)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument("--seed", type=SEED, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--level", type=number(0.0, 0.9999, lo_open=True), default=0.95,
+                   help="confidence level (default 0.95)")
     p.add_argument("--out", default=None, metavar="JSON", help="save the fit (for klcontrol check / tune)")
     p.add_argument("--plot", default=None, metavar="PNG", help="figure: data vs model, g(β) and g′(β) with bands")
     p.add_argument("--json", action="store_true", help="print the fit summary as JSON")
@@ -49,11 +53,12 @@ def register(sub) -> None:
                    help="held-out traces: NRMSE fit %% of the 50-update mean and raw KL, residual whiteness, "
                    "cross-correlation with β")
     m.add_argument("--report", default=None, metavar="JSON", help="write the validation report (all candidates)")
-    m.add_argument("--compare", default=None, metavar="FIT",
+    m.add_argument("--compare-fit", dest="compare", default=None, metavar="JSON",
                    help="another saved fit (e.g. the first-order shipped one: klcontrol data path cpu/fit.json) validated beside (hammerstein)")
     m.add_argument("--summary", default=None, metavar="JSON",
                    help="write {held_out: [{trace, fit, closed_loop, fit_percent, first_order_fit_percent, ...}]} "
-                   "(hammerstein; needs --out, --validate and --compare)")
+                   "(hammerstein; needs --out, --validate and --compare-fit)")
+    add_deprecated_alias(m, "--compare", "--compare-fit", dest="compare")
     from klcontrol.commands.common import add_progress_arg
 
     add_progress_arg(p)
@@ -94,10 +99,15 @@ def _run_hammerstein(args) -> int:
     for i, r in enumerate(rep["candidates"]):
         tc = ", ".join(f"{t:.3g}" for t in r["time_constants"])
         ho = "" if r["held_out_min"] is None else (f", worst held-out fit {r['held_out_min']:.1f} % (50-mean), "
-                                                   f"score {r['score']:.1f}")
-        mark = " ← chosen" if i == rep["chosen"] else ""
-        print(f"{r['structure']}{'' if r['orders'] is None else tuple(r['orders'])}: τ = [{tc}] updates, "
-              f"AIC {r['aic']:.1f}{ho}{mark}")
+                                                   f"fit at the controller's time scale {r['score']:.1f} %")
+        ring = "" if r.get("ring_period") is None else f", ring period {r['ring_period']:.3g}"
+        band = "" if r.get("band_rms") is None else (f", loop band {r['band_rms']:.2g} s.e. "
+                                                     f"({'passes' if r['passes_band'] else 'REJECTED'})")
+        mark = " ← chosen" if i == rep["chosen"] else (" (in the model set)" if i in rep.get("model_set", ()) else "")
+        print(f"{r['structure']}{'' if r['orders'] is None else tuple(r['orders'])}: τ = [{tc}] updates{ring}, "
+              f"AIC {r['aic']:.1f}{ho}{band}{mark}")
+    if rep.get("warning"):
+        print(f"WARNING: {rep['warning']}")
     print(f"chosen by {rep['rule']}: {best!r}")
     if held:
         _print_validation(rep["candidates"][rep["chosen"]]["held_out"])
@@ -112,25 +122,10 @@ def _run_hammerstein(args) -> int:
 def _check_outputs(args) -> None:
     """Before any work: no output would replace an input (flag and path named), and every output's folder exists
     (created when missing, so a figure's folder typo cannot cost a long fit)."""
-    import os
+    from klcontrol.commands.common import check_output_paths
 
     inputs = [*args.paths, *(args.static or []), *(args.validate or []), args.compare, args.plan]
-    same = {os.path.realpath(p) for p in inputs if p}
-    for flag in ("out", "report", "summary", "plot"):
-        path = getattr(args, flag, None)
-        if not path:
-            continue
-        if os.path.realpath(path) in same:
-            raise ValueError(f"--{flag} {path} is one of the inputs: klcontrol never overwrites what it reads; "
-                             "choose another output path")
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(f"--{flag} {path}: cannot create its folder {folder} ({exc.strerror or exc}); checked "
-                             "before fitting") from None
-        if os.path.isdir(path):
-            raise ValueError(f"--{flag} {path} is a folder; give a file name")
+    check_output_paths(args, ("out", "report", "summary", "plot"), inputs)
 
 
 def run(args) -> int:
@@ -154,7 +149,10 @@ def run(args) -> int:
         return rc
     lvl = f"{100 * fit.level:.0f} %"
     lo, hi = fit.a_ci
-    ci = f"{lvl} CI [{lo:.4g}, {hi:.4g}]" if fit.boot.gains else "no bootstrap interval (--n-boot 0)"
+    ci = f"{lvl} CI [{lo:.4g}, {hi:.4g}]" if fit.boot.gains else (
+        "no bootstrap interval (--n-boot 0)" if not args.n_boot else
+        f"no bootstrap interval: {args.n_boot} replicates ran, all failed (none could be refitted: a non-finite "
+        "or singular replicate)")
     print(f"a = {fit.a:.4g} (time constant {fit.time_constant:.0f} steps), {ci}")
     if fit.a_rise_time_mean is not None:
         print(f"paper's 63.2 % rise-time estimate (open-loop traces): a ≈ {fit.a_rise_time_mean:.4g}")
@@ -174,8 +172,8 @@ def run(args) -> int:
         names = [str(t.meta.get("source", f"trace {i}")) for i, t in enumerate(fit.traces)]
         print("fit % per trace (NRMSE of the logged KL; 100 perfect, 0 no better than a constant): "
               + ", ".join(f"{os.path.basename(n)} {p:.1f} %" for n, p in zip(names, fit.fit_percents())))
-    if fit.boot.failures:
-        print(f"bootstrap: {fit.boot.failures} of {args.n_boot} replicates failed and were left out")
+    if fit.boot.failures and fit.boot.gains:
+        print(f"bootstrap: {args.n_boot} replicates ran, {fit.boot.failures} failed and were left out")
     print("identifiable: yes (a, g and g′)" if fit.identifiable else
           "identifiable: NO (" + ", ".join(k for k in ("a", "g", "gprime") if not fit.identifiability[k])
           + " not identified)")
@@ -196,3 +194,16 @@ def _explain(fit) -> None:
         print(f"  - {r}", file=sys.stderr)
     print("klcontrol check and tune refuse this fit (override: --allow-unidentified). Longer logs, a wider β range "
           "or several open-loop runs at different β identify the plant.", file=sys.stderr)
+    gaps = _logging_interval(fit)
+    if gaps > 1:
+        print(f"  Your logs hold one row every {gaps:g} updates: log every update (PyTorch Lightning: "
+              "Trainer(log_every_n_steps=1); its default 50 leaves the fast dynamics unseen).", file=sys.stderr)
+
+
+def _logging_interval(fit) -> float:
+    """The smallest median step between logged rows over the fitted traces (1: every update logged)."""
+    import numpy as np
+
+    gaps = [float(np.median(np.diff(np.asarray(t.step, dtype=float)))) for t in (getattr(fit, "traces", None) or [])
+            if len(t.step) > 1]
+    return min(gaps) if gaps else 1.0

@@ -8,6 +8,7 @@ def register(sub) -> None:
     """Register the ``judge`` command."""
     from klcontrol.analysis.identification.traces import add_reader_arguments
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
+    from klcontrol.commands.common import FINITE, NONNEG, POSITIVE, add_window_arg, fit_spec, integer
 
     p = sub.add_parser(
         "judge",
@@ -18,19 +19,23 @@ def register(sub) -> None:
         "growing), and put the verdicts of saved fits at the gains and set point beside it.",
         epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_ERROR, 2).replace(
             "check, stability: not (robustly) stable", "judge: the logged loop was not stable")
-        + "\n\nexample:\n  klcontrol judge run.csv --beta-star 4 --kp 0 --ki 0.1 --window 5 --setpoint 14 "
-        "--fit identified=fit.json",
+        + "\n\nexample:\n  klcontrol judge \"$(klcontrol data path stability_real/pi_kp0.01_ki0.005_T5_s0.csv.gz)\" "
+        "--beta-star 4 --kp 0.01 --ki 0.005 --window 5 --setpoint 14 "
+        "--fit identified=\"$(klcontrol data path identify/fit.json)\"",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("log", metavar="PATH", help="the closed-loop log (CSV, JSONL, TensorBoard, a run directory)")
-    p.add_argument("--beta-star", type=float, required=True, help="β at the operating point (the scale of the criterion)")
-    p.add_argument("--beta-min", type=float, default=0.0, help="the controller's lower β clamp (default 0)")
-    p.add_argument("--skip", type=int, default=100, help="rows of transient ignored (default 100)")
-    p.add_argument("--fit", nargs="+", default=[], metavar="NAME=JSON", help="saved fits whose predictions to show")
-    p.add_argument("--kp", type=float, default=None, help="the logged loop's Kp (with --fit)")
-    p.add_argument("--ki", type=float, default=None, help="the logged loop's Ki (with --fit)")
-    p.add_argument("--window", type=int, default=5, help="its moving-average window (default 5)")
-    p.add_argument("--setpoint", type=float, default=None, help="its constant set point in nats (with --fit)")
+    p.add_argument("--beta-star", type=POSITIVE, required=True,
+                   help="β at the operating point (the scale of the criterion)")
+    p.add_argument("--beta-min", type=NONNEG, default=0.0, help="the controller's lower β clamp (default 0)")
+    p.add_argument("--skip", type=integer(0, 10_000_000), default=100, help="rows of transient ignored (default 100)")
+    p.add_argument("--fit", type=fit_spec, nargs="+", default=[], metavar="[NAME=]JSON",
+                   help="saved fits whose predictions to show, each optionally named (default name: the file's stem)")
+    p.add_argument("--kp", type=FINITE, default=None, help="the logged loop's Kp (with --fit)")
+    p.add_argument("--ki", type=FINITE, default=None, help="the logged loop's Ki (with --fit)")
+    add_window_arg(p, help="the logged loop's moving-average window (default 5, the papers')")
+    p.add_argument("--setpoint", type=NONNEG, default=None, metavar="C",
+                   help="its constant set point in nats (with --fit)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     add_reader_arguments(p)
     p.set_defaults(func=run)
@@ -54,10 +59,7 @@ def run(args) -> int:
     if args.fit:
         if args.kp is None or args.ki is None or args.setpoint is None:
             raise ValueError("--fit needs the logged loop's --kp, --ki and --setpoint")
-        for spec in args.fit:
-            if "=" not in spec:
-                raise ValueError(f"--fit takes NAME=JSON, got {spec!r}")
-            name, path = spec.split("=", 1)
+        for name, path in args.fit:
             r = float(spectral_radius(args.kp, args.ki, plant=load_fit(path), setpoint=args.setpoint,
                                       window=args.window))
             out["predicted"][name] = dict(stable=bool(r < 1), spectral_radius=r, agrees=bool((r < 1) == obs["stable"]))

@@ -7,22 +7,24 @@ from klcontrol.registry import LINEAR_KINDS
 def register(sub) -> None:
     """Register the ``stability`` command."""
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
+    from klcontrol.commands.common import FINITE, RATE, add_gprime_arg, add_window_arg
 
     p = sub.add_parser(
         "stability",
         help="stability verdict and margins of the linearised loop",
         description="Linearise the loop (controller law + first-order plant y(t) = y(t-1)/(1+a) + a/(1+a)·g(β)) "
         "at its equilibrium and report whether it is stable, its spectral radius, and margins. With "
-        "--gprime-max the verdict holds for every g′ between --gprime and --gprime-max.",
-        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_ERROR, 2),
+        "--gprime LO HI the verdict holds for every g′ between LO and HI.",
+        epilog=exit_codes_epilog(EXIT_OK, EXIT_UNSTABLE, EXIT_ERROR, 2)
+        + "\n\nexample:\n  klcontrol stability --kp 0.01 --ki 0.005 --a 0.0004 --gprime -3.2 -1 --window 5",
     )
-    p.add_argument("--kp", type=float, required=True, help="proportional gain")
-    p.add_argument("--ki", type=float, required=True, help="integral gain (positive = negative feedback)")
-    p.add_argument("--a", type=float, required=True, help="plant rate a > 0 (paper: 1/2500 dSprites)")
-    p.add_argument("--gprime", type=float, required=True, help="plant slope g′(β*) (paper dSprites: -3.2)")
-    p.add_argument("--gprime-max", type=float, default=None, help="other end of a g′ interval (robust verdict)")
-    p.add_argument("--window", type=int, default=1, help="moving-average window T (default 1)")
-    p.add_argument("--delay", type=int, choices=(0, 1), default=0, help="0: as trained; 1: paper's Eq. 15")
+    p.add_argument("--kp", type=FINITE, required=True, help="proportional gain")
+    p.add_argument("--ki", type=FINITE, required=True, help="integral gain (positive = negative feedback)")
+    p.add_argument("--a", type=RATE, required=True, help="plant rate a > 0 (paper: 1/2500 = 0.0004 on dSprites)")
+    add_gprime_arg(p, required=True)
+    add_window_arg(p)
+    p.add_argument("--delay", type=int, choices=(0, 1), default=0,
+                   help="measurement delay: 0 as trained (default); 1 the paper's Eq. 15")
     p.add_argument("--controller", choices=LINEAR_KINDS, default="incremental", help="controller (default incremental)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the stable (Kp, Ki) region as a PNG")
@@ -36,14 +38,17 @@ def run(args) -> int:
     """Execute ``klcontrol stability``."""
     from klcontrol.analysis.verdicts.fits import format_stability, stability_verdict
     from klcontrol.cli import EXIT_OK, EXIT_UNSTABLE, print_json
+    from klcontrol.commands.common import check_output_paths, gprime_interval
 
-    out = stability_verdict(args.kp, args.ki, args.a, args.gprime, args.gprime_max, args.window, args.delay,
+    lo, hi = gprime_interval(args)
+    check_output_paths(args, ("plot",))
+    out = stability_verdict(args.kp, args.ki, args.a, lo, hi, args.window, args.delay,
                             args.controller, progress=_progress(args))
     out["plot"] = args.plot
     if args.plot:
         from klcontrol.analysis.stability.plots import gains_region_figure
 
-        gains_region_figure(args.kp, args.ki, args.a, args.gprime, args.window, args.delay, args.controller,
+        gains_region_figure(args.kp, args.ki, args.a, lo, args.window, args.delay, args.controller,
                             path=args.plot)
     if args.json:
         print_json(out)

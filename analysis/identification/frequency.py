@@ -1,7 +1,7 @@
 """The plant's frequency response measured from excitation runs, and the critical gains it implies (no model).
 
-A parametric model can miss the plant's ring (docs/your_vae.md: on the MNIST plant every candidate of
-``klcontrol fit --model hammerstein`` did, and predicted the stability boundary 2–5× too high). The open-loop
+A parametric model can miss the plant's ring (docs/your_vae.md: on the MNIST plant the model the first selection
+rule chose did, and predicted the stability boundary 4–7× too high). The open-loop
 excitation runs measure the response directly: Welch's cross-spectral estimate ``P(f) = S_uy(f) / S_uu(f)`` with
 ``u = β − β*`` and ``y`` the detrended KL, pooled over the runs, with its magnitude-squared coherence. The
 critical gain on a ray then follows from the Nyquist crossing of the controller times ``P``

@@ -96,7 +96,9 @@ def plot_fit(fit, path=None, max_traces: int = 6, paper: bool = True, title: str
     fig.suptitle(title or f"a = {fit.a:.3g} (1/{1 / fit.a:.0f})"
                  + (f", {100 * fit.level:.0f} % CI [{a_lo:.3g}, {a_hi:.3g}]" if np.isfinite(a_lo) else ""))
     if path:
-        fig.savefig(path, dpi=110)
+        from klcontrol.fileio import save_figure
+
+        save_figure(fig, path)  # atomic: a full disk keeps the old figure
     return fig
 
 

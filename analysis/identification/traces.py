@@ -31,7 +31,9 @@ import csv
 import json
 import logging
 import math
+import os
 import zlib
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,7 @@ import numpy as np
 from klcontrol import Trace
 
 __all__ = ["read_trace", "read_traces", "align_kl", "aligned", "log_convention", "add_reader_arguments", "reader_kwargs",
-           "TRACE_FILES", "CONVENTIONS"]
+           "TRACE_FILES", "CONVENTIONS", "MAX_ROWS", "row_cap"]
 
 #: File names looked for, in order, when :func:`read_trace` is given a trainer run directory.
 TRACE_FILES = ("trace.csv", "trace.jsonl")
@@ -53,6 +55,14 @@ CONVENTIONS = {
 }
 
 _SHOWN = 8  # rows or steps quoted in an error message before "…"
+#: Rows (lines of a CSV/JSONL file, scalar events of a TensorBoard run) read at most, unless ``max_rows=`` or the
+#: environment variable ``KLCONTROL_MAX_ROWS`` says otherwise: a log is read as it streams and refused at this
+#: count, so a gzip bomb, ``/dev/zero`` or a runaway log costs seconds, not the machine's memory.
+MAX_ROWS = 2_000_000
+_LINE_CHARS = 65_536  # a longer line is not a log row (no newline in a binary file, /dev/zero)
+_CHARS_PER_ROW = 512  # the text read at most is max_rows·this (1 GiB by default)
+_TB_BYTES_PER_ROW = 256  # event-file bytes allowed per row before TensorBoard's reader loads them
+_AFTER_FIRST_DISORDER = 1000  # rows read past the first out-of-order step, to name a few more, before refusing
 _FLAG = {"step": "--step-col", "beta": "--beta-col", "kl": "--kl-col"}  # CLI flag naming each column
 
 
@@ -111,9 +121,37 @@ def reader_kwargs(args) -> dict:
                 run=args.run, beta_hold=args.beta_hold)
 
 
+def row_cap(value=None) -> int:
+    """The row cap of the readers: ``value``, else ``$KLCONTROL_MAX_ROWS``, else :data:`MAX_ROWS`.
+
+    Raises
+    ------
+    ValueError
+        If the value is not a positive whole number (naming ``KLCONTROL_MAX_ROWS`` when it came from there).
+    """
+    where = "max_rows="
+    if value is None:
+        env = os.environ.get("KLCONTROL_MAX_ROWS", "").strip()
+        if not env:
+            return MAX_ROWS
+        where, value = "KLCONTROL_MAX_ROWS", env
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a positive whole number of rows, got {value!r}") from None
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
+        raise ValueError(f"{where} must be a positive whole number of rows, got {value!r}")
+    return n
+
+
+def _too_many(p, n):
+    return ValueError(f"{p}: more than {n:,} rows; klcontrol reads at most {n:,} (a log that large is not a training "
+                      "trace, or thin it first; to read it anyway set KLCONTROL_MAX_ROWS, max_rows= in Python)")
+
+
 def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
                kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
-               run: str | None = None, beta_hold: str = "next") -> Trace:
+               run: str | None = None, beta_hold: str = "next", max_rows: int | None = None) -> Trace:
     """Read one training log into a :class:`klcontrol.Trace`.
 
     Parameters
@@ -141,6 +179,10 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
         TensorBoard directory with several runs: the run to read.
     beta_hold : {"next", "previous"}
         See :data:`CONVENTIONS`.
+    max_rows : int, optional
+        Refuse a log of more rows (default :func:`row_cap`: ``$KLCONTROL_MAX_ROWS`` or :data:`MAX_ROWS`). The log
+        is read as it streams and refused as soon as it shows a problem (a line that is not text, a step out of
+        order, the row cap), never loaded whole first.
 
     Returns
     -------
@@ -154,10 +196,11 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
         Missing file, unknown format, empty file, missing columns (naming those
         that exist and the flag to pass), the same column for β and KL,
         epoch-level columns, rows that do not parse, non-finite values (naming
-        the rows), steps that do not increase (naming where), or a TensorBoard
-        directory with several runs and no ``run``.
+        the rows), steps that do not increase (naming where), a log beyond the
+        row cap, or a TensorBoard directory with several runs and no ``run``.
     """
-    traces = read_traces(path, step, beta, kl, setpoint, kl_lag, format, drop_nan, beta_lead, run, beta_hold)
+    traces = read_traces(path, step, beta, kl, setpoint, kl_lag, format, drop_nan, beta_lead, run, beta_hold,
+                         max_rows)
     if len(traces) > 1:
         names = [t.meta["run"] for t in traces]
         raise ValueError(f"{path}: {len(traces)} TensorBoard runs log {beta!r} and {kl!r}: {_quote(names)}; "
@@ -167,7 +210,7 @@ def read_trace(path, step: str = "step", beta: str = "beta", kl: str = "kl", set
 
 def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", setpoint: str = "setpoint",
                 kl_lag: int = 0, format: str | None = None, drop_nan: bool = False, beta_lead: int = 0,
-                run: str | None = None, beta_hold: str = "next") -> list:
+                run: str | None = None, beta_hold: str = "next", max_rows: int | None = None) -> list:
     """Read a log into one :class:`klcontrol.Trace` per run (never concatenating runs).
 
     A CSV/JSONL file or trainer run directory is one run; a TensorBoard log
@@ -183,6 +226,7 @@ def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", se
     for key, v in (("kl_lag", kl_lag), ("beta_lead", beta_lead), ("beta_hold", beta_hold)):
         if v not in CONVENTIONS[key][0]:
             raise ValueError(f"{key} must be {' or '.join(map(repr, CONVENTIONS[key][0]))}, got {v!r}")
+    cap = row_cap(max_rows)
     names = {"step": step, "beta": beta, "kl": kl}
     for key, v in names.items():
         if not isinstance(v, str) or not v:
@@ -203,10 +247,11 @@ def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", se
         raise ValueError(f"{p}: --run (run=) selects a TensorBoard run; a {fmt} file is one run")
     try:
         if fmt == "tensorboard":
-            runs = _read_tensorboard(p, beta, kl, setpoint, run)
+            runs = [(name, _build(p, records, (step, beta, kl), drop_nan, cap))
+                    for name, records in _read_tensorboard(p, beta, kl, setpoint, run, cap)]
         else:
             reader = _read_csv if fmt == "csv" else _read_jsonl
-            runs = [(None, reader(p, step, beta, kl, setpoint))]
+            runs = [(None, _build(p, reader(p, step, beta, kl, setpoint, cap), (step, beta, kl), drop_nan, cap))]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not a text {fmt.upper()} file (byte {exc.start}: {exc.reason}; binary or not "
                          "UTF-8)") from None
@@ -218,8 +263,7 @@ def read_traces(path, step: str = "step", beta: str = "beta", kl: str = "kl", se
     except csv.Error as exc:
         raise ValueError(f"{p}: not a CSV file ({exc})") from None
     out = []
-    for run_name, records in runs:
-        tr = _build(p, records, (step, beta, kl), drop_nan, fmt)
+    for run_name, tr in runs:
         tr.meta.update(format=fmt, kl_lag=int(kl_lag), beta_lead=int(beta_lead), beta_hold=beta_hold)
         if run_name is not None:
             tr.meta["run"] = run_name
@@ -331,81 +375,105 @@ def _open_text(p: Path):
     return open(p, newline="", encoding="utf-8-sig")
 
 
-# -- readers: each returns records (label, step, {"beta"|"kl"|"setpoint": value}) in file order -------------
+# -- readers: each yields records (label, step, {"beta"|"kl"|"setpoint": value}) in file order, as it reads ----
 # A key absent from a record was not logged in that row; a present NaN was logged as NaN.
 
 
-def _read_csv(p: Path, step, beta, kl, setpoint):
+def _lines(p: Path, fh, cap):
+    """``(number, line)`` of a text file, refused at a line too long for a log row or past the row and text caps."""
+    chars, limit = 0, cap * _CHARS_PER_ROW
+    n = 0
+    while True:
+        line = fh.readline(_LINE_CHARS + 1)
+        if not line:
+            return
+        n += 1
+        if len(line) > _LINE_CHARS:
+            raise ValueError(f"{p}: line {n} is longer than {_LINE_CHARS:,} characters: not a log of rows (a binary "
+                             "file, or one without line breaks?)")
+        chars += len(line)
+        if n > cap + 1 or chars > limit:  # + 1: the CSV header
+            raise _too_many(p, cap) if n > cap + 1 else ValueError(
+                f"{p}: more than {limit:,} characters of text; klcontrol reads at most {_CHARS_PER_ROW} per row of "
+                f"the row cap ({cap:,} rows; set KLCONTROL_MAX_ROWS, max_rows= in Python, to read more)")
+        yield n, line
+
+
+def _read_csv(p: Path, step, beta, kl, setpoint, cap):
     try:
         with _open_text(p) as fh:
-            reader = csv.reader(fh)
-            rows = [(reader.line_num, r) for r in reader if any(c.strip() for c in r)]
+            reader = csv.reader(line for _, line in _lines(p, fh, cap))
+            header = None
+            for r in reader:
+                if not any(c.strip() for c in r):
+                    continue
+                if header is None:
+                    header = [h.strip() for h in r]
+                    _require(p, {"step": step, "beta": beta, "kl": kl}, header, "columns")
+                    idx = {"step": header.index(step), "beta": header.index(beta), "kl": header.index(kl)}
+                    if setpoint in header:
+                        idx["setpoint"] = header.index(setpoint)
+                    names = {"step": step, "beta": beta, "kl": kl, "setpoint": setpoint}
+                    rows = 0
+                    continue
+                rows += 1
+                where = f"line {reader.line_num}"
+                if len(r) != len(header):
+                    raise ValueError(f"{p}: {where} has {len(r)} fields, the header has {len(header)}")
+                vals = {}
+                for key, i in idx.items():
+                    v = _number(p, where, names[key], r[i])
+                    if v is not None:
+                        vals[key] = v
+                if "step" not in vals:
+                    raise ValueError(f"{p}: {where} has no {step!r} value")
+                yield where, vals.pop("step"), vals
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it a CSV file?") from None
-    if not rows:
+    if header is None:
         raise ValueError(f"{p}: empty file (no header, no data)")
-    header = [h.strip() for h in rows[0][1]]
-    _require(p, {"step": step, "beta": beta, "kl": kl}, header, "columns")
-    if len(rows) == 1:
+    if not rows:
         raise ValueError(f"{p}: no data rows after the header")
-    idx = {"step": header.index(step), "beta": header.index(beta), "kl": header.index(kl)}
-    if setpoint in header:
-        idx["setpoint"] = header.index(setpoint)
-    names = {"step": step, "beta": beta, "kl": kl, "setpoint": setpoint}
-    records = []
-    for line, row in rows[1:]:
-        where = f"line {line}"
-        if len(row) != len(header):
-            raise ValueError(f"{p}: {where} has {len(row)} fields, the header has {len(header)}")
-        vals = {}
-        for key, i in idx.items():
-            v = _number(p, where, names[key], row[i])
-            if v is not None:
-                vals[key] = v
-        if "step" not in vals:
-            raise ValueError(f"{p}: {where} has no {step!r} value")
-        records.append((where, vals.pop("step"), vals))
-    return records
 
 
-def _read_jsonl(p: Path, step, beta, kl, setpoint):
-    records = []
+def _read_jsonl(p: Path, step, beta, kl, setpoint, cap):
     seen: set = set()
     names = {"beta": beta, "kl": kl, "setpoint": setpoint}
+    n = 0
     try:
         with _open_text(p) as fh:
-            lines = list(enumerate(fh, 1))
+            for i, line in _lines(p, fh, cap):
+                if not line.strip():
+                    continue
+                where = f"line {i}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{p}: {where} is not valid JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise ValueError(f"{p}: {where} is JSON nested too deeply") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{p}: {where} is not a JSON object")
+                if len(seen) < 10_000:  # the key names quoted when β or the KL is missing
+                    seen.update(obj)
+                if step not in obj:
+                    _require(p, {"step": step}, sorted(obj), f"key(s) in {where}")
+                s = _number(p, where, step, obj[step])
+                if s is None:
+                    raise ValueError(f"{p}: {where} has no {step!r} value")
+                vals = {}
+                for key, name in names.items():
+                    if name in obj:
+                        v = _number(p, where, name, obj[name])
+                        if v is not None:
+                            vals[key] = v
+                n += 1
+                yield where, s, vals
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); is it a JSONL file?") from None
-    for i, line in lines:
-        if not line.strip():
-            continue
-        where = f"line {i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p}: {where} is not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise ValueError(f"{p}: {where} is JSON nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{p}: {where} is not a JSON object")
-        seen.update(obj)
-        if step not in obj:
-            _require(p, {"step": step}, sorted(obj), f"key(s) in {where}")
-        s = _number(p, where, step, obj[step])
-        if s is None:
-            raise ValueError(f"{p}: {where} has no {step!r} value")
-        vals = {}
-        for key, name in names.items():
-            if name in obj:
-                v = _number(p, where, name, obj[name])
-                if v is not None:
-                    vals[key] = v
-        records.append((where, s, vals))
-    if not records:
+    if not n:
         raise ValueError(f"{p}: empty file (no JSON lines)")
     _require(p, {"beta": beta, "kl": kl}, sorted(seen), "keys")
-    return records
 
 
 def _event_dirs(p: Path):
@@ -447,8 +515,14 @@ def _load_run(path: Path):
     return series, len([m for m in purged if "Purging" in m or "purg" in m.lower()])
 
 
-def _read_tensorboard(p: Path, beta, kl, setpoint, run):
+def _read_tensorboard(p: Path, beta, kl, setpoint, run, cap):
     dirs = _event_dirs(p)
+    files = [p] if p.is_file() else [f for d in dirs for f in d.glob("events.out.tfevents*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    if size > cap * _TB_BYTES_PER_ROW:  # TensorBoard's reader keeps every event in memory: refuse before it starts
+        raise ValueError(f"{p}: {size / 2**20:,.0f} MiB of TensorBoard events, more than a log of {cap:,} rows "
+                         f"({_TB_BYTES_PER_ROW} bytes per row); set KLCONTROL_MAX_ROWS (max_rows= in Python) to read "
+                         "it anyway")
     loaded = {d: _load_run(d) for d in dirs}
     # add_scalars("main", {"key": v}) writes tag "main" into a child run "<parent>/main_key": fold it into the parent
     children = {}
@@ -570,73 +644,104 @@ def _quote(items):
     return ", ".join(str(i) for i in items[:_SHOWN]) + more
 
 
-def _build(p, records, names, drop_nan, fmt):
-    """Merge records by step, hold β onto KL-only rows, check values; one Trace."""
+def _build(p, records, names, drop_nan, cap):
+    """Merge records by step, hold β onto KL-only rows, check values; one Trace.
+
+    ``records`` is consumed as it streams: the columns are kept as packed arrays, a row only until the next step
+    arrives, and the log is refused soon after the first step out of order (with up to :data:`_SHOWN` of them).
+    """
     step_name, beta_name, kl_name = names
-    merged = []  # (label, step, values)
-    back, twice = [], []
-    for label, s, vals in records:
-        if not math.isfinite(s):
-            raise ValueError(f"{p}: {label}: non-finite {step_name!r} ({s})")
-        if s != round(s):
-            raise ValueError(f"{p}: {label}: {step_name!r} must hold whole step numbers, got {s!r}")
-        if merged and s < merged[-1][1]:
-            back.append(f"{label} (step {int(s)} after {int(merged[-1][1])})")
-            continue
-        if merged and s == merged[-1][1]:
-            prev = merged[-1][2]
-            again = [k for k in vals if k in prev and k != "setpoint"]
-            if again:
-                twice.append(f"{label} (step {int(s)} after {int(s)})")
-                continue
-            prev.update(vals)  # separate log calls of one step (W&B-style history, Lightning's CSVLogger)
-            continue
-        merged.append((label, s, dict(vals)))
-    if back or twice:
-        raise ValueError(f"{p}: steps do not strictly increase at {_quote(back + twice)}: a resumed run that "
-                         "logged some steps twice? keep one copy")
-    n_merged = len(records) - len(merged)
-    rows = [(lab, s, v) for lab, s, v in merged if "beta" in v or "kl" in v]
-    n_other = len(merged) - len(rows)  # rows of other metrics only (validation, learning rate, …)
-    if not rows:
-        raise ValueError(f"{p}: no row holds {beta_name!r} or {kl_name!r}")
-    # zero-order hold: a KL row without a β uses the last logged β; rows before the first β cannot be used
-    held, last, before_first, beta_only = 0, None, 0, 0
-    out = []
-    for lab, s, v in rows:
+    cols = {k: array("d") for k in ("step", "beta", "kl", "setpoint")}
+    n_records = n_rows = 0
+    problems, stop = [], None
+    held = before_first = beta_only = n_other = 0
+    last = None
+    bad = {beta_name: [], kl_name: []}  # first labels of rows with a non-finite β or KL, for the message
+    n_bad = n_bad_beta = n_bad_kl = 0
+
+    def finish(row):
+        nonlocal last, held, before_first, beta_only, n_other, n_bad, n_bad_beta, n_bad_kl
+        lab, s, v = row
+        if "beta" not in v and "kl" not in v:
+            n_other += 1  # a row of other metrics only (validation, learning rate, …)
+            return
         if "beta" in v:
             last = v["beta"]
         if "kl" not in v:
             beta_only += 1
-            continue
+            return
         if "beta" not in v:
             if last is None:
-                before_first += 1
-                continue
-            v["beta"] = last
+                before_first += 1  # rows before the first β cannot be used
+                return
+            v["beta"] = last  # zero-order hold: a KL row without a β uses the last logged β
             held += 1
-        out.append((lab, s, v))
-    if not out:
+        fb, fk = math.isfinite(v["beta"]), math.isfinite(v["kl"])
+        if not (fb and fk):
+            n_bad += 1
+            n_bad_beta += not fb
+            n_bad_kl += not fk
+            for ok, name in ((fb, beta_name), (fk, kl_name)):
+                if not ok and len(bad[name]) <= _SHOWN:
+                    bad[name].append(lab)
+            return  # out of the columns: dropped with drop_nan, else the log is refused below
+        for k in ("step", "beta", "kl"):
+            cols[k].append(s if k == "step" else v[k])
+        cols["setpoint"].append(v.get("setpoint", math.nan))
+
+    pending = None
+    for label, s, vals in records:
+        n_records += 1
+        if n_records > cap:
+            raise _too_many(p, cap)
+        if not math.isfinite(s):
+            raise ValueError(f"{p}: {label}: non-finite {step_name!r} ({s})")
+        if s != round(s):
+            raise ValueError(f"{p}: {label}: {step_name!r} must hold whole step numbers, got {s!r}")
+        if pending is not None and s < pending[1]:
+            problems.append(f"{label} (step {int(s)} after {int(pending[1])})")
+        elif pending is not None and s == pending[1]:
+            prev = pending[2]
+            if any(k in prev and k != "setpoint" for k in vals):
+                problems.append(f"{label} (step {int(s)} after {int(s)})")
+            else:
+                prev.update(vals)  # separate log calls of one step (W&B-style history, Lightning's CSVLogger)
+        else:
+            if pending is not None:
+                finish(pending)
+            pending = (label, s, dict(vals))
+            n_rows += 1
+        if problems:
+            stop = n_records + _AFTER_FIRST_DISORDER if stop is None else stop
+            if len(problems) > _SHOWN or n_records >= stop:
+                break
+    if problems:
+        shown = ", ".join(problems[:_SHOWN]) + (" …" if len(problems) > _SHOWN else "")
+        raise ValueError(f"{p}: steps do not strictly increase at {shown}: a resumed run that logged some steps "
+                         "twice? keep one copy")
+    if pending is not None:
+        finish(pending)
+    n_merged = n_records - n_rows
+    if n_other == n_rows:
+        raise ValueError(f"{p}: no row holds {beta_name!r} or {kl_name!r}")
+    if not len(cols["step"]) and not n_bad:
         raise ValueError(f"{p}: no row holds both {beta_name!r} and a later {kl_name!r}")
-    labels = np.asarray([r[0] for r in out], dtype=object)
-    step = np.asarray([r[1] for r in out], dtype=float)
-    beta = np.asarray([r[2]["beta"] for r in out], dtype=float)
-    kl = np.asarray([r[2]["kl"] for r in out], dtype=float)
-    sp = np.asarray([r[2].get("setpoint", math.nan) for r in out], dtype=float)
-    bad = ~(np.isfinite(beta) & np.isfinite(kl))
-    if bad.any():
-        if not drop_nan:
-            what = []
-            for name, arr in ((beta_name, beta), (kl_name, kl)):
-                m = ~np.isfinite(arr)
-                if m.any():
-                    what.append(f"{name!r} at {_quote(labels[m])}")
-            raise ValueError(f"{p}: {int(bad.sum())} row(s) with NaN or infinite values: {'; '.join(what)} "
-                             "(fix the log or pass --drop-nan; drop_nan=True in Python)")
-        step, beta, kl, sp = step[~bad], beta[~bad], kl[~bad], sp[~bad]
-        if len(step) == 0:
-            raise ValueError(f"{p}: every row has a NaN or infinite β or KL")
+    if n_bad and not drop_nan:
+        what = [f"{name!r} at {_quote_n(bad[name], n)}" for name, n in ((beta_name, n_bad_beta), (kl_name, n_bad_kl))
+                if n]
+        raise ValueError(f"{p}: {n_bad} row(s) with NaN or infinite values: {'; '.join(what)} "
+                         "(fix the log or pass --drop-nan; drop_nan=True in Python)")
+    if not len(cols["step"]):
+        raise ValueError(f"{p}: every row has a NaN or infinite β or KL")
     meta = {"source": str(p), "rows_merged": n_merged, "rows_other_metrics": n_other, "beta_held_rows": held,
             "kl_rows_before_first_beta": before_first, "beta_rows_without_kl": beta_only,
-            "rows_dropped_nan": int(bad.sum())}
-    return Trace(step.astype(np.int64), beta, kl, sp, None, meta)
+            "rows_dropped_nan": n_bad}
+    step, beta, kl, sp = (np.frombuffer(cols[k], dtype=float) if len(cols[k]) else np.zeros(0)
+                          for k in ("step", "beta", "kl", "setpoint"))
+    return Trace(step.astype(np.int64), beta.copy(), kl.copy(), sp.copy(), None, meta)
+
+
+def _quote_n(items, n):
+    """:func:`_quote` of the first items of ``n`` in all."""
+    more = f" … ({n} in all)" if n > _SHOWN else ""
+    return ", ".join(str(i) for i in items[:_SHOWN]) + more

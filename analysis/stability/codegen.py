@@ -116,7 +116,7 @@ def _body(args, exprs, nested=False):
 
 
 def _config_bodies(window, delay, progress=None):
-    """Bodies ``(w, z, ws, l)`` of one configuration (see :func:`module_source`)."""
+    """Bodies ``(w, z, ws, l, af)`` of one configuration (see :func:`module_source`)."""
     import sympy as sp
 
     from klcontrol.analysis.stability import symbolic as ss
@@ -126,20 +126,102 @@ def _config_bodies(window, delay, progress=None):
     say(f"T={window}, delay {delay}: linearising the loop, characteristic polynomial")
     ss.characteristic_polynomial(window, delay, controller)
     say(f"T={window}, delay {delay}: bilinear and shifted coefficients")
+    dom, we, ze, le = ss._coefficient_elements(window, delay, controller)
     kp, ki, a, gp = (ss.SYMBOLS[k] for k in ("kp", "ki", "a", "gprime"))
     sym = {kp: sp.Symbol("kp"), ki: sp.Symbol("ki"), a: sp.Symbol("a"), gp: sp.Symbol("gp")}
-    wc = [sp.sympify(c).xreplace(sym) for c in ss.bilinear_coefficients(window, delay, controller)]
-    zc = [sp.sympify(c).xreplace(sym) for c in ss.shifted_coefficients(window, delay, controller)]
-    lc = [sp.sympify(c).xreplace(sym) for c in ss.characteristic_polynomial(window, delay, controller).all_coeffs()]
-    gps = sp.Symbol("gp")
-    split = [tuple(reversed(sp.Poly(c, gps).all_coeffs())) if c.has(gps) else (c,) for c in wc]
+    gpi = dom.symbols.index(gp)
+
+    def expr(e):
+        return ss._tidy(dom, e).xreplace(sym)
+
+    split = []
+    for e in we:
+        by_gp = _parts(dom, e, (gpi,))
+        top = max((k[0] for k in by_gp), default=0)
+        split.append(tuple(by_gp.get((j,), dom.zero) for j in range(top + 1)) if top else (e,))
+    affine = []
+    for es in (we, ze, le):
+        parts = [_parts(dom, e, (0, 1)) for e in es]  # by the exponents of (K_p, K_i)
+        if any(set(pt) - {(0, 0), (1, 0), (0, 1)} for pt in parts):
+            raise RuntimeError("a coefficient is not affine in (Kp, Ki)")
+        affine += [tuple(pt.get(m, dom.zero) for pt in parts) for m in ((0, 0), (1, 0), (0, 1))]
     say(f"T={window}, delay {delay}: printing code")
+    if len(we) > DIRECT_DEGREE:
+        # Long windows: print the polynomials monomial by monomial (common subexpression elimination on
+        # hundreds of coefficients costs minutes; the monomials are the shared subexpressions anyway).
+        def body(args, items, nested=False):
+            return _poly_body(args, items, dom, nested)
+    else:
+        def body(args, items, nested=False):
+            conv = [tuple(expr(e) for e in g) for g in items] if nested else [expr(e) for e in items]
+            return _body(args, conv, nested)
     return (
-        _body(("kp", "ki", "a", "gp"), wc),
-        _body(("kp", "ki", "a", "gp"), zc),
-        _body(("kp", "ki", "a"), split, nested=True),
-        _body(("kp", "ki", "a", "gp"), lc),
+        body(("kp", "ki", "a", "gp"), we),
+        body(("kp", "ki", "a", "gp"), ze),
+        body(("kp", "ki", "a"), split, nested=True),
+        body(("kp", "ki", "a", "gp"), le),
+        body(("a", "gp"), affine, nested=True),
     )
+
+
+#: Above this many coefficients the code is printed monomial by monomial (:func:`_poly_body`), not through
+#: sympy's common subexpression elimination.
+DIRECT_DEGREE = 24
+
+
+def _poly_body(args, items, dom, nested=False):
+    """Body lines of ``def _(args): return tuple(items)`` for ring elements: each monomial of the parameters
+    computed once (``m0 = a*gp``), each coefficient a sum of rational multiples of them (floats, as ``pycode``
+    prints ``1/4``)."""
+    names = [str(g) for g in dom.symbols]
+    printed = dict(zip(names, ("kp", "ki", "a", "gp")))
+    lines = [f"({', '.join(args)}):"]
+    monos = {}
+
+    def mono(m):
+        if m not in monos:
+            monos[m] = f"m{len(monos)}"
+            factors = [printed[n] + (f"**{e}" if e > 1 else "") for n, e in zip(names, m) if e]
+            lines.append(f"    {monos[m]} = {'*'.join(factors)}")
+        return monos[m]
+
+    def poly(elem):
+        terms = []
+        for m, c in sorted(dom.convert(elem).items()):
+            c = float(_fraction(c))
+            terms.append(repr(c) if not any(m) else f"{c!r}*{mono(m)}")
+        return " + ".join(terms) or "0"
+
+    groups = [list(g) for g in items] if nested else [[e] for e in items]
+    body = [[poly(e) for e in g] for g in groups]
+    if nested:
+        out = ["(" + "".join(f"{b}, " for b in g) + ")" for g in body]
+    else:
+        out = [g[0] for g in body]
+    lines.append("    return (" + "".join(f"{b}, " for b in out) + ")")
+    return "\n".join(lines) + "\n"
+
+
+def _fraction(c):
+    """A ring coefficient (sympy's ``QQ`` element) as an exact ``fractions.Fraction``."""
+    from fractions import Fraction
+
+    return Fraction(int(c.numerator), int(c.denominator))
+
+
+def _parts(dom, elem, index):
+    """``elem`` (a ring element) grouped by the exponents of the generators at ``index``, those removed.
+
+    The affine split ``c0 + kp·ckp + ki·cki`` is what the compiled map kernels
+    (:mod:`klcontrol.analysis.stability.kernels`) evaluate: per map, the three vectors are computed once and each
+    point costs two multiply-adds per coefficient.
+    """
+    out = {}
+    for mono, c in dom.convert(elem).items():
+        key = tuple(mono[i] for i in index)
+        rest = tuple(0 if i in index else m for i, m in enumerate(mono))
+        out.setdefault(key, {})[rest] = c
+    return {k: dom.ring.from_dict(v) for k, v in out.items()}
 
 
 def module_source(configs, progress=None) -> str:
@@ -154,11 +236,13 @@ def module_source(configs, progress=None) -> str:
     Returns
     -------
     str
-        Defines ``SOURCE_HASH`` and ``TABLE[(window, delay)] = (w, z, ws, l)``:
+        Defines ``SOURCE_HASH`` and ``TABLE[(window, delay)] = (w, z, ws, l, af)``:
         ``w(kp, ki, a, gp)``, ``z(kp, ki, a, gp)`` and ``l(kp, ki, a, gp)``
         return the bilinear, shifted (``z = λ − 1``) and plain (``λ``)
         coefficients (highest power first); ``ws(kp, ki, a)`` returns, per
-        bilinear coefficient, its coefficients in ascending powers of g′.
+        bilinear coefficient, its coefficients in ascending powers of g′;
+        ``af(a, gp)`` returns nine tuples, ``(c0, ckp, cki)`` of ``w``, then of
+        ``z``, then of ``l``: each coefficient is ``c0 + kp·ckp + ki·cki``.
         A body shared by several entries is defined once.
     """
     configs = [tuple(c) for c in configs]
@@ -171,7 +255,7 @@ def module_source(configs, progress=None) -> str:
     table = []
     for t, d in configs:
         names = []
-        for kind, body in zip(("w", "z", "ws", "l"), _config_bodies(t, d, progress)):
+        for kind, body in zip(("w", "z", "ws", "l", "af"), _config_bodies(t, d, progress)):
             if body not in defined:
                 defined[body] = f"{kind}_{_name(t, d)}"
                 parts.append(f"def {defined[body]}{body}")
@@ -203,7 +287,7 @@ def _shipped():
 
 
 def coefficient_functions(controller: str, window: int, delay: int, progress=None):
-    """``(w, z, ws, l)`` coefficient functions of one configuration (see :func:`module_source`).
+    """``(w, z, ws, l, af)`` coefficient functions of one configuration (see :func:`module_source`).
 
     ``controller`` is any kind of :data:`~klcontrol.registry.LINEAR_KINDS`;
     they share one linearisation, so the code is looked up by ``(window,

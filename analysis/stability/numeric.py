@@ -5,12 +5,15 @@ characteristic polynomial; :func:`spectral_radius_first_order` computes the root
 form for degree ≤ 3, batched companion eigenvalues above) of the polynomial in
 ``z = λ − 1``, where the slow loop's roots near λ = 1 keep their accuracy.
 Both broadcast over NumPy arrays and never import sympy for the shipped
-configurations (``T = 1 … 8``).
+configurations (``T = 1 … 8``).  Maps of :data:`~klcontrol.analysis.stability.kernels.MIN_POINTS`
+points or more run the same tests compiled, on every core
+(:mod:`klcontrol.analysis.stability.kernels`, when numba is installed); the NumPy code here is their reference.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from klcontrol.analysis.stability import kernels as _kernels
 from klcontrol.analysis.stability.codegen import coefficient_functions
 from klcontrol.analysis.stability.config import check_config
 
@@ -78,7 +81,7 @@ def _block_coeffs(f, flat, sl, n):
     args = [v if v.ndim == 0 else v[sl] for v in flat]
     with np.errstate(over="ignore", invalid="ignore"):
         cs = f(*args)
-    m = sl.stop - sl.start
+    m = sl.stop - sl.start if isinstance(sl, slice) else len(sl)  # a block, or the points a kernel left
     return [np.broadcast_to(np.asarray(c, dtype=float), (m,)) for c in cs]
 
 
@@ -223,13 +226,43 @@ def is_stable_first_order(kp, ki, a, gprime, window=1, delay=0, controller="incr
     """
     window, delay, controller = check_config(window, delay, controller)
     flat, shape = _flat_params(kp, ki, a, gprime)
-    w = coefficient_functions(controller, window, delay)[0]
+    fns = coefficient_functions(controller, window, delay)
+    w = fns[0]
     n = len(w(1.0, 1.0, 1.0, 1.0))
-    out = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=bool)
-    for sl in _blocks(shape):
-        out[sl] = _routh_ok(_block_coeffs(w, flat, sl, n))
+    npts = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(npts, dtype=bool)
+    if _compiled(npts):
+        for sl, (kpb, kib), aff in _affine_blocks(fns[4], flat, npts):
+            out[sl] = _kernels.stable_map(aff[0:3], kpb, kib, sl.stop - sl.start)
+    else:
+        for sl in _blocks(shape):
+            out[sl] = _routh_ok(_block_coeffs(w, flat, sl, n))
     out = out.reshape(shape)
     return bool(out) if out.ndim == 0 else out
+
+
+def _compiled(npts):
+    """Whether a map of ``npts`` points runs in the compiled kernels (numba installed, the map large).
+
+    Only the size decides, never what ran before in the process: at a marginal point (a root on the unit circle)
+    the two paths may round differently, and a verdict must not depend on the order of calls.
+    """
+    return _kernels.available() and npts >= _kernels.MIN_POINTS
+
+
+_AFFINE_BLOCK = 1 << 16  # points per block when the plant varies per point (its coefficient rows are per point)
+
+
+def _affine_blocks(af, flat, npts):
+    """``(slice, (kp, ki), af(a, gp))`` over the map: one block when ``a`` and ``g′`` are scalars."""
+    kp, ki, a, gp = flat
+    if a.ndim == 0 and gp.ndim == 0:
+        yield slice(0, npts), (kp, ki), af(float(a), float(gp))
+        return
+    for i in range(0, max(npts, 1), _AFFINE_BLOCK):
+        sl = slice(i, min(i + _AFFINE_BLOCK, npts))
+        yield sl, tuple(v if v.ndim == 0 else v[sl] for v in (kp, ki)), af(*(v if v.ndim == 0 else v[sl]
+                                                                            for v in (a, gp)))
 
 
 def _quadratic_roots(c2, c1, c0):
@@ -303,7 +336,8 @@ def eigenvalues_first_order(kp, ki, a, gprime, window=1, delay=0, controller="in
     """
     window, delay, controller = check_config(window, delay, controller)
     flat, shape = _flat_params(kp, ki, a, gprime)
-    _, zf, _, lf = coefficient_functions(controller, window, delay)
+    fns = coefficient_functions(controller, window, delay)
+    zf, lf = fns[1], fns[3]
     n = len(zf(1.0, 1.0, 1.0, 1.0)) - 1
     out = np.empty((int(np.prod(shape, dtype=np.int64)), n), dtype=complex)
     for sl in _blocks(shape):
@@ -338,9 +372,20 @@ def spectral_radius_first_order(kp, ki, a, gprime, window=1, delay=0, controller
     """
     window, delay, controller = check_config(window, delay, controller)
     flat, shape = _flat_params(kp, ki, a, gprime)
-    _, zf, _, lf = coefficient_functions(controller, window, delay)
+    fns = coefficient_functions(controller, window, delay)
+    zf, lf = fns[1], fns[3]
     n = len(zf(1.0, 1.0, 1.0, 1.0)) - 1
-    out = np.empty(int(np.prod(shape, dtype=np.int64)))
+    npts = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(npts)
+    if _compiled(npts):
+        for sl, (kpb, kib), aff in _affine_blocks(fns[4], flat, npts):
+            out[sl], bad = _kernels.radius_map(aff[3:6], aff[6:9], kpb, kib, sl.stop - sl.start)
+            if bad.any():  # Newton did not settle: every root, from the companion matrix in z
+                idx = sl.start + np.flatnonzero(bad)
+                cs = _block_coeffs(zf, flat, idx, n)
+                out[idx] = np.max(np.abs(1.0 + _roots_z(cs)), axis=-1)
+        out = out.reshape(shape)
+        return float(out) if out.ndim == 0 else out
     for sl in _blocks(shape):
         cs = _block_coeffs(zf, flat, sl, n)
         if n <= 2:

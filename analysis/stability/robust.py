@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -127,24 +128,35 @@ def _ratio_on_circle(q0, q1, theta):
 
 
 def _sweep_crossings(q0, q1, points: int = 6000):
-    """Candidates of :func:`_affine_crossings` from sign changes of ``Im(−Q0/Q1)`` along the unit circle."""
-    from scipy.optimize import brentq
+    """Candidates of :func:`_affine_crossings` from sign changes of ``Im(−Q0/Q1)`` along the unit circle.
 
+    Every bracket is refined at once: vectorised bisection (one evaluation of the ratio per halving for all of
+    them, instead of a root finder's calls per bracket; long windows have dozens).
+    """
     theta = np.unique(np.r_[np.geomspace(1e-9, 0.5, points), np.linspace(0.5, math.pi - 1e-9, points // 3)])
     r = _ratio_on_circle(q0, q1, theta)
     im, re = r.imag, r.real
     ok = np.isfinite(r)
-    found = []
-    for i in np.flatnonzero(ok[:-1] & ok[1:] & (np.sign(im[:-1]) * np.sign(im[1:]) < 0)):
-        # A sign change through a pole of the ratio is no crossing: its |Im| is large on both sides.
-        if min(abs(im[i]), abs(im[i + 1])) > 1e3 * (1 + max(abs(re[i]), abs(re[i + 1]))):
-            continue
-        th = brentq(lambda t: float(_ratio_on_circle(q0, q1, np.array([t]))[0].imag), theta[i], theta[i + 1],
-                    xtol=1e-15, rtol=1e-14)
-        g = _ratio_on_circle(q0, q1, np.array([th]))[0]
-        if math.isfinite(g.real) and abs(g.imag) <= 1e-6 * (1 + abs(g.real)):
-            found.append((g.real, th))
-    return found
+    idx = np.flatnonzero(ok[:-1] & ok[1:] & (np.sign(im[:-1]) * np.sign(im[1:]) < 0))
+    # A sign change through a pole of the ratio is no crossing: its |Im| is large on both sides.
+    pole = np.minimum(np.abs(im[idx]), np.abs(im[idx + 1])) > 1e3 * (1 + np.maximum(np.abs(re[idx]), np.abs(re[idx + 1])))
+    idx = idx[~pole]
+    if not idx.size:
+        return []
+    lo, hi, s_lo = theta[idx].copy(), theta[idx + 1].copy(), np.sign(im[idx])
+    for _ in range(64):  # the bracket halves each time: 2^-64 of ≤ 0.5 is below the spacing of doubles
+        mid = 0.5 * (lo + hi)
+        live = (mid > lo) & (mid < hi)
+        if not live.any():
+            break
+        s_mid = np.sign(_ratio_on_circle(q0, q1, mid).imag)
+        left = (s_mid == s_lo) & live
+        lo = np.where(left, mid, lo)
+        hi = np.where(~left & live, mid, hi)
+    th = 0.5 * (lo + hi)
+    g = _ratio_on_circle(q0, q1, th)
+    keep = np.isfinite(g.real) & (np.abs(g.imag) <= 1e-6 * (1 + np.abs(g.real)))
+    return [(float(v.real), float(t)) for v, t in zip(g[keep], th[keep])]
 
 
 def _affine_crossings(q0, q1):
@@ -209,6 +221,11 @@ def crossings(kp, ki, a, window=1, delay=0, controller="incremental"):
     kp, ki, a = (float(v) for v in (kp, ki, a))
     if not (math.isfinite(kp) and math.isfinite(ki) and math.isfinite(a) and a > 0):
         raise ValueError("kp, ki must be finite and a finite and > 0")
+    return _crossings(kp, ki, a, window, delay, controller)
+
+
+@lru_cache(maxsize=64)  # robust_stability asks twice (crossings, then the stable intervals)
+def _crossings(kp, ki, a, window, delay, controller):
     q0, q1 = _split(kp, ki, a, window, delay, controller)
     found = _affine_crossings(q0, q1)
     out = []

@@ -383,8 +383,76 @@ def _copy_chains(lm: LoopMap, f):
     return chains
 
 
+def _linear_rows(exprs, state, inputs, lm):
+    """Jacobian rows ``∂exprs/∂(state, inputs)`` at ``lm``'s equilibrium (clamps resolved first)."""
+    variables = tuple(state) + tuple(inputs)
+    rows = []
+    for e in exprs:
+        grad = _gradient_at_equilibrium(_interior(sp.sympify(e), lm.equilibrium), variables, lm)
+        rows.append([grad.get(v, sp.Integer(0)) for v in variables])
+    return rows
+
+
+def _transfer(rows, n_state, output_row, feedthrough):
+    """``(N, D)`` in ``λ`` of ``x⁺ = A x + B u, out = C x + D u`` (one input): ``D(λ) = det(λI − A)`` and
+    ``N(λ) = det([[λI − A, −B], [C, D]])``, polynomials of the realisation itself (nothing cancelled)."""
+    A = sp.Matrix([r[:n_state] for r in rows]) if n_state else sp.zeros(0, 0)
+    B = sp.Matrix([[r[n_state]] for r in rows]) if n_state else sp.zeros(0, 1)
+    pencil = lam * sp.eye(n_state) - A
+    top = pencil.row_join(-B)
+    full = top.col_join(sp.Matrix([list(output_row) + [feedthrough]]))
+    dom = sp.QQ.frac_field(kp, ki, a, gp)[lam]
+    det = lambda M: dom.to_sympy(DomainMatrix([[dom.from_sympy(sp.sympify(e)) for e in row] for row in M.tolist()],
+                                              M.shape, dom).det()) if M.shape[0] else sp.Integer(1)  # noqa: E731
+    return sp.Poly(det(full), lam), sp.Poly(det(pencil), lam)
+
+
+@lru_cache(maxsize=None)
+def _law_transfer(controller: str):
+    """The law's linearisation alone (window 1, no delay) as ``(N_c, D_c)``: measured KL → β, from the laws."""
+    lm, yin = controller_map(1, 0, controller)
+    rows = _linear_rows(lm.next_state, lm.state, (yin,), lm)
+    out = [sp.Integer(1) if s_ == lm.output else sp.Integer(0) for s_ in lm.state]
+    return _transfer(rows, len(lm.state), out, sp.Integer(0))
+
+
+@lru_cache(maxsize=None)
+def _plant_transfer():
+    """The first-order plant's small-signal map β − β* → y − y* as ``(N_p, D_p)``, by stepping the plant itself
+    (:meth:`klcontrol.FirstOrderPlant.step` with the tangent gain, deviations from 0)."""
+    x, u = sp.Symbol("x_plant", real=True), sp.Symbol("u_plant", real=True)
+    y, (x_next,) = FirstOrderPlant(a, LinearGain(0, gp, 0)).step((x,), u, SYMPY)
+    row = [sp.diff(x_next, x), sp.diff(x_next, u)]
+    return _transfer([row], 1, [sp.diff(y, x)], sp.diff(y, u))
+
+
 @lru_cache(maxsize=None)
 def _charpoly(window: int, delay: int, controller: str) -> sp.Poly:
+    """The loop's characteristic polynomial from its structure, in polynomial arithmetic (no Jacobian of the
+    whole loop): the law ``N_c/D_c`` and the plant ``N_p/D_p`` are linearised from their own code, the moving
+    average is ``S_T(λ)/(T·λ^(T−1))`` with ``S_T = 1 + λ + … + λ^(T−1)`` and the delay ``λ^(−d)``; the loop
+    closes through the measured KL, so
+
+        det(λI − A) ∝ T·D_c·D_p·λ^(T−1+d) − N_c·N_p·S_T.
+
+    Equal to the Jacobian derivation (:func:`_charpoly_jacobian`) after :func:`_normalise`: tested for
+    ``T = 1 … 12``, both delays and every linear kind.
+    """
+    field = sp.QQ.frac_field(kp, ki, a, gp)
+    nc, dc = (v.set_domain(field) for v in _law_transfer(controller))
+    npl, dp = (v.set_domain(field) for v in _plant_transfer())
+    s_t = sp.Poly([1] * window, lam, domain=field)
+    shift = sp.Poly.from_list([1] + [0] * (window - 1 + delay), lam, domain=field)
+    det = (dc * dp * shift).mul_ground(window) - nc * npl * s_t
+    return _normalise(det)
+
+
+@lru_cache(maxsize=None)
+def _charpoly_jacobian(window: int, delay: int, controller: str) -> sp.Poly:
+    """``det(λI − A)`` of the whole loop's Jacobian (the generic derivation: any loop, slow for long windows).
+
+    Kept as the reference :func:`_charpoly` is tested against (``tests/test_stability.py``).
+    """
     lm, f = _interior_map(window, delay, controller)
     x = lm.state
     chains = _copy_chains(lm, f)
@@ -418,18 +486,24 @@ def _charpoly(window: int, delay: int, controller: str) -> sp.Poly:
     dom = sp.QQ[kp, ki, a, gp, lam]
     M = DomainMatrix([[dom.from_sympy(e) for e in row] for row in N], (n, n), dom)
     det = sp.Poly(dom.to_sympy(M.det()), lam, domain=sp.QQ[kp, ki, a, gp])
+    return _normalise(det)
+
+
+def _normalise(det: sp.Poly) -> sp.Poly:
+    """``det`` without its ``λ^k`` factors, denominators cleared, primitive, leading coefficient ``(1 + a)^k``."""
     # Drop λ^k factors (zero eigenvalues of states that only copy others).
     while det.degree() > 0 and det.eval(0) == 0:
         det = det.exquo(sp.Poly(lam, lam, domain=det.domain))
     _, poly = det.clear_denoms(convert=True)
-    poly = sp.Poly(poly.as_expr(), lam, domain=sp.QQ[kp, ki, a, gp]).primitive()[1]
+    ring = sp.QQ[kp, ki, a, gp]
+    poly = poly.set_domain(ring).primitive()[1]
     lead = sp.Poly(poly.LC(), a)
     # Normalise so the leading coefficient is a positive power of (1 + a).
     norm = lead.LC()
     scale = sp.factor(lead.as_expr() / norm)
     if not (scale.is_positive or scale == 1):
         raise RuntimeError(f"unexpected leading coefficient {lead.as_expr()}")
-    return sp.Poly(poly.as_expr() / norm, lam, domain=sp.QQ[kp, ki, a, gp])
+    return poly.exquo_ground(ring.convert(norm))
 
 
 def characteristic_polynomial(window: int = 1, delay: int = 0, controller: str = "incremental") -> sp.Poly:
@@ -454,10 +528,83 @@ def shifted_coefficients(window: int = 1, delay: int = 0, controller: str = "inc
     are small products of the parameters computed without cancellation, so the
     roots keep their relative accuracy.
     """
+    dom, _, zc, _ = _coefficient_elements(*check_config(window, delay, controller))
+    return tuple(_tidy(dom, cf) for cf in zc)
+
+
+def _transform(p, step):
+    """Apply ``step`` (a map of integer coefficient lists, ascending) to ``p``'s coefficients, monomial by monomial.
+
+    The coefficients of ``p`` (in ``λ``) are polynomials in ``(K_p, K_i, a, g′)`` with few monomials; for each
+    monomial its rational coefficients along ``λ`` are scaled to integers, transformed with Python integers (exact,
+    O(n²) additions, no polynomial products) and scaled back.  Returns the ring elements, highest power first.
+    """
+    from math import lcm
+
+    dom = p.domain
+    n = p.degree()
+    cols = {}
+    for (k,), cf in p.rep.terms():
+        for mono, v in dom.convert(cf).items():
+            cols.setdefault(mono, [sp.QQ.zero] * (n + 1))[k] = sp.QQ.convert(v)
+    out = [dict() for _ in range(n + 1)]
+    for mono, col in cols.items():
+        den = lcm(*(int(v.denominator) for v in col))
+        ints = step([int(v.numerator) * (den // int(v.denominator)) for v in col])
+        for j, v in enumerate(ints):
+            if v:
+                out[j][mono] = sp.QQ(v, den)
+    return tuple(dom.ring.from_dict(d) if d else dom.zero for d in reversed(out))
+
+
+def _taylor_shift(c):
+    """Coefficients (ascending) of ``p(1 + z)`` from those of ``p(λ)``."""
+    c = list(c)
+    n = len(c) - 1
+    for i in range(n):
+        for j in range(n - 1, i - 1, -1):
+            c[j] += c[j + 1]
+    return c
+
+
+def _bilinear(c):
+    """Coefficients (ascending) of ``Σ c_k (1 + w)^k (1 − w)^(n − k)``: Horner in ``λ = (1 + w)/(1 − w)`` times
+    ``(1 − w)^n``, one power at a time."""
+    n = len(c) - 1
+    q, minus = [c[n]], [1]
+    for j in range(n):
+        q = [x + y for x, y in zip(q + [0], [0] + q)]  # · (1 + w)
+        minus = [x - y for x, y in zip(minus + [0], [0] + minus)]  # (1 − w)^(j + 1)
+        q = [x + c[n - 1 - j] * y for x, y in zip(q, minus)]
+    return q
+
+
+@lru_cache(maxsize=None)
+def _coefficient_elements(window: int, delay: int, controller: str):
+    """``(domain, w, z, λ)``: the bilinear, shifted and plain coefficients as elements of the parameters'
+    polynomial ring, highest power first (what :func:`bilinear_coefficients`, :func:`shifted_coefficients` and the
+    code generator print)."""
     p = characteristic_polynomial(window, delay, controller)
-    # Taylor shift in the polynomial domain: no expression expansion.
-    q = sp.Poly(p.shift(1).as_expr(lam), lam, domain=p.domain)
-    return tuple(sp.factor(cf) for cf in q.all_coeffs())
+    lam_c = tuple(p.domain.convert(c) for c in p.rep.to_list())
+    return p.domain, _transform(p, _bilinear), _transform(p, _taylor_shift), lam_c
+
+
+def _tidy(dom, cf):
+    """A coefficient (an element of ``dom``, the parameters' polynomial ring) as an expression with its rational
+    content and monomial factor pulled out (``a·(…)``): what ``factor`` gave for these coefficients, at a tiny
+    fraction of its cost for long windows."""
+    cf = dom.convert(cf)
+    if not cf:
+        return sp.Integer(0)
+    monom = tuple(min(m) for m in zip(*cf.keys()))
+    rest = cf.ring({tuple(x - y for x, y in zip(m, monom)): c for m, c in cf.items()})
+    content, rest = rest.primitive()
+    if rest.LC < 0:
+        content, rest = -content, -rest
+    out = sp.sympify(content) * rest.as_expr()
+    for g, e in zip(dom.symbols, monom):
+        out *= g ** e
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -468,22 +615,8 @@ def bilinear_coefficients(window: int = 1, delay: int = 0, controller: str = "in
     Hurwitz stable.  This is the map of the DynamicVAE paper (its Eq. 23 with
     ``ξ = w``).
     """
-    p = characteristic_polynomial(window, delay, controller)
-    n = p.degree()
-    dom = p.domain
-    # Σ c_k (1 + w)^k (1 − w)^(n − k) in Poly arithmetic over the parameters'
-    # polynomial ring (expression `expand` is what made long windows slow).
-    plus, minus = sp.Poly(1 + w, w, domain=dom), sp.Poly(1 - w, w, domain=dom)
-    pw_plus, pw_minus = [sp.Poly(1, w, domain=dom)], [sp.Poly(1, w, domain=dom)]
-    for _ in range(n):
-        pw_plus.append(pw_plus[-1] * plus)
-        pw_minus.append(pw_minus[-1] * minus)
-    q = sp.Poly(0, w, domain=dom)
-    for (k,), cf in p.terms():
-        q += (pw_plus[k] * pw_minus[n - k]).mul_ground(cf)
-    coeffs = q.all_coeffs()
-    coeffs = [0] * (n + 1 - len(coeffs)) + coeffs
-    return tuple(sp.factor(cf) for cf in coeffs)
+    dom, wc, _, _ = _coefficient_elements(*check_config(window, delay, controller))
+    return tuple(_tidy(dom, cf) for cf in wc)
 
 
 def hurwitz_conditions(coeffs) -> list:

@@ -87,7 +87,7 @@ def design_gains(*, fit=None, a=None, gprime=None, beta_range=None, allow_uniden
             raise ValueError("--gprime takes one value or two (g′min g′max)")
         check_plant_numbers(float(a), g[0], g[1] if len(g) == 2 else None)
         g = g[0] if len(g) == 1 else g
-    ref = {"paper": tuple(compare)} if compare is not None else None
+    ref = None if compare is None else {"paper" if tuple(compare) == tuple(PAPER_GAINS) else "yours": tuple(compare)}
     if (schedule_steps is not None or plot) and plant is None:
         raise ValueError(f"{'--plot' if plot else '--schedule-steps'} simulates the fitted plant: give --fit fit.json")
     sp = StepRamp.dynamicvae_dsprites()

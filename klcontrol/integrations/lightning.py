@@ -211,8 +211,9 @@ class KLControlCallback(Callback):
         Raises
         ------
         ValueError
-            If the checkpoint entry holds no controller state or one for
-            another kind of controller.
+            If the checkpoint entry holds no controller state, one for
+            another kind of controller, or one the controller refuses (a β
+            outside its clamps, non-finite values): nothing is changed.
         """
         if not isinstance(state_dict, dict) or "controller" not in state_dict:
             raise ValueError(f"checkpoint entry {self.state_key!r} holds no controller state")

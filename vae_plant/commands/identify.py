@@ -1,11 +1,11 @@
 """``klcontrol identify``: operating-point identification experiment on the real β-VAE."""
 from __future__ import annotations
 
-import argparse
-
 
 def register(sub) -> None:
     """Register the ``identify`` command."""
+    from klcontrol.commands.common import BATCH_SIZE, FINITE, JOBS, POSITIVE, SEED, TRAIN_STEPS, integer, number
+
     p = sub.add_parser(
         "identify",
         help="settle the real β-VAE at fixed β, then excite it around β* (open and closed loop) and record traces",
@@ -17,37 +17,45 @@ def register(sub) -> None:
         "the plant's own settled levels (two --betas), or from --prior. Finished runs in --out are reused. --plant "
         "runs your own VAE (docs/your_vae.md). CPU budget of the defaults: 14 300 updates at batch 16, one thread "
         "per run (≈ 9–10 min on two quiet cores at the measured 77 ms per update; docs/identification.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example:\n  klcontrol identify --out runs/identify --betas 2 4 --main 4 --jobs 2",
     )
-    p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories")
+    p.add_argument("--out", default="runs/identify", metavar="DIR", help="run directories (default runs/identify)")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="copy traces (csv.gz) and configs there, with experiment.json (e.g. klcontrol/data/identify in a clone)")
-    p.add_argument("--betas", type=float, nargs="+", default=[2.0, 4.0], help="operating points β*")
-    p.add_argument("--main", type=float, default=4.0, help="operating point of the fit, held-out and closed-loop runs")
-    p.add_argument("--settle-steps", type=int, default=4000, help="updates of each settle run")
-    p.add_argument("--fit-steps", type=int, default=2100, help="updates of the open-loop run used for fitting")
-    p.add_argument("--val-steps", type=int, default=1200, help="updates of each held-out open-loop run")
-    p.add_argument("--closed-steps", type=int, default=1200, help="updates of the closed-loop run")
-    p.add_argument("--lead", type=int, default=200, help="updates at β* before the open-loop excitation")
-    p.add_argument("--hold-min", type=int, default=5, help="shortest hold of the β signal")
-    p.add_argument("--hold-max", type=int, default=500, help="longest hold of the β signal")
+    p.add_argument("--betas", type=POSITIVE, nargs="+", default=[2.0, 4.0],
+                   help="operating points β* (default 2 4)")
+    p.add_argument("--main", type=POSITIVE, default=4.0,
+                   help="operating point of the fit, held-out and closed-loop runs (default 4)")
+    p.add_argument("--settle-steps", type=TRAIN_STEPS, default=4000, help="updates of each settle run (default 4000)")
+    p.add_argument("--fit-steps", type=TRAIN_STEPS, default=2100,
+                   help="updates of the open-loop run used for fitting (default 2100)")
+    p.add_argument("--val-steps", type=TRAIN_STEPS, default=1200,
+                   help="updates of each held-out open-loop run (default 1200)")
+    p.add_argument("--closed-steps", type=TRAIN_STEPS, default=1200, help="updates of the closed-loop run (default 1200)")
+    p.add_argument("--lead", type=integer(0, 10_000_000), default=200,
+                   help="updates at β* before the open-loop excitation (default 200)")
+    p.add_argument("--hold-min", type=integer(1, 10_000_000), default=5,
+                   help="shortest hold of the β signal, in updates (default 5)")
+    p.add_argument("--hold-max", type=integer(1, 10_000_000), default=500,
+                   help="longest hold of the β signal, in updates (default 500)")
     p.add_argument("--other-betas-excited", action="store_true",
                    help="also a held-out open-loop run at every β other than --main")
-    p.add_argument("--setpoint-step", type=float, default=2.5, help="closed loop: set-point step (nats)")
-    p.add_argument("--relay-steps", type=int, default=600,
-                   help="updates of the relay run (model-free critical gain on the integral ray; 0: none)")
-    p.add_argument("--relay-h", type=float, default=0.04,
-                   help="relay step, a fraction of β* per update (β moves by ±h·β* each update)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--setpoint-step", type=FINITE, default=2.5, help="closed loop: set-point step in nats (default 2.5)")
+    p.add_argument("--relay-steps", type=integer(0, 100_000_000), default=600,
+                   help="updates of the relay run (model-free critical gain on the integral ray; 0: none; default 600)")
+    p.add_argument("--relay-h", type=number(0.0, 1.0, lo_open=True), default=0.04,
+                   help="relay step, a fraction of β* per update (β moves by ±h·β* each update; default 0.04)")
+    p.add_argument("--seed", type=SEED, default=0,
                    help="0: the seeds of the shipped runs; another value: an independent identification (other "
                    "training and excitation seeds)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=16, help="images per update (default 16)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (default cpu)")
     p.add_argument("--plant", default=None, metavar="MODULE:FACTORY",
                    help="your own VAE: a factory returning a plant of the protocol (docs/your_vae.md), e.g. "
                         "examples/mnist_vae.py:make or my_vae:make; passed seed=, device=, batch_size= when it accepts "
                         "them (default: klcontrol's dSprites β-VAE)")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
+    p.add_argument("--jobs", type=JOBS, default=2,
+                   help="runs trained at once, one thread each (default 2; capped by the usable CPUs)")
     p.add_argument("--prior", default=None, metavar="JSON",
                    help="a fit whose g gives dKL/dlnβ for the amplitude rule, when asked for ('dsprites': the shipped "
                         "fit of klcontrol's own VAE); default: the plant's own settle runs (two --betas; with one, δ = 0.5, the rule's upper bound)")
@@ -60,6 +68,9 @@ def run(args) -> int:
     import sys
 
     from klcontrol.cli import print_json
+    from klcontrol.commands.common import check_device
+
+    check_device(args.device)
     from klcontrol.vae_plant.experiments.identify import run_experiment
 
     res = run_experiment(args.out, export=args.export, jobs=args.jobs, batch_size=args.batch_size,

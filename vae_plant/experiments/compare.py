@@ -25,19 +25,19 @@ so an interrupted comparison continues where it stopped.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from klcontrol.controllers import ScheduledBeta
+from klcontrol.fileio import save_figure, write_json, write_text
 from klcontrol.filters import moving_mean
 from klcontrol.papers import DYNAMICVAE_DSPRITES_STEPS
 from klcontrol.registry import PRESETS, make_preset
+from klcontrol.vae_plant.experiments.workers import cap_jobs, sigterm_as_interrupt, worker_pool
 
 __all__ = ["Budget", "BUDGETS", "DEFAULT_METHODS", "PAPER_STEPS", "Method", "parse_methods", "tracking",
            "compare", "CompareResult", "aggregate", "run_ray", "ray_resources", "EXECUTORS", "markdown_tables", "paper_table_markdown",
@@ -234,16 +234,10 @@ def _run_dir(out, label, seed):
 
 def _check_reuse(run_dir, ctrl, job):
     """Refuse to reuse a run directory that holds another experiment under the same label."""
-    cfg = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(cfg):
-        return
-    with open(cfg) as fh:
-        stored = json.load(fh).get("settings", {})
-    wanted = {"controller": repr(ctrl), "batch_size": job["batch_size"], "seed": job["seed"]}
-    diff = [f"{k}: {stored.get(k)!r} there, {v!r} here" for k, v in wanted.items() if stored.get(k) != v]
-    if diff:
-        raise ValueError(f"{run_dir} holds a run of another experiment ({'; '.join(diff)}); "
-                         "give the method another label=… or use another --out")
+    from klcontrol.vae_plant.training.run_lock import check_settings
+
+    check_settings(run_dir, {"controller": repr(ctrl), "batch_size": job["batch_size"], "seed": job["seed"]},
+                   hint="give the method another label=… or use another --out")
 
 
 def _run_job(job: dict) -> dict:
@@ -253,6 +247,7 @@ def _run_job(job: dict) -> dict:
     from klcontrol.vae_plant.metrics.evaluation import disentanglement
     from klcontrol.vae_plant.training import checkpoint as ckpt
     from klcontrol.vae_plant.training.presets import first_update
+    from klcontrol.vae_plant.training.run_lock import read_json
     from klcontrol.vae_plant.training.trace_log import read_trace_csv
     from klcontrol.vae_plant.training.trainer import load_run, train
 
@@ -264,8 +259,9 @@ def _run_job(job: dict) -> dict:
     _check_reuse(run_dir, ctrl, job)
     metrics_path = os.path.join(run_dir, "metrics.json")
     if os.path.isfile(metrics_path):
-        with open(metrics_path) as fh:
-            row = json.load(fh)
+        row = read_json(metrics_path, "cached metrics file")
+        if not isinstance(row, dict):
+            raise ValueError(f"{metrics_path}: not the metrics of a run (a JSON object); move it away and run again")
         if row.get("steps") == job["steps"] and row.get("evaluation") == job["evaluation"]:
             # Only the encoder metrics are cached; the trace figures are cheap and always recomputed.
             row.update(_trace_figures(read_trace_csv(os.path.join(run_dir, "trace.csv")), ctrl.measures))
@@ -298,8 +294,7 @@ def _run_job(job: dict) -> dict:
                                beta_vae=job["evaluation"]["beta_vae"]))
     row.update(evaluation=job["evaluation"], train_seconds=None if done else train_s,
                eval_seconds=time.perf_counter() - t1)
-    with open(metrics_path, "w") as fh:
-        json.dump(row, fh, indent=2)
+    write_json(metrics_path, row)  # atomic: a full disk or a kill leaves no half file to block the next compare
     return row
 
 
@@ -424,6 +419,56 @@ def ray_resources(device: str, gpus_per_run: float | None = None, threads: int =
     return {"cpus_per_run": int(threads), "gpus_per_run": float(gpus)}
 
 
+#: Seconds :func:`run_ray` waits for a Ray address to answer before giving up (Ray itself retries for ever).
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def _probe_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse an address ``host:port`` (or ``ray://host:port``) where nothing accepts a connection in ``timeout``."""
+    import socket
+
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        return  # "auto", "local": Ray looks the cluster up itself, and fails at once when there is none
+    try:
+        port = int(port)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--address {address!r}: the port must be a number from 1 to 65535") from None
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"--address {address}: no Ray cluster answers there within {timeout:g} s ({why}); start "
+                         "it (ray start --head) or check the address, or leave --address out for a local Ray") from None
+
+
+def _init_local_ray(ray) -> None:
+    """Start a local Ray for this process: no dashboard, a loopback node address asked for, its new files private.
+
+    Ray 2.x replaces a loopback node address by the machine's and its gRPC servers listen on every interface (no
+    setting binds them to loopback; ``tests/test_hostile_runs.py`` records it); its token authentication, with the
+    token file readable by this user alone, is what guards them.
+    """
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    old = os.umask(0o077)  # the token Ray writes on first use (and its session files) readable by this user alone
+    try:
+        ray.init(log_to_driver=False, include_dashboard=False, _node_ip_address="127.0.0.1")
+    finally:
+        os.umask(old)
+    try:
+        mode = os.stat(token).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        import warnings
+
+        warnings.warn(f"Ray's token {token} is readable by other users (mode {mode & 0o777:o}): chmod 600 it",
+                      RuntimeWarning, stacklevel=3)
+
+
 def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_done=None) -> list:
     """Run compare jobs as Ray tasks, one task per run, and return their rows in job order.
 
@@ -452,8 +497,11 @@ def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_don
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
-        kwargs = dict(address=address) if address else dict(include_dashboard=False)
-        ray.init(log_to_driver=False, **kwargs)
+        if address:
+            _probe_ray(address)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            _init_local_ray(ray)
         started = address is None
     try:
         if started and gpus_per_run > ray.cluster_resources().get("GPU", 0):
@@ -467,12 +515,17 @@ def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_don
         rows = [None] * len(refs)
         pending = list(refs)
         try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    rows[index[ref]] = row = ray.get(ref)
-                    if on_done is not None:
-                        on_done(row)
+            with sigterm_as_interrupt():  # after ray.init, whose own SIGTERM handler exits with a stack dump
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    for ref in done:
+                        rows[index[ref]] = row = ray.get(ref)
+                        if on_done is not None:
+                            on_done(row)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (turned into this above): stop the runs, as locally
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
         except ray.exceptions.RayTaskError as e:
             for ref in pending:
                 ray.cancel(ref)
@@ -502,7 +555,7 @@ def _figures(out, methods, rows):
     fig = plot_runs(runs, symlog=True, smooth=50,
                     title="50-step means of β, KL and reconstruction; band: min–max over seeds")
     paths = {"training": os.path.join(out, "training.png"), "tradeoff": os.path.join(out, "tradeoff.png")}
-    fig.savefig(paths["training"], dpi=110)
+    save_figure(fig, paths["training"])
     plt = pyplot()
     plt.close(fig)
     table = aggregate(rows)
@@ -515,9 +568,33 @@ def _figures(out, methods, rows):
     ax.set_title("reconstruction–disentanglement trade-off (mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(paths["tradeoff"], dpi=110)
+    save_figure(fig, paths["tradeoff"])
     plt.close(fig)
     return paths
+
+
+def _check_disk(out, n_runs: int, steps: int, checkpoint_every: int) -> None:
+    """Refuse a comparison whose runs cannot fit on the disk of ``out`` (a lower bound of what they write)."""
+    import shutil
+
+    from klcontrol.vae_plant.training.model import BetaVAE
+    from klcontrol.vae_plant.training.trace_log import columns
+    from klcontrol.vae_plant.training.trainer import LATENT_DIM
+
+    params = sum(p.numel() for p in BetaVAE(LATENT_DIM).parameters())
+    # At least: each checkpoint holds the weights and Adam's two moments (float32); each trace row a digit and a
+    # comma per column.
+    checkpoints = 1 + (steps // checkpoint_every if checkpoint_every else 0)
+    per_run = checkpoints * 3 * 4 * params + steps * 2 * len(columns(LATENT_DIM))
+    need = n_runs * per_run
+    probe = out
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ValueError(f"--seeds × methods = {n_runs:,} runs of {steps:,} updates write at least "
+                         f"{need / 2**30:,.1f} GiB, and {probe} has {free / 2**30:,.1f} GiB free; "
+                         "lower --seeds or --steps")
 
 
 def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None, steps: int | None = None,
@@ -605,6 +682,14 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
     factor = PAPER_STEPS / steps if compress else 1.0
     # Absolute, so that workers started elsewhere (Ray) write where the driver reads.
     out = os.path.abspath(os.fspath(out))
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        raise ValueError(f"--out {out} is a training run's own directory; give compare a directory of its own")
+    n_runs = int(seeds) * len(methods)
+    _check_disk(out, n_runs, int(steps), int(b.checkpoint_every) if b.checkpoint_every < steps else 0)
+    if executor != "ray":
+        jobs = cap_jobs(jobs, n_runs)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     # The estimator is part of the key so cached metrics are recomputed when it changes.
     evaluation = {"n_images": int(n_images), "beta_vae": b.beta_vae if beta_vae else None, "rmig": "quantized"}
@@ -625,7 +710,7 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
                 rows.append(_run_job(j))
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(int(jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
+            with worker_pool(int(jobs), mp_context=multiprocessing.get_context("spawn")) as ex:
                 for row in ex.map(_run_job, jobs_list):
                     rows.append(row)
                     bar.update(1)
@@ -645,13 +730,12 @@ def compare(out, methods=None, *, budget: str = "cpu", seeds: int | None = None,
                     wall_seconds=time.perf_counter() - t0)
     figures = _figures(out, methods, rows)
     result = CompareResult(out, rows, table, settings, figures)
-    with open(os.path.join(out, "compare.json"), "w") as fh:
-        json.dump({"settings": settings, "table": table, "rows": rows, "figures": figures}, fh, indent=2)
-    with open(os.path.join(out, "table.md"), "w") as fh:
-        fh.write(f"Budget {budget}: {steps} updates, batch {batch_size}, seeds 0–{seeds - 1}, set points compressed "
-                 f"×{factor:g}, metrics on {n_images or 'all'} images. Mean ± std over seeds.\n\n")
-        fh.write(result.markdown())
-        fh.write("\nFor reference, DynamicVAE's Tables 1–2 (5 seeds, ~800k updates at batch 128 on the official "
-                 "dSprites file; comparable only with the paper budget):\n\n")
-        fh.write(paper_table_markdown())
+    write_json(os.path.join(out, "compare.json"), {"settings": settings, "table": table, "rows": rows,
+                                                   "figures": figures})
+    write_text(os.path.join(out, "table.md"),
+               f"Budget {budget}: {steps} updates, batch {batch_size}, seeds 0–{seeds - 1}, set points compressed "
+               f"×{factor:g}, metrics on {n_images or 'all'} images. Mean ± std over seeds.\n\n"
+               + result.markdown()
+               + "\nFor reference, DynamicVAE's Tables 1–2 (5 seeds, ~800k updates at batch 128 on the official "
+               "dSprites file; comparable only with the paper budget):\n\n" + paper_table_markdown())
     return result

@@ -538,8 +538,9 @@ def _write_report(path, s, tuned, real):
     else:
         lines += ["The whole-run design needs the recorded traces (section 2b).", ""]
     lines += _identified_lines(s["identified"])
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines))
+    from klcontrol.fileio import write_text
+
+    write_text(path, "\n".join(lines))
 
 
 def _identified_lines(idf) -> list:

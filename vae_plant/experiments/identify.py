@@ -38,7 +38,7 @@ checkpoint and the excitation design).
 from __future__ import annotations
 
 import gzip
-import json
+import math
 import os
 import shutil
 
@@ -50,7 +50,9 @@ from klcontrol.analysis.identification.experiment import (
     static_points,
 )
 from klcontrol.controllers import FixedBeta, IncrementalPI, ScheduledBeta
-from klcontrol.vae_plant.training.run_lock import remove_run
+from klcontrol.fileio import atomic_write, write_json
+from klcontrol.vae_plant.experiments.workers import cap_jobs, worker_pool
+from klcontrol.vae_plant.training.run_lock import check_settings, read_json, remove_run
 
 __all__ = [
     "settle",
@@ -91,6 +93,37 @@ def _done(out):
         os.listdir(os.path.join(out, "checkpoints")))
 
 
+_OTHER_SETTINGS = "use another --out (or move that run away) to identify with these settings"
+
+
+def _reusable(out, ctrl_settings: dict, design=None) -> bool:
+    """Whether ``out`` holds a finished run to reuse; one made with other settings (or design) is refused."""
+    if not _done(out):
+        return False
+    if design is not None:
+        check_settings(out, design, "excitation.json", None, hint=_OTHER_SETTINGS)
+    check_settings(out, ctrl_settings, hint=_OTHER_SETTINGS)
+    return True
+
+
+def _settings(steps, seed, batch_size, plant, controller=None) -> dict:
+    """What a reused run's ``config.json`` must hold (the trainer's and the plant runner's common settings)."""
+    out = {"steps": int(steps), "seed": int(seed), "plant": plant}
+    if plant is None:
+        out["batch_size"] = int(batch_size)
+    if controller is not None:
+        out["controller"] = repr(controller)
+    return out
+
+
+def _start(out, design=None) -> None:
+    """Clear klcontrol's own unfinished run in ``out`` (refusing anything else) and record the design first."""
+    remove_run(out)  # an unfinished run of klcontrol's; a folder it did not make, or a live one, is refused
+    os.makedirs(out, exist_ok=True)
+    if design is not None:
+        write_json(os.path.join(out, "excitation.json"), design)  # first, so a stopped run keeps its design
+
+
 def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, device: str = "cpu", command=None,
            plant=None):
     """Phase 1: train from scratch at the fixed β* (reuses a finished run in ``out``).
@@ -100,10 +133,11 @@ def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, d
     str
         The run directory (its final checkpoint is the operating point).
     """
-    if _done(out):
+    ctrl = FixedBeta(float(beta_star))
+    if _reusable(out, _settings(steps, seed, batch_size, plant, ctrl)):
         return os.fspath(out)
-    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
-    _train(out, FixedBeta(float(beta_star)), steps, seed, batch_size, device, command=command, plant=plant)
+    _start(out)
+    _train(out, ctrl, steps, seed, batch_size, device, command=command, plant=plant)
     return os.fspath(out)
 
 
@@ -139,12 +173,9 @@ def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, wind
 
 
 def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant=None):
-    if _done(out):
+    if _reusable(out, _settings(steps, seed, batch_size, plant), design):
         return os.fspath(out)
-    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
-    os.makedirs(out)
-    with open(os.path.join(out, "excitation.json"), "w") as fh:  # first, so a stopped run keeps its design
-        json.dump(design, fh, indent=2)
+    _start(out, design)
     _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command, plant=plant)
     return os.fspath(out)
 
@@ -159,11 +190,12 @@ def export_run(run_dir, dest_dir, name):
     """
     os.makedirs(dest_dir, exist_ok=True)
     gz = os.path.join(dest_dir, name + ".csv.gz")
-    with open(os.path.join(run_dir, "trace.csv"), "rb") as src, gzip.GzipFile(gz, "wb", mtime=0) as dst:
+    trace = os.path.join(run_dir, "trace.csv")
+    with open(trace, "rb") as src, atomic_write(gz, "wb") as raw, gzip.GzipFile(gz, "wb", fileobj=raw,
+                                                                                 mtime=0) as dst:
         shutil.copyfileobj(src, dst)
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        cfg = json.load(fh)
-    with open(os.path.join(run_dir, "trace.csv")) as fh:
+    cfg = read_json(os.path.join(run_dir, "config.json"), "run's config.json")
+    with open(trace, "rb") as fh:
         rows = sum(1 for _ in fh) - 1
     cfg["rows_recorded"] = rows
     if rows < cfg.get("settings", {}).get("steps", rows):
@@ -172,15 +204,13 @@ def export_run(run_dir, dest_dir, name):
                                     f"a run with steps={rows} and the same seed records the same rows")
     exc = os.path.join(run_dir, "excitation.json")
     if os.path.isfile(exc):
-        with open(exc) as fh:
-            cfg["excitation"] = json.load(fh)
+        cfg["excitation"] = read_json(exc, "run's excitation.json")
     ini = cfg.get("settings", {}).get("init_from")
     if ini:
         # Repository-relative, so the provenance does not name this machine's paths.
         ini["checkpoint"] = os.path.join(os.path.basename(os.path.dirname(os.path.dirname(ini["checkpoint"]))),
                                          "checkpoints", os.path.basename(ini["checkpoint"]))
-    with open(os.path.join(dest_dir, name + ".config.json"), "w") as fh:
-        json.dump(cfg, fh, indent=2, sort_keys=True)
+    write_json(os.path.join(dest_dir, name + ".config.json"), cfg, sort_keys=True)
     return gz
 
 
@@ -210,8 +240,8 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
     main = float(main)
     if main not in betas:
         raise ValueError(f"the main operating point {main:g} must be one of the betas {betas}")
-    if any(b <= 0 for b in betas) or len(set(betas)) != len(betas):
-        raise ValueError(f"betas must be distinct and positive, got {betas}")
+    if any(not (math.isfinite(b) and b > 0) for b in betas) or len(set(betas)) != len(betas):
+        raise ValueError(f"--betas must be distinct, finite and positive, got {betas}")
     if min(int(fit_steps), int(val_steps)) <= int(lead):
         raise ValueError(f"open-loop runs ({fit_steps}, {val_steps} updates) must be longer than the lead-in ({lead})")
     if int(closed_steps) < 4:
@@ -240,6 +270,12 @@ def plan(betas=(2.0, 4.0), main=4.0, settle_steps=4000, fit_steps=2100, val_step
         for i, b in enumerate(x for x in betas if x != main):
             excites.append(dict(ol, name=f"ol_b{b:g}_s{5 + i}", beta=b, seed=5 + i + e0, steps=int(val_steps),
                                 role="held_out"))
+    names = {}
+    for j in settles:
+        if j["name"] in names:
+            raise ValueError(f"--betas {names[j['name']]!r} and {j['beta']!r} share the run directory {j['name']} "
+                             "(run names keep 6 significant digits): give betas that differ there")
+        names[j["name"]] = j["beta"]
     return settles, excites
 
 
@@ -269,11 +305,9 @@ def _job(args):
         # The trainer runs klcontrol's controllers; the probe runs through the protocol (the dSprites VAE as a
         # TorchPlant started from its trainer's settled checkpoint).
         spec = plant or "klcontrol.vae_plant.training.dsprites_plant:make"
-        if not _done(out):
-            remove_run(out)
-            os.makedirs(out)
-            with open(os.path.join(out, "excitation.json"), "w") as fh:
-                json.dump(dict(job, setpoint=round(nz["level"], 2)), fh, indent=2)
+        design = dict(job, setpoint=round(nz["level"], 2))
+        if not _reusable(out, _settings(job["steps"], job["seed"], batch_size, spec), design):
+            _start(out, design)
             _train(out, RelayProbe(job["ratio"], job["h"], round(nz["level"], 2), job["beta"], job["window"]),
                    job["steps"], job["seed"], batch_size, device, init_from=settled, command=command, plant=spec)
         return job["name"], nz
@@ -336,11 +370,14 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     dict
         ``plan``, ``noise`` (per settle run), ``static_points``, ``exported`` (paths).
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from klcontrol.analysis.identification.traces import read_trace
 
     settles, excites = plan(**plan_kw)
+    for flag, d in (("--out", root), ("--export", export)):  # checked before hours of training, not after
+        if d and os.path.lexists(d) and not os.path.isdir(d):
+            raise ValueError(f"{flag} {d} exists and is not a directory")
+    if export and os.path.isfile(os.path.join(export, "config.json")):
+        raise ValueError(f"--export {export} is a run's own directory; export to a directory of its own")
     betas = sorted({j["beta"] for j in excites})
     if prior == "dsprites" or (prior is None and plant is None and len(settles) < 2):
         # Asked for, or klcontrol's own VAE with one settled level: its shipped fit is a model of the same VAE.
@@ -363,7 +400,7 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     os.makedirs(root, exist_ok=True)
     command = command if command is not None else "klcontrol identify"
     noise = {}
-    with ProcessPoolExecutor(max(1, int(jobs))) as ex:
+    with worker_pool(cap_jobs(jobs, len(settles) + len(excites))) as ex:
         phase = [dict(s, kind="settle") for s in settles]
         for name, _ in ex.map(_job, [(j, root, batch_size, device, None, command, plant) for j in phase]):
             progress(f"finished {name}")
@@ -381,8 +418,7 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     for j in (j for j in excites if j["kind"] == "relay"):
         from klcontrol.analysis.identification.relay import relay_critical_gain
 
-        with open(os.path.join(root, j["name"], "excitation.json")) as fh:
-            c = json.load(fh)["setpoint"]
+        c = read_json(os.path.join(root, j["name"], "excitation.json"), "run's excitation.json")["setpoint"]
         tr = read_trace(os.path.join(root, j["name"], "trace.csv"))
         try:
             r = relay_critical_gain(tr.beta, tr.kl, j["ratio"], j["h"], c, j["window"])
@@ -398,6 +434,5 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
         for j in settles + excites:
             result["exported"].append(export_run(os.path.join(root, j["name"]), export, j["name"]))
         os.makedirs(export, exist_ok=True)
-        with open(os.path.join(export, "experiment.json"), "w") as fh:
-            json.dump({k: v for k, v in result.items() if k != "exported"}, fh, indent=2)
+        write_json(os.path.join(export, "experiment.json"), {k: v for k, v in result.items() if k != "exported"})
     return result

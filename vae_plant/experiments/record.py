@@ -15,7 +15,8 @@ import gzip
 import os
 import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
+
+from klcontrol.vae_plant.experiments.workers import cap_jobs, worker_pool
 
 FIXED_BETAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -33,15 +34,22 @@ def _one(job):
     else:
         # DynamicVAE's gains and window on a constant set point, starting from a large β.
         ctrl = IncrementalPI(0.01, 0.005, Constant(controller_spec[1]), beta0=controller_spec[2], filter=5)
+    from klcontrol.fileio import atomic_write
+    from klcontrol.vae_plant.training.run_lock import remove_run
+
     tmp = os.path.join(out_root, name + ".run")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_run(tmp)  # klcontrol's own leftover run only: a folder it did not make, or a live run, is refused
     train(tmp, preset="cpu" if device == "cpu" else "paper", controller=ctrl, steps=steps, seed=seed,
           batch_size=batch_size, device=device, checkpoint_every=0, progress=False,
           command=" ".join(sys.argv))
-    with open(os.path.join(tmp, "trace.csv"), "rb") as src, gzip.open(os.path.join(out_root, name + ".csv.gz"), "wb") as dst:
+    gz = os.path.join(out_root, name + ".csv.gz")
+    with open(os.path.join(tmp, "trace.csv"), "rb") as src, atomic_write(gz, "wb") as raw, \
+            gzip.GzipFile(gz, "wb", fileobj=raw) as dst:
         shutil.copyfileobj(src, dst)
-    shutil.copy(os.path.join(tmp, "config.json"), os.path.join(out_root, name + ".config.json"))
-    shutil.rmtree(tmp)
+    with open(os.path.join(tmp, "config.json"), "rb") as src, \
+            atomic_write(os.path.join(out_root, name + ".config.json"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    remove_run(tmp)
     return name
 
 
@@ -58,7 +66,7 @@ def main(argv=None):
     jobs = [(f"fixed_beta{b:g}", ("fixed", b), a.steps, a.batch_size, a.device, i, a.out)
             for i, b in enumerate(FIXED_BETAS)]
     jobs.append(("dynamicvae_C8", ("pi", 8.0, 20.0), a.steps, a.batch_size, a.device, 10, a.out))
-    with ProcessPoolExecutor(a.jobs) as ex:
+    with worker_pool(cap_jobs(a.jobs, len(jobs))) as ex:
         for name in ex.map(_one, jobs):
             print("recorded", name, flush=True)
 

@@ -10,10 +10,11 @@ with ``plant=``, linearised at ``C``).
 """
 from __future__ import annotations
 
-import json
 import os
 
-from klcontrol.vae_plant.training.run_lock import remove_run
+from klcontrol.fileio import write_json
+from klcontrol.vae_plant.experiments.workers import cap_jobs, worker_pool
+from klcontrol.vae_plant.training.run_lock import check_settings, read_json
 
 __all__ = ["gain_run", "run_gains", "summarize", "ray_gains", "observed_brackets", "verify_stability"]
 
@@ -33,16 +34,17 @@ def gain_run(out, settled, beta_star, setpoint, kp, ki, window=5, seed=0, steps=
     """
     from klcontrol.controllers import IncrementalPI
     from klcontrol.setpoints import Constant
-    from klcontrol.vae_plant.experiments.identify import _done, _train
+    from klcontrol.vae_plant.experiments.identify import _reusable, _settings, _start, _train
 
-    if _done(out):
-        return os.fspath(out)
-    remove_run(out)  # an unfinished run of klcontrol's; anything else is refused
     ctrl = IncrementalPI(kp, ki, Constant(setpoint), beta0=kick * beta_star, filter=window)
+    design = dict(kp=kp, ki=ki, window=window, delay=0, seed=seed, steps=steps, kick=kick, beta_star=beta_star,
+                  setpoint=setpoint)
+    if _reusable(out, _settings(steps, seed, batch_size, plant, ctrl)):
+        check_settings(out, design, "gain.json", None, hint="use another --out to run these gains")
+        return os.fspath(out)
+    _start(out)  # clears klcontrol's own unfinished run; a folder it did not make, or a live one, is refused
     _train(out, ctrl, steps, seed, batch_size, device, init_from=settled, command=command, plant=plant)
-    with open(os.path.join(out, "gain.json"), "w") as fh:
-        json.dump(dict(kp=kp, ki=ki, window=window, delay=0, seed=seed, steps=steps, kick=kick, beta_star=beta_star,
-                       setpoint=setpoint), fh, indent=2)
+    write_json(os.path.join(out, "gain.json"), design)
     return os.fspath(out)
 
 
@@ -65,11 +67,9 @@ def ray_gains(ratio, ki_values, window=5, seeds=(0,)):
 def run_gains(root, settled, beta_star, setpoint, gains, steps=600, kick=1.25, jobs=2, batch_size=16, device="cpu",
               command=None, plant=None):
     """Run every gain set (dicts ``kp, ki, window, seed``); returns the run directories."""
-    from concurrent.futures import ProcessPoolExecutor
-
     os.makedirs(root, exist_ok=True)
     args = [(root, settled, beta_star, setpoint, g, steps, kick, batch_size, device, command, plant) for g in gains]
-    with ProcessPoolExecutor(max(1, int(jobs))) as ex:
+    with worker_pool(cap_jobs(jobs, len(args))) as ex:
         return list(ex.map(_job, args))
 
 
@@ -100,8 +100,7 @@ def summarize(run_dirs, models, names=("identified", "first_order"), export=None
 
     rows = []
     for d in run_dirs:
-        with open(os.path.join(d, "gain.json")) as fh:
-            g = json.load(fh)
+        g = read_json(os.path.join(d, "gain.json"), "run's gain.json")
         tr = read_trace(os.path.join(d, "trace.csv"))
         obs = observed_stability(tr.beta, g["beta_star"], skip=skip)
         name = os.path.basename(os.path.normpath(d))

@@ -25,7 +25,9 @@ def _finish(fig, path, title, layout=True):
         if layout:
             fig.tight_layout()  # again, now that the title takes room
     if path:
-        fig.savefig(path, dpi=110)
+        from klcontrol.fileio import save_figure
+
+        save_figure(fig, path)  # atomic: a full disk keeps the old figure
         # Saved figures are released from pyplot (as klcontrol.plotting does); the object stays usable.
         pyplot().close(fig)
     return fig

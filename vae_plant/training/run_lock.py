@@ -16,7 +16,7 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows is not a target, but the module must import there
     fcntl = None
 
-__all__ = ["RunLock", "LOCK_NAME", "is_klcontrol_run", "remove_run"]
+__all__ = ["RunLock", "LOCK_NAME", "is_klcontrol_run", "remove_run", "read_json", "check_settings"]
 
 LOCK_NAME = ".lock"
 
@@ -145,3 +145,62 @@ def remove_run(run_dir) -> None:
                          "klcontrol never deletes what it did not make; move it away or choose another --out")
     with RunLock(run_dir):  # a live trainer in it refuses this
         shutil.rmtree(run_dir)
+
+
+def read_json(path, what: str = "file"):
+    """The JSON in ``path``; a file that is cut short or not JSON is a ``ValueError`` naming it and what to do.
+
+    Parameters
+    ----------
+    path : str
+        A file klcontrol wrote into a run directory (``config.json``, ``metrics.json``, ``excitation.json``).
+    what : str
+        What the file is, for the message.
+    """
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        why = " ".join(str(exc).split())[:120]
+        raise ValueError(f"{path}: the {what} is damaged or not JSON ({type(exc).__name__}: {why}); move it away "
+                         "(or delete it if klcontrol wrote it) and run again") from None
+
+
+def check_settings(run_dir, wanted: dict, file: str = "config.json", key: str | None = "settings",
+                   hint: str = "use another --out, or move that run away to start it again") -> None:
+    """Refuse to reuse a finished run made with other settings than ``wanted``.
+
+    Parameters
+    ----------
+    run_dir : str
+        The run directory.
+    wanted : dict
+        Setting → value this command would use; every one must equal the run's stored value.
+    file, key : str
+        Where the run's settings are: ``run_dir/file`` (its ``key`` entry, or the whole object for ``None``).
+    hint : str
+        What the user can do, ending the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the run and each setting that differs (its value there and here), or a damaged settings file.
+    """
+    path = os.path.join(os.fspath(run_dir), file)
+    if not os.path.isfile(path):
+        return
+    stored = read_json(path, "run's " + file)
+    stored = stored.get(key) if key is not None and isinstance(stored, dict) else stored
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: holds no settings of a klcontrol run; move {run_dir} away or choose another --out")
+
+    def short(v):
+        r = repr(v)
+        return r if len(r) <= 80 else r[:77] + "…"
+
+    diff = [f"{k}: {short(stored.get(k))} there, {short(v)} here" for k, v in wanted.items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"{run_dir} holds a run of another experiment, made with other settings "
+                         f"({'; '.join(diff)}); it is not reused: {hint}")
