@@ -291,10 +291,12 @@ def test_the_set_point_or_the_state_may_set_the_number_of_loops():
 
 # -- the fused kernel: random loops, summaries, continuation, threads (issue 28) ------------------------------
 
+# Each (delay, noise) pair is a kernel structure compiled once (~20 s on a busy 2-core machine); the noiseless
+# delay-0 kernel is compared with the NumPy engine for every controller kind above, so the noisy ones are drawn here.
 @settings(max_examples=25, deadline=None)
 @given(window=st.just(5), delay=st.sampled_from([0, 1]), n=st.integers(1, 700),
        kp=st.floats(0.0, 0.05), ki=st.floats(0.0, 0.02), c=st.floats(1.0, 40.0), beta0=st.floats(0.0, 200.0),
-       y0=st.floats(0.0, 40.0), a=st.floats(1e-3, 0.5), noise=st.booleans(), seed=st.integers(0, 2**32 - 1))
+       y0=st.floats(0.0, 40.0), a=st.floats(1e-3, 0.5), noise=st.just(True), seed=st.integers(0, 2**32 - 1))
 def test_engines_agree_to_rounding_on_random_loops(window, delay, n, kp, ki, c, beta0, y0, a, noise, seed):
     rng = np.random.default_rng(seed)
     ctrl = IncrementalPI(kp * rng.uniform(0.5, 1.5, n), ki * rng.uniform(0.5, 1.5, n), setpoint=c, beta0=beta0,
