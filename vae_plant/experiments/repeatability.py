@@ -36,16 +36,11 @@ RELAY_TOLERANCE = 0.15
 def _fit_folder(folder, beta_star, window):
     """The model set of one identification's exported runs: :func:`select_model` as ``klcontrol fit`` runs it."""
     from klcontrol.analysis.identification.control_validation import select_model
-    from klcontrol.analysis.identification.models import static_map_from_traces
-    from klcontrol.analysis.identification.traces import aligned, read_trace
+    from klcontrol.vae_plant.experiments.selection import read_identification
 
-    with open(os.path.join(folder, "experiment.json"), encoding="utf-8") as fh:
-        exp = json.load(fh)
-    read = lambda name: aligned(read_trace(os.path.join(folder, name + ".csv.gz")))  # noqa: E731
-    static = [read(r["name"]) for r in exp["plan"]["settles"]]
-    fit = [r["name"] for r in exp["plan"]["excites"] if r.get("role") == "fit"]
-    held = [r["name"] for r in exp["plan"]["excites"] if r.get("role") == "held_out" and r["beta"] == beta_star]
-    g = static_map_from_traces(static)
+    plan, read, g = read_identification(folder)
+    fit = [r["name"] for r in plan["excites"] if r.get("role") == "fit"]
+    held = [r["name"] for r in plan["excites"] if r.get("role") == "held_out" and r["beta"] == beta_star]
     best, rep = select_model([read(n) for n in fit], g, [read(n) for n in held], fit_names=fit, held_out_names=held,
                              window=window)
     return best, rep, float(g(beta_star))

@@ -16,7 +16,19 @@ import argparse
 import json
 import os
 
-__all__ = ["holdout_choices", "main"]
+__all__ = ["read_identification", "holdout_choices", "main"]
+
+
+def read_identification(folder):
+    """An identification's exported runs: ``(plan, read, g)``, ``read(name)`` giving a run's aligned trace and
+    ``g`` the static map of its settle runs (as ``klcontrol fit --static`` builds it)."""
+    from klcontrol.analysis.identification.models import static_map_from_traces
+    from klcontrol.analysis.identification.traces import aligned, read_trace
+
+    with open(os.path.join(folder, "experiment.json"), encoding="utf-8") as fh:
+        plan = json.load(fh)["plan"]
+    read = lambda name: aligned(read_trace(os.path.join(folder, name + ".csv.gz")))  # noqa: E731
+    return plan, read, static_map_from_traces([read(r["name"]) for r in plan["settles"]])
 
 
 def holdout_choices(folder, beta_star: float = 4.0, window: int = 5) -> list:
@@ -29,13 +41,8 @@ def holdout_choices(folder, beta_star: float = 4.0, window: int = 5) -> list:
         (structure, orders, band_rms, passes_band, control_score, ring_period).
     """
     from klcontrol.analysis.identification.control_validation import select_model
-    from klcontrol.analysis.identification.models import static_map_from_traces
-    from klcontrol.analysis.identification.traces import aligned, read_trace
 
-    with open(os.path.join(folder, "experiment.json"), encoding="utf-8") as fh:
-        plan = json.load(fh)["plan"]
-    read = lambda name: aligned(read_trace(os.path.join(folder, name + ".csv.gz")))  # noqa: E731
-    g = static_map_from_traces([read(r["name"]) for r in plan["settles"]])
+    plan, read, g = read_identification(folder)
     at = [r for r in plan["excites"] if r["beta"] == beta_star and r["kind"] in ("open_loop", "closed_loop")]
     out = []
     for fit_run in [r["name"] for r in at if r["kind"] == "open_loop"]:
