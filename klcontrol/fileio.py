@@ -1,7 +1,12 @@
-"""Files klcontrol writes: JSON-ready values and atomic writes.
+"""Files klcontrol writes: JSON-ready values, atomic writes, and the run files no output may replace.
 
 Every output goes to a temporary file in the target's directory and is renamed over the target, so a reader
 never sees half a file and a failed write (a full disk, an interrupt) leaves the old file as it was.
+
+A training run's directory is its state: its trace, config and checkpoints are what a resume reads. A command's
+output named after one of them (``simulate``'s default ``--out trace.csv`` run inside a run directory) would
+silently end that run's resume, so :func:`check_not_run_file` refuses it before any work; every command's output
+check calls it.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["jsonable", "atomic_write", "write_json", "write_text", "save_figure"]
+__all__ = ["jsonable", "atomic_write", "write_json", "write_text", "save_figure", "RUN_FILES", "RUN_FOLDERS",
+           "is_run_directory", "run_of", "check_not_run_file", "check_not_run_folder"]
 
 
 def jsonable(o):
@@ -87,3 +93,125 @@ def save_figure(fig, path, dpi: int = 110, **kwargs) -> Path:
         fig.savefig(fh, dpi=dpi, **kwargs)
     return path
 
+
+
+# --- the files of a run -------------------------------------------------------------------------------------------
+
+#: Files a klcontrol run keeps at the top of its directory: config and trace (what a resume reads), the run lock,
+#: compare's cached metrics, identify's excitation design, verify-stability's gain design.
+RUN_FILES = frozenset({"config.json", "trace.csv", "metrics.json", "excitation.json", "gain.json", ".lock"})
+#: Folders of a run every file of which is the run's: checkpoints, TensorBoard events, ``klcontrol evaluate``'s.
+RUN_FOLDERS = frozenset({"checkpoints", "tb", "eval"})
+
+
+def is_run_directory(folder) -> bool:
+    """Whether ``folder`` holds a klcontrol run.
+
+    A run is recognised by any of its marks, so that one cut short (no config yet) or damaged still counts: a
+    ``config.json`` with klcontrol's ``settings`` and ``provenance``, the run lock ``.lock``, or a checkpoint.
+
+    Parameters
+    ----------
+    folder : str or Path
+
+    Returns
+    -------
+    bool
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return False
+    if os.path.isfile(os.path.join(folder, ".lock")):
+        return True
+    try:
+        if any(n.startswith("step_") and n.endswith(".pt") for n in os.listdir(os.path.join(folder, "checkpoints"))):
+            return True
+    except OSError:
+        pass
+    cfg = os.path.join(folder, "config.json")
+    try:
+        if os.path.getsize(cfg) > 1 << 20:  # a config is a few kB; this is not one, and is not read whole
+            return False
+        with open(cfg, encoding="utf-8") as fh:
+            c = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(c, dict) and isinstance(c.get("settings"), dict) and isinstance(c.get("provenance"), dict)
+
+
+def run_of(path):
+    """The run directory whose own file ``path`` names (after following links), or None.
+
+    A run's own files are :data:`RUN_FILES` at the top of a run directory and every file under its
+    :data:`RUN_FOLDERS`; another name in a run directory (``RUN/fit.json``) is not one of them.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    str or None
+        The run directory, or None.
+    """
+    real = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(real)
+    if name in RUN_FILES | RUN_FOLDERS and is_run_directory(folder):  # a file named checkpoints blocks the folder
+        return folder
+    child = folder  # under a run's folder, at any depth (TensorBoard writes a folder per writer under tb/)
+    while True:
+        parent = os.path.dirname(child)
+        if parent == child:
+            return None
+        if os.path.basename(child) in RUN_FOLDERS and is_run_directory(parent):
+            return parent
+        child = parent
+
+
+def check_not_run_file(path, flag: str) -> None:
+    """Refuse an output path that names a file of a klcontrol run (its trace, config, lock, a checkpoint …).
+
+    Called before any work by every command's output check, for every file it will write.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output path as given.
+    flag : str
+        The option that gave it (``--out``), named in the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the flag, the path and the run.
+    """
+    run = run_of(path)
+    if run is not None:
+        raise ValueError(f"{flag} {os.fspath(path)} is a file of the klcontrol run in {run} (what it resumes from): "
+                         "klcontrol never overwrites what it did not make; choose another path")
+
+
+def check_not_run_folder(path, flag: str) -> None:
+    """Refuse an output folder that is a klcontrol run's directory or one of its folders.
+
+    For commands that write their own files into a folder (``compare --out``, ``identify --export``), whose names
+    (``config.json`` among them for exports) would mix with the run's.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output folder as given.
+    flag : str
+        The option that gave it, named in the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the flag, the folder and the run.
+    """
+    real = os.path.realpath(os.fspath(path))
+    run = real if is_run_directory(real) else run_of(os.path.join(real, "x"))
+    if run is not None:
+        raise ValueError(f"{flag} {os.fspath(path)} is {'the directory' if run == real else 'inside the directory'} "
+                         f"of the klcontrol run {run}: klcontrol never writes over what it did not make; give this "
+                         "command a folder of its own")

@@ -24,7 +24,7 @@ TINY = {
                  "--jobs", "1", "--json"],
     # the observed verdict skips 100 rows of transient and needs 40 more
     "verify-stability": ["--steps", "140", "--batch-size", "2", "--jobs", "1"],
-    "demo": ["--steps", "3", "--n-boot", "5", "--json", "--no-progress"],
+    "demo": ["--steps", "3", "--relay-steps", "0", "--n-boot", "5", "--json", "--no-progress"],
     "fit": ["--n-boot", "5"],
 }
 #: Examples whose input is another example's output run after it.

@@ -478,3 +478,29 @@ def test_saved_fits_are_standard_json_without_a_bootstrap(tmp_path, capsys):
     main(["fit", str(tmp_path / "r0.csv"), str(tmp_path / "r1.csv"), "--n-boot", "0"])
     out = capsys.readouterr().out
     assert "nan" not in out.lower() and "no bootstrap interval (--n-boot 0)" in out
+
+
+def test_a_trace_predicted_worse_than_a_constant_is_not_identifiable(open_loop_csvs, tmp_path):
+    # at a fixed β the KL swings ±30 % (something other than β moves it): the model's flat prediction is no better
+    # than the trace's own mean, while it predicts the two open-loop runs well
+    n = 2500
+    rng = np.random.default_rng(3)
+    kl = DSPRITES.g(6.0) * (1 + 0.3 * np.sin(2 * np.pi * np.arange(n) / 300)) * (1 + 0.05 * rng.standard_normal(n))
+    Trace(np.arange(n), np.full(n, 6.0), kl, np.full(n, np.nan)).to_csv(tmp_path / "swinging.csv")
+    fit = fit_plant([*open_loop_csvs, str(tmp_path / "swinging.csv")], n_boot=0)
+    pct = fit.fit_percents()
+    assert pct[2] <= 0 < 50 < min(pct[:2])
+    assert fit.identifiable is False and fit.identifiability["fit"] is False
+    assert fit.identifiability["a"] and fit.identifiability["gprime"]
+    assert any(r.startswith("fit: the model predicts swinging.csv no better than a constant") for r in
+               fit.identifiability["reasons"])
+    assert any("swinging.csv" in r for r in fit.design_problems())
+
+
+def test_fit_prints_fit_percent_and_the_constant_reason(open_loop_csvs, capsys):
+    from klcontrol.cli import main
+
+    rc = main(["fit", *open_loop_csvs, "--n-boot", "0"])
+    out = capsys.readouterr().out
+    assert "fit % per trace" in out and "run1.csv" in out
+    assert rc == 0 and "identifiable: yes" in out

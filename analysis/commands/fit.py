@@ -174,9 +174,14 @@ def run(args) -> int:
               + ", ".join(f"{os.path.basename(n)} {p:.1f} %" for n, p in zip(names, fit.fit_percents())))
     if fit.boot.failures and fit.boot.gains:
         print(f"bootstrap: {args.n_boot} replicates ran, {fit.boot.failures} failed and were left out")
-    print("identifiable: yes (a, g and g′)" if fit.identifiable else
-          "identifiable: NO (" + ", ".join(k for k in ("a", "g", "gprime") if not fit.identifiability[k])
-          + " not identified)")
+    if fit.identifiable:
+        print("identifiable: yes (a, g and g′; every trace predicted better than a constant)")
+    else:
+        missing = [k for k in ("a", "g", "gprime") if not fit.identifiability[k]]
+        parts = [", ".join(missing) + " not identified"] if missing else []
+        if not fit.identifiability.get("fit", True):
+            parts.append("a trace predicted no better than a constant")
+        print("identifiable: NO (" + "; ".join(parts) + ")")
     if args.validate:
         _print_validation(s["validation"])
     if args.out:

@@ -24,6 +24,7 @@ traces visit: open-loop runs at fixed β tell ``g`` at those β values only.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -832,7 +833,7 @@ class PlantFit(FirstOrderPlant):
             if by_part is None or not self.boot.gains:
                 out += list(ident["reasons"]) or ["the fit is marked not identifiable"]
             else:  # a and g's level hold or fail everywhere; g′ is judged on the β range asked about
-                out += [f"{k}: {r}" for k in ("a", "g") for r in by_part.get(k, [])]
+                out += [f"{k}: {r}" for k in ("a", "g", "fit") for r in by_part.get(k, [])]
                 rows = int(ident.get("figures", {}).get("rows", 0))
                 out += [f"gprime: {r}" for r in _gprime_band_problems(self, b0, b1)
                         + (_g_change_problems(self, b0, b1, rows) if rows else [])]
@@ -1033,13 +1034,14 @@ IDENTIFIABILITY = {
     "max_condition": 1e8,  # of the column-scaled Jacobian at the optimum
     "max_boot_failure_fraction": 0.1,
     "max_gprime_ci_ratio": 10.0,  # at each β, the g′ band's ends differ at most 10-fold
+    "min_fit_percent": 0.0,  # every trace predicted better than its own mean (NRMSE fit % > 0)
 }
 
 
 def _identifiability(prob, x, fit, n_boot) -> dict:
     """Which of ``a``, ``g`` and ``g′`` the data identify, and why not (see :data:`IDENTIFIABILITY`)."""
     th = IDENTIFIABILITY
-    reasons = {"a": [], "g": [], "gprime": []}
+    reasons = {"a": [], "g": [], "gprime": [], "fit": []}
     span = prob.span
     rows = sum(s.n for s in prob.series)
     loga, xg, _ = prob.split(x)
@@ -1098,11 +1100,16 @@ def _identifiability(prob, x, fit, n_boot) -> dict:
     if not cond <= th["max_condition"] or np.any(norms == 0):
         reasons["a"].append(f"the least-squares problem is ill-conditioned (condition number {cond:.3g} > "
                             f"{th['max_condition']:.0e}): several parameter combinations fit the data equally well")
+    # a model that predicts a trace no better than that trace's mean explains nothing of it, whatever its intervals
+    for tr, pct in zip(fit.traces or [], fit.fit_percents() if fit.traces else []):
+        if not pct > th["min_fit_percent"]:
+            name = os.path.basename(str(tr.meta.get("source", "a trace")))
+            reasons["fit"].append(f"the model predicts {name} no better than a constant (fit {pct:.1f} %)")
     ok = {k: not v for k, v in reasons.items()}
     ok["g"] = ok["g"] and ok["a"]  # g's level is read through a: a confounded a leaves g's level open
     return {
-        "identifiable": bool(ok["a"] and ok["gprime"] and ok["g"]),
-        "a": ok["a"], "g": ok["g"], "gprime": ok["gprime"],
+        "identifiable": bool(ok["a"] and ok["gprime"] and ok["g"] and ok["fit"]),
+        "a": ok["a"], "g": ok["g"], "gprime": ok["gprime"], "fit": ok["fit"],
         "reasons": [f"{k}: {r}" for k, v in reasons.items() for r in v],
         "reasons_by_part": {k: list(v) for k, v in reasons.items()},
         "checked_intervals": bool(intervals),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from klcontrol.analysis.identification.experiment import MEAN_WINDOW
+from klcontrol.fileio import save_figure
 from klcontrol.filters import moving_mean
 
 __all__ = ["plot_validation", "plot_stability_plane"]
@@ -51,7 +52,7 @@ def plot_validation(fit, traces, names, path, compare=None, compare_label="compa
         axb.set_ylabel("β")
         axb.set_xlabel("update")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)  # atomic: a failed write keeps the old figure
     plt.close(fig)
 
 
@@ -118,5 +119,5 @@ def plot_stability_plane(runs, models, setpoint, path, window=5, delay=0, kp_max
     fig.suptitle(f"incremental PI, window {window}, set point {setpoint:g} nats: predicted boundaries vs real runs",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)  # atomic: a failed write keeps the old figure
     plt.close(fig)

@@ -11,6 +11,7 @@ from klcontrol.analysis.stability.paper import (
     theorem_appendix,
     theorem_main,
 )
+from klcontrol.fileio import save_figure
 
 __all__ = ["region_figure", "plot_region", "gains_region_figure", "tuned_response_figure"]
 
@@ -150,7 +151,7 @@ def region_figure(preset=None, a=None, gprime=None, box="near", windows=(1, 2, 5
     fig.suptitle(f"{name}stable (Kp, Ki) for a = {a:.3g}, g′ = {gprime:g} ({controller} PI)")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)  # atomic: a failed write keeps the old figure
     return fig
 
 
@@ -188,7 +189,7 @@ def gains_region_figure(kp, ki, a, gprime, window=1, delay=0, controller="increm
     ax.set_title(f"stable region at g′={gprime:g} (a={a:g}, T={window}, delay {delay})")
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path)
         plt.close(fig)
     return fig
 

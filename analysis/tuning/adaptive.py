@@ -112,10 +112,10 @@ def table_source(table=None) -> str:
 def write_table(path=None) -> Path:
     """Write :func:`table_source` to ``klcontrol/adaptive_table.py`` (or ``path``)."""
     import klcontrol
+    from klcontrol.fileio import write_text
 
     p = Path(path) if path is not None else Path(klcontrol.__file__).with_name("adaptive_table.py")
-    p.write_text(table_source())
-    return p
+    return write_text(p, table_source())  # atomic: an interrupted write never leaves a half module to import
 
 
 def drift_run(ctrl, steps=20_000, a=0.05, g_start=-0.05, g_end=-3.0, level=20.0, amp=1.0, period=1000,

@@ -264,17 +264,25 @@ def fit_spec(text):
     return name, path
 
 
-def check_output_paths(args, flags, inputs=()) -> None:
-    """Before any work: no output replaces an input, none is a folder, and each output's folder exists or is made.
+def check_output_paths(args, flags, inputs=(), folders=(), figures=("plot",)) -> None:
+    """Before any work: no output replaces an input, another output or a file of a klcontrol run (its trace,
+    config, lock, checkpoints: :func:`klcontrol.fileio.check_not_run_file`), none is a folder, and each output's
+    folder exists or is made; no output folder is a run's own.
 
     Parameters
     ----------
     args : argparse.Namespace
         The parsed arguments.
     flags : iterable of str
-        The attribute names of the output paths (``"out"``, ``"plot"``, …), named ``--flag`` in messages.
+        The attribute names of the output files (``"out"``, ``"plot"``, …), named ``--flag`` in messages.
     inputs : iterable of str
         The input paths no output may equal.
+    folders : iterable of str
+        The attribute names of output folders a command writes its own files into (``compare --out``): each must
+        not be a file, nor a klcontrol run's directory or one of its folders
+        (:func:`klcontrol.fileio.check_not_run_folder`).
+    figures : iterable of str
+        Those of ``flags`` that are figures: their suffix must name a format Matplotlib writes (none: PNG).
 
     Raises
     ------
@@ -283,23 +291,50 @@ def check_output_paths(args, flags, inputs=()) -> None:
     """
     import os
 
+    from ..fileio import check_not_run_file, check_not_run_folder
+
+    def name(flag):
+        return "--" + flag.replace("_", "-")
+
+    for flag in folders:
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ValueError(f"{name(flag)} {path} exists and is not a directory")
+        check_not_run_folder(path, name(flag))
     same = {os.path.realpath(p) for p in inputs if p}
+    written = {}
     for flag in flags:
         path = getattr(args, flag, None)
         if not path:
             continue
-        name = "--" + flag.replace("_", "-")
-        if os.path.realpath(path) in same:
-            raise ValueError(f"{name} {path} is one of the inputs: klcontrol never overwrites what it reads; "
+        real = os.path.realpath(path)
+        if real in same:
+            raise ValueError(f"{name(flag)} {path} is one of the inputs: klcontrol never overwrites what it reads; "
                              "choose another output path")
+        if real in written:  # the second write would silently replace the first
+            raise ValueError(f"{name(flag)} {path} is also {written[real][0]}'s file; give each output its own path")
+        written[real] = name(flag), path
+        check_not_run_file(path, name(flag))
         if os.path.isdir(path):
-            raise ValueError(f"{name} {path} is a folder; give a file name")
+            raise ValueError(f"{name(flag)} {path} is a folder; give a file name")
+        if flag in figures:  # else Matplotlib refuses the suffix only after the work, when saving
+            fmt = os.path.splitext(path)[1][1:].lower()
+            if fmt:
+                from matplotlib.backend_bases import FigureCanvasBase
+
+                known = FigureCanvasBase.get_supported_filetypes()
+                if fmt not in known:
+                    raise ValueError(f"{name(flag)} {path}: Matplotlib writes no .{fmt} figure; use one of "
+                                     f"{', '.join(sorted(known))}")
+    for flag, path in written.values():  # only once every output passed: a refused command makes no folder
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"{name} {path}: cannot create its folder {folder} ({exc.strerror or exc}); checked "
-                             "before any work") from None
+            raise ValueError(f"{flag} {path}: cannot create its folder {folder} ({exc.strerror or exc}); "
+                             "checked before any work") from None
 
 
 def add_deprecated_alias(p, old: str, new: str, **kwargs) -> None:

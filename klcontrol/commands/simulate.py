@@ -55,6 +55,9 @@ def _check_out(path) -> None:
     """Refuse to replace a file simulate did not write (a trainer's trace.csv, a user's file), before any work."""
     import os
 
+    from ..fileio import check_not_run_file
+
+    check_not_run_file(path, "--out")  # a run's trace.csv whose run has not written it yet has no header to check
     if os.path.isdir(path):
         raise ValueError(f"--out {path} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))

@@ -12,6 +12,7 @@ from klcontrol.commands.common import (
     TRAIN_STEPS,
     add_progress_arg,
     check_device,
+    check_output_paths,
     integer,
     number,
     show_progress,
@@ -72,6 +73,7 @@ def run(args) -> int:
     from klcontrol.vae_plant.experiments.compare import compare
 
     check_device(args.device)
+    check_output_paths(args, (), folders=("out",))  # tables and figures would mix with a run's files
     if args.budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {args.budget!r}; choose one of {', '.join(BUDGET_NAMES)}")
     res = compare(args.out, args.methods, budget=args.budget, seeds=args.seeds, steps=args.steps,

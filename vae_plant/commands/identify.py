@@ -68,9 +68,10 @@ def run(args) -> int:
     import sys
 
     from klcontrol.cli import print_json
-    from klcontrol.commands.common import check_device
+    from klcontrol.commands.common import check_device, check_output_paths
 
     check_device(args.device)
+    check_output_paths(args, (), folders=("out", "export"))  # before hours of training
     from klcontrol.vae_plant.experiments.identify import run_experiment
 
     res = run_experiment(args.out, export=args.export, jobs=args.jobs, batch_size=args.batch_size,

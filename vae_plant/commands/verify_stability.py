@@ -71,7 +71,7 @@ def run(args) -> int:
     fits = dict(args.fit)
     if len(fits) < len(args.fit):
         raise ValueError("--fit: two fits share a name; name them NAME=JSON")
-    check_output_paths(args, ("summary", "plot"), inputs=list(fits.values()))
+    check_output_paths(args, ("summary", "plot"), inputs=list(fits.values()), folders=("out", "export"))
     res = verify_stability(args.out, args.settled, args.beta_star, fits, args.ray, args.gain, setpoint=args.setpoint,
                            window=args.window, seeds=args.seeds, steps=args.steps, kick=args.kick, jobs=args.jobs,
                            batch_size=args.batch_size, device=args.device, export=args.export,

@@ -411,6 +411,7 @@ def save_sample_grid(path, seed: int = 1) -> None:
     seed : int
         Seed of the random rows.
     """
+    from klcontrol.fileio import save_figure
     from klcontrol.plotting import pyplot
 
     plt = pyplot()
@@ -441,5 +442,5 @@ def save_sample_grid(path, seed: int = 1) -> None:
         axs[i, 0].set_ylabel(labels[i], fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle("procedural dSprites (klcontrol.vae_plant.data.dsprites.DSprites())", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)

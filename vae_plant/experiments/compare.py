@@ -445,28 +445,84 @@ def _probe_ray(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
                          "it (ray start --head) or check the address, or leave --address out for a local Ray") from None
 
 
-def _init_local_ray(ray) -> None:
-    """Start a local Ray for this process: no dashboard, a loopback node address asked for, its new files private.
+def _init_local_ray(ray) -> str:
+    """Start a local Ray for this process, reachable from this machine only; returns its private folder.
 
-    Ray 2.x replaces a loopback node address by the machine's and its gRPC servers listen on every interface (no
-    setting binds them to loopback; ``tests/test_hostile_runs.py`` records it); its token authentication, with the
-    token file readable by this user alone, is what guards them.
+    Every listener of the instance (GCS, raylet and object manager, workers, agents) binds 127.0.0.1; no dashboard
+    is started; Ray's session files sit in a folder of this user's alone and the files it writes are private.
+
+    Parameters
+    ----------
+    ray : module
+        The imported ``ray``.
+
+    Returns
+    -------
+    str
+        The folder holding Ray's session files; :func:`_stop_local_ray` removes it after the shutdown.
+
+    Raises
+    ------
+    ValueError
+        This Ray still chose an address other than loopback for its node (it is shut down first).
     """
-    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
-    old = os.umask(0o077)  # the token Ray writes on first use (and its session files) readable by this user alone
+    import tempfile
+
     try:
-        ray.init(log_to_driver=False, include_dashboard=False, _node_ip_address="127.0.0.1")
+        from ray._private import ray_constants
+    except ImportError:  # another layout: the loopback check below still guards
+        ray_constants = None
+    # Ray swaps a loopback node address for the machine's unless it runs as a single-machine instance (its
+    # macOS/Windows mode, ENABLE_RAY_CLUSTER false); every gRPC server listens on the node address, so this one
+    # switch, read at ray.init only, keeps them all on 127.0.0.1.
+    single = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    try:  # where Ray itself would put its folder (/tmp on macOS too: its socket paths must stay short)
+        from ray._common.utils import get_default_system_temp_dir
+
+        base = get_default_system_temp_dir()
+    except ImportError:
+        base = None
+    private = tempfile.mkdtemp(prefix="klc-", dir=base)  # mode 700: Ray makes its own temp folder world-writable
+    token = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    old = os.umask(0o077)  # inherited by Ray's processes: the token, session and log files readable by this user
+    try:
+        if single is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = False
+        ray.init(log_to_driver=False, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 _temp_dir=os.path.join(private, "ray"))
+    except BaseException:
+        _stop_local_ray(ray, private)
+        raise
     finally:
         os.umask(old)
+        if single is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = single
+    node = ray.util.get_node_ip_address()
+    if not (node.startswith("127.") or node == "::1"):
+        _stop_local_ray(ray, private)
+        raise ValueError(f"Ray {ray.__version__} put its local node on {node}, not on loopback, so it would listen "
+                         "on every interface; klcontrol does not start it so: use --executor process, or --address "
+                         "of a Ray you started and secured yourself")
     try:
         mode = os.stat(token).st_mode
     except OSError:
-        return
+        return private
     if mode & 0o077:
         import warnings
 
         warnings.warn(f"Ray's token {token} is readable by other users (mode {mode & 0o777:o}): chmod 600 it",
                       RuntimeWarning, stacklevel=3)
+    return private
+
+
+def _stop_local_ray(ray, private) -> None:
+    """Shut down the local Ray :func:`_init_local_ray` started and remove its private folder (klcontrol's own)."""
+    import shutil
+
+    try:
+        ray.shutdown()
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_done=None) -> list:
@@ -495,13 +551,13 @@ def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_don
     stopped half way continues on any executor. A local instance started here is shut down on return.
     """
     ray = _import_ray()
-    started = False
+    started, private = False, None
     if not ray.is_initialized():
         if address:
             _probe_ray(address)
             ray.init(address=address, log_to_driver=False)
         else:
-            _init_local_ray(ray)
+            private = _init_local_ray(ray)
         started = address is None
     try:
         if started and gpus_per_run > ray.cluster_resources().get("GPU", 0):
@@ -537,7 +593,7 @@ def run_ray(jobs_list, *, address=None, gpus_per_run=0.0, cpus_per_run=1, on_don
         return rows
     finally:
         if started:
-            ray.shutdown()
+            _stop_local_ray(ray, private)
 
 
 def _figures(out, methods, rows):

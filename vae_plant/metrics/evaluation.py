@@ -125,6 +125,7 @@ def evaluate_run(run_dir, *, n_images: int = 20000, seed: int = 0, beta_vae: boo
     import json
     import os
 
+    from klcontrol.fileio import atomic_write
     from klcontrol.vae_plant.metrics.diagnostics import plot_latent_kl, plot_runs, traversals_figure
     from klcontrol.vae_plant.training.trainer import load_run
 
@@ -146,6 +147,6 @@ def evaluate_run(run_dir, *, n_images: int = 20000, seed: int = 0, beta_vae: boo
     plot_latent_kl(t["step"], t["kl_latent"], path=figs["latent_kl"])
     traversals_figure(res, figs["traversals"])
     out["figures"] = figs
-    with open(os.path.join(eval_dir, "metrics.json"), "w") as fh:
+    with atomic_write(os.path.join(eval_dir, "metrics.json")) as fh:  # a killed evaluate keeps the old metrics
         json.dump(out, fh, indent=2)
     return out

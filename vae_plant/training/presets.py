@@ -73,7 +73,7 @@ class Schedule:
 SCHEDULES = {
     "tiny": Schedule(batch_size=8, steps=40, checkpoint_every=0, flush_every=10),
     # `klcontrol demo`: a ten times higher learning rate, so that a few hundred updates learn factors.
-    "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=50, lr=1e-3),
+    "demo": Schedule(batch_size=32, steps=800, checkpoint_every=0, flush_every=10, lr=1e-3),
     # TensorBoard every 10th step (trace.csv keeps every step): an event costs ~75 µs on a CPU, 0.3 % of a step.
     "cpu": Schedule(batch_size=32, steps=5000, checkpoint_every=1000, flush_every=100, tensorboard_every=10),
     "paper": Schedule(batch_size=128, steps=DYNAMICVAE_DSPRITES_STEPS, checkpoint_every=50_000, flush_every=2000, tensorboard_every=10),
