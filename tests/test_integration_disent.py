@@ -220,7 +220,7 @@ def test_callback_drives_cfg_beta_in_total_nats_without_a_subclass(tmp_path):
     scales = disent_scales(fw)
     assert scales == {"kl_scale": float(Z), "beta_scale": Z / 64}
     probe = Probe()
-    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", **scales)
+    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", float_path=False, **scales)
     fit(fw, [cb, probe], tmp_path, 6)
     ref = controller()
     expected = []
@@ -234,7 +234,7 @@ def test_callback_drives_cfg_beta_in_total_nats_without_a_subclass(tmp_path):
 
 def test_mean_reduction_without_scales_warns_and_mean_sum_needs_none(tmp_path):
     with pytest.warns(UserWarning, match="loss_reduction is 'mean'.*disent_scales"):
-        fit(make_framework(), [KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta")], tmp_path, 1)
+        fit(make_framework(), [KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", float_path=False)], tmp_path, 1)
     assert disent_scales(make_framework(reduction="mean_sum")) == {"kl_scale": 1.0, "beta_scale": 1.0}
     with pytest.raises(ValueError, match="loss_reduction must be"):
         disent_scales(nn.Linear(1, 1))
@@ -243,20 +243,20 @@ def test_mean_reduction_without_scales_warns_and_mean_sum_needs_none(tmp_path):
 def test_a_beta_schedule_next_to_the_controller_is_refused(tmp_path):
     fw = make_framework()
     fw.register_schedule("beta", a_schedule())
-    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", **disent_scales(fw))
+    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", float_path=False, **disent_scales(fw))
     with pytest.raises(ValueError, match="also schedules 'beta'"):
         fit(fw, [cb], tmp_path, 1)
 
 
 def test_controller_state_survives_a_disent_resume(tmp_path):
     fw = make_framework()
-    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", **disent_scales(fw))
+    cb = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", float_path=False, **disent_scales(fw))
     first = fit(fw, [cb], tmp_path / "a", 6)
     ckpt = next((tmp_path / "a").rglob("*.ckpt"))
     state = {k: v.clone() if torch.is_tensor(v) else v for k, v in cb.controller.state_dict().items()}
     fw2 = make_framework()  # a fresh process: cfg.beta back at its configured value
     probe = Probe()
-    cb2 = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", **disent_scales(fw2))
+    cb2 = KLControlCallback(controller(), kl_key="kl_loss", attribute="cfg.beta", float_path=False, **disent_scales(fw2))
     # disent pickles cfg and the model into the checkpoint, so Lightning must be told to unpickle (trusted files)
     fit(fw2, [cb2, probe], tmp_path / "b", 9, ckpt_path=str(ckpt), weights_only=False)
     assert first.global_step == 6 and cb2.controller.steps_taken == 9

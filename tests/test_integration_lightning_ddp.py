@@ -69,7 +69,7 @@ def _train(out: Path) -> None:
     data = (torch.rand(WORLD * STEPS * BATCH, 16, generator=gen) < density).float()
     loader = DataLoader(TensorDataset(data), batch_size=BATCH, shuffle=False)
     model = TinyVAE()
-    cb = KLControlCallback(make_controller())
+    cb = KLControlCallback(make_controller(), float_path=False)  # the accelerator path, as under DDP on GPUs
     trainer = L.Trainer(
         accelerator="cpu", devices=WORLD, strategy="ddp", max_epochs=1, default_root_dir=out, callbacks=[cb],
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

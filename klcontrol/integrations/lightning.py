@@ -33,6 +33,7 @@ Requires ``lightning`` (``pip install "klcontrol[lightning]"``); the older
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -98,6 +99,15 @@ class KLControlCallback(Callback):
         1).  disent's ``"mean"`` reduction also averages the reconstruction over
         the ``x_size`` pixels, so a β of the papers (summed losses) is
         ``β·z_size/x_size`` there.
+    float_path : bool or None
+        Step the controller on ``float(kl)`` (the law in float64 on the host,
+        β a Python float) instead of on the tensor.  ``None`` (default): on a
+        CPU, where reading the KL costs no device sync and the float path is
+        several times cheaper per step, as long as the controller's state is
+        not already on tensors (restored from an accelerator's checkpoint);
+        the tensor path on accelerators.  A NaN or infinite KL on the float
+        path goes to the tensor path, which masks it and raises at the epoch
+        end as on an accelerator.
 
     Raises
     ------
@@ -119,6 +129,7 @@ class KLControlCallback(Callback):
         log_kl: str | None = None,
         kl_scale: float = 1.0,
         beta_scale: float = 1.0,
+        float_path: bool | None = None,
     ):
         missing = [m for m in ("step", "state_dict", "load_state_dict") if not callable(getattr(controller, m, None))]
         if missing:
@@ -137,6 +148,9 @@ class KLControlCallback(Callback):
         for name, value in (("log_beta", log_beta), ("log_kl", log_kl)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty string or None, got {value!r}")
+        if float_path not in (None, True, False):
+            raise ValueError(f"float_path must be None, True or False, got {float_path!r}")
+        self.float_path = float_path
         self.controller = controller
         self.kl_key = kl_key
         self.source = source
@@ -181,6 +195,10 @@ class KLControlCallback(Callback):
         kl = self._read_kl(trainer, pl_module, outputs)
         if self.sync_dist:
             kl = all_reduce_mean(kl)
+        if self._float_path(kl):
+            v = float(kl)
+            if math.isfinite(v):  # a non-finite KL stays a tensor: masked, reported at the epoch end
+                kl = v
         if self.kl_scale != 1.0:
             kl = kl * self.kl_scale
         used = self.controller.beta  # the β of this batch, before the step below replaces it
@@ -220,6 +238,17 @@ class KLControlCallback(Callback):
         self.controller.load_state_dict(state_dict["controller"])
 
     # -- helpers ------------------------------------------------------------------------
+    def _float_path(self, kl) -> bool:
+        if not is_torch(kl) or self.float_path is False:
+            return False
+        if self.float_path:
+            return True
+        # On a CPU float() is free of device syncs and the float step costs a fraction of the tensor step;
+        # a controller already on tensors stays there (its state cannot take a float step).
+        state = getattr(self.controller, "state", None)
+        return (kl.device.type == "cpu" and kl.numel() == 1 and getattr(self.controller, "shape", ()) == ()
+                and isinstance(state, dict) and not is_torch(state.get("beta")))
+
     def _publish(self, pl_module, beta):
         # A torch controller's ``beta`` can be its live state tensor, which the
         # next step updates in place; the module gets a value of its own.
