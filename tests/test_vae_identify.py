@@ -101,3 +101,52 @@ def test_experiment_end_to_end_tiny(tmp_path):
     mtime = os.path.getmtime(os.path.join(root, "ol_b4_s1", "trace.csv"))
     idf.run_experiment(root, jobs=1, batch_size=2, progress=lambda s: None, **kw)
     assert os.path.getmtime(os.path.join(root, "ol_b4_s1", "trace.csv")) == mtime
+
+
+def _tree(d):
+    """Every file under ``d`` with its size and modification time (to show a run was only read)."""
+    return {os.path.relpath(os.path.join(r, f), d): (os.path.getsize(os.path.join(r, f)),
+                                                     os.path.getmtime(os.path.join(r, f)))
+            for r, _, fs in os.walk(d) for f in fs}
+
+
+def test_experiment_from_the_users_settled_run(tmp_path):
+    """--settled: the user's run stands for the settle run at main, is only read, and starts every other run."""
+    from klcontrol import FixedBeta
+    from klcontrol.vae_plant.training.trainer import train
+
+    mine = str(tmp_path / "my_run")
+    train(mine, preset="tiny", controller=FixedBeta(4.0), steps=100, batch_size=2, progress=False)
+    before = _tree(mine)
+    root = str(tmp_path / "runs")
+    kw = dict(betas=(2.0, 4.0), main=4.0, settle_steps=100, fit_steps=50, val_steps=30, closed_steps=20, lead=10,
+              relay_steps=0, hold_min=3, hold_max=10)
+    res = idf.run_experiment(root, export=str(tmp_path / "export"), jobs=1, batch_size=2,
+                             progress=lambda s: None, settled=mine, **kw)
+    assert _tree(mine) == before  # read, never written
+    assert sorted(os.listdir(root)) == ["cl_b4_s3", "ol_b4_s1", "ol_b4_s2", "ol_b4_s4", "settle_b2"]
+    assert res["plan"]["settled_from"]["run"] == os.path.abspath(mine)
+    assert res["plan"]["settled_from"]["checkpoint"] == "step_00000100.pt"
+    assert [p["beta"] for p in res["static_points"]] == [2.0, 4.0]
+    assert res["plan"]["amplitude_rule"]["source"] == "own settle runs"  # two levels: the user's and settle_b2
+    for name in ("settle_b2", "ol_b4_s1"):
+        cfg = json.load(open(os.path.join(root, name, "config.json")))
+        assert cfg["settings"]["init_from"]["checkpoint"] == os.path.join(os.path.abspath(mine), "checkpoints",
+                                                                         "step_00000100.pt"), name
+    design = json.load(open(os.path.join(root, "ol_b4_s1", "excitation.json")))
+    assert design["settled_from"]["run"] == os.path.abspath(mine)
+    assert "settle_b4.csv.gz" in os.listdir(tmp_path / "export")  # the user's run exported under its role
+    # a rerun from another checkpoint does not reuse runs started from this one
+    other = str(tmp_path / "other_run")
+    train(other, preset="tiny", controller=FixedBeta(4.0), steps=100, batch_size=2, seed=7, progress=False)
+    with pytest.raises(ValueError, match="settled_from"):
+        idf.run_experiment(root, jobs=1, batch_size=2, progress=lambda s: None, settled=other, **kw)
+    # refused before any training: the wrong β, a run without a checkpoint, a run inside --out
+    with pytest.raises(ValueError, match=r"--settled .*ran at β 4.*not at --main 2"):
+        idf.run_experiment(str(tmp_path / "x"), jobs=1, batch_size=2, progress=lambda s: None, settled=mine,
+                           **dict(kw, main=2.0))
+    with pytest.raises(ValueError, match="no trace.csv"):
+        idf.run_experiment(str(tmp_path / "x"), jobs=1, settled=str(tmp_path), progress=lambda s: None, **kw)
+    with pytest.raises(ValueError, match="is inside --out"):
+        idf.run_experiment(str(tmp_path), jobs=1, settled=mine, progress=lambda s: None, **kw)
+    assert not os.path.exists(tmp_path / "x")

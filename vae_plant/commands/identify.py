@@ -54,6 +54,10 @@ def register(sub) -> None:
                    help="your own VAE: a factory returning a plant of the protocol (docs/your_vae.md), e.g. "
                         "examples/mnist_vae.py:make or my_vae:make; passed seed=, device=, batch_size= when it accepts "
                         "them (default: klcontrol's dSprites β-VAE)")
+    p.add_argument("--settled", default=None, metavar="RUN",
+                   help="your run already settled at --main (its last 1000 updates at that β; a run of `klcontrol "
+                        "train` or of --plant): it replaces the settle run there and every other run starts from its "
+                        "last good checkpoint; it is only read (default: settle from scratch)")
     p.add_argument("--jobs", type=JOBS, default=2,
                    help="runs trained at once, one thread each (default 2; capped by the usable CPUs)")
     p.add_argument("--prior", default=None, metavar="JSON",
@@ -71,7 +75,7 @@ def run(args) -> int:
     from klcontrol.commands.common import check_device, check_output_paths
 
     check_device(args.device)
-    check_output_paths(args, (), folders=("out", "export"))  # before hours of training
+    check_output_paths(args, (), folders=("out", "export"), inputs=(args.settled,) if args.settled else ())
     from klcontrol.vae_plant.experiments.identify import run_experiment
 
     res = run_experiment(args.out, export=args.export, jobs=args.jobs, batch_size=args.batch_size,
@@ -81,7 +85,7 @@ def run(args) -> int:
                          val_steps=args.val_steps, closed_steps=args.closed_steps, lead=args.lead, hold_min=args.hold_min,
                          hold_max=args.hold_max, setpoint_step=args.setpoint_step,
                          other_betas_excited=args.other_betas_excited, plant=args.plant, seed=args.seed,
-                         relay_steps=args.relay_steps, relay_h=args.relay_h)
+                         relay_steps=args.relay_steps, relay_h=args.relay_h, settled=args.settled)
     if args.json:
         print_json(res)
         return 0

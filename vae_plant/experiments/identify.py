@@ -42,7 +42,10 @@ import math
 import os
 import shutil
 
+import numpy as np
+
 from klcontrol.analysis.identification.experiment import (
+    NOISE_ROWS,
     beta_schedule,
     design_amplitude,
     setpoint_steps,
@@ -125,8 +128,11 @@ def _start(out, design=None) -> None:
 
 
 def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, device: str = "cpu", command=None,
-           plant=None):
-    """Phase 1: train from scratch at the fixed β* (reuses a finished run in ``out``).
+           plant=None, init_from=None, origin=None):
+    """Phase 1: train at the fixed β* (reuses a finished run in ``out``).
+
+    From scratch, or with ``init_from`` (a run directory; ``origin`` its :func:`settled_origin`) from that run's
+    last good checkpoint: the user's network, settled at another β.
 
     Returns
     -------
@@ -134,15 +140,16 @@ def settle(out, beta_star: float, steps: int, seed: int, batch_size: int = 16, d
         The run directory (its final checkpoint is the operating point).
     """
     ctrl = FixedBeta(float(beta_star))
-    if _reusable(out, _settings(steps, seed, batch_size, plant, ctrl)):
+    design = None if origin is None else dict(kind="settle", beta=float(beta_star), settled_from=origin)
+    if _reusable(out, _settings(steps, seed, batch_size, plant, ctrl), design):
         return os.fspath(out)
-    _start(out)
-    _train(out, ctrl, steps, seed, batch_size, device, command=command, plant=plant)
+    _start(out, design)
+    _train(out, ctrl, steps, seed, batch_size, device, init_from=init_from, command=command, plant=plant)
     return os.fspath(out)
 
 
 def excite_open_loop(out, settled, beta_star, delta, steps, lead, hold_min, hold_max, seed, batch_size=16,
-                     device="cpu", command=None, plant=None):
+                     device="cpu", command=None, plant=None, origin=None):
     """Phase 2, open loop: the β schedule of :func:`beta_schedule` from the settled checkpoint.
 
     Returns
@@ -153,11 +160,11 @@ def excite_open_loop(out, settled, beta_star, delta, steps, lead, hold_min, hold
     sched, _ = beta_schedule(beta_star, delta, steps - lead, lead, hold_min, hold_max, seed)
     design = dict(kind="open_loop", beta_star=beta_star, delta=delta, lead=lead, hold_min=hold_min,
                   hold_max=hold_max, seed=seed, steps=steps)
-    return _excite(out, settled, ScheduledBeta(sched), design, steps, seed, batch_size, device, command, plant)
+    return _excite(out, settled, ScheduledBeta(sched), design, steps, seed, batch_size, device, command, plant, origin)
 
 
 def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, window, seed, steps=None,
-                       levels=(0, 1, -1, 0), batch_size=16, device="cpu", command=None, plant=None):
+                       levels=(0, 1, -1, 0), batch_size=16, device="cpu", command=None, plant=None, origin=None):
     """Phase 2, closed loop: incremental PI from β* with set-point steps around ``center``.
 
     Returns
@@ -169,10 +176,12 @@ def excite_closed_loop(out, settled, beta_star, center, step, hold, kp, ki, wind
     ctrl = IncrementalPI(kp, ki, setpoint_steps(center, step, hold, levels), beta0=beta_star, filter=window)
     design = dict(kind="closed_loop", beta_star=beta_star, center=center, step=step, hold=hold, levels=list(levels),
                   kp=kp, ki=ki, window=window, seed=seed, steps=steps)
-    return _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant)
+    return _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant, origin)
 
 
-def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant=None):
+def _excite(out, settled, ctrl, design, steps, seed, batch_size, device, command, plant=None, origin=None):
+    if origin is not None:  # started from the user's run: a rerun from another checkpoint must not reuse this one
+        design = dict(design, settled_from=origin)
     if _reusable(out, _settings(steps, seed, batch_size, plant), design):
         return os.fspath(out)
     _start(out, design)
@@ -287,15 +296,19 @@ def _prior_sensitivity(prior, beta):
 
 
 def _job(args):
-    job, root, batch_size, device, sensitivity, command, plant = args
+    job, root, batch_size, device, sensitivity, command, plant, external = args
     import torch
 
     torch.set_num_threads(1)
     out = os.path.join(root, job["name"])
+    user = external.get("dir") if external else None
+    origin = external.get("origin") if external else None
     if job["kind"] == "settle":
-        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command, plant=plant)
+        settle(out, job["beta"], job["steps"], job["seed"], batch_size, device, command, plant=plant, init_from=user,
+               origin=origin)
         return job["name"], None
-    settled = os.path.join(root, f"settle_b{job['beta']:g}")
+    settled = user if user is not None and job["beta"] == external["beta"] else os.path.join(
+        root, f"settle_b{job['beta']:g}")
     from klcontrol.analysis.identification.traces import read_trace
 
     nz = settled_noise(read_trace(os.path.join(settled, "trace.csv")).kl)
@@ -305,7 +318,7 @@ def _job(args):
         # The trainer runs klcontrol's controllers; the probe runs through the protocol (the dSprites VAE as a
         # TorchPlant started from its trainer's settled checkpoint).
         spec = plant or "klcontrol.vae_plant.training.dsprites_plant:make"
-        design = dict(job, setpoint=round(nz["level"], 2))
+        design = dict(job, setpoint=round(nz["level"], 2), **({"settled_from": origin} if origin else {}))
         if not _reusable(out, _settings(job["steps"], job["seed"], batch_size, spec), design):
             _start(out, design)
             _train(out, RelayProbe(job["ratio"], job["h"], round(nz["level"], 2), job["beta"], job["window"]),
@@ -315,12 +328,65 @@ def _job(args):
         s = sensitivity[job["beta"]]
         delta = DELTA_ONE_LEVEL if s is None else design_amplitude(nz["sigma_mean"], s)
         excite_open_loop(out, settled, job["beta"], delta, job["steps"], job["lead"], job["hold_min"],
-                         job["hold_max"], job["seed"], batch_size, device, command, plant=plant)
+                         job["hold_max"], job["seed"], batch_size, device, command, plant=plant, origin=origin)
     else:
         excite_closed_loop(out, settled, job["beta"], round(nz["level"], 2), job["step"], job["hold"], job["kp"],
                            job["ki"], job["window"], job["seed"], job["steps"], batch_size=batch_size, device=device,
-                           command=command, plant=plant)
+                           command=command, plant=plant, origin=origin)
     return job["name"], nz
+
+
+def _settle_dir(root, job) -> str:
+    """The trace of a settle run: the user's run for an external one, else the run in ``root``."""
+    return os.path.join(job.get("external") or os.path.join(root, job["name"]), "trace.csv")
+
+
+def settled_origin(run_dir) -> dict:
+    """Where a user's settled run starts the experiment: its path and its last good checkpoint (with its digest).
+
+    Raises
+    ------
+    ValueError
+        When ``run_dir`` has no ``trace.csv`` or no verified checkpoint.
+    """
+    from klcontrol.vae_plant.training import checkpoint as ckpt
+
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"--settled {run_dir}: not a directory (a finished run: its trace.csv and checkpoints/)")
+    if not os.path.isfile(os.path.join(run_dir, "trace.csv")):
+        raise ValueError(f"--settled {run_dir}: no trace.csv (the settled level and noise are read from it)")
+    path, _ = ckpt.latest_good(run_dir)
+    if path is None:
+        raise ValueError(f"--settled {run_dir}: no verified checkpoint to start from")
+    digest = path + ".sha256"
+    sha = open(digest, encoding="utf-8").read().split()[0] if os.path.isfile(digest) else None
+    return {"run": run_dir, "checkpoint": os.path.basename(path), "sha256": sha}
+
+
+def check_settled(run_dir, beta_star: float, rows: int = NOISE_ROWS, min_rows: int = 100) -> dict:
+    """The user's settled run's noise, after checking that it ends settled at ``beta_star``.
+
+    Its last ``rows`` updates (all of them when shorter, at least ``min_rows``) must have run at ``beta_star``
+    (within 1 %): they give the settled level and noise, as a settle run's do.
+
+    Raises
+    ------
+    ValueError
+        When the trace is shorter than ``min_rows`` or those updates ran at another β.
+    """
+    from klcontrol.analysis.identification.traces import read_trace
+
+    tr = read_trace(os.path.join(os.fspath(run_dir), "trace.csv"))
+    if len(tr) < min_rows:
+        raise ValueError(f"--settled {run_dir}: {len(tr)} rows; the settled level and noise need at least its last "
+                         f"{min_rows} updates at β* (train it longer at --main)")
+    rows = min(int(rows), len(tr))
+    b = np.asarray(tr.beta[-rows:], dtype=float)
+    if not np.all(np.abs(b / float(beta_star) - 1) <= 0.01):
+        raise ValueError(f"--settled {run_dir}: its last {rows} updates ran at β {np.min(b):.4g}–{np.max(b):.4g}, not "
+                         f"at --main {beta_star:g}: pass the β it settled at as --main (and among --betas)")
+    return settled_noise(tr.kl, rows)
 
 
 #: The excitation's log-amplitude when a single settled level gives no slope (the amplitude rule's upper bound).
@@ -340,7 +406,7 @@ def _own_sensitivity(points, betas):
 
 
 def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior=None, command=None,
-                   progress=print, plant=None, **plan_kw):
+                   progress=print, plant=None, settled=None, **plan_kw):
     """Run the identification experiment of :func:`plan` (finished runs in ``root`` are reused).
 
     Parameters
@@ -362,6 +428,10 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     plant : str, optional
         ``"module:factory"`` of a plant of the protocol (:mod:`klcontrol.realplant`); default klcontrol's
         dSprites β-VAE and its trainer.
+    settled : str, optional
+        The user's finished run, settled at ``main`` (its last 1000 updates at that β): it replaces the settle run
+        there, and every other run starts from its last good checkpoint (other ``betas`` settle from it for
+        ``settle_steps``). It is only read, never written.
     **plan_kw
         Passed to :func:`plan`.
 
@@ -376,20 +446,32 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     for flag, d in (("--out", root), ("--export", export)):  # checked before hours of training, not after
         if d and os.path.lexists(d) and not os.path.isdir(d):
             raise ValueError(f"{flag} {d} exists and is not a directory")
+    external = None
+    if settled is not None:
+        main = float(plan_kw.get("main", 4.0))
+        origin = settled_origin(settled)
+        check_settled(settled, main)  # before any training: a wrong run or β costs nothing
+        inside = os.path.abspath(root)
+        if origin["run"] == inside or origin["run"].startswith(inside + os.sep):
+            raise ValueError(f"--settled {settled} is inside --out {root}: give the run from where it is, --out "
+                             "elsewhere")
+        external = dict(dir=origin["run"], origin=origin, beta=main)
+        settles = [j for j in settles if j["beta"] != main]  # the user's run is the settle run at main
     if export and os.path.isfile(os.path.join(export, "config.json")):
         raise ValueError(f"--export {export} is a run's own directory; export to a directory of its own")
     betas = sorted({j["beta"] for j in excites})
-    if prior == "dsprites" or (prior is None and plant is None and len(settles) < 2):
+    n_levels = len(settles) + (external is not None)
+    if prior == "dsprites" or (prior is None and plant is None and n_levels < 2):
         # Asked for, or klcontrol's own VAE with one settled level: its shipped fit is a model of the same VAE.
         from klcontrol import data
 
         prior = str(data.path("cpu/fit.json"))
-    one_level = prior is None and len(settles) < 2
+    one_level = prior is None and n_levels < 2
     if prior is not None:
         sensitivity = {b: _prior_sensitivity(prior, b) for b in betas}  # read before any training: a typo costs nothing
     elif one_level:
         # One settled level gives no slope and no other model was asked for: the rule's upper bound, said aloud.
-        level = " ".join(f"{s['beta']:g}" for s in settles)
+        level = " ".join(f"{b:g}" for b in sorted([s["beta"] for s in settles] + ([external["beta"]] if external else [])))
         progress(f"one settled level (--betas {level}) gives no slope for the "
                  f"amplitude rule: δ = {DELTA_ONE_LEVEL} (its upper bound); give two --betas, or --prior FIT")
         sensitivity = {b: None for b in betas}
@@ -402,18 +484,21 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
     noise = {}
     with worker_pool(cap_jobs(jobs, len(settles) + len(excites))) as ex:
         phase = [dict(s, kind="settle") for s in settles]
-        for name, _ in ex.map(_job, [(j, root, batch_size, device, None, command, plant) for j in phase]):
+        for name, _ in ex.map(_job, [(j, root, batch_size, device, None, command, plant, external) for j in phase]):
             progress(f"finished {name}")
+        if external is not None:  # the user's run stands for the settle run at main (read, never written)
+            settles = sorted(settles + [dict(name=f"settle_b{external['beta']:g}", beta=external["beta"],
+                                             external=external["dir"])], key=lambda j: j["beta"])
         if prior is None and not one_level:
             sensitivity = _own_sensitivity(static_points(
-                [(tr.beta, tr.kl) for tr in (read_trace(os.path.join(root, s["name"], "trace.csv")) for s in settles)]),
-                betas)
-        for name, _ in ex.map(_job, [(j, root, batch_size, device, sensitivity, command, plant) for j in excites]):
+                [(tr.beta, tr.kl) for tr in (read_trace(_settle_dir(root, s)) for s in settles)]), betas)
+        for name, _ in ex.map(_job, [(j, root, batch_size, device, sensitivity, command, plant, external)
+                                     for j in excites]):
             progress(f"finished {name}")
-    settled = [read_trace(os.path.join(root, s["name"], "trace.csv")) for s in settles]
-    for s, tr in zip(settles, settled):
+    settled_traces = [read_trace(_settle_dir(root, s)) for s in settles]
+    for s, tr in zip(settles, settled_traces):
         noise[s["name"]] = dict(beta=s["beta"], **settled_noise(tr.kl))
-    points = static_points([(tr.beta, tr.kl) for tr in settled])
+    points = static_points([(tr.beta, tr.kl) for tr in settled_traces])
     relays = []
     for j in (j for j in excites if j["kind"] == "relay"):
         from klcontrol.analysis.identification.relay import relay_critical_gain
@@ -430,9 +515,11 @@ def run_experiment(root, export=None, jobs=2, batch_size=16, device="cpu", prior
                                                                  f"{DELTA_ONE_LEVEL}" if one_level else "own settle runs"),
                                                 sensitivity={f"{b:g}": v for b, v in sensitivity.items()})),
                   noise=noise, static_points=points, relay=relays, exported=[])
+    if external is not None:
+        result["plan"]["settled_from"] = external["origin"]
     if export:
         for j in settles + excites:
-            result["exported"].append(export_run(os.path.join(root, j["name"]), export, j["name"]))
+            result["exported"].append(export_run(j.get("external") or os.path.join(root, j["name"]), export, j["name"]))
         os.makedirs(export, exist_ok=True)
         write_json(os.path.join(export, "experiment.json"), {k: v for k, v in result.items() if k != "exported"})
     return result
