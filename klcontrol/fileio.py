@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["jsonable", "atomic_write", "write_json", "write_text", "save_figure", "RUN_FILES", "RUN_FOLDERS",
+__all__ = ["has_klcontrol_config", "jsonable", "atomic_write", "write_json", "write_text", "save_figure", "RUN_FILES", "RUN_FOLDERS",
            "is_run_directory", "run_of", "check_not_run_file", "check_not_run_folder"]
 
 
@@ -128,7 +128,27 @@ def is_run_directory(folder) -> bool:
             return True
     except OSError:
         pass
-    cfg = os.path.join(folder, "config.json")
+    return has_klcontrol_config(folder) is True
+
+
+def has_klcontrol_config(folder):
+    """Whether ``folder/config.json`` is a config klcontrol wrote (its ``settings`` and ``provenance``).
+
+    The one test of klcontrol's config marker: :func:`is_run_directory` (whose files to protect) and
+    ``run_lock.is_klcontrol_run`` (which folders klcontrol may delete) both read it.
+
+    Parameters
+    ----------
+    folder : str or Path
+
+    Returns
+    -------
+    bool or None
+        True: klcontrol's; False: a config.json that is not (unreadable, too large, other content); None: none.
+    """
+    cfg = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.isfile(cfg):
+        return None
     try:
         if os.path.getsize(cfg) > 1 << 20:  # a config is a few kB; this is not one, and is not read whole
             return False

@@ -342,8 +342,10 @@ coefficient_functions.cache_clear = _functions.cache_clear  # tests reset the in
 
 def write_shipped(path: Path = _SHIPPED) -> Path:
     """(Re)write the shipped module for ``T = 1 … 8`` and both delays."""
+    from klcontrol.fileio import write_text
+
     configs = [(t, d) for t in SHIPPED_WINDOWS for d in (0, 1)]
-    path.write_text(module_source(configs))
+    write_text(path, module_source(configs))  # atomic: an interrupted regeneration leaves the old module whole
     return path
 
 

@@ -108,18 +108,17 @@ _EARLY_FILES = {LOCK_NAME, "excitation.json", "gain.json"}
 
 def is_klcontrol_run(run_dir) -> bool:
     """Whether ``run_dir`` is a run klcontrol made: its ``config.json`` has klcontrol's ``settings`` and
-    ``provenance``, or it holds nothing but the files klcontrol writes before that."""
-    import json
+    ``provenance`` (:func:`klcontrol.fileio.has_klcontrol_config`), or it holds nothing but the files klcontrol
+    writes before that.
+
+    Stricter than :func:`klcontrol.fileio.is_run_directory` (any mark of a run: files to protect): this decides
+    what klcontrol may delete, so a folder with a lock or a checkpoint but a foreign config is not klcontrol's."""
+    from klcontrol.fileio import has_klcontrol_config
 
     run_dir = os.fspath(run_dir)
-    cfg = os.path.join(run_dir, "config.json")
-    if os.path.isfile(cfg):
-        try:
-            with open(cfg, encoding="utf-8") as fh:
-                c = json.load(fh)
-        except (OSError, ValueError):
-            return False
-        return isinstance(c, dict) and isinstance(c.get("settings"), dict) and isinstance(c.get("provenance"), dict)
+    mine = has_klcontrol_config(run_dir)
+    if mine is not None:
+        return mine
     try:
         return set(os.listdir(run_dir)) <= _EARLY_FILES
     except OSError:

@@ -121,10 +121,9 @@ def _git_commit() -> str | None:
 
 
 def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    from klcontrol.fileio import write_json
+
+    write_json(path, obj, sort_keys=True)  # a unique temporary file, flushed to disk before the rename
 
 
 def _reproducibility() -> dict:
