@@ -96,6 +96,11 @@ class HelpFormatter(argparse.HelpFormatter):
     """One help style for every command: paragraphs wrapped, indented lines (examples) kept, each default shown
     once (never "(default: None)", never after a help text that already states it)."""
 
+    def _format_args(self, action, default_metavar):
+        if getattr(action, "one_value", False):  # parsed as C [C …] only to refuse a second value clearly
+            return self._metavar_formatter(action, default_metavar)(1)[0]
+        return super()._format_args(action, default_metavar)
+
     def _fill_text(self, text, width, indent):
         import textwrap
 

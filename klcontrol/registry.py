@@ -39,6 +39,7 @@ from .controllers import (
 from .setpoints import StepRamp
 
 __all__ = [
+    "MAX_WINDOW",
     "ControllerKind",
     "CONTROLLER_KINDS",
     "LINEAR_KINDS",
@@ -97,6 +98,12 @@ CONTROLLER_KINDS = {
 }
 #: Kinds the linearised stability analysis supports (identical inside the clamps).
 LINEAR_KINDS = tuple(k for k, v in CONTROLLER_KINDS.items() if v.linear)
+
+#: The longest moving-average window the stability analysis derives and evaluates (and the CLI accepts). The cost
+#: grows like T² (the robust verdict's frequency sweep and the root finding on a polynomial of degree ≈ T; the
+#: derivation itself is about linear, 0.4 s at T = 200); past ~1000 the bilinear coefficients (binomials ~2^T)
+#: overflow float64.
+MAX_WINDOW = 600
 
 
 def _kind(name) -> ControllerKind:

@@ -50,3 +50,19 @@ def fit_file(tmp_path, capsys):
         return out
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ray_alone(tmp_path_factory):
+    """Hold an exclusive lock while a module's local Ray runs: test workers (pytest-xdist) start one Ray at a time
+    (two local Rays on one machine contend for ports and for the listeners the hostile-runs tests inspect)."""
+    import fcntl
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"klcontrol-tests-ray-{os.getuid()}.lock")
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

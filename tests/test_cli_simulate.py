@@ -70,7 +70,7 @@ def test_text_output_and_plot(tmp_path, capsys):
         (["--ramp", "0", "25", "inf"], "--ramp inf: not a finite number"),
         (["--ramp", "0", "25", "-1e30"], "--ramp -1e30: must be ≥ 0"),
         (["--steps", "1000000000"], "~32 GB of trace"),
-        (["--window", "1000000"], "--window 1000000: at most 64"),
+        (["--window", "1000000"], "--window 1000000: at most 600"),
         (["--seed", "-1"], "--seed -1: must be ≥ 0"),
     ],
 )
@@ -169,3 +169,15 @@ def _fixed_loop():
     from klcontrol import FixedBeta
 
     return FixedBeta(4.0, 10.0, filter=5), FirstOrderPlant(1 / 5000, ExpGain(26.38, 0.0476))
+
+
+@pytest.mark.parametrize("command", [["simulate"], ["judge", "x.csv"], ["verify-stability", "--settled", "r",
+                                                                          "--beta-star", "4"]])
+def test_a_second_setpoint_where_one_is_meant_says_what_to_do(command, capsys):
+    from klcontrol.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--setpoint", "4", "8"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--setpoint: takes one value here" in err and "klcontrol check --setpoint C [C …]" in err

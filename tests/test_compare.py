@@ -149,7 +149,7 @@ def test_missing_ray_is_one_clear_error_before_any_run(tmp_path, capsys, monkeyp
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(ray_alone):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

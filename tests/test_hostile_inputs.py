@@ -457,7 +457,7 @@ def test_corpus_covers_every_reader():
 #: in one line naming the flag and the value (exit 1), with the estimate for the sizes.
 ABSURD_FLAGS = [
     (["stability", "--kp", "0.01", "--ki", "0.005", "--a", "0.0004", "--gprime", "-3.2", "--window", "1000000000"],
-     "--window 1000000000: at most 64"),
+     "--window 1000000000: at most 600"),
     (["check", "--fit", "f.json", "--kp", "0", "--ki", "0.1", "--window", "10000000"], "--window 10000000"),
     (["tune", "--a", "0.0004", "--gprime", "-3.2", "--window", "1000000"], "--window 1000000"),
     (["simulate", "--steps", "1000000000"], "~32 GB of trace"),

@@ -603,7 +603,7 @@ def _loopback(ip):
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(ray_alone):
     """The local Ray klcontrol starts: its listeners ``(ip, port, pid)`` and its private folder, while it runs."""
     pytest.importorskip("ray")
     psutil = pytest.importorskip("psutil")
@@ -658,7 +658,7 @@ _TOKEN_CHILD = textwrap.dedent("""
 """)
 
 
-def test_handled_local_ray_writes_its_token_for_its_user_alone(tmp_path):
+def test_handled_local_ray_writes_its_token_for_its_user_alone(tmp_path, ray_alone):
     pytest.importorskip("ray")
     env = dict(_env(), HOME=str(tmp_path))  # no token yet: Ray makes one on its first start
     env.pop("RAY_AUTH_MODE", None)

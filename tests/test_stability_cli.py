@@ -162,7 +162,7 @@ def test_gprime_interval_one_spelling_and_the_old_one_still_works(capsys):
     ("--kp", "inf", "not a finite number"),
     ("--gprime", "0", "g′ < 0: pass −G"),
     ("--gprime", "3.2", "g′ < 0: pass −G"),
-    ("--window", "1000000000", "at most 64"),
+    ("--window", "1000000000", "at most 600"),
     ("--window", "0", "must be ≥ 1"),
 ])
 def test_numbers_refused_at_parse_time_naming_the_flag(capsys, flag, value, message):

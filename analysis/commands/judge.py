@@ -8,7 +8,7 @@ def register(sub) -> None:
     """Register the ``judge`` command."""
     from klcontrol.analysis.identification.traces import add_reader_arguments
     from klcontrol.cli import EXIT_ERROR, EXIT_OK, EXIT_UNSTABLE, exit_codes_epilog
-    from klcontrol.commands.common import FINITE, NONNEG, POSITIVE, add_window_arg, fit_spec, integer
+    from klcontrol.commands.common import FINITE, NONNEG, POSITIVE, OneSetpoint, add_window_arg, fit_spec, integer
 
     p = sub.add_parser(
         "judge",
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--kp", type=FINITE, default=None, help="the logged loop's Kp (with --fit)")
     p.add_argument("--ki", type=FINITE, default=None, help="the logged loop's Ki (with --fit)")
     add_window_arg(p, help="the logged loop's moving-average window (default 5, the papers')")
-    p.add_argument("--setpoint", type=NONNEG, default=None, metavar="C",
+    p.add_argument("--setpoint", type=NONNEG, default=None, metavar="C", action=OneSetpoint,
                    help="its constant set point in nats (with --fit)")
     p.add_argument("--json", action="store_true", help="print the verdicts as JSON")
     add_reader_arguments(p)

@@ -1,14 +1,10 @@
 """Loop configurations the stability analysis supports (no sympy import)."""
 from __future__ import annotations
 
-from klcontrol.registry import LINEAR_KINDS
+from klcontrol.registry import LINEAR_KINDS, MAX_WINDOW
 
 __all__ = ["check_config", "MAX_WINDOW", "derivation_estimate"]
 
-#: The longest moving-average window the analysis derives and evaluates. The cost grows like T² (the robust
-#: verdict's frequency sweep and the root finding on a polynomial of degree ≈ T; the derivation itself is about
-#: linear, 0.4 s at T = 200); past ~1000 the bilinear coefficients (binomials ~2^T) overflow float64.
-MAX_WINDOW = 600
 
 
 def derivation_estimate(window: int) -> float:

@@ -9,7 +9,7 @@ import sys
 
 from ..papers import DYNAMICVAE_BETA0, DYNAMICVAE_GAINS, DYNAMICVAE_WINDOW, PAPER_PLANTS
 from ..plant import ExpGain, FirstOrderPlant
-from ..registry import CONTROLLER_KINDS, make_controller
+from ..registry import CONTROLLER_KINDS, MAX_WINDOW, make_controller
 from ..setpoints import Constant, LinearRamp, StepRamp
 
 _MNIST = PAPER_PLANTS["mnist"]
@@ -51,10 +51,28 @@ def add_plant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=POSITIVE, default=_MNIST.k, help=f"decay rate of g per unit β (default {_MNIST.k:g})")
 
 
+class OneSetpoint(argparse.Action):
+    """``--setpoint C`` where one constant set point is meant: it parses ``C [C …]`` like ``check``'s operating
+    points, so that a second value is refused with what to do instead of argparse's "unrecognized arguments"."""
+
+    one_value = True  # the help formatter shows ``--setpoint C``
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) != 1:
+            raise argparse.ArgumentError(self, f"takes one value here (a constant set point), got {len(values)}: "
+                                         "several operating points are for `klcontrol check --setpoint C [C …]`; "
+                                         "a changing set point is --ramp or --step-ramp")
+        setattr(namespace, self.dest, values[0])
+
+
 def add_setpoint_args(p: argparse.ArgumentParser) -> None:
     """Add the set-point schedule options."""
     g = p.add_argument_group("set point (one of)")
-    g.add_argument("--setpoint", type=NONNEG, default=None, metavar="C",
+    g.add_argument("--setpoint", type=NONNEG, default=None, metavar="C", action=OneSetpoint,
                    help="constant set point C in nats (default 20)")
     g.add_argument("--ramp", type=NONNEG, nargs=3, metavar=("START", "STOP", "STEPS"),
                    help="linear ramp from START to STOP nats over STEPS updates")
@@ -197,10 +215,9 @@ RATE = number(*A_RANGE, hint=" (a is the plant's rate, the papers' 1/2500 and 1/
               f"[{A_RANGE[0]:g}, {A_RANGE[1]:g}] the analysis cannot stay finite)")
 #: Seeds: numpy's generators take 0 … 2**32 − 1 for every seeded stream.
 SEED = integer(0, 2**32 - 1)
-#: A moving-average window: the papers use 5; beyond 64 the stability code (printed from the symbolic loop, degree
-#: ≈ window) takes minutes to derive, and a KL filter over more updates than that is no longer a controller's filter.
-WINDOW = integer(1, 64, cost=lambda v: "the loop's state and characteristic polynomial grow with the window; "
-                 "the papers use 5")
+#: A moving-average window: the papers use 5; the stability analysis derives loops up to MAX_WINDOW (cost ~T²).
+WINDOW = integer(1, MAX_WINDOW, cost=lambda v: "the loop's state and characteristic polynomial grow with the window, "
+                 "the analysis's cost like its square; the papers use 5")
 #: Updates of a simulation: four float64 columns of the trace per update.
 SIM_STEPS = integer(1, 50_000_000, cost=lambda v: f"{_gb(32 * v)} of trace, 32 bytes per update")
 #: Updates of a VAE training run (a run of 10⁸ updates is months on a GPU; the paper's is 8·10⁵).

@@ -12,6 +12,7 @@ def register(sub) -> None:
         POSITIVE,
         SEED,
         TRAIN_STEPS,
+        OneSetpoint,
         add_window_arg,
         fit_spec,
         number,
@@ -29,7 +30,7 @@ def register(sub) -> None:
     )
     p.add_argument("--settled", required=True, metavar="DIR", help="settled run (its latest checkpoint)")
     p.add_argument("--beta-star", type=POSITIVE, required=True, help="β of the settled run")
-    p.add_argument("--setpoint", type=NONNEG, default=None, metavar="C",
+    p.add_argument("--setpoint", type=NONNEG, default=None, metavar="C", action=OneSetpoint,
                    help="constant set point (default: the settled run's KL over its last 1000 rows)")
     p.add_argument("--ray", nargs="+", type=NONNEG, action="append", default=[], metavar="R KI",
                    help="a ray: ratio r = Kp/Ki, then the Ki values (repeat for several rays), run with --seeds")
