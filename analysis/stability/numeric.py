@@ -105,22 +105,25 @@ def _routh_ok(c):
 def _schur_inside(c, radius):
     """Whether all roots of ``Σ c_k λ^(m−k)`` lie strictly inside ``|λ| < radius`` (Schur–Cohn–Jury).
 
-    Coefficient arithmetic only; each step keeps the leading coefficient 1.
+    Coefficient arithmetic only; each step keeps the leading coefficient 1. The coefficients are one array
+    ``(m + 1, points…)``, so that a step is a few array operations whatever the degree (a window of 400 has
+    m ≈ 400: a list of coefficient arrays cost m² small operations per call).
     """
     m = len(c) - 1
+    radius = np.asarray(radius, dtype=float)
     # f(radius·μ): the coefficient of μ^j is c_(m−j)·radius^j
-    p = [c[k] * radius ** (m - k) for k in range(m + 1)]
+    scaled = [np.asarray(c[k], dtype=float) * radius ** (m - k) for k in range(m + 1)]
+    p = np.stack(np.broadcast_arrays(*scaled))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = 1.0 / p[0]
-        p = [v * inv for v in p]
+        p = p * inv
         ok = np.isfinite(inv)
         while len(p) > 1:
             r = p[-1]
             ok &= np.abs(r) < 1
-            # b_k = a_k − r·a_(m−k) (lead 1), then renormalise by b_0 = 1 − r² > 0 where ok
-            b = [p[k] - r * p[len(p) - 1 - k] for k in range(len(p) - 1)]
-            inv = 1.0 / b[0]
-            p = [v * inv for v in b]
+            # b_k = a_k − r·a_(n−k), k < n (lead 1), then renormalise by b_0 = 1 − r² > 0 where ok
+            b = p[:-1] - r * p[:0:-1]
+            p = b * (1.0 / b[0])
     return ok
 
 
