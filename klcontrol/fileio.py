@@ -58,6 +58,10 @@ def atomic_write(path, mode: str = "w", **kwargs):
         kwargs.setdefault("encoding", "utf-8")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
     try:
+        # mkstemp makes the file 0600; the result should have the mode a plain open() would give it (or keep
+        # the mode of the file it replaces), not become private as a side effect of being written safely
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -67,6 +71,24 @@ def atomic_write(path, mode: str = "w", **kwargs):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path) -> int:
+    """The permission bits a new ``open(path, "w")`` would get (or the existing file's, which is replaced)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    try:  # Linux: read the umask without changing it (os.umask would, for every thread, for a moment)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_json(path, obj, **kwargs) -> Path:

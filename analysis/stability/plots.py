@@ -16,6 +16,8 @@ from klcontrol.fileio import save_figure
 __all__ = ["region_figure", "plot_region", "gains_region_figure", "tuned_response_figure"]
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+#: The fills of those colours: light, opaque tints (tab10's paired light shades).
+_LIGHT = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7")
 
 
 def _plant(preset, a, gprime):
@@ -70,15 +72,18 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
     kp_lo, kp_hi, ki_lo, ki_hi = box
     KP, KI = np.meshgrid(np.linspace(kp_lo, kp_hi, n), np.linspace(ki_lo, ki_hi, n))
     handles = []
-    for i, T in enumerate(windows):
-        st = is_stable_first_order(KP, KI, a, gprime, T, delay, controller).astype(float)
-        col = _COLORS[i % len(_COLORS)]
-        # Every window's stable side is shaded (translucent, so nested regions stay visible) and outlined.
+    masks = [(i, T, is_stable_first_order(KP, KI, a, gprime, T, delay, controller).astype(float))
+             for i, T in enumerate(windows)]
+    # Opaque fills, the largest region first: nested regions (a longer window's lies inside a shorter one's) read as
+    # bands of distinct colour instead of translucent layers whose mixed tints match no legend entry.
+    for i, T, st in sorted(masks, key=lambda m: -m[2].sum()):
         if st.max() > 0.5:
-            ax.contourf(KP, KI, st, levels=[0.5, 1.5], colors=[col], alpha=0.22)
+            ax.contourf(KP, KI, st, levels=[0.5, 1.5], colors=[_LIGHT[i % len(_LIGHT)]])
+    for i, T, st in masks:
+        col = _COLORS[i % len(_COLORS)]
         if st.min() < 0.5 < st.max():
             ax.contour(KP, KI, st, levels=[0.5], colors=[col], linewidths=1.5)
-        handles.append(Patch(facecolor=col, edgecolor=col, alpha=0.45,
+        handles.append(Patch(facecolor=_LIGHT[i % len(_LIGHT)], edgecolor=col,
                              label=f"exact, T={T}: stable{_extent(st)}"))
     if paper:
         regions = []
@@ -94,7 +99,8 @@ def plot_region(ax, a, gprime, box, windows=(1,), delay=1, controller="increment
             handles.append(Line2D([], [], color=col, ls=ls, lw=lw,
                                   label=f"{label}: claimed{_extent(m)}" + (", = Eq. 19 here" if same else "")))
     if gains is not None:
-        ax.plot(*gains, marker="*", color="crimson", ms=12, ls="none")
+        # not clipped: gains on the box's edge (Kp = 0, the integral ray) stay a whole star
+        ax.plot(*gains, marker="*", color="crimson", mec="white", mew=0.6, ms=13, ls="none", clip_on=False, zorder=5)
         handles.append(Line2D([], [], marker="*", color="crimson", ms=10, ls="none",
                               label=f"Kp={gains[0]:g}, Ki={gains[1]:g}"))
     ax.set_xlim(kp_lo, kp_hi)
