@@ -12,7 +12,7 @@ from klcontrol.integrations import DistributedController
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integration.md"
 # lightning_fit.py: tests/test_integration_lightning.py; disent_betavae.py: tests/test_integration_disent.py
 TESTED_BLOCKS = {"plain_loop.py", "checkpoint.py", "warm_start.py", "train_ddp.py", "lightning_module.py", "lightning_fit.py",
-                 "disent_betavae.py"}
+                 "disent_betavae.py", "beta_loss.py", "pytorch_vae_betavae.py", "pythae_betavae.py"}  # the last three: test_integration_{module,pytorch_vae,pythae}.py
 
 
 def python_blocks():

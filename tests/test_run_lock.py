@@ -138,3 +138,20 @@ def _remove_in_child(path):
     except ValueError as exc:
         return str(exc)
     return ""
+
+
+def test_a_trainer_refused_by_the_lock_leaves_the_holders_directory(tmp_path, monkeypatch):
+    # Two trainers started together both find no directory and "create" it; the one the lock refuses must not
+    # remove it (with the holder's lock file) before the holder writes its config there.
+    from klcontrol.vae_plant.training import trainer as tr
+
+    out = tmp_path / "race"
+
+    def held_elsewhere(self, run_dir):
+        open(os.path.join(run_dir, ".lock"), "a").close()  # what opening the lock file does, then the lock fails
+        raise ValueError(f"{run_dir} is in use by another trainer (pid 1); wait for it to finish")
+
+    monkeypatch.setattr(tr, "RunLock", type("HeldLock", (), {"__init__": held_elsewhere}))
+    with pytest.raises(ValueError, match="in use by another trainer"):
+        tr.train(str(out), preset="tiny", steps=2, batch_size=2, progress=False)
+    assert sorted(os.listdir(out)) == [".lock"]

@@ -215,6 +215,7 @@ class Trainer:
         self._lock = None
         self._threads_before = None
         self._created = not os.path.exists(self.out)
+        self._held = False  # whether this trainer ever held the run's lock
         self.log = None
         if init_from is not None and resume:
             raise ValueError("init_from starts a new run from another run's checkpoint; it cannot be combined with resume")
@@ -242,8 +243,10 @@ class Trainer:
                 self._init_new(given, ctrl_obj, command, restart, init_from=init_from)
         except BaseException:
             self._release()
-            if self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
-                # A new run that failed before writing anything leaves no directory behind.
+            if self._held and self._created and os.path.isdir(self.out) and set(os.listdir(self.out)) <= {".lock"}:
+                # A new run that failed before writing anything leaves no directory behind. Only the lock's holder
+                # may clean up: a trainer refused by the lock must not remove the directory the holder is about to
+                # write its config into (two trainers started together both "created" it).
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.out, ".lock"))
                     os.rmdir(self.out)
@@ -317,6 +320,7 @@ class Trainer:
         os.makedirs(out, exist_ok=True)
         if not keep_lock:
             self._lock = RunLock(out)
+        self._held = True
         if restart:
             self._clear_unfinished()
         for name in ("trace.csv", "config.json", "checkpoints"):
