@@ -8,7 +8,8 @@ The loop is ``simulate_vs_control.py``'s: DynamicVAE's incremental PI (window-5 
 * **floor**: the loop fused by hand in numba: all state of a block of sets in one array at constant offsets, a
   ring for the moving average (one loop per phase, so that nothing is copied), parameters folded into
   constants, ``error_model="numpy"`` (divisions unchecked, hence vectorised), ``fastmath={"contract"}`` (fused
-  multiply-adds: any further reassociation would change the rounding) and klcontrol's vectorisable ``exp``.
+  multiply-adds: any further reassociation would change the rounding), klcontrol's vectorisable ``exp`` and
+  the block's array at a 64-byte boundary (a 512-bit row access that spans two cache lines costs ~10 %).
 
 Per core, in one process and one thread (``NUMBA_NUM_THREADS=1``, XLA on one thread, the process pinned to
 one CPU), CPU time, minimum over interleaved rounds, so that a load spike on a shared machine favours no
@@ -16,7 +17,11 @@ side.  Then, for klcontrol alone: the cost per loop-step from 1 000 to 100 000 s
 wall-clock speed-up of every core over one at 10 000 sets (in a child process that may use them all).
 The trajectories are compared: JAX and the floor against ``simulate`` (float32 KL).
 
-Run:  python benchmarks/simulate_floor.py [--sets 1000] [--steps 20000] [--rounds 5] [--no-scaling]
+``--breakdown`` adds, in the same rounds, klcontrol's kernel alone writing into an output already touched (as
+the floor's ``out`` is) and the first touch of a fresh output array, which ``simulate`` pays on every call (it
+returns new arrays): where the ratio to the floor goes.
+
+Run:  python benchmarks/simulate_floor.py [--sets 1000] [--steps 20000] [--rounds 5] [--no-scaling] [--breakdown]
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ from numba import njit  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate_vs_control import A_GAIN, A_RATE, BETA0, K_DECAY, WINDOW, C, _setup  # noqa: E402
+
+C_SET = C
 
 from klcontrol import simulate  # noqa: E402
 from klcontrol._jit_math import exp as _exp  # noqa: E402
@@ -70,7 +77,9 @@ def fused_numba(kp, ki, steps, out):
     p0 = 1.0 / (1.0 + math.exp(C))  # σ(y0 − C) with y0 = 0
     for b0 in range(0, n, BLOCK):
         nb = min(n, b0 + BLOCK) - b0
-        X = np.zeros((5 + RING) * BLOCK)
+        Xa = np.zeros((5 + RING) * BLOCK + 8)  # from a 64-byte boundary, as klcontrol's (numba aligns to 32)
+        xo = (64 - np.intp(Xa.ctypes.data) % 64) % 64 // 8
+        X = Xa[xo:xo + (5 + RING) * BLOCK]
         for i in range(nb):
             X[BLOCK + i] = BETA0
             X[2 * BLOCK + i] = p0
@@ -129,6 +138,38 @@ def sweep(ctrl, plant, steps, **kw):
     return simulate(ctrl, plant, steps, engine="compiled", record=("kl",), dtype=np.float32, **kw)
 
 
+def kernel_alone(ctrl, plant, steps, out):
+    """klcontrol's compiled kernel on the benchmark loop, writing the KL into ``out`` (no ``simulate`` around it)."""
+    from klcontrol import compiled
+    from klcontrol.loop import initial_loop_state
+
+    n = out.shape[1]
+    k = compiled.kernel_for(plant, ctrl, 0, False, True)
+    c = ctrl.copy()
+    c.prime(0.0)
+    x = initial_loop_state(plant, c.state, np.zeros(n), 0, (n,))
+    leaves = {("plant", j): v for j, v in enumerate(x.plant)}
+    leaves.update({("ctrl", key): v for key, v in x.controller.items() if key != "filter"})
+    leaves.update({("filter", j): v for j, v in enumerate(x.controller["filter"])})
+    S0 = np.array([np.broadcast_to(np.asarray(leaves[tag], dtype=float), (n,)) for tag in k.state])
+    pv, cv = plant.parameters(), c.params
+    P = np.array([np.broadcast_to(np.asarray(pv[name] if owner == "plant" else cv[name], dtype=float), (n,))
+                  for owner, name in k.params])
+    C = np.full(steps, C_SET)
+    e = compiled.empty_rows
+
+    def run():
+        compiled.run_kernel(k, 0, steps, S0.copy(), P, C, e(n), 0.0, 0.0, e(n, np.float32), out,
+                            e(n, np.float32, 1), np.empty((2, n)))
+    return run
+
+
+def first_touch(steps, sets):
+    """A fresh output array written once (what ``simulate``'s new array costs beyond the writes themselves)."""
+    a = np.empty((steps, sets), np.float32)
+    a[:] = 0
+
+
 def cores_child(sets, steps, rounds):
     """Wall seconds of the sweep on 1 thread and on every core, in a child that may use them all."""
     code = (f"import json, os, sys, time; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
@@ -150,6 +191,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20000, help="steps per trajectory (default 20000)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds, the minimum kept (default 5)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the sets and cores measurements")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time klcontrol's kernel alone (output already touched) and a fresh output's first touch")
     args = ap.parse_args(argv)
     all_cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if all_cpus:
@@ -165,17 +208,26 @@ def main(argv=None):
     if jx is not None:
         worst["jax"] = float(np.max(np.abs(jx(kp, ki, args.steps) - ref)))
     times = {"klcontrol": [], "floor": [], "jax": []}
+    if args.breakdown:
+        out2 = np.zeros_like(out)
+        alone = kernel_alone(ctrl, plant, args.steps, out2)
+        alone()
+        worst["kernel alone"] = float(np.max(np.abs(out2 - ref)))
+        times.update({"kernel alone": [], "first touch": []})
     for _ in range(args.rounds):
         times["klcontrol"].append(cpu(lambda: sweep(ctrl, plant, args.steps)))
         times["floor"].append(cpu(lambda: fused_numba(kp, ki, args.steps, out)))
         if jx is not None:
             times["jax"].append(cpu(lambda: jx(kp, ki, args.steps)))
+        if args.breakdown:
+            times["kernel alone"].append(cpu(alone))
+            times["first touch"].append(cpu(lambda: first_touch(args.steps, args.sets)))
     best = {k: min(v) for k, v in times.items() if v}
     per = args.sets * args.steps
     print(f"loop: IncrementalPI window {WINDOW}, delay 0, {args.sets} gain sets x {args.steps} steps, KL in float32; "
           f"one thread, CPU time, min of {args.rounds} interleaved rounds")
     for k, v in best.items():
-        print(f"  {k:10s} {v:.3f} s  {v / per * 1e9:5.2f} ns per loop-step")
+        print(f"  {k:12s} {v:.3f} s  {v / per * 1e9:5.2f} ns per loop-step")
     k = best["klcontrol"]
     line = f"klcontrol / floor = {k / best['floor']:.2f} (goal <= 1.3)"
     if jx is not None:
@@ -183,6 +235,12 @@ def main(argv=None):
     else:
         line += "; JAX column skipped: jax is not installed (pip install 'klcontrol[bench]')"
     print(line)
+    rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(times["klcontrol"], times["floor"]))
+    print(f"per round, klcontrol / floor: {rounds}" + ("; JAX / klcontrol: " + ", ".join(
+        f"{a / b:.2f}" for a, b in zip(times["jax"], times["klcontrol"])) if jx is not None else ""))
+    if args.breakdown:
+        print(f"kernel alone / floor = {best['kernel alone'] / best['floor']:.2f}; a fresh output's first touch "
+              f"{best['first touch']:.3f} s (writes included)")
     print("max |KL difference| against simulate (float32): " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     if args.no_scaling:
         return

@@ -432,8 +432,10 @@ def summary_lines(s) -> list:
     if own.get("available"):
         pct = ", ".join(f"{p:.0f} %" for p in own["fit_percent"])
         crit = g.get("first_order_critical_ki")
+        # an unidentified fit's boundary is whatever its unresolved g′ makes it: not a number to put beside the relay
         versus = (f"; it puts the critical Ki at {_f(crit)}, {_f(crit / r['ki_critical'], '.2g')}× the relay's"
-                  if r.get("available") and crit is not None else "")
+                  if r.get("available") and crit is not None and own["identifiable"] else
+                  "; a boundary from it would mean nothing" if not own["identifiable"] else "")
         lines.append(f"Its own first-order fit (fit {pct} on the training and relay runs) is "
                      + ("identifiable" if own["identifiable"] else "NOT identifiable (" + own["reasons"][0].split(": ", 1)[-1]
                         .split(":")[0] + ")") + versus + ".")
@@ -506,8 +508,11 @@ def _report(s, real) -> list:
         if crit is not None:
             rel = (f", {_f(crit / r['ki_critical'], '.2g')}× the relay's {r['ki_critical']:.3g}"
                    if r.get("available") else "")
-            lines += ["", f"The fit puts the critical Ki on the Kp = 0 ray at {_f(crit)}{rel}: a first-order model "
-                      "has no ring, so it misplaces the boundary the ring decides."]
+            lines += ["", f"The fit puts the critical Ki on the Kp = 0 ray at {_f(crit)}{rel}"
+                      + ("" if own["identifiable"] else " — a number its unresolved g′ makes up, shown only to say "
+                         "that an unidentified fit must not be used")
+                      + ": a first-order model has no ring, so even identified it misplaces the boundary the ring "
+                      "decides."]
         lines += ["", "![first-order fit](fit_own.png)"]
     else:
         lines.append(f"Not fitted: {own.get('reason')}.")
