@@ -48,7 +48,7 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "validate": ".models",
     "level_matched": ".models",
     "static_map_from_traces": ".models",
-    "select_model": ".models",
+    "select_model": ".control_validation",
     "excitation_levels": ".models",
     "fit_first_order_files": ".files",
     "fit_hammerstein_files": ".files",

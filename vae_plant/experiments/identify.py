@@ -64,6 +64,8 @@ __all__ = [
     "export_run",
     "plan",
     "run_experiment",
+    "settled_origin",
+    "check_settled",
 ]
 
 
