@@ -81,3 +81,98 @@ def test_marginal_and_non_finite_points_are_not_stable():
     af = coefficient_functions("incremental", 5, 0)[4](1 / 2500, -3.2)
     out = kernels.stable_map(af[0:3], np.array([np.nan, np.inf, 0.1]), np.array([0.1, 0.1, np.nan]), 3)
     assert not out.any()
+
+
+def _loop_kernel(zaff, laff, kp, ki):
+    """The loop kernel on the same points: per-point coefficient rows (the straight-line kernel needs shared rows)."""
+    m = np.size(kp)
+    rows = lambda aff: tuple(tuple(np.full(m, float(c)) for c in part) for part in aff)  # noqa: E731
+    return kernels.radius_map(rows(zaff), rows(laff), kp, ki, m)
+
+
+@pytest.mark.parametrize("T,d", [(1, 1), (5, 0), (5, 1), (8, 1)])
+def test_unrolled_and_loop_radius_kernels_agree_bitwise(T, d):
+    """The straight-line spectral-radius kernel (vectorised across points) = the loop kernel, bit for bit, on a
+    box with complex and real dominant pairs, unstable points and Ki = 0 (the marginal integrator); and the result
+    of a point depends neither on the order of the points nor on the thread count."""
+    import numba
+
+    rng = np.random.default_rng(7)
+    a, gp = 1 / 2500, -3.2
+    af = coefficient_functions("incremental", T, d)[4](a, gp)
+    kp, ki = rng.uniform(-0.4, 1.5, 20000), rng.uniform(-0.01, 0.8, 20000)
+    ki[:500] = 0.0
+    fast, fflag = kernels.radius_map(af[3:6], af[6:9], kp, ki, kp.size)
+    slow, sflag = _loop_kernel(af[3:6], af[6:9], kp, ki)
+    assert np.array_equal(fflag, sflag)
+    assert np.array_equal(fast, slow, equal_nan=True)
+    assert 0.05 < np.mean(fast[~fflag] < 1) < 0.95
+    perm = rng.permutation(kp.size)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        back, bflag = kernels.radius_map(af[3:6], af[6:9], kp[perm], ki[perm], kp.size)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(back, fast[perm], equal_nan=True) and np.array_equal(bflag, fflag[perm])
+
+
+def _adversarial():
+    """λ-roots of hard polynomials: repeated roots, real dominant pairs, roots on and near the unit circle, another
+    root outside the pair's circle (the bisection), near-equal moduli."""
+    e = lambda r, t: r * np.exp(1j * t)  # noqa: E731
+    pair = lambda r, t: [e(r, t), e(r, -t)]  # noqa: E731
+    return [
+        pair(0.99, 0.05) + [0.3, -0.2, 0.1 + 0.2j, 0.1 - 0.2j],          # the usual: a slow complex pair
+        pair(0.999999, 0.01) + [0.5, 0.4, -0.3],                         # pair a hair inside the unit circle
+        pair(1.000001, 0.01) + [0.5, 0.4, -0.3],                         # a hair outside
+        pair(1.0, 0.02) + [0.5, 0.4, -0.3],                              # on it
+        pair(0.95, 0.03) + [-0.97, 0.5, 0.2],                            # another root outside the pair's circle
+        pair(0.95, 0.03) + pair(0.96, 2.0) + [0.1],                      # another pair outside it
+        pair(0.95, 0.03) + [0.95 * np.exp(1j * 2.5), 0.95 * np.exp(-2.5j), 0.2],  # equal moduli
+        pair(0.95, 0.03) + [-0.9499999999, 0.3, 0.1],                    # a root just inside the pair's circle
+        pair(0.95, 0.03) + pair(0.95, 0.03) + [0.2],                     # a repeated complex pair
+        [0.98, 0.97, 0.3, -0.5, 0.1 + 0.4j, 0.1 - 0.4j],                # a real dominant pair
+        [0.98, 0.98, 0.3, -0.5, 0.2, 0.1],                              # a repeated real root
+        [0.98, 0.98, 0.98, 0.3, 0.2, -0.1],                             # a triple one
+        pair(0.9, 1e-9) + [0.3, -0.2, 0.1],                              # a pair nearly real
+        pair(0.5, 0.2) + [0.3, -0.2, 0.1],                               # a fast loop
+        pair(0.7, 0.1) + [-0.99, 0.999, 0.1],                            # dominant roots far from λ = 1
+    ]
+
+
+@pytest.mark.parametrize("k", range(len(_adversarial())))
+def test_radius_kernels_on_adversarial_polynomials(k):
+    """Both kernels against numpy.roots on polynomials built from their roots (coefficients fixed: Kp, Ki only
+    index points): equal to each other bit for bit, and to the roots to their conditioning, or flagged."""
+    lam_roots = np.array(_adversarial()[k])
+    lam = np.real(np.poly(lam_roots))
+    z = np.real(np.poly(lam_roots - 1.0))  # the same polynomial in z = λ − 1
+    zero = tuple(0.0 for _ in lam)
+    zaff, laff = (tuple(z), zero, zero), (tuple(lam), zero, zero)
+    kp = np.zeros(8)
+    rho, flag = kernels.radius_map(zaff, laff, kp, kp, kp.size)
+    slow, sflag = _loop_kernel(zaff, laff, kp, kp)
+    assert np.array_equal(flag, sflag) and np.array_equal(rho, slow, equal_nan=True)
+    assert np.all(flag == flag[0]) and np.array_equal(rho, np.full(8, rho[0]), equal_nan=True)
+    ref = np.max(np.abs(np.roots(lam)))
+    if flag[0]:
+        assert np.isnan(rho[0])
+        return
+    mult = np.max([np.sum(np.abs(lam_roots - r) < 1e-6) for r in lam_roots])
+    tol = 1e-12 if mult == 1 else 1e-4  # a root of multiplicity k moves by eps^(1/k)
+    assert abs(rho[0] - ref) <= tol * ref, (rho[0], ref)
+    assert abs(rho[0] - np.max(np.abs(lam_roots))) <= max(tol, 1e-9), (rho[0], lam_roots)
+
+
+def test_public_radius_map_agrees_with_numpy_roots_near_the_unit_circle():
+    """Points of a real map near |λ| = 1 (the stability boundary), through the public function (kernels) vs
+    numpy.roots: ρ to rounding where the roots are simple."""
+    a, gp, T, d = 1 / 2500, -3.2, 5, 1
+    rng = np.random.default_rng(11)
+    kp, ki = rng.uniform(-0.4, 1.5, kernels.MIN_POINTS), rng.uniform(0.0, 0.8, kernels.MIN_POINTS)
+    rho = sn.spectral_radius_first_order(kp, ki, a, gp, T, d)
+    near = np.flatnonzero(np.abs(rho - 1) < 2e-3)[:300]
+    assert near.size > 50
+    ref = _roots_rho(kp[near], ki[near], a, gp, T, d)
+    assert np.max(np.abs(rho[near] - ref)) < 1e-12

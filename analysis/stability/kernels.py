@@ -12,6 +12,12 @@ and the test itself, in registers and L1, with no temporary arrays:
   the two roots nearest λ = 1 by Newton's method in ``z = λ − 1``, divided out of ``p(λ)``, and a Schur–Cohn test
   that the others lie inside their circle; where one does not, the largest modulus of the others is found by
   bisection on that test's radius. Points where Newton does not settle are flagged for the NumPy root finder.
+  For coefficients shared by all points and degrees 3 … :data:`UNROLL_MAX`, :func:`_radius_source` prints the same
+  operations straight-line for the degree (branch-free, a fixed five Newton steps with converged points frozen),
+  which LLVM vectorises across points; the few points it does not settle (a real dominant pair, the bisection,
+  Newton not converged) are recomputed by the loop kernel: every point gets the loop kernel's result (bit for
+  bit; the Schur–Cohn radius is computed without ``hypot``, which can only matter for a root within an ulp of
+  the pair's circle).
 
 Both run ``prange`` over blocks of points (numba's threads: every core unless ``NUMBA_NUM_THREADS`` or
 :func:`numba.set_num_threads` says otherwise). numba is optional (the ``fast`` extra): :func:`available` says whether
@@ -249,8 +255,8 @@ def available() -> bool:
 
 _MODS: dict = {}
 
-#: Degrees up to which the verdict kernel is printed straight-line for its degree (LLVM vectorises it across
-#: points); above, one loop kernel serves every degree.
+#: Degrees up to which the verdict and spectral-radius kernels are printed straight-line for their degree (LLVM
+#: vectorises them across points); above, one loop kernel serves every degree.
 UNROLL_MAX = 24
 
 
@@ -305,6 +311,121 @@ def _routh_source(n: int) -> str:
     body.append("out[i] = ok")
     lines += ["            " + b for b in body]
     return "\n".join(lines) + "\n"
+
+
+def _radius_source(n: int, iters: int = 5) -> str:
+    """Straight-line spectral-radius kernel for degree ``n ≥ 3``, coefficients shared by all points.
+
+    The operations of :func:`radius_map`'s loop kernel for a complex dominant pair, printed for the degree and
+    written without branches so that LLVM vectorises them across points: the trailing quadratic's small root (the
+    same complex square root and CPython's complex division, spelt out in reals), the same ``iters`` Newton steps,
+    each applied only while the previous one was above rounding level (a converged point keeps its root, exactly
+    as the loop's ``break``), the same deflation and the same Schur–Cohn reductions (every one evaluated; the
+    verdict is their conjunction). ρ is ``hypot(1 + x, y)`` in a second, scalar pass over the block, as the loop
+    kernel's ``abs``; the Schur–Cohn radius is the vectorisable ``sqrt((1 + x)² + y²)`` (the same to an ulp).
+    Points it does not settle (a real dominant pair, Newton not converged, another root outside the pair's
+    circle: the bisection) are flagged for the loop kernel, which recomputes them from scratch.
+    """
+    n1 = n + 1
+    m = n - 2
+    # the body over one block of points, in its own function (numba's parallel passes need not see it)
+    L = ["", "@njit(cache=True, error_model='numpy', nogil=True)",
+         f"def _radius_block_{n}(z0, zk, zi, l0, lk, li, kp, ki, out, redo, i0, i1):",
+         "    ers = np.empty(i1 - i0)",
+         "    eis = np.empty(i1 - i0)"]
+    for k in range(n1):
+        L.append(f"    za{k} = z0[0, {k}]; zp{k} = zk[0, {k}]; zq{k} = zi[0, {k}]")
+        L.append(f"    la{k} = l0[0, {k}]; lp{k} = lk[0, {k}]; lq{k} = li[0, {k}]")
+    L += ["    for i in range(i0, i1):",
+          "        x = kp[i]",
+          "        y = ki[i]"]
+    B = [f"c{k} = za{k} + x * zp{k} + y * zq{k}" for k in range(n1)]
+    B += [f"e{k} = la{k} + x * lp{k} + y * lq{k}" for k in range(n1)]
+    c2, c1, c0 = f"c{n - 2}", f"c{n - 1}", f"c{n}"
+    # a complex pair (disc < 0): sqrt(complex(disc)) = i w, s = 1, q = (-c1/2, -w/2), the small root c0 / q
+    B += [f"dd = {c1} * {c1} - 4 * {c2} * {c0}",
+          "cplx = dd < 0",
+          "w = np.sqrt(-dd) if cplx else 0.0",
+          f"qr = -0.5 * {c1}",
+          "qi = -0.5 * w",
+          "big = abs(qr) >= abs(qi)",
+          "rt = qi / qr if big else qr / qi",
+          "den = qr + qi * rt if big else qr * rt + qi",
+          f"xr = ({c0} + 0.0 * rt) / den if big else ({c0} * rt + 0.0) / den",
+          f"yr = (0.0 - {c0} * rt) / den if big else (0.0 * rt - {c0}) / den",
+          "fin = np.isfinite(xr) and np.isfinite(yr) and not (qr == 0 and qi == 0)",
+          "x1 = xr if fin else 0.0",
+          "y1 = yr if fin else 0.0",
+          "q1 = np.inf",
+          "act = True"]
+    for _ in range(iters):
+        B += ["fr = c0", "fi = 0.0", "dr = 0.0", "di = 0.0"]
+        for k in range(1, n1):
+            B += ["t = dr * x1 - di * y1 + fr", "di = dr * y1 + di * x1 + fi", "dr = t",
+                  f"t = fr * x1 - fi * y1 + c{k}", "fi = fr * y1 + fi * x1", "fr = t"]
+        B += ["dn = dr * dr + di * di", "sr = (fr * dr + fi * di) / dn", "si = (fi * dr - fr * di) / dn",
+              "xn = x1 - sr", "yn = y1 - si", "qn = sr * sr + si * si",
+              "x1 = xn if act else x1", "y1 = yn if act else y1", "q1 = qn if act else q1",
+              "act = act and qn > 1e-28 * (1 + xn * xn + yn * yn)"]
+    # the pair is (x1, ±y1): the loop kernel's checks, deflation and Schur–Cohn test, specialised to it
+    B += ["q1 = q1 if q1 == q1 else np.inf",
+          "tt = 1 + np.sqrt(x1 * x1 + y1 * y1)",
+          "bad = not (q1 <= 1e-24 * (tt * tt)) or abs(2.0 * y1) <= 1e-8 * tt",
+          "er = 1.0 + x1",
+          "sig = er + er",
+          "pi = er * er - y1 * (-y1)",
+          "rho = np.sqrt(er * er + y1 * y1)",
+          f"d0 = e{n} / pi",
+          f"d1 = (e{n - 1} + sig * d0) / pi"]
+    B += [f"d{k} = (e{n - k} + sig * d{k - 1} - d{k - 2}) / pi" for k in range(2, n - 1)]
+    p = [f"d{m - j}" for j in range(m + 1)]  # the deflated polynomial, highest power first
+    B.append("sc = 1.0")
+    for k in range(m, -1, -1):
+        B.append(f"s{k} = {p[k]} * sc")
+        p[k] = f"s{k}"
+        if k > 0:
+            B.append("sc = sc * rho")
+    B += ["iv = 1.0 / s0", "ok = np.isfinite(iv)"]
+    cnt = 0
+
+    def fresh(expr):
+        nonlocal cnt
+        B.append(f"h{cnt} = {expr}")
+        cnt += 1
+        return f"h{cnt - 1}"
+
+    p = [fresh(f"{v} * iv") for v in p]
+    ln, j0 = m + 1, 0
+    while ln > 1:
+        r, g = f"r{j0}", f"g{j0}"
+        B += [f"{r} = {p[ln - 1]}", f"ok = ok and abs({r}) < 1", f"{g} = 1.0 / (1.0 - {r} * {r})"]
+        for k in range((ln + 1) // 2):
+            j = ln - 1 - k
+            u, v = p[k], p[j]
+            if j == k:
+                p[k] = fresh(f"({u} - {r} * {u}) * {g}")
+            else:
+                p[k] = fresh(f"({u} - {r} * {v}) * {g}")
+                if j < ln - 1:
+                    p[j] = fresh(f"({v} - {r} * {u}) * {g}")
+        ln, j0 = ln - 1, j0 + 1
+    B += ["flagged = bad or not cplx or not ok",
+          "redo[i] = flagged",
+          "out[i] = np.nan",
+          "ers[i - i0] = er",
+          "eis[i - i0] = y1"]
+    L += ["        " + b for b in B]
+    L += ["    for i in range(i0, i1):",
+          "        if not redo[i]:",
+          "            out[i] = np.hypot(ers[i - i0], eis[i - i0])",
+          "",
+          "",
+          "@njit(cache=True, parallel=True, error_model='numpy', nogil=True)",
+          f"def radius_map_{n}(z0, zk, zi, l0, lk, li, kp, ki, out, redo):",
+          "    npts = out.shape[0]",
+          "    for b in prange((npts + BLOCK - 1) // BLOCK):",
+          f"        _radius_block_{n}(z0, zk, zi, l0, lk, li, kp, ki, out, redo, b * BLOCK, min(npts, (b + 1) * BLOCK))"]
+    return "\n".join(L) + "\n"
 
 
 def _module(tag: str, body: str):
@@ -388,7 +509,7 @@ def stable_map(affine, kp, ki, m):
     return out
 
 
-def radius_map(zaffine, laffine, kp, ki, m):
+def radius_map(zaffine, laffine, kp, ki, m, out=None):
     """Spectral radii at ``m`` points, and a mask of those left to the NumPy root finder.
 
     Parameters
@@ -399,15 +520,32 @@ def radius_map(zaffine, laffine, kp, ki, m):
         Gains, scalars or length-``m`` arrays.
     m : int
         Number of points.
+    out : ndarray, optional
+        C-contiguous float64 array of ``m`` elements to write ρ into (it is returned); a new one by default.
 
     Returns
     -------
     (ndarray, ndarray of bool)
         ρ (NaN where flagged) and the flags.
     """
-    mod = _module("loops", _HEADER + _SOURCE)
+    loops = _module("loops", _HEADER + _SOURCE).radius_map
     rows = [_rows(v, m) for v in (*zaffine, *laffine)]
-    out = np.empty(m)
+    kp, ki = _gains(kp, ki, m)
+    if out is None:
+        out = np.empty(m)
     flag = np.empty(m, dtype=np.bool_)
-    mod.radius_map(*rows, *_gains(kp, ki, m), out, flag)
+    n = rows[0].shape[1] - 1
+    if all(r.shape[0] == 1 for r in rows) and 3 <= n <= UNROLL_MAX:
+        # the straight-line kernel, then the loop kernel on the points it left (each point on its own: the
+        # result does not depend on the order or company of the points)
+        getattr(_module(f"radius{n}", _HEADER + _radius_source(n)), f"radius_map_{n}")(*rows, kp, ki, out, flag)
+        idx = np.flatnonzero(flag)
+        if idx.size:
+            sub_out = np.empty(idx.size)
+            sub_flag = np.empty(idx.size, dtype=np.bool_)
+            loops(*rows, kp[idx], ki[idx], sub_out, sub_flag)
+            out[idx] = sub_out
+            flag[idx] = sub_flag
+    else:
+        loops(*rows, kp, ki, out, flag)
     return out, flag

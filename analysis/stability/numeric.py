@@ -382,7 +382,7 @@ def spectral_radius_first_order(kp, ki, a, gprime, window=1, delay=0, controller
     out = np.empty(npts)
     if _compiled(npts):
         for sl, (kpb, kib), aff in _affine_blocks(fns[4], flat, npts):
-            out[sl], bad = _kernels.radius_map(aff[3:6], aff[6:9], kpb, kib, sl.stop - sl.start)
+            _, bad = _kernels.radius_map(aff[3:6], aff[6:9], kpb, kib, sl.stop - sl.start, out=out[sl])
             if bad.any():  # Newton did not settle: every root, from the companion matrix in z
                 idx = sl.start + np.flatnonzero(bad)
                 cs = _block_coeffs(zf, flat, idx, n)
