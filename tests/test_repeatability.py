@@ -22,3 +22,19 @@ def test_the_file_has_the_issue_format_and_its_labels_match_the_traces(tmp_path)
         tr = read_trace(r["trace"])
         assert observed_stability(tr.beta, 4.0)["stable"] == r["observed_stable"]
     assert doc["goals"]["identifications"] == 2
+
+
+def test_the_relay_conditioned_set_narrows_ray_10_where_the_relay_disagrees_with_part_of_the_set():
+    # exploratory rule (README says so): identifications 3 and 7 of the dSprites study, whose ray-10 intervals
+    # reach far above the observed bracket, keep only the plants whose integral-ray gain the relay confirms
+    import json
+
+    from klcontrol.vae_plant.experiments.repeatability import relay_conditioned_goals
+
+    doc = json.load(open("docs/results/repeatability/dsprites.json"))
+    doc["identifications"] = [i for i in doc["identifications"] if i["seed"] in (3, 7)]
+    r = relay_conditioned_goals(doc)
+    for seed in (3, 7):
+        iv = r["intervals"][seed]
+        assert iv["kept"] < iv["plants"] and iv["after"][1] < iv["before"][1] and iv["after"][1] < 0.2
+    assert r["goals"]["intervals_meeting_the_bracket"] == r["goals"]["intervals"] == 4

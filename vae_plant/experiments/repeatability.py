@@ -22,7 +22,8 @@ import json
 import os
 from glob import glob
 
-__all__ = ["identification_summary", "write_repeatability", "markdown_table", "main", "RELAY_TOLERANCE"]
+__all__ = ["identification_summary", "write_repeatability", "markdown_table", "relay_conditioned_goals", "main",
+           "RELAY_TOLERANCE"]
 
 
 def _rel(path, root):
@@ -240,8 +241,66 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def relay_conditioned_goals(doc: dict, root: str = ".", window: int = 5, min_plants: int = 20) -> dict:
+    """EXPLORATORY, chosen after the repeatability data were seen: the goals with the model set conditioned on the relay.
+
+    For each identification whose verdicts come from the model set and that has a relay run, the set's plants are
+    kept when their critical gain on the integral ray lies within :data:`RELAY_TOLERANCE` of the relay's (an
+    independent measurement of the same loop), and the ray ``r = 10`` interval becomes the 95 % interval of the kept
+    plants (unchanged when fewer than ``min_plants`` are kept). Not a validated rule: it needs identifications and
+    runs it has not seen.
+
+    Returns
+    -------
+    dict
+        ``goals`` (as :func:`write_repeatability`'s) and ``intervals`` (seed → ``{"before", "after", "kept",
+        "plants"}``).
+    """
+    import numpy as np
+
+    from klcontrol.analysis.identification.relay import relay_from_file
+    from klcontrol.analysis.verdicts.model_set import _critical, set_responses
+
+    tests = [(v["kp"], v["ki"]) for v in doc["identifications"][0]["verdicts"]]
+    idents, intervals = [], {}
+    for i in doc["identifications"]:
+        folder = os.path.join(root, i["folder"])
+        crit = dict(i["critical_gain"])
+        relays = sorted(glob(os.path.join(folder, "relay_*.csv.gz")))
+        if i.get("interval_source", {}).get("10") == "model set" and relays:
+            best, _, setpoint = _fit_folder(folder, doc["beta_star"], window)
+            cache = set_responses(best, [setpoint])
+            ks0, _ = _critical(cache[0], 0.0, window, 0, "incremental")
+            ks10, _ = _critical(cache[0], 10.0, window, 0, "incremental")
+            kept = np.abs(ks0 / relay_from_file(relays[0])["ki"] - 1) <= RELAY_TOLERANCE
+            before = crit["10"]
+            if kept.sum() >= min_plants and np.all(np.isfinite(ks10[kept])):
+                crit["10"] = [float(q) for q in np.quantile(ks10[kept], [0.025, 0.975])]
+            intervals[i["seed"]] = dict(before=before, after=crit["10"], kept=int(kept.sum()), plants=len(kept))
+        verdicts = []
+        for kp, ki in tests:
+            iv = crit.get(f"{kp / ki:g}" if ki else "inf")
+            pred = "undecided" if iv is None else "stable" if ki < iv[0] else "unstable" if ki > iv[1] else "undecided"
+            verdicts.append(dict(kp=kp, ki=ki, predicted=pred))
+        idents.append(dict(seed=i["seed"], verdicts=verdicts, critical_gain=crit))
+    rays = sorted({float(k) for i in doc["identifications"] for k in i["critical_gain"]})
+    return dict(goals=_goals(idents, doc["relay"], doc["runs"], rays), intervals=intervals,
+                rule="exploratory, chosen after the data were seen: model set conditioned on the relay (±15 %)")
+
+
 def main(argv=None) -> int:
-    """Command line: see the module docstring."""
+    """Command line: see the module docstring (``--relay-conditioned FILE``: :func:`relay_conditioned_goals`)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--relay-conditioned"] and len(argv) == 2:
+        with open(argv[1], encoding="utf-8") as fh:
+            r = relay_conditioned_goals(json.load(fh))
+        g = r["goals"]
+        print(json.dumps({"rule": r["rule"], "ray_10_intervals": r["intervals"],
+                          **{k: g[k] for k in ("agreement_among_decided", "decided", "undecided_fraction",
+                                               "intervals_meeting_the_bracket", "intervals")}}, indent=1))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--plant", required=True)
     p.add_argument("--batch-size", type=int, required=True)
