@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["DECIDE", "DRAWS", "set_members", "set_responses", "set_verdict", "set_critical_gains", "relay_beside", "format_set"]
+__all__ = ["DECIDE", "DRAWS", "set_members", "set_responses", "set_verdict", "set_critical_gains", "plant_critical_gains", "relay_beside", "format_set"]
 
 #: Fraction of the set's plants that must agree for a stable or unstable verdict.
 DECIDE = 0.95
@@ -83,6 +83,22 @@ def _critical(responses, ratio, window, delay, controller):
         ks.append(math.inf if best is None else best.ki)
         periods.append(math.nan if best is None else best.period)
     return np.array(ks), np.array(periods)
+
+
+def plant_critical_gains(responses, ratio, window=1, delay=0, controller="incremental"):
+    """Per plant of the set, its critical ``Ki`` on the ray ``Kp = ratio·Ki`` and the period there.
+
+    Parameters
+    ----------
+    responses : list
+        The model set's responses, ``set_responses(fit, …)[0]``.
+
+    Returns
+    -------
+    ks, periods : ndarray
+        One entry per plant (``inf`` / NaN where it does not turn unstable on the ray).
+    """
+    return _critical(responses, ratio, window, delay, controller)
 
 
 def set_critical_gains(fit, ratios, window=1, delay=0, controller="incremental", setpoints=None, beta_range=None,

@@ -259,7 +259,7 @@ def relay_conditioned_goals(doc: dict, root: str = ".", window: int = 5, min_pla
     import numpy as np
 
     from klcontrol.analysis.identification.relay import relay_from_file
-    from klcontrol.analysis.verdicts.model_set import _critical, set_responses
+    from klcontrol.analysis.verdicts.model_set import plant_critical_gains, set_responses
 
     tests = [(v["kp"], v["ki"]) for v in doc["identifications"][0]["verdicts"]]
     idents, intervals = [], {}
@@ -270,8 +270,8 @@ def relay_conditioned_goals(doc: dict, root: str = ".", window: int = 5, min_pla
         if i.get("interval_source", {}).get("10") == "model set" and relays:
             best, _, setpoint = _fit_folder(folder, doc["beta_star"], window)
             cache = set_responses(best, [setpoint])
-            ks0, _ = _critical(cache[0], 0.0, window, 0, "incremental")
-            ks10, _ = _critical(cache[0], 10.0, window, 0, "incremental")
+            ks0, _ = plant_critical_gains(cache[0], 0.0, window)
+            ks10, _ = plant_critical_gains(cache[0], 10.0, window)
             kept = np.abs(ks0 / relay_from_file(relays[0])["ki"] - 1) <= RELAY_TOLERANCE
             before = crit["10"]
             if kept.sum() >= min_plants and np.all(np.isfinite(ks10[kept])):
