@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backend import is_torch
 
-__all__ = ["all_reduce_mean", "distributed_world_size", "DistributedController"]
+__all__ = ["all_reduce_mean", "distributed_world_size", "DistributedController", "step_input"]
 
 
 def distributed_world_size(group=None) -> int:
@@ -154,3 +154,34 @@ class DistributedController:
 
     def __repr__(self):
         return f"DistributedController({self.controller!r})"
+
+
+def step_input(controller, kl, float_path=None):
+    """What a callback steps ``controller`` on: ``float(kl)`` on the float path, else the tensor ``kl``.
+
+    The float path (``float_path=None``: automatic) is taken for a one-element CPU tensor and a scalar controller
+    whose state is not on tensors: there ``float()`` costs no device sync and the float step a fraction of the tensor
+    step. ``True``/``False`` force it. A non-finite KL stays a tensor, so the controller masks it and reports it at
+    its next ``check()``.
+
+    Parameters
+    ----------
+    controller : klcontrol.Controller
+    kl : torch.Tensor or float
+    float_path : bool or None
+
+    Returns
+    -------
+    float or torch.Tensor
+    """
+    import math
+
+    if not is_torch(kl) or float_path is False:
+        return kl
+    if float_path is None:
+        state = getattr(controller, "state", None)
+        if not (kl.device.type == "cpu" and kl.numel() == 1 and getattr(controller, "shape", ()) == ()
+                and isinstance(state, dict) and not is_torch(state.get("beta"))):
+            return kl
+    v = float(kl)
+    return v if math.isfinite(v) else kl

@@ -33,7 +33,6 @@ Requires ``lightning`` (``pip install "klcontrol[lightning]"``); the older
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -48,7 +47,7 @@ except ImportError:  # the pre-2.0 package name, still common
         ) from None
 
 from ..backend import is_torch
-from .distributed import all_reduce_mean
+from .distributed import all_reduce_mean, step_input
 
 __all__ = ["KLControlCallback", "SOURCES", "disent_scales"]
 
@@ -195,10 +194,7 @@ class KLControlCallback(Callback):
         kl = self._read_kl(trainer, pl_module, outputs)
         if self.sync_dist:
             kl = all_reduce_mean(kl)
-        if self._float_path(kl):
-            v = float(kl)
-            if math.isfinite(v):  # a non-finite KL stays a tensor: masked, reported at the epoch end
-                kl = v
+        kl = step_input(self.controller, kl, self.float_path)
         if self.kl_scale != 1.0:
             kl = kl * self.kl_scale
         used = self.controller.beta  # the β of this batch, before the step below replaces it
@@ -238,17 +234,6 @@ class KLControlCallback(Callback):
         self.controller.load_state_dict(state_dict["controller"])
 
     # -- helpers ------------------------------------------------------------------------
-    def _float_path(self, kl) -> bool:
-        if not is_torch(kl) or self.float_path is False:
-            return False
-        if self.float_path:
-            return True
-        # On a CPU float() is free of device syncs and the float step costs a fraction of the tensor step;
-        # a controller already on tensors stays there (its state cannot take a float step).
-        state = getattr(self.controller, "state", None)
-        return (kl.device.type == "cpu" and kl.numel() == 1 and getattr(self.controller, "shape", ()) == ()
-                and isinstance(state, dict) and not is_torch(state.get("beta")))
-
     def _publish(self, pl_module, beta):
         # A torch controller's ``beta`` can be its live state tensor, which the
         # next step updates in place; the module gets a value of its own.

@@ -17,7 +17,6 @@ in pythae's ``model.pt``.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 try:
@@ -26,6 +25,7 @@ except ImportError:
     raise ImportError("PythaeBetaCallback needs pythae: pip install pythae") from None
 
 from ..backend import is_torch
+from .distributed import step_input
 
 __all__ = ["PythaeBetaCallback"]
 
@@ -109,11 +109,8 @@ class PythaeBetaCallback(TrainingCallback):
         kl, self._kl = self._kl, None
         if kl is None:
             raise ValueError("PythaeBetaCallback: no training forward pass was seen in this step")
-        if self._use_float(kl):
-            v = float(kl)
-            if math.isfinite(v):  # a non-finite KL stays a tensor: masked, reported at the epoch end
-                kl = v
-        self._publish(self._inner(kwargs["model"]), self.controller.step(kl))
+        self._publish(self._inner(kwargs["model"]), self.controller.step(step_input(self.controller, kl,
+                                                                                      self.float_path)))
 
     def on_epoch_end(self, training_config, **kwargs):
         """Raise if a NaN or infinite KL was masked (one host sync per epoch)."""
@@ -143,15 +140,6 @@ class PythaeBetaCallback(TrainingCallback):
         if not isinstance(state_dict, dict) or "controller" not in state_dict:
             raise ValueError("PythaeBetaCallback.load_state_dict: state_dict holds no 'controller' entry")
         self.controller.load_state_dict(state_dict["controller"])
-
-    def _use_float(self, kl) -> bool:
-        if not is_torch(kl) or self.float_path is False:
-            return False
-        if self.float_path:
-            return True
-        state = getattr(self.controller, "state", None)
-        return (kl.device.type == "cpu" and kl.numel() == 1 and getattr(self.controller, "shape", ()) == ()
-                and isinstance(state, dict) and not is_torch(state.get("beta")))
 
     def _publish(self, model, beta):
         # A tensor β can be the controller's live state, updated in place by the next step.

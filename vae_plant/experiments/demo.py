@@ -166,8 +166,9 @@ def _shown(p) -> str:
         return str(p)
 
 
-def _check_outputs(out: Path) -> None:
-    """Refuse before any work when ``out`` holds a file the demo would write that an earlier demo did not."""
+def _check_outputs(out: Path) -> set:
+    """Refuse before any work when ``out`` holds a file the demo would write that an earlier demo did not; return
+    the names an earlier demo listed as its own (the only files the demo may remove)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
     mine = set()
@@ -181,6 +182,7 @@ def _check_outputs(out: Path) -> None:
     if theirs:
         raise ValueError(f"--out {out}: {', '.join(theirs)} already there and not written by klcontrol demo; the demo "
                          "replaces only its own files: choose another --out or move them")
+    return mine & set(DEMO_FILES)
 
 
 def _write_manifest(out: Path, written) -> None:
@@ -237,7 +239,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
     if relay_steps and relay_steps < 100:
         raise ValueError(f"--relay-steps must be 0 or ≥ 100 (three whole cycles after the transient), got {relay_steps}")
     found = find_traces(traces)  # before anything is written: a bad directory leaves no trace
-    _check_outputs(out)
+    earlier = _check_outputs(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     figures = {}
@@ -291,7 +293,7 @@ def run_demo(out, *, traces=None, device: str = "cpu", steps: int = DEMO_STEPS, 
         "seconds": round(time.time() - t0, 1),
     }
     summary["summary_lines"] = summary_lines(summary)
-    for name in DEMO_FILES:  # an earlier demo's figure that this run did not draw would contradict the report
+    for name in earlier:  # an earlier demo's figure that this run did not draw would contradict the report
         if name.endswith(".png") and name not in summary["figures"].values():
             (out / name).unlink(missing_ok=True)
     _write_manifest(out, list(DEMO_FILES))  # first: a stop while writing leaves the files known as the demo's
@@ -625,8 +627,7 @@ def _fit_real_traces(d, files, out: Path, figures, n_boot) -> dict:
     from klcontrol.analysis.identification.first_order import fit_plant
     from klcontrol.analysis.identification.plots import plot_fit
 
-    if d is None:
-        (out / "fit_real_traces.png").unlink(missing_ok=True)  # from an earlier demo into the same directory
+    if d is None:  # an earlier demo's fit_real_traces.png is removed with the run's other stale figures
         return {"available": False, "reason": files}
     shown = _shown(d)
     fit = fit_plant(files, g="auto", n_boot=n_boot, seed=0)
