@@ -727,6 +727,12 @@ def _real_fit_lines(real) -> list:
         f"g′ over that range [{r['gprime_range'][0]:.3f}, {r['gprime_range'][1]:.3f}]; relative residual noise "
         f"{100 * r['noise_rel']:.0f} % (the first-order model only roughly describes the real transient: the "
         "real KL stays near 0 for a few hundred updates, then rises faster than the model).",
+        *([] if r.get("identifiable", True) else [
+            "",
+            "`klcontrol fit` calls this fit **not identifiable**: "
+            + "; ".join(x.split(": ", 1)[-1] for x in (r.get("identifiability") or {}).get("reasons", []))
+            + ". `check` and `tune` refuse it without `--allow-unidentified`; it is shown here as the verdicts "
+            "the first-order route would give, beside the identified model."]),
         "",
         "![fit to real traces](fit_real_traces.png)",
     ]
