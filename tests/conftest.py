@@ -22,6 +22,18 @@ def _torch_one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_each_test():
+    # A test whose command changes torch's thread count and is stopped before restoring it (a simulated Ctrl-C,
+    # SIGTERM) must not leave later tests of the same worker on another count: in-process reference runs would then
+    # differ from subprocess runs in the last digits.
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fresh_kernel_cache(tmp_path_factory):
     # simulate(engine="auto") compiles when a kernel is on disk: a fresh cache per session makes the engine

@@ -613,6 +613,9 @@ def local_ray(ray_alone):
 
     if ray.is_initialized():
         pytest.skip("a Ray instance is already running in this process")
+    import torch
+
+    env, threads = dict(os.environ), torch.get_num_threads()  # Ray changes both for the rest of the process
     before = {p.pid for p in psutil.process_iter()}
     try:
         private = _init_local_ray(ray)
@@ -630,6 +633,9 @@ def local_ray(ray_alone):
                    .get_session_dir_path())
     finally:
         _stop_local_ray(ray, private)
+        os.environ.clear()
+        os.environ.update(env)
+        torch.set_num_threads(threads)
         assert not os.path.exists(private)
 
 
