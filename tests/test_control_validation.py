@@ -149,6 +149,36 @@ def test_model_set_verdicts_and_intervals(set_fit):
     assert relay_beside([far], crit)[0]["agrees"] is False
 
 
+def test_the_relay_conditioned_set_keeps_exactly_the_plants_the_relay_confirms(set_fit):
+    from klcontrol.analysis.identification.fits import load_fit
+    from klcontrol.analysis.verdicts.model_set import condition_on_relay, plant_critical_gains
+
+    path, c = set_fit
+    fit = load_fit(path)
+    cache = set_responses(fit, [c], draws=30)
+    ks0, _ = plant_critical_gains(cache[0], 0.0, 5)
+    relay = float(np.median(ks0)) * 0.97
+    kept, info = condition_on_relay(cache, relay, window=5, tolerance=0.1, min_plants=1)
+    # independent count: each plant's own critical gain against the relay's band, from its frequency response
+    from klcontrol.analysis.stability.critical import critical_gain_from_response
+    from klcontrol.analysis.verdicts.model_set import _FREQS
+
+    own = [critical_gain_from_response(_FREQS, r[0], 0.0, window=5) for _, r in cache[0]]
+    expect = [lbl for (lbl, _), cg in zip(cache[0], own) if cg is not None and abs(cg.ki / relay - 1) <= 0.1]
+    assert info["conditioned"] and info["kept"] == len(expect) == len(kept[0]) < info["plants"]
+    assert [lbl for lbl, _ in kept[0]] == expect and kept[1] == cache[1]
+    # the rays' intervals over the kept plants are narrower on Kp = 0 and lie inside the relay's band
+    crit = set_critical_gains(fit, [0.0], window=5, _responses_cache=kept)
+    assert relay * 0.9 <= crit["0"]["interval"][0] and crit["0"]["interval"][1] <= relay * 1.1
+    # too few confirmed: the set is left whole, flagged
+    whole, info = condition_on_relay(cache, relay * 10, window=5)
+    assert whole is cache and not info["conditioned"] and info["kept"] == 0
+    with pytest.raises(ValueError, match="positive and finite"):
+        condition_on_relay(cache, float("nan"), window=5)
+    with pytest.raises(ValueError, match="tolerance"):
+        condition_on_relay(cache, relay, window=5, tolerance=1.5)
+
+
 def test_parameter_draws_are_stable_plants_and_absent_without_a_covariance(set_fit):
     from klcontrol.analysis.identification.fits import load_fit
 
@@ -188,3 +218,12 @@ def test_check_reports_the_model_set_and_the_relay_beside_it(set_fit, tmp_path):
     assert r.returncode == 3 and "UNSTABLE" in r.stdout
     r = check(0.03, "--relay", str(path))
     assert r.returncode == 1 and "not a relay run" in r.stderr and "Traceback" not in r.stderr
+    # the relay-conditioned set is printed beside the set, and decides with --relay-conditioned
+    out = json.loads(check(0.03, "--ray", "0", "10", "--relay", relay, "--json").stdout)
+    rc = out["model_set"]["relay_conditioned"]
+    assert rc["plants"] == out["model_set"]["verdict"]["plants"] and rc["kept"] <= rc["plants"]
+    assert "decides" not in rc
+    r = check(0.03, "--ray", "0", "10", "--relay", relay, "--relay-conditioned")
+    assert r.returncode == 0 and ("<- the verdict" in r.stdout or "too few" in r.stdout)
+    r = check(0.03, "--relay-conditioned")
+    assert r.returncode == 1 and "--relay-conditioned needs a relay run" in r.stderr and "Traceback" not in r.stderr

@@ -38,3 +38,30 @@ def test_the_relay_conditioned_set_narrows_ray_10_where_the_relay_disagrees_with
         iv = r["intervals"][seed]
         assert iv["kept"] < iv["plants"] and iv["after"][1] < iv["before"][1] and iv["after"][1] < 0.2
     assert r["goals"]["intervals_meeting_the_bracket"] == r["goals"]["intervals"] == 4
+
+
+def test_goals_per_verdict_per_network_and_on_subsets(tmp_path):
+    # MNIST identifications 0 and 1 judged under the relay-conditioned rule; the runs of stability_s1.json are
+    # labelled as network 1's, so only identification 1 has own-network runs
+    doc = write_repeatability(tmp_path / "m.json", "mnist", 64, 4.0,
+                              {0: "klcontrol/data/mnist/identify", 1: "klcontrol/data/mnist/identify_s1"},
+                              ["1=docs/results/mnist/stability_s1.json"], rule="relay-conditioned",
+                              subsets={"one": [1]})
+    g, runs = doc["goals"], doc["runs"]
+    assert doc["rule"] == "relay-conditioned" and all(r["network"] == 1 for r in runs)
+    gains = {(r["kp"], r["ki"]) for r in runs}
+    verdicts = [v for i in doc["identifications"] for v in i["verdicts"] if (v["kp"], v["ki"]) in gains]
+    assert g["undecided_fraction_of_verdicts"] == sum(v["predicted"] == "undecided" for v in verdicts) / len(verdicts)
+    pairs = [(v, r) for i in doc["identifications"] if i["seed"] == 1 for v in i["verdicts"] for r in runs
+             if (v["kp"], v["ki"]) == (r["kp"], r["ki"])]
+    decided = [(v, r) for v, r in pairs if v["predicted"] != "undecided"]
+    own = g["own_network"]
+    assert own["total"] == len(pairs) == len(runs) and own["decided"] == len(decided)
+    assert own["agree"] == sum((v["predicted"] == "stable") == r["observed_stable"] for v, r in decided)
+    sub = doc["goals_on_subsets"]["one"]
+    assert sub["runs"] == len(runs) and sub["goals"]["identifications"] == 1
+    assert sub["goals"]["decided"] == len(decided)
+    for i in doc["identifications"]:  # conditioning records what it did on Kp = 10·Ki
+        rc = i.get("relay_conditioning", {}).get("10")
+        if rc is not None:
+            assert rc["kept"] <= rc["plants"] and (rc["after"] == i["critical_gain"]["10"])

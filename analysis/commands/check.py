@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--relay", nargs="+", metavar="PATH", default=None,
                    help="relay runs of klcontrol identify (relay_*.csv.gz or their run directories): their model-free "
                    "critical gain beside the model set's interval, flagged where they disagree")
+    p.add_argument("--relay-conditioned", action="store_true",
+                   help="with a Kp = 0 relay run in --relay: the verdict over the model set's plants that the relay "
+                   "confirms (their integral-ray critical gain within its ±15 %%; always printed beside the set)")
     p.add_argument("--draws", type=int, default=100, metavar="N",
                    help="parameter draws per member of a Hammerstein fit's model set (0: the members only; "
                    "default 100)")
@@ -142,8 +145,24 @@ def _model_set(args, out) -> bool:
     ms["critical_gain"] = set_critical_gains(fit, ratios, **cfg, _responses_cache=cache) if ratios else {}
     ms["relay"] = relay_beside(relays, ms["critical_gain"])
     ms["warning"] = ((getattr(fit, "info", None) or {}).get("selection") or {}).get("warning")
+    integral = [r for r in relays if r["ratio"] == 0]
+    if getattr(args, "relay_conditioned", False) and not integral:
+        raise ValueError("--relay-conditioned needs a relay run on the integral ray (Kp = 0) in --relay")
+    decided_by = ms["verdict"]
+    if integral:
+        from klcontrol.analysis.verdicts.model_set import condition_on_relay
+
+        kept, info = condition_on_relay(cache, integral[0]["ki"], args.window, args.delay, args.controller)
+        rc = dict(info, relay=integral[0]["trace"])
+        if info["conditioned"]:
+            rc["verdict"] = set_verdict(fit, args.kp, args.ki, **cfg, _responses_cache=kept)
+            rc["critical_gain"] = set_critical_gains(fit, ratios, **cfg, _responses_cache=kept) if ratios else {}
+            if getattr(args, "relay_conditioned", False):
+                rc["decides"] = True
+                decided_by = rc["verdict"]
+        ms["relay_conditioned"] = rc
     out["model_set"] = ms
-    return ms["verdict"]["verdict"] == "stable"
+    return decided_by["verdict"] == "stable"
 
 
 def _plant_label(label):

@@ -24,7 +24,12 @@ import math
 
 import numpy as np
 
-__all__ = ["RelayProbe", "relay_critical_gain", "relay_from_file"]
+__all__ = ["RelayProbe", "relay_critical_gain", "relay_from_file", "RELAY_TOLERANCE"]
+
+#: Relative accuracy taken for a relay's critical gain: its interval is ``ki·(1 ± RELAY_TOLERANCE)``. The cycle is
+#: timed to within half an update (4° of phase at a period of 45) and the KL's noise moves it further; chosen after
+#: the MNIST relays of identifications 0-2 were seen (docs/identification.md, "Relay feedback").
+RELAY_TOLERANCE = 0.15
 
 
 class RelayProbe:

@@ -22,12 +22,15 @@ import math
 
 import numpy as np
 
-__all__ = ["DECIDE", "DRAWS", "set_members", "set_responses", "set_verdict", "set_critical_gains", "plant_critical_gains", "relay_beside", "format_set"]
+__all__ = ["DECIDE", "DRAWS", "set_members", "set_responses", "set_verdict", "set_critical_gains", "plant_critical_gains", "relay_beside", "format_set",
+           "condition_on_relay", "MIN_CONDITIONED"]
 
 #: Fraction of the set's plants that must agree for a stable or unstable verdict.
 DECIDE = 0.95
 #: Parameter draws per member.
 DRAWS = 100
+#: Fewest plants a relay-conditioned set keeps (:func:`condition_on_relay`); with fewer the set is left whole.
+MIN_CONDITIONED = 20
 #: Frequency grid (cycles per update) on which the set's critical gains are found.
 _FREQS = np.concatenate([np.geomspace(1e-4, 0.01, 200, endpoint=False), np.linspace(0.01, 0.5, 2000)])
 
@@ -99,6 +102,48 @@ def plant_critical_gains(responses, ratio, window=1, delay=0, controller="increm
         One entry per plant (``inf`` / NaN where it does not turn unstable on the ray).
     """
     return _critical(responses, ratio, window, delay, controller)
+
+
+def condition_on_relay(responses, relay_ki: float, window=1, delay=0, controller="incremental", tolerance=None,
+                       min_plants: int = MIN_CONDITIONED):
+    """The model set's plants that agree with a relay run on the integral ray (the relay-conditioned set).
+
+    The relay measures the real loop's critical ``Ki`` on ``Kp = 0`` without a model
+    (:func:`klcontrol.analysis.identification.relay.relay_critical_gain`); a plant of the set whose own critical gain
+    there lies outside ``relay_ki·(1 ± tolerance)`` is contradicted by that measurement and left out. The other rays'
+    intervals are then taken over the plants kept. Fewer than ``min_plants`` kept (the relay disagrees with most of
+    the set): the set is returned whole, and ``info["conditioned"]`` is False, so a disagreement is never hidden
+    by a handful of plants.
+
+    Parameters
+    ----------
+    responses : tuple
+        ``set_responses(fit, …)``: the set's responses and operating points.
+    relay_ki : float
+        The relay's critical ``Ki`` on ``Kp = 0``.
+    tolerance : float, optional
+        Relative accuracy of the relay (default :data:`~klcontrol.analysis.identification.relay.RELAY_TOLERANCE`).
+
+    Returns
+    -------
+    responses, info
+        The kept responses (to pass as ``_responses_cache``) and ``{"conditioned", "kept", "plants", "relay_ki",
+        "tolerance"}``.
+    """
+    from klcontrol.analysis.identification.relay import RELAY_TOLERANCE
+
+    tol = RELAY_TOLERANCE if tolerance is None else float(tolerance)
+    if not (relay_ki > 0 and math.isfinite(relay_ki)):
+        raise ValueError(f"the relay's critical Ki must be positive and finite, got {relay_ki!r}")
+    if not 0 < tol < 1:
+        raise ValueError(f"the relay tolerance must be in (0, 1), got {tol!r}")
+    resp, sps = responses
+    ks, _ = _critical(resp, 0.0, window, delay, controller)
+    keep = np.abs(ks / relay_ki - 1) <= tol
+    info = dict(kept=int(keep.sum()), plants=len(ks), relay_ki=float(relay_ki), tolerance=tol)
+    if keep.sum() < min_plants:
+        return responses, dict(info, conditioned=False)
+    return ([r for r, k in zip(resp, keep) if k], sps), dict(info, conditioned=True)
 
 
 def set_critical_gains(fit, ratios, window=1, delay=0, controller="incremental", setpoints=None, beta_range=None,
@@ -204,4 +249,20 @@ def format_set(out: dict) -> str:
                                                "; DISAGREES with the set: trust neither near the boundary")
         lines.append(f"  relay (model-free, {r['trace']}): critical Ki on Kp = {r['ratio']:g}·Ki {r['ki']:.3g}, "
                      f"period {r['period']:.3g} updates ({r['cycles']} cycles){flag}")
+    rc = s.get("relay_conditioned")
+    if rc:
+        if not rc["conditioned"]:
+            lines.append(f"  relay-conditioned set: the relay confirms only {rc['kept']} of {rc['plants']} plants "
+                         f"(within ±{100 * rc['tolerance']:.0f} %): too few, the set is left whole")
+        else:
+            v = rc["verdict"]
+            lines.append(f"relay-conditioned set ({rc['kept']} of {rc['plants']} plants within "
+                         f"±{100 * rc['tolerance']:.0f} % of the relay's {rc['relay_ki']:.3g} on Kp = 0): "
+                         f"{v['verdict'].upper()} ({100 * v['fraction_stable']:.0f} % stable)"
+                         + ("  <- the verdict (--relay-conditioned)" if rc.get("decides") else ""))
+            for r, c in (rc.get("critical_gain") or {}).items():
+                if c["ki"] is None:
+                    continue
+                hi = "∞" if c["interval"][1] is None else f"{c['interval'][1]:.3g}"
+                lines.append(f"  critical Ki on Kp = {r}·Ki: {c['ki']:.3g} [{c['interval'][0]:.3g}, {hi}]")
     return "\n".join(lines)
