@@ -153,13 +153,18 @@ def _summary(acc, last_y, c_final, steps, scalar):
     sumsq, _, over, last_out = (np.asarray(a, dtype=float).reshape(-1) for a in acc)
     y, c = np.asarray(last_y, dtype=float).reshape(-1), np.broadcast_to(c_final, sumsq.shape)
     scale = np.maximum(np.abs(c), 1e-12)
+    # tolist() builds the Python floats in C: a comprehension of float(v) cost 3 ns per loop-step of a
+    # 100 000-loop, 400-step sweep (benchmarks/simulate_floor.py)
+    settle = (np.where(last_out < 0, 0, last_out + 1)).astype(np.int64).tolist()
+    for i in np.flatnonzero(last_out >= steps - 1).tolist():
+        settle[i] = None
     out = {
-        "final_kl": [float(v) for v in y],
-        "final_setpoint": [float(v) for v in c],
-        "overshoot": [float(v) for v in over],
-        "overshoot_rel": [float(v) for v in over / scale],
-        "settling_step": [0 if v < 0 else (None if v >= steps - 1 else int(v) + 1) for v in last_out],
-        "tracking_rmse": [float(v) for v in np.sqrt(sumsq / steps)],
+        "final_kl": y.tolist(),
+        "final_setpoint": np.array(c, dtype=float).tolist(),
+        "overshoot": over.tolist(),
+        "overshoot_rel": (over / scale).tolist(),
+        "settling_step": settle,
+        "tracking_rmse": np.sqrt(sumsq / steps).tolist(),
     }
     return {k: v[0] for k, v in out.items()} if scalar else out
 

@@ -176,3 +176,15 @@ def test_public_radius_map_agrees_with_numpy_roots_near_the_unit_circle():
     assert near.size > 50
     ref = _roots_rho(kp[near], ki[near], a, gp, T, d)
     assert np.max(np.abs(rho[near] - ref)) < 1e-12
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.integers(0, 3 * 2048), st.sampled_from([np.nan, np.inf, -np.inf, None]))
+def test_all_finite_finds_any_non_finite_value_wherever_it_is(pos, bad):
+    from klcontrol.analysis.stability.kernels import all_finite
+
+    x = np.random.default_rng(pos).normal(size=3 * 2048 + 1) * 1e300
+    if bad is not None:
+        x[pos] = bad
+    assert all_finite(x) == bool(np.all(np.isfinite(x)))
+    assert all_finite(x[::2]) == bool(np.all(np.isfinite(x[::2])))  # strided: NumPy's check

@@ -126,6 +126,38 @@ def test_random_plants_match_python_control_feedback(order):
     assert min(n_both) >= 10, n_both  # both verdicts are exercised
 
 
+@pytest.mark.skipif(not __import__("klcontrol.analysis.stability.kernels", fromlist=["x"]).available(),
+                    reason="numba not installed")
+def test_a_large_map_takes_the_affine_routh_path_and_matches_python_control():
+    from klcontrol.analysis.stability import kernels
+
+    rng = np.random.default_rng(7)
+    n_both = [0, 0]
+    for i in range(8):
+        P = random_plant(rng, 2 + i % 2)
+        T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), TESTED_KINDS[i % 3]
+        # the characteristic polynomial is affine in the gains: against np.poly of the matrix at a random pair
+        c0, ck, ci = sl._affine_charpoly(P, T, d, ctrl, None)
+        kp1, ki1 = rng.uniform(-0.3, 1.5), rng.uniform(0.01, 0.6)
+        full = np.real(np.poly(sl.closed_loop_matrix(kp1, ki1, P, T, d, ctrl)))
+        assert np.allclose(full[:len(c0)], c0 + kp1 * ck + ki1 * ci, atol=1e-12)
+        assert np.allclose(full[len(c0):], 0, atol=1e-12)  # what was cut are zero roots
+        kp = rng.uniform(-0.3, 1.5, kernels.MIN_POINTS)
+        ki = rng.uniform(0.01, 0.6, kernels.MIN_POINTS)
+        fast = is_stable(kp, ki, plant=P, window=T, delay=d, controller=ctrl)
+        assert sl._affine_map(kp, ki, P, T, d, ctrl, None) is not None  # the map did take the kernel
+        for j in rng.choice(kp.size, 25, replace=False):
+            ref = independent_rho(P, kp[j], ki[j], T, d)
+            if abs(ref - 1) > 1e-6:
+                assert fast[j] == (ref < 1), (i, j, ref)
+                n_both[ref < 1] += 1
+        # and against the eigenvalue path on a slice (a small map takes that path)
+        assert np.array_equal(fast[:500], is_stable(kp[:500], ki[:500], plant=P, window=T, delay=d, controller=ctrl)
+                              ) or abs(spectral_radius(kp[:500], ki[:500], plant=P, window=T, delay=d,
+                                                       controller=ctrl) - 1).min() < 1e-9
+    assert min(n_both) >= 10, n_both
+
+
 plants = st.tuples(
     st.lists(st.floats(-0.9, 0.98), min_size=0, max_size=3),  # real poles (order 0: a static gain)
     st.floats(-3.0, -0.2),  # DC gain (more β, less KL)

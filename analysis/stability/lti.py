@@ -347,7 +347,9 @@ def _gains(kp, ki, scalar=False):
             raise ValueError(f"{name} must be a number or an array of numbers, got {v!r}") from None
         if scalar and arr.ndim != 0:
             raise ValueError(f"{name} must be a scalar here (one loop), got an array of shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
+        from klcontrol.analysis.stability.numeric import _finite
+
+        if not _finite(arr):
             raise ValueError(f"{name} must be finite")
         arrs.append(arr)
     try:
@@ -433,6 +435,68 @@ def eigenvalues_lti(kp, ki, plant, window=1, delay=0, controller="incremental", 
     return _eigvals(closed_loop_matrix(kp, ki, plant, window, delay, controller, setpoint))
 
 
+def _bilinear_matrix(n):
+    """``W`` with ``W @ c`` the coefficients of ``(1 − w)^n p((1 + w)/(1 − w))`` (highest power first)."""
+    W = np.zeros((n + 1, n + 1))
+    for k in range(n + 1):  # c_k λ^(n−k) → c_k (1 + w)^(n−k) (1 − w)^k
+        term = np.polymul(np.poly1d([1.0, 1.0]) ** (n - k), np.poly1d([-1.0, 1.0]) ** k).coeffs
+        W[n + 1 - len(term):, k] = term
+    return W
+
+
+#: Relative size below which a trailing coefficient of the closed loop's characteristic polynomial is a zero root
+#: (the copied states' exact zeros, which the eigenvalue expansion leaves at rounding level).
+_ZERO_ROOT = 1e-13
+
+
+def _affine_charpoly(plant, window, delay, controller, setpoint):
+    """``(c0, ckp, cki)`` of ``det(λI − M(Kp, Ki))``, zero roots removed (highest power first), or None.
+
+    In a single-input single-output loop the gains enter the closed-loop matrix through one rank-one term
+    (the controller's output row is affine in them, its dynamics are not), so the characteristic polynomial is
+    affine in ``(Kp, Ki)``; three expansions give it, a fourth point checks it (None when it does not hold to
+    rounding, and the eigenvalue path is used).
+    """
+    A, B, C, D = plant_matrices(plant, setpoint)
+    lin = controller_linearization(window, delay, controller)
+
+    def poly(kp, ki):
+        Ak, Bk = lin.matrices(np.asarray(kp, float), np.asarray(ki, float))
+        return np.real(np.poly(_assemble(A, B, C, D, Ak, Bk, lin.C)))
+
+    c0 = poly(0.0, 0.0)
+    ck, ci = poly(1.0, 0.0) - c0, poly(0.0, 1.0) - c0
+    probe = poly(0.37, -0.21)
+    scale = max(np.max(np.abs(c)) for c in (c0, ck, ci))
+    if not np.allclose(probe, c0 + 0.37 * ck - 0.21 * ci, rtol=0, atol=1e-10 * scale):
+        return None
+    n = len(c0) - 1
+    while n > 0 and max(abs(c0[n]), abs(ck[n]), abs(ci[n])) <= _ZERO_ROOT * scale:
+        n -= 1
+    return c0[:n + 1], ck[:n + 1], ci[:n + 1]
+
+
+def _affine_map(kp, ki, plant, window, delay, controller, setpoint):
+    """``(affine, kp, ki, shape)`` for a large map on one LTI plant through the compiled kernels, or None."""
+    from klcontrol.analysis.stability import kernels as _kernels
+
+    if not isinstance(kp, np.ndarray) and not isinstance(ki, np.ndarray):
+        return None
+    kp, ki, shape = _gains(kp, ki)
+    npts = int(np.prod(shape, dtype=np.int64))
+    if npts < _kernels.MIN_POINTS or not _kernels.available():
+        return None
+    try:
+        plant_matrices(plant, setpoint)
+    except ValueError:
+        return None
+    aff = _affine_charpoly(plant, window, delay, controller, setpoint)
+    if aff is None or len(aff[0]) < 2:
+        return None
+    flat = [np.ascontiguousarray(np.broadcast_to(v, shape)).reshape(-1) for v in (kp, ki)]
+    return aff, flat[0], flat[1], shape
+
+
 def spectral_radius_lti(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
     """Largest eigenvalue modulus of the closed loop on an LTI plant (parameters of :func:`eigenvalues_lti`).
 
@@ -447,13 +511,21 @@ def spectral_radius_lti(kp, ki, plant, window=1, delay=0, controller="incrementa
 def is_stable_lti(kp, ki, plant, window=1, delay=0, controller="incremental", setpoint=None):
     """Whether the closed loop on an LTI plant is asymptotically stable (spectral radius < 1).
 
-    Numerical: a loop within rounding of the boundary (|ρ − 1| ≲ 1e-12) may go
-    either way.
+    Numerical: a loop within rounding of the boundary (|ρ − 1| ≲ 1e-12 on the eigenvalue path; ≲ 1e-9 on a
+    large map, which runs the compiled Routh–Hurwitz kernel on the characteristic polynomial, affine in the
+    gains, mapped to the left half-plane) may go either way.
 
     Returns
     -------
     bool or ndarray of bool
     """
+    fast = _affine_map(kp, ki, plant, window, delay, controller, setpoint)
+    if fast is not None:
+        from klcontrol.analysis.stability import kernels as _kernels
+
+        (c0, ck, ci), kpf, kif, shape = fast
+        W = _bilinear_matrix(len(c0) - 1)
+        return _kernels.stable_map((W @ c0, W @ ck, W @ ci), kpf, kif, kpf.size).reshape(shape)
     r = spectral_radius_lti(kp, ki, plant, window, delay, controller, setpoint)
     return bool(r < 1) if np.ndim(r) == 0 else r < 1
 

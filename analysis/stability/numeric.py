@@ -21,10 +21,18 @@ __all__ = ["bilinear_coeffs", "shifted_coeffs", "is_stable_first_order", "eigenv
            "spectral_radius_first_order"]
 
 
+def _finite(v) -> bool:
+    """``np.all(np.isfinite(v))``; on every core for a large map (a single-threaded scan of 10⁷ gains cost a
+    fifth of the compiled map's time)."""
+    if v.size >= _kernels.MIN_POINTS and _kernels.available():
+        return _kernels.all_finite(v)
+    return bool(np.all(np.isfinite(v)))
+
+
 def _params(kp, ki, a, gprime):
     arrs = [np.asarray(v, dtype=float) for v in (kp, ki, a, gprime)]
     for name, v in zip(("kp", "ki", "a", "gprime"), arrs):
-        if not np.all(np.isfinite(v)):
+        if not _finite(v):
             raise ValueError(f"{name} must be finite, got {v if v.ndim == 0 else 'an array with NaN/inf'}")
     if np.any(arrs[2] <= 0):
         raise ValueError("a must be > 0 (the plant rate)")
