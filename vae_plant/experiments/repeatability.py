@@ -326,13 +326,21 @@ def markdown_table(doc: dict) -> str:
               f"| set verdict agrees with the real runs, among decided (≥ 95 %) | {100 * g['agreement_among_decided']:.1f} % "
               f"({round(g['agreement_among_decided'] * g['decided'])} of {g['decided']}) | "
               f"{'met' if g['agreement_among_decided'] >= 0.95 else 'not met'} |",
-              f"| undecided (≤ 20 %) | {100 * g['undecided_fraction']:.1f} % | "
+              f"| undecided (≤ 20 %), of (identification, run) pairs | {100 * g['undecided_fraction']:.1f} % | "
               f"{'met' if g['undecided_fraction'] <= 0.2 else 'not met'} |",
+              f"| undecided (≤ 20 %), of (identification, test gain) verdicts | "
+              f"{100 * g['undecided_fraction_of_verdicts']:.1f} % | "
+              f"{'met' if g['undecided_fraction_of_verdicts'] <= 0.2 else 'not met'} |",
               f"| every interval meets the observed bracket ({br}) | {g['intervals_meeting_the_bracket']} of "
               f"{g['intervals']} (first-unstable bracket: {g.get('intervals_meeting_first_unstable_bracket')}) | "
               f"{'met' if g['intervals_meeting_the_bracket'] == g['intervals'] else 'not met'} |",
               f"| relay within ±15 % of the bracket | {g['relay_within_15_percent']} of {g['relays']} | "
               f"{'met' if g['relay_within_15_percent'] == g['relays'] else 'not met'} |"]
+    own = g.get("own_network") or {}
+    if own.get("total") and own.get("decided"):
+        lines.append(f"| each identification against the runs on its own network | "
+                     f"{100 * own['agreement_among_decided']:.1f} % agree ({own['agree']} of {own['decided']}), "
+                     f"{100 * own['undecided_fraction']:.1f} % undecided of {own['total']} | |")
     return "\n".join(lines)
 
 
