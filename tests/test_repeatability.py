@@ -65,3 +65,26 @@ def test_goals_per_verdict_per_network_and_on_subsets(tmp_path):
         rc = i.get("relay_conditioning", {}).get("10")
         if rc is not None:
             assert rc["kept"] <= rc["plants"] and (rc["after"] == i["critical_gain"]["10"])
+
+
+def test_label_consistency_counts_the_fewest_labels_out_of_order_per_network_and_ray():
+    from itertools import product
+
+    from klcontrol.vae_plant.experiments.repeatability import label_consistency
+
+    def run(net, kp, ki, ok, seed=0):
+        return dict(network=net, kp=kp, ki=ki, seed=seed, observed_stable=ok)
+
+    runs = [run(1, 0.0, k, ok) for k, ok in ((0.05, True), (0.075, False), (0.1, True), (0.125, False), (0.15, False))]
+    runs += [run(1, 10 * k, k, ok) for k, ok in ((0.1, True), (0.15, False))]
+    runs += [run(2, 0.0, k, False) for k in (0.1, 0.2)]
+    out = {(g["network"], g["ray"]): g for g in label_consistency(runs, [0.0, 10.0])}
+    assert out[(1, "0")]["fewest_changes"] == 1 and out[(1, "0")]["runs"] == 5
+    assert out[(1, "10")]["fewest_changes"] == 0 and out[(2, "0")]["fewest_changes"] == 0
+    # against brute force over every relabelling of network 1's Kp = 0 runs
+    ray0 = [r for r in runs if r["network"] == 1 and r["kp"] == 0]
+    fewest = min(sum(a != r["observed_stable"] for a, r in zip(labels, ray0))
+                 for labels in product([True, False], repeat=len(ray0))
+                 if all(not (x["ki"] < y["ki"] and not lx and ly) for x, lx in zip(ray0, labels)
+                        for y, ly in zip(ray0, labels)))
+    assert fewest == out[(1, "0")]["fewest_changes"]

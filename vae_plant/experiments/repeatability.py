@@ -25,7 +25,8 @@ from glob import glob
 from klcontrol.analysis.identification.relay import RELAY_TOLERANCE
 
 __all__ = ["identification_summary", "write_repeatability", "markdown_table", "relay_conditioned_goals", "main",
-           "RELAY_TOLERANCE", "RULES"]
+           "RELAY_TOLERANCE", "RULES", "read_runs",
+           "label_consistency"]
 
 
 def _rel(path, root):
@@ -207,7 +208,8 @@ def write_repeatability(out, plant, batch_size, beta_star, identifications, run_
         relays += rl
     goals = _goals(idents, relays, runs, rays)
     doc = dict(plant=plant, batch_size=batch_size, beta_star=beta_star, window=window, rule=rule,
-               verdict_rule=_RULE_TEXT[rule], identifications=idents, relay=relays, runs=runs, goals=goals)
+               verdict_rule=_RULE_TEXT[rule], identifications=idents, relay=relays, runs=runs, goals=goals,
+               label_consistency=label_consistency(runs, rays))
     if subsets:
         doc["goals_on_subsets"] = {}
         for name, seeds in subsets.items():
@@ -241,6 +243,34 @@ def _first_unstable_bracket(runs, ratio):
     first_u = min(unstable) if unstable else None
     stable = [r["ki"] for r in on if r["observed_stable"] and (first_u is None or r["ki"] < first_u)]
     return (max(stable) if stable else None, first_u)
+
+
+def label_consistency(runs, rays):
+    """How far the real runs' labels are from one stability boundary per network and ray.
+
+    On one network, a ray ``Kp = r·Ki`` is stable below its critical gain and unstable above (one crossing: what
+    every model of the set shows on these rays). For each network and ray, the fewest labels that must change for
+    that to hold, and the runs that are out of order at a best threshold: labels the observed-stability rules
+    (:func:`klcontrol.analysis.verdicts.observed.observed_stability`) probably got wrong, or a boundary that moves
+    between seeds. Runs without ``network`` are grouped as one network.
+
+    Returns
+    -------
+    list of dict
+        ``{"network", "ray", "runs", "fewest_changes", "out_of_order": [{"kp", "ki", "seed", "observed_stable"}]}``.
+    """
+    out = []
+    groups = {}
+    for r in runs:
+        ray = min(rays, key=lambda x: abs(r["kp"] / r["ki"] - x))
+        groups.setdefault((r.get("network"), f"{ray:g}"), []).append(r)
+    for (net, ray), rs in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        cuts = sorted({r["ki"] for r in rs}) + [float("inf")]
+        best = min(cuts, key=lambda c: sum((r["ki"] < c) != r["observed_stable"] for r in rs))
+        bad = [r for r in rs if (r["ki"] < best) != r["observed_stable"]]
+        out.append(dict(network=net, ray=ray, runs=len(rs), fewest_changes=len(bad),
+                        out_of_order=[{k: r[k] for k in ("kp", "ki", "seed", "observed_stable")} for r in bad]))
+    return out
 
 
 def _goals(idents, relays, runs, rays):
