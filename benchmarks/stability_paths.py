@@ -9,7 +9,8 @@ per point on a sample and scaled to the map. The verdicts are compared on the sa
   loop's characteristic polynomial (affine in the gains); python-control: ``feedback(P, K, sign=1).poles()`` with
   the controller written by hand (``tests/test_stability_lti.py``). Also the eigenvalue path klcontrol takes for
   small maps, and ``spectral_radius`` (always the eigenvalue path).
-* **Robust verdict** (first-order plant, every g′ of an interval): ``robust_stability`` per gain pair, exact;
+* **Robust verdict** (first-order plant, every g′ of an interval): ``robust_stability`` per gain pair, exact, with
+  margins, and ``robust_stable_map`` (the verdict alone, over arrays: Białas' segment test) on a grid;
   python-control: the closed-loop poles at ``--g-samples`` values of g′ across the interval (a sampled check,
   which can miss a narrow unstable band).
 * **Every core**: the LTI map on ``--big`` points with one thread and with every thread (wall).
@@ -88,7 +89,14 @@ def robust(args):
             ok &= bool(np.max(np.abs(control.feedback(P, K, sign=1).poles())) < 1)
         theirs.append(ok)
     t_theirs = (time.process_time() - t0) / len(pairs)
-    return t_ours, t_theirs, sum(o != t for o, t in zip(ours, theirs)), sum(ours), len(pairs)
+    from klcontrol.analysis.stability.robust import robust_stable_map
+
+    kp, ki = np.meshgrid(np.linspace(0, 0.5, args.robust_grid), np.linspace(0.001, 0.3, args.robust_grid))
+    robust_stable_map(kp[:2, :2], ki[:2, :2], a, g1, g2, T, 0)
+    t_map = best(lambda: robust_stable_map(kp, ki, a, g1, g2, T, 0), args.repeat) / kp.size
+    m = robust_stable_map(np.array([p for p, _ in pairs]), np.array([i for _, i in pairs]), a, g1, g2, T, 0)
+    return t_ours, t_theirs, sum(o != t for o, t in zip(ours, theirs)), sum(ours), len(pairs), t_map, \
+        int(sum(bool(x) != o for x, o in zip(m, ours)))
 
 
 def cores(args, P):
@@ -117,6 +125,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="rounds, the minimum kept (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="numba threads for the comparisons (default 1)")
     ap.add_argument("--robust-pairs", type=int, default=40, help="gain pairs of the robust comparison (default 40)")
+    ap.add_argument("--robust-grid", type=int, default=300, help="grid side of the robust map (default 300)")
     ap.add_argument("--g-samples", type=int, default=50, help="g′ values python-control checks (default 50)")
     ap.add_argument("--big", type=int, default=10_000_000, help="points of the every-core map (0: skip)")
     args = ap.parse_args(argv)
@@ -137,10 +146,13 @@ def main(argv=None):
     t_sr = best(lambda: spectral_radius(kp, ki, plant=P, window=5, delay=1), 1)
     print(f"  spectral_radius (eigenvalue path), 300x300 grid, T=5 delay 1: {t_sr:.2f} s "
           f"({1e6 * t_sr / kp.size:.1f} µs per point)")
-    t_ours, t_theirs, dis, n_stable, n = robust(args)
-    print(f"robust_stability over g′ ∈ [-2.24, -0.71] (a = 1/791, T = 5), per gain pair: {1e3 * t_ours:.1f} ms "
-          f"(exact); python-control at {args.g_samples} g′ samples {1e3 * t_theirs:.0f} ms: "
-          f"{t_theirs / t_ours:.1f}x; verdicts differing {dis} of {n} ({n_stable} robustly stable)")
+    t_ours, t_theirs, dis, n_stable, n, t_map, dis_map = robust(args)
+    print(f"robust verdict over g′ ∈ [-2.24, -0.71] (a = 1/791, T = 5), per gain pair: robust_stability "
+          f"{1e3 * t_ours:.1f} ms (exact, with margins); robust_stable_map {1e6 * t_map:.1f} µs "
+          f"({args.robust_grid ** 2:,}-point grid); python-control at {args.g_samples} g′ samples "
+          f"{1e3 * t_theirs:.0f} ms: map {t_theirs / t_map:,.0f}x python-control, {t_ours / t_map:,.0f}x "
+          f"robust_stability; verdicts differing from python-control {dis} of {n} ({n_stable} robustly stable), "
+          f"map vs robust_stability {dis_map}")
     if args.big and cores_n > 1:
         w = cores(args, P)
         print(f"every core, LTI is_stable on {args.big:,} points (wall, min of {args.repeat}): 1 thread "

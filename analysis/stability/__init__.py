@@ -37,6 +37,7 @@ __getattr__, __dir__, __all__ = facade(__name__, {
     "spectral_radius": ".api",
     "eigenvalues": ".api",
     "robust_stability": ".robust",
+    "robust_stable_map": ".robust",
     "RobustStability": ".robust",
     "Crossing": ".robust",
     "crossings": ".robust",

@@ -25,7 +25,7 @@ from klcontrol.analysis.stability.codegen import coefficient_functions
 from klcontrol.analysis.stability.config import check_config
 from klcontrol.analysis.stability.numeric import is_stable_first_order, spectral_radius_first_order
 
-__all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability"]
+__all__ = ["Crossing", "RobustStability", "crossings", "stable_gprime_intervals", "robust_stability", "robust_stable_map"]
 
 
 @dataclass(frozen=True)
@@ -369,3 +369,82 @@ def robust_stability(kp, ki, a, gprime_min, gprime_max=None, window=1, delay=0, 
         gprime_max=gmax,
     )
 
+
+
+def _hurwitz(c):
+    """Batched Hurwitz matrices ``(m, n, n)`` of ``Σ c_k w^(n−k)`` (``c``: ``(m, n + 1)``, highest power first)."""
+    m, n = c.shape[0], c.shape[1] - 1
+    H = np.zeros((m, n, n))
+    for i in range(n):
+        for j in range(n):
+            k = 2 * (j + 1) - (i + 1)
+            if 0 <= k <= n:
+                H[:, i, j] = c[:, k]
+    return H
+
+
+def _segment_hurwitz(q0, q1):
+    """Whether every polynomial of the segment ``(1 − t)·q0 + t·q1``, ``t ∈ [0, 1]``, is Hurwitz, given that both
+    ends are (rows of ``(m, n + 1)`` coefficients, highest power first; Białas' eigenvalue test)."""
+    ok = (q0[:, 0] > 0) & (q1[:, 0] > 0)
+    if q0.shape[1] <= 2:  # degree ≤ 1: one root, which moves along the real axis between two stable ends
+        return ok
+    ev = np.linalg.eigvals(np.linalg.solve(_hurwitz(q0), _hurwitz(q1)))
+    neg_real = (np.abs(ev.imag) <= 1e-9 * np.maximum(np.abs(ev), 1e-300)) & (ev.real < 0)
+    return ok & ~neg_real.any(axis=1)
+
+
+def robust_stable_map(kp, ki, a, gprime_min, gprime_max, window=1, delay=0, controller="incremental"):
+    """Whether each gain pair is stable for every g′ in ``[gprime_min, gprime_max]``: a robust map.
+
+    The verdict of :func:`robust_stability` (``.stable``) over arrays of gains, without its margins. Scaling g′ by
+    ``s`` scales the gain part of the bilinear-mapped polynomial, ``q(w; g′) = Q0(w) + g′·(Kp·Qp(w) + Ki·Qi(w))``,
+    so over the interval a pair's polynomials form the segment between its two end polynomials. A segment of
+    Hurwitz polynomials is Hurwitz throughout unless the Hurwitz determinant of some interior member vanishes
+    (a root on the imaginary axis, or a pair ±r of which one is unstable); ``det((1 − t)H₀ + tH₁) = 0`` for
+    ``t ∈ (0, 1)`` exactly when ``H₀⁻¹H₁`` has a negative real eigenvalue (Białas, 1985). So: both ends stable
+    (the compiled or NumPy Routh–Hurwitz test), the leading coefficient positive at both ends (it is affine in g′:
+    no root passes through λ = −1), and no negative real eigenvalue of ``H₀⁻¹H₁``.
+
+    Parameters
+    ----------
+    kp, ki : float or array
+        Gains, broadcast together.
+    a : float
+        Plant rate, > 0.
+    gprime_min, gprime_max : float
+        The interval of g′ (order does not matter).
+    window, delay, controller
+        Loop configuration (see :func:`klcontrol.analysis.stability.is_stable`).
+
+    Returns
+    -------
+    bool or ndarray of bool
+        Numerical: a pair within rounding of the robust boundary may go either way.
+    """
+    cfg = check_config(window, delay, controller)
+    vals = [float(v) for v in (a, gprime_min, gprime_max)]
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"a, gprime_min, gprime_max must be finite, got {vals}")
+    a, g1, g2 = vals
+    if a <= 0:
+        raise ValueError(f"a must be > 0, got {a}")
+    g1, g2 = min(g1, g2), max(g1, g2)
+    ends = [is_stable_first_order(kp, ki, a, g, *cfg) for g in (g1, g2)]
+    both = np.logical_and(*ends)
+    if g1 == g2 or not np.any(both):
+        return both
+    shape = np.shape(both)
+    kpf, kif = (np.broadcast_to(np.asarray(v, dtype=float), shape).reshape(-1) for v in (kp, ki))
+    out = np.asarray(both).reshape(-1).copy()
+    idx = np.flatnonzero(out)
+    w = coefficient_functions(cfg[2], cfg[0], cfg[1])[0]
+    block = 1 << 15
+    for s in range(0, idx.size, block):
+        i = idx[s:s + block]
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = [np.stack([np.broadcast_to(np.asarray(c, dtype=float), i.shape) for c in w(kpf[i], kif[i], a, g)],
+                          axis=1) for g in (g1, g2)]
+        out[i] = _segment_hurwitz(*q)
+    out = out.reshape(shape)
+    return bool(out) if out.ndim == 0 else out
