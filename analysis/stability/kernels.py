@@ -508,7 +508,7 @@ def all_finite(x) -> bool:
     return _module("loops", _HEADER + _SOURCE).count_nonfinite(x.reshape(-1)) == 0
 
 
-def stable_map(affine, kp, ki, m):
+def stable_map(affine, kp, ki, m, out=None):
     """Routh–Hurwitz verdicts at ``m`` points.
 
     Parameters
@@ -520,13 +520,17 @@ def stable_map(affine, kp, ki, m):
         Gains, scalars or length-``m`` arrays.
     m : int
         Number of points.
+    out : ndarray of bool, optional
+        C-contiguous array of ``m`` elements written in place (and returned): a caller's own output, so that a
+        large map is not first written into a new array and then copied (10⁷ points: 20 ms of page faults and copy).
 
     Returns
     -------
     ndarray of bool, shape ``(m,)``
     """
     c0, ck, ci = (_rows(v, m) for v in affine)
-    out = np.empty(m, dtype=np.bool_)
+    if out is None:
+        out = np.empty(m, dtype=np.bool_)
     n = c0.shape[1] - 1
     if c0.shape[0] == 1 and n <= UNROLL_MAX:
         fn = getattr(_module(f"routh{n}", _HEADER + _routh_source(n)), f"stable_map_{n}")

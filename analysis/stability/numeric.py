@@ -244,7 +244,7 @@ def is_stable_first_order(kp, ki, a, gprime, window=1, delay=0, controller="incr
     out = np.empty(npts, dtype=bool)
     if _compiled(npts):
         for sl, (kpb, kib), aff in _affine_blocks(fns[4], flat, npts):
-            out[sl] = _kernels.stable_map(aff[0:3], kpb, kib, sl.stop - sl.start)
+            _kernels.stable_map(aff[0:3], kpb, kib, sl.stop - sl.start, out=out[sl])
     else:
         for sl in _blocks(shape):
             out[sl] = _routh_ok(_block_coeffs(w, flat, sl, n))
