@@ -25,19 +25,27 @@ def test_the_file_has_the_issue_format_and_its_labels_match_the_traces(tmp_path)
 
 
 def test_the_relay_conditioned_set_narrows_ray_10_where_the_relay_disagrees_with_part_of_the_set():
-    # exploratory rule (README says so): identifications 3 and 7 of the dSprites study, whose ray-10 intervals
-    # reach far above the observed bracket, keep only the plants whose integral-ray gain the relay confirms
-    import json
+    # identification 3 of the dSprites study (7 behaves alike): under the model-set rule their ray-10 intervals reach far above
+    # the observed bracket; conditioned on the relay they keep only the plants whose integral-ray gain it confirms.
+    # relay_conditioned_goals (re-evaluating a model-set file) and the relay-conditioned rule give the same intervals.
+    from klcontrol.vae_plant.experiments.repeatability import identification_summary, relay_conditioned_goals
 
-    from klcontrol.vae_plant.experiments.repeatability import relay_conditioned_goals
-
-    doc = json.load(open("docs/results/repeatability/dsprites.json"))
-    doc["identifications"] = [i for i in doc["identifications"] if i["seed"] in (3, 7)]
+    gains = [(0.0, 0.1), (1.5, 0.15), (2.0, 0.2)]
+    doc = dict(beta_star=4.0, relay=[], runs=[dict(kp=1.5, ki=0.15, seed=0, observed_stable=False)],
+               identifications=[])
+    conditioned = {}
+    for seed in (3,):
+        folder = f"docs/results/repeatability/dsprites/s{seed}"
+        plain, _ = identification_summary(seed, folder, 4.0, (0.0, 10.0), gains, rule="model-set")
+        cond, _ = identification_summary(seed, folder, 4.0, (0.0, 10.0), gains, rule="relay-conditioned")
+        rc = cond["relay_conditioning"]["10"]
+        assert rc["conditioned"] and rc["kept"] < rc["plants"] and rc["before"] == plain["critical_gain"]["10"]
+        assert cond["critical_gain"]["10"][1] < plain["critical_gain"]["10"][1] and cond["critical_gain"]["10"][1] < 0.2
+        assert cond["critical_gain"]["0"] == plain["critical_gain"]["0"]  # the relay's own ray is unchanged
+        doc["identifications"].append(plain)
+        conditioned[seed] = cond["critical_gain"]["10"]
     r = relay_conditioned_goals(doc)
-    for seed in (3, 7):
-        iv = r["intervals"][seed]
-        assert iv["kept"] < iv["plants"] and iv["after"][1] < iv["before"][1] and iv["after"][1] < 0.2
-    assert r["goals"]["intervals_meeting_the_bracket"] == r["goals"]["intervals"] == 4
+    assert {seed: r["intervals"][seed]["after"] for seed in conditioned} == conditioned
 
 
 def test_goals_per_verdict_per_network_and_on_subsets(tmp_path):

@@ -133,7 +133,7 @@ def test_a_large_map_takes_the_affine_routh_path_and_matches_python_control():
 
     rng = np.random.default_rng(7)
     n_both = [0, 0]
-    for i in range(8):
+    for i in range(6):
         P = random_plant(rng, 2 + i % 2)
         T, d, ctrl = int(rng.integers(1, 9)), int(rng.integers(0, 2)), TESTED_KINDS[i % 3]
         # the characteristic polynomial is affine in the gains: against np.poly of the matrix at a random pair
