@@ -33,11 +33,10 @@ import control  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_stability_lti import hand_controller_tf, independent_rho, random_plant  # noqa: E402
-
 from klcontrol.analysis.stability import is_stable, spectral_radius  # noqa: E402
 from klcontrol.analysis.stability import lti as sl  # noqa: E402
 from klcontrol.analysis.stability.robust import robust_stability  # noqa: E402
+from tests.test_stability_lti import hand_controller_tf, independent_rho, random_plant  # noqa: E402
 
 
 def cpu(fn):
