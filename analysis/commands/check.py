@@ -146,7 +146,7 @@ def _model_set(args, out) -> bool:
     ms["relay"] = relay_beside(relays, ms["critical_gain"])
     ms["warning"] = ((getattr(fit, "info", None) or {}).get("selection") or {}).get("warning")
     integral = [r for r in relays if r["ratio"] == 0]
-    if getattr(args, "relay_conditioned", False) and not integral:
+    if args.relay_conditioned and not integral:
         raise ValueError("--relay-conditioned needs a relay run on the integral ray (Kp = 0) in --relay")
     decided_by = ms["verdict"]
     if integral:
@@ -157,7 +157,7 @@ def _model_set(args, out) -> bool:
         if info["conditioned"]:
             rc["verdict"] = set_verdict(fit, args.kp, args.ki, **cfg, _responses_cache=kept)
             rc["critical_gain"] = set_critical_gains(fit, ratios, **cfg, _responses_cache=kept) if ratios else {}
-            if getattr(args, "relay_conditioned", False):
+            if args.relay_conditioned:
                 rc["decides"] = True
                 decided_by = rc["verdict"]
         ms["relay_conditioned"] = rc

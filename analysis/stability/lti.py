@@ -486,10 +486,6 @@ def _affine_map(kp, ki, plant, window, delay, controller, setpoint):
     npts = int(np.prod(shape, dtype=np.int64))
     if npts < _kernels.MIN_POINTS or not _kernels.available():
         return None
-    try:
-        plant_matrices(plant, setpoint)
-    except ValueError:
-        return None
     aff = _affine_charpoly(plant, window, delay, controller, setpoint)
     if aff is None or len(aff[0]) < 2:
         return None
